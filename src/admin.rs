@@ -70,7 +70,7 @@ impl Admin {
                     "last_login_at": p.last_attempt.map(|(at, _)| unix(at)),
                     "last_login_outcome": p.last_attempt.map(|(_, o)| o.as_str()),
                     "last_error": p.last_error,
-                    "backoff_remaining_seconds": p.retry_in.map(|d| secs(d)),
+                    "backoff_remaining_seconds": p.retry_in.map(secs),
                 }),
             );
         }

@@ -278,7 +278,9 @@ impl std::str::FromStr for ListenAddr {
     fn from_str(s: &str) -> Result<Self, String> {
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
-                return Err("a unix listener needs a path, e.g. \"unix:/run/cma/proxy.sock\"".into());
+                return Err(
+                    "a unix listener needs a path, e.g. \"unix:/run/cma/proxy.sock\"".into(),
+                );
             }
             return Ok(ListenAddr::Unix(PathBuf::from(path)));
         }
@@ -557,7 +559,9 @@ fn validate_server(s: FileServer) -> Result<ServerConfig, ConfigError> {
         .admin_listen
         .parse()
         .map_err(|e| invalid("server.admin_listen", e))?;
-    if listen == admin_listen {
+    // Port 0 (any free port) on both is fine: they get different ports.
+    let any_port = matches!(&listen, ListenAddr::Tcp(a) if a.port() == 0);
+    if listen == admin_listen && !any_port {
         return Err(invalid(
             "server.admin_listen",
             "must differ from server.listen",
@@ -718,7 +722,14 @@ fn validate_profile(
             "a profile name may hold only letters, digits, '-' and '_'",
         ));
     }
-    let password = read_secret(&key, "password", p.password, p.password_file, base_dir, watched)?;
+    let password = read_secret(
+        &key,
+        "password",
+        p.password,
+        p.password_file,
+        base_dir,
+        watched,
+    )?;
     let totp = read_secret(
         &key,
         "totp_secret",
@@ -793,7 +804,10 @@ fn validate_profile(
         }
     };
     if p.min_backoff.is_zero() {
-        return Err(invalid(format!("{key}.min_backoff"), "must be more than 0s"));
+        return Err(invalid(
+            format!("{key}.min_backoff"),
+            "must be more than 0s",
+        ));
     }
     if p.max_backoff < p.min_backoff {
         return Err(invalid(
@@ -940,7 +954,9 @@ mod tests {
         )
         .unwrap();
         match &c.profiles[0].credentials {
-            Credentials::Login { password, .. } => assert_eq!(password.expose_secret(), "s3cret-pw"),
+            Credentials::Login { password, .. } => {
+                assert_eq!(password.expose_secret(), "s3cret-pw")
+            }
             other => panic!("unexpected {other:?}"),
         }
         assert_eq!(c.watched_files, vec![dir.join("password")]);

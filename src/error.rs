@@ -39,7 +39,9 @@ pub enum ProxyError {
     Login(#[from] LoginError),
     #[error("refused by policy: {}", denial_text(*.0))]
     PolicyDenied(Denial),
-    #[error("refused: the request carries its own `authtoken` or `authorization` header, and policy.client_credentials = \"reject\"; remove it, the proxy injects the credentials")]
+    #[error(
+        "refused: the request carries its own `authtoken` or `authorization` header, and policy.client_credentials = \"reject\"; remove it, the proxy injects the credentials"
+    )]
     ClientCredentialsRejected,
     #[error("bad request: {0}")]
     BadRequest(#[from] BadRequest),
@@ -100,11 +102,9 @@ impl ProxyError {
                 }
             },
             ProxyError::PolicyDenied(_) => shape(StatusCode::FORBIDDEN, "policy_denied", 903),
-            ProxyError::ClientCredentialsRejected => shape(
-                StatusCode::UNAUTHORIZED,
-                "client_credentials_rejected",
-                904,
-            ),
+            ProxyError::ClientCredentialsRejected => {
+                shape(StatusCode::UNAUTHORIZED, "client_credentials_rejected", 904)
+            }
             ProxyError::BadRequest(_) => shape(StatusCode::BAD_REQUEST, "bad_request", 905),
             ProxyError::MethodNotAllowed => {
                 shape(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", 906)
@@ -236,7 +236,11 @@ mod tests {
 
     #[test]
     fn policy_denied() {
-        check(ProxyError::PolicyDenied(Denial::DenyRule), 403, "policy_denied");
+        check(
+            ProxyError::PolicyDenied(Denial::DenyRule),
+            403,
+            "policy_denied",
+        );
         let r = check(
             ProxyError::PolicyDenied(Denial::SessionEndpoint),
             403,
@@ -270,16 +274,19 @@ mod tests {
 
     #[test]
     fn body_too_large() {
-        check(ProxyError::BodyTooLarge { limit: 10 }, 413, "body_too_large");
+        check(
+            ProxyError::BodyTooLarge { limit: 10 },
+            413,
+            "body_too_large",
+        );
     }
 
     #[tokio::test]
     async fn upstream_unreachable() {
         // A real connection error from the client type the proxy uses.
-        let client = hyper_util::client::legacy::Client::builder(
-            hyper_util::rt::TokioExecutor::new(),
-        )
-        .build_http::<http_body_util::Empty<Bytes>>();
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);

@@ -73,10 +73,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let bind = |addr: &config::ListenAddr| {
         let addr = addr.clone();
         async move {
-            server::bind(&addr).await.map_err(|source| StartError::Bind {
-                addr: addr.to_string(),
-                source,
-            })
+            server::bind(&addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
         }
     };
     let (proxy_listener, proxy_addr) = bind(&config.server.listen).await?;
@@ -134,7 +136,10 @@ impl Running {
         if drained {
             tracing::info!("in-flight requests finished");
         } else {
-            tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown_grace passed; cutting the requests still in flight");
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown_grace passed; cutting the requests still in flight"
+            );
         }
         if tokio::time::timeout(LOGOUT_TIMEOUT, self.proxy.tokens().logout_all())
             .await

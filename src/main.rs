@@ -12,7 +12,11 @@ use cma_auth_proxy::config::{self, Config, ListenAddr, LogFormat};
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "cma-auth-proxy", version, about = "Contentstack CMA auth sidecar: logs in once, injects the authtoken, forwards")]
+#[command(
+    name = "cma-auth-proxy",
+    version,
+    about = "Contentstack CMA auth sidecar: logs in once, injects the authtoken, forwards"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -45,7 +49,11 @@ fn main() -> ExitCode {
         Err(e) => {
             let usage = e.use_stderr();
             let _ = e.print();
-            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match cli.command {
@@ -56,7 +64,11 @@ fn main() -> ExitCode {
                     config.display(),
                     c.profiles.len(),
                     if c.profiles.len() == 1 { "" } else { "s" },
-                    c.profiles.iter().map(|p| &*p.name).collect::<Vec<_>>().join(", ")
+                    c.profiles
+                        .iter()
+                        .map(|p| &*p.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
                 ExitCode::SUCCESS
             }
@@ -82,13 +94,19 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Dev { listen, admin_listen } => {
+        Command::Dev {
+            listen,
+            admin_listen,
+        } => {
             init_logging(LogFormat::Text, "info");
             runtime().block_on(async {
                 match cma_auth_proxy::dev::run_dev(listen, admin_listen, shutdown_signal()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
-                        eprintln!("cma-auth-proxy dev: {}", cma_auth_proxy::error::error_chain_text(&e));
+                        eprintln!(
+                            "cma-auth-proxy dev: {}",
+                            cma_auth_proxy::error::error_chain_text(&e)
+                        );
                         ExitCode::FAILURE
                     }
                 }
@@ -115,7 +133,9 @@ fn runtime() -> tokio::runtime::Runtime {
 fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),

@@ -32,7 +32,9 @@ pub enum PathError {
     NotAbsolute,
     #[error("the path has a malformed percent-escape")]
     BadEscape,
-    #[error("the path has an encoded '/', '\\' or NUL, or a raw '\\', whose meaning differs between servers")]
+    #[error(
+        "the path has an encoded '/', '\\' or NUL, or a raw '\\', whose meaning differs between servers"
+    )]
     Ambiguous,
     #[error("the path climbs above the root with '..'")]
     AboveRoot,
@@ -305,7 +307,10 @@ mod tests {
 
     #[test]
     fn deny_first_and_single_segment_star() {
-        let p = policy(&["* /v3/**"], &["DELETE /v3/content_types/*", "* /v3/stacks/**"]);
+        let p = policy(
+            &["* /v3/**"],
+            &["DELETE /v3/content_types/*", "* /v3/stacks/**"],
+        );
         assert!(check(&p, "DELETE", "/v3/content_types/blog").is_err());
         assert!(check(&p, "DELETE", "/v3/content_types/blog/entries/e1").is_ok());
         assert!(check(&p, "GET", "/v3/stacks/settings").is_err());

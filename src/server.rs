@@ -154,5 +154,7 @@ async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<IpAddr>)> {
 
 /// Waits for open connections to finish, at most `grace`. Returns whether they all finished.
 pub async fn drain(graceful: GracefulShutdown, grace: Duration) -> bool {
-    tokio::time::timeout(grace, graceful.shutdown()).await.is_ok()
+    tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_ok()
 }

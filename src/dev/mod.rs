@@ -114,6 +114,7 @@ struct State {
     logouts: Vec<String>,
     log: VecDeque<Recorded>,
     login_outage: Option<StatusCode>,
+    login_delay: Option<Duration>,
     rate_limit: bool,
     /// (org, is_write) → request instants in the last second
     rate_windows: HashMap<(String, bool), VecDeque<Instant>>,
@@ -286,6 +287,21 @@ impl FakeCma {
         self.state().login_outage = status;
     }
 
+    /// While set, logins take this long to answer (a slow upstream).
+    pub fn set_login_delay(&self, delay: Option<Duration>) {
+        self.state().login_delay = delay;
+    }
+
+    /// `POST /v3/user-session` requests received, counted on arrival (also those whose client
+    /// went away before the answer).
+    pub fn login_requests(&self) -> usize {
+        self.state()
+            .log
+            .iter()
+            .filter(|r| r.method == Method::POST && r.path == "/v3/user-session")
+            .count()
+    }
+
     pub fn set_password(&self, email: &str, password: &str) {
         if let Some(a) = self.state().accounts.get_mut(email) {
             a.account.password = password.into();
@@ -420,7 +436,11 @@ fn unix_now() -> u64 {
 }
 
 fn new_token() -> String {
-    format!("cs{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+    format!(
+        "cs{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    )
 }
 
 impl Sim {
@@ -448,6 +468,10 @@ impl Sim {
                 Ok(b) => b,
                 Err(e) => return e,
             };
+            let delay = self.state().login_delay;
+            if let (true, Some(delay)) = (parts.method == Method::POST, delay) {
+                tokio::time::sleep(delay).await;
+            }
             return match parts.method {
                 Method::POST => self.login(&body),
                 Method::DELETE => self.logout(&parts.headers),
@@ -456,8 +480,12 @@ impl Sim {
         }
         let email = match self.authenticate(&parts.headers) {
             Some(email) => email,
-            // Answered before the body is read, as a real edge does: an upload is cut short.
-            None => return dead_token(),
+            None => {
+                // Like nginx's discard_request_body: read and drop what the client is still
+                // sending, so it sees the 401 rather than a reset connection.
+                discard(body).await;
+                return dead_token();
+            }
         };
         if let Some(limited) = self.rate_limit(&email, &parts.method) {
             return limited;
@@ -498,12 +526,7 @@ impl Sim {
                 });
                 match answer {
                     Some(r) => (r.status, HeaderMap::new(), Answer::Json(r.body)),
-                    None => error(
-                        404,
-                        404,
-                        "The requested URL could not be found.",
-                        json!({}),
-                    ),
+                    None => error(404, 404, "The requested URL could not be found.", json!({})),
                 }
             }
         }
@@ -711,6 +734,16 @@ async fn read_body(body: Incoming) -> Result<Bytes, (StatusCode, HeaderMap, Answ
         .map_err(|_| error(413, 413, "Request entity too large.", json!({})))
 }
 
+async fn discard(mut body: Incoming) {
+    let mut read = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        read += frame.data_ref().map_or(0, |d| d.len());
+        if read > MAX_SIM_BODY {
+            return;
+        }
+    }
+}
+
 /// Streams the body through SHA-256 without keeping it.
 async fn upload(mut body: Incoming) -> (StatusCode, HeaderMap, Answer) {
     let mut hasher = Sha256::new();
@@ -755,14 +788,14 @@ pub async fn run_dev(
         "#,
         url = fake.url()
     );
-    let config =
-        crate::Config::from_toml(&toml, Vec::new(), None).map_err(DevError::Config)?;
-    let running = crate::start(config)
-        .await
-        .map_err(DevError::Start)?;
+    let config = crate::Config::from_toml(&toml, Vec::new(), None).map_err(DevError::Config)?;
+    let running = crate::start(config).await.map_err(DevError::Start)?;
     let proxy = running.proxy_addr().to_string();
     let admin = running.admin_addr().to_string();
-    println!("cma-auth-proxy dev: simulated Contentstack CMA at {}", fake.url());
+    println!(
+        "cma-auth-proxy dev: simulated Contentstack CMA at {}",
+        fake.url()
+    );
     println!("proxy listening on http://{proxy}");
     println!("admin listening on http://{admin}  (/livez /readyz /startupz /status /metrics)");
     println!(

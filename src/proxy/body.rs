@@ -151,15 +151,16 @@ pub async fn take_request_body(
                 }
             }
             Some(Err(_)) => {
-                return Err(crate::error::BadRequest::Malformed(
-                    "the request body ended abruptly",
-                )
-                .into());
+                return Err(
+                    crate::error::BadRequest::Malformed("the request body ended abruptly").into(),
+                );
             }
             None => return Ok(RequestBody::Replayable(concat(chunks, read))),
         }
     }
-    Ok(RequestBody::Streaming(Relay::stream(chunks, body, max_body)))
+    Ok(RequestBody::Streaming(Relay::stream(
+        chunks, body, max_body,
+    )))
 }
 
 fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {

@@ -229,10 +229,7 @@ impl Proxy {
         let raw = body::concat_all(chunks);
         match decode(headers, &raw) {
             Some(decoded) => login::error_code(&decoded) == Some(login::TOKEN_INVALID),
-            None => matches!(
-                self.tokens.auth().validate(token).await,
-                Ok(Validity::Dead)
-            ),
+            None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
         }
     }
 
@@ -302,8 +299,12 @@ fn admit(parts: &Parts, config: &Config) -> Result<Uri, ProxyError> {
     if parts.version < Version::HTTP_2
         && let Some(authority) = parts.uri.authority()
     {
-        let same = authority.host().eq_ignore_ascii_case(upstream.authority.host())
-            && authority.port_u16().or(default_port(parts.uri.scheme_str()))
+        let same = authority
+            .host()
+            .eq_ignore_ascii_case(upstream.authority.host())
+            && authority
+                .port_u16()
+                .or(default_port(parts.uri.scheme_str()))
                 == upstream
                     .authority
                     .port_u16()
@@ -358,8 +359,7 @@ fn select_profile<'c>(
         config
             .profile(name)
             .ok_or_else(|| BadRequest::UnknownProfile(name.to_owned()))?
-    } else if let Some(p) =
-        api_key.and_then(|key| config.profiles.iter().find(|p| serves(p, key)))
+    } else if let Some(p) = api_key.and_then(|key| config.profiles.iter().find(|p| serves(p, key)))
     {
         p
     } else if let Some(p) = config.profile("default") {
@@ -503,7 +503,9 @@ mod tests {
     }
 
     fn admit_uri(target: &str, version: Version, method: Method) -> Result<String, String> {
-        let c = config("[upstream]\nurl = \"https://eu-api.contentstack.com\"\n[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n");
+        let c = config(
+            "[upstream]\nurl = \"https://eu-api.contentstack.com\"\n[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n",
+        );
         let (mut parts, ()) = Request::new(()).into_parts();
         parts.uri = target.parse().unwrap();
         parts.version = version;
@@ -539,7 +541,12 @@ mod tests {
         );
         // HTTP/2 always carries :authority; it is the Host, and never picks the destination.
         assert_eq!(
-            admit_uri("http://127.0.0.1:8080/v3/user", Version::HTTP_2, Method::GET).unwrap(),
+            admit_uri(
+                "http://127.0.0.1:8080/v3/user",
+                Version::HTTP_2,
+                Method::GET
+            )
+            .unwrap(),
             "https://eu-api.contentstack.com/v3/user"
         );
     }

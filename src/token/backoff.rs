@@ -8,7 +8,12 @@ use super::LoginFailure;
 /// Delay before the next attempt after `failures` consecutive failures (1 = the first), ending with
 /// `failure`. Refused credentials wait `rejected_retry`, so a bad password cannot lock the account;
 /// transient failures use exponential backoff with full jitter, `min_backoff` to `max_backoff`.
-pub fn delay(profile: &ProfileConfig, failure: &LoginFailure, failures: u32, jitter: f64) -> Duration {
+pub fn delay(
+    profile: &ProfileConfig,
+    failure: &LoginFailure,
+    failures: u32,
+    jitter: f64,
+) -> Duration {
     match failure {
         LoginFailure::Rejected { .. } => profile.rejected_retry,
         LoginFailure::Transient(_) => {

@@ -54,9 +54,13 @@ fn rejected_text(status: u16, code: Option<i64>, message: &str) -> String {
             "email or password invalid (error_code 104); rotate the credentials".to_owned()
         }
         Some(TFA_REQUIRED) => {
-            "the account requires a two-factor code (error_code 294); set totp_secret_file".to_owned()
+            "the account requires a two-factor code (error_code 294); set totp_secret_file"
+                .to_owned()
         }
-        Some(TFA_INVALID) => "the two-factor code was refused (error_code 295); check totp_secret_file and the clock".to_owned(),
+        Some(TFA_INVALID) => {
+            "the two-factor code was refused (error_code 295); check totp_secret_file and the clock"
+                .to_owned()
+        }
         Some(code) => format!(
             "HTTP {status}, error_code {code} ({message}); check the account (SSO-only accounts cannot log in with a password)"
         ),
@@ -241,18 +245,45 @@ mod tests {
 
     #[test]
     fn classification() {
-        assert_eq!(kind(200, r#"{"notice":"Login Successful.","user":{"authtoken":"blt1"}}"#), "ok");
+        assert_eq!(
+            kind(
+                200,
+                r#"{"notice":"Login Successful.","user":{"authtoken":"blt1"}}"#
+            ),
+            "ok"
+        );
         assert_eq!(kind(200, r#"{"notice":"x","user":{}}"#), "transient");
-        assert_eq!(kind(422, r#"{"error_message":"Looks like your email or password is invalid.","error_code":104}"#), "rejected");
+        assert_eq!(
+            kind(
+                422,
+                r#"{"error_message":"Looks like your email or password is invalid.","error_code":104}"#
+            ),
+            "rejected"
+        );
         // 2FA errors arrive with 401, 422 and even 294 as the HTTP status: the code decides.
         for status in [401, 422, 294] {
-            assert_eq!(kind(status, r#"{"error_message":"2FA required","error_code":294}"#), "rejected");
-            assert_eq!(kind(status, r#"{"error_message":"bad code","error_code":295}"#), "rejected");
+            assert_eq!(
+                kind(
+                    status,
+                    r#"{"error_message":"2FA required","error_code":294}"#
+                ),
+                "rejected"
+            );
+            assert_eq!(
+                kind(status, r#"{"error_message":"bad code","error_code":295}"#),
+                "rejected"
+            );
         }
         assert_eq!(kind(502, "<html>bad gateway</html>"), "transient");
         assert_eq!(kind(503, ""), "transient");
-        assert_eq!(kind(429, r#"{"error_message":"rate","error_code":429}"#), "transient");
-        assert_eq!(kind(400, r#"{"error_message":"SSO","error_code":999}"#), "rejected");
+        assert_eq!(
+            kind(429, r#"{"error_message":"rate","error_code":429}"#),
+            "transient"
+        );
+        assert_eq!(
+            kind(400, r#"{"error_message":"SSO","error_code":999}"#),
+            "rejected"
+        );
     }
 
     #[test]
@@ -260,6 +291,9 @@ mod tests {
         let e = classify_login(422, br#"{"error_message":"Looks like your email or password is invalid.","error_code":104}"#)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("error_code 104") && e.contains("rotate the credentials"), "{e}");
+        assert!(
+            e.contains("error_code 104") && e.contains("rotate the credentials"),
+            "{e}"
+        );
     }
 }

@@ -285,7 +285,12 @@ impl TokenManager {
             Some(secret) => Some(self.totp_code(state, secret).await),
             None => None,
         };
-        match self.inner.auth.login(email, password, code.as_deref()).await {
+        match self
+            .inner
+            .auth
+            .login(email, password, code.as_deref())
+            .await
+        {
             Ok(token) => {
                 let token = Arc::new(token);
                 state.record_success();
