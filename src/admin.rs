@@ -51,8 +51,36 @@ impl Admin {
                 }
             }
             "/status" => self.status().await,
+            "/metrics" => self.metrics().await,
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+
+    async fn metrics(&self) -> Response<Bytes> {
+        let metrics = self.proxy.metrics();
+        // Token ages are read at scrape time; a profile without a token has no series.
+        for p in self.proxy.tokens().snapshot().await {
+            let labels = crate::metrics::ProfileLabels {
+                profile: p.name.to_string(),
+            };
+            match p.token_age {
+                Some(age) => {
+                    metrics
+                        .token_age
+                        .get_or_create(&labels)
+                        .set(age.as_secs_f64());
+                }
+                None => {
+                    metrics.token_age.remove(&labels);
+                }
+            }
+        }
+        let mut response = Response::new(Bytes::from(metrics.encode()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
     }
 
     async fn status(&self) -> Response<Bytes> {
@@ -84,7 +112,7 @@ impl Admin {
         let body = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "draining": self.proxy.is_draining(),
-            "config": { "loaded_at": unix(config.loaded_at) },
+            "config": { "version": config.version, "loaded_at": unix(config.loaded_at) },
             "profiles": profiles,
         });
         let mut response = Response::new(Bytes::from(body.to_string()));

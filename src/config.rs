@@ -256,6 +256,8 @@ pub struct Config {
     /// Files whose change means "reload": the config file itself and every secret file.
     pub watched_files: Vec<PathBuf>,
     pub loaded_at: SystemTime,
+    /// 1 at start, +1 for every successful reload.
+    pub version: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -550,6 +552,7 @@ fn validate(file: FileConfig, base_dir: Option<&Path>) -> Result<Config, ConfigE
         log,
         watched_files,
         loaded_at: SystemTime::now(),
+        version: 1,
     })
 }
 

@@ -9,8 +9,10 @@ pub mod admin;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod reload;
 pub mod server;
 pub mod token;
 
@@ -51,6 +53,7 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     proxy_server: JoinHandle<GracefulShutdown>,
     admin_server: JoinHandle<GracefulShutdown>,
+    stop_reload: watch::Sender<bool>,
 }
 
 /// Builds the proxy from `config`, binds both listeners and starts serving. Login profiles log in
@@ -66,9 +69,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.upstream.connect_timeout,
     )
     .map_err(StartError::Client)?;
-    let tokens = token::TokenManager::new(&config, auth);
+    let metrics = metrics::Metrics::new();
+    let tokens = token::TokenManager::new(&config, auth, metrics.clone());
     let client = proxy::upstream::client(&config.upstream, tls);
-    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client));
+    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client, metrics));
 
     let bind = |addr: &config::ListenAddr| {
         let addr = addr.clone();
@@ -91,6 +95,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Arc::new(admin::Admin::new(proxy.clone())),
         admin_stop,
     ));
+    tokens.start_care();
     for profile in config.profiles.iter().filter(|p| p.is_login()) {
         let tokens = tokens.clone();
         let name = profile.name.clone();
@@ -106,6 +111,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_admin,
         proxy_server,
         admin_server,
+        stop_reload: watch::channel(false).0,
     })
 }
 
@@ -122,11 +128,25 @@ impl Running {
         &self.proxy
     }
 
+    /// Reloads the configuration from `path` on SIGHUP and whenever it or a secret file it names
+    /// changes (SPEC §8).
+    pub fn watch_config(&mut self, path: std::path::PathBuf) {
+        let (stop, stopped) = watch::channel(false);
+        self.stop_reload = stop;
+        let proxy = self.proxy.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reload::watch(path, proxy, stopped).await {
+                tracing::error!("live reload is off: {}", error::error_chain_text(&e));
+            }
+        });
+    }
+
     /// SPEC §9: readiness goes 503, the proxy listener stops accepting, in-flight requests get
     /// `shutdown_grace` to finish, sessions are logged out, then the admin listener closes.
     /// Returns whether every in-flight request finished in time.
     pub async fn shutdown(self) -> bool {
         let grace = self.proxy.config().server.shutdown_grace;
+        let _ = self.stop_reload.send(true);
         self.proxy.start_draining();
         let _ = self.stop_proxy.send(true);
         let drained = match self.proxy_server.await {
@@ -152,5 +172,84 @@ impl Running {
             server::drain(connections, Duration::from_secs(1)).await;
         }
         drained
+    }
+}
+
+/// The result of `check --login` for one profile.
+pub struct ProfileCheck {
+    pub profile: Arc<str>,
+    pub outcome: Result<String, String>,
+}
+
+/// `check --login`: for every login profile, log in once, validate the token with `GET /v3/user`,
+/// and log out. Management-token profiles are reported as not checked (they need a stack).
+pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartError> {
+    let mut tls = proxy::upstream::tls_config(&config.upstream)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let auth = token::AuthClient::new(
+        &config.upstream.base_url,
+        tls,
+        config.upstream.connect_timeout,
+    )
+    .map_err(StartError::Client)?;
+    let mut out = Vec::new();
+    for profile in &config.profiles {
+        let outcome = match &profile.credentials {
+            config::Credentials::ManagementToken(_) => Ok(
+                "management token: not checked (no login; it is validated per stack)".to_owned(),
+            ),
+            config::Credentials::Login {
+                email,
+                password,
+                totp_secret,
+            } => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let code = totp_secret
+                    .as_ref()
+                    .map(|s| match token::totp::next(s, now_ms, None) {
+                        token::totp::Next::Code { code, .. } => code,
+                        token::totp::Next::WaitFor(_) => unreachable!("no step used yet"),
+                    });
+                check_one(&auth, email, password, code.as_deref()).await
+            }
+        };
+        out.push(ProfileCheck {
+            profile: profile.name.clone(),
+            outcome,
+        });
+    }
+    Ok(out)
+}
+
+async fn check_one(
+    auth: &token::AuthClient,
+    email: &str,
+    password: &secrecy::SecretString,
+    code: Option<&str>,
+) -> Result<String, String> {
+    let token = auth
+        .login(email, password, code)
+        .await
+        .map_err(|e| error::error_chain_text(&e))?;
+    let validity = auth.validate(&token).await;
+    let logout = auth.logout(&token).await;
+    match (validity, logout) {
+        (Ok(token::Validity::Valid), Ok(())) => Ok(format!(
+            "logged in as {email}, token valid (GET /v3/user), logged out"
+        )),
+        (Ok(token::Validity::Dead), _) => Err(
+            "logged in, but Contentstack rejected the new token at once (error_code 105)".into(),
+        ),
+        (Err(e), _) => Err(format!(
+            "logged in, but validating the token failed: {}",
+            error::error_chain_text(&e)
+        )),
+        (Ok(token::Validity::Valid), Err(e)) => Err(format!(
+            "logged in and validated, but logging out failed: {}",
+            error::error_chain_text(&e)
+        )),
     }
 }

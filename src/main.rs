@@ -33,6 +33,9 @@ enum Command {
     Check {
         #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Also log in once per profile, validate the token with GET /v3/user, and log out.
+        #[arg(long)]
+        login: bool,
     },
     /// Serve in front of a built-in simulated CMA with a demo account.
     Dev {
@@ -57,32 +60,36 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => match load(&config) {
-            Ok(c) => {
-                println!(
-                    "{}: configuration valid ({} profile{}: {})",
-                    config.display(),
-                    c.profiles.len(),
-                    if c.profiles.len() == 1 { "" } else { "s" },
-                    c.profiles
-                        .iter()
-                        .map(|p| &*p.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+        Command::Check { config, login } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let names: Vec<_> = c.profiles.iter().map(|p| &*p.name).collect();
+            println!(
+                "{}: configuration valid ({} profile{}: {})",
+                config.display(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+            if login {
+                check_login(&c)
+            } else {
                 ExitCode::SUCCESS
             }
-            Err(code) => code,
-        },
+        }
         Command::Run { config } => {
-            let config = match load(&config) {
+            let config_path = config;
+            let config = match load(&config_path) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
             init_logging(config.log.format, &config.log.level);
             runtime().block_on(async {
                 match cma_auth_proxy::start(config).await {
-                    Ok(running) => {
+                    Ok(mut running) => {
+                        running.watch_config(config_path);
                         shutdown_signal().await;
                         running.shutdown().await;
                         ExitCode::SUCCESS
@@ -112,6 +119,36 @@ fn main() -> ExitCode {
                 }
             })
         }
+    }
+}
+
+/// Prints one line per profile; exit 1 when any profile failed.
+fn check_login(config: &Config) -> ExitCode {
+    let results = runtime().block_on(cma_auth_proxy::check_login(config));
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "cma-auth-proxy: {}",
+                cma_auth_proxy::error::error_chain_text(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for r in results {
+        match r.outcome {
+            Ok(text) => println!("profile {}: ok: {text}", r.profile),
+            Err(text) => {
+                failed = true;
+                println!("profile {}: FAILED: {text}", r.profile);
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 
 use crate::config::{Config, Credentials, ProfileConfig};
 use crate::error::{BadRequest, ProxyError};
+use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::{self, Denial};
 use crate::token::{Token, TokenManager, Validity, login};
 use body::{Relay, RequestBody, TooLarge};
@@ -42,16 +43,32 @@ pub struct Proxy {
     tokens: TokenManager,
     client: UpstreamClient,
     draining: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl Proxy {
-    pub fn new(config: Arc<Config>, tokens: TokenManager, client: UpstreamClient) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        tokens: TokenManager,
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             config: ArcSwap::new(config),
             tokens,
             client,
             draining: AtomicBool::new(false),
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves new requests with `config` from now on; requests in flight keep the one they started with.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        self.config.store(config);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -74,6 +91,7 @@ impl Proxy {
     /// Serves one request; never fails (errors become responses), logs one access line.
     pub async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
         let started = Instant::now();
+        self.metrics.in_flight.inc();
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let mut trace = Trace::default();
@@ -81,18 +99,40 @@ impl Proxy {
             Ok(response) => response,
             Err(e) => {
                 trace.error = Some(e.reason());
+                if e.status().is_client_error() {
+                    self.metrics
+                        .denied
+                        .get_or_create(&crate::metrics::ReasonLabels { reason: e.reason() })
+                        .inc();
+                }
                 if e.status().is_server_error() {
                     tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error::error_chain_text(&e));
                 }
                 e.to_response().map(Relay::full)
             }
         };
+        self.metrics.in_flight.dec();
+        let elapsed = started.elapsed();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(upstream) = trace.upstream {
+            self.metrics
+                .upstream_duration
+                .observe(upstream.as_secs_f64());
+        }
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                profile: trace.profile.as_deref().unwrap_or("none").to_owned(),
+                method: crate::metrics::method_label(&method),
+                status: response.status().as_u16(),
+            })
+            .inc();
         tracing::info!(
             method = %method,
             path = %path,
             status = response.status().as_u16(),
             profile = trace.profile.as_deref().unwrap_or("-"),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
             upstream_ms = trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
             bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
             error = trace.error,
@@ -188,14 +228,24 @@ impl Proxy {
                 Relay::stream(chunks, rest, u64::MAX),
             ));
         }
-        self.tokens.invalidate(&profile.name, &token).await;
+        self.tokens
+            .invalidate(&profile.name, &token, Trigger::Unauthorized)
+            .await;
         let Some(bytes) = replay else {
+            self.metrics.replay("not_replayable");
             return Ok(upstream_response(
                 parts,
                 Relay::full(body::concat_all(&chunks)),
             ));
         };
-        let token = self.token(profile).await?;
+        let token = match self.token(profile).await {
+            Ok(token) => token,
+            Err(e) => {
+                self.metrics.replay("login_failed");
+                return Err(e);
+            }
+        };
+        self.metrics.replay("replayed");
         let response = self
             .send(
                 &outbound,

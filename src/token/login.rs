@@ -46,6 +46,8 @@ pub enum TransientCause {
     Timeout(Duration),
     #[error("Contentstack answered 200 without an authtoken")]
     NoToken,
+    #[error("the profile was removed by a configuration reload")]
+    ProfileRemoved,
 }
 
 fn rejected_text(status: u16, code: Option<i64>, message: &str) -> String {
