@@ -16,6 +16,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode, header};
 use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
 
 /// One authenticated request, already read in full.
 pub struct SimRequest<'a> {
@@ -86,14 +87,12 @@ impl ContentStore {
     }
 }
 
-/// The uid the simulator gives the account with this email, in `created_by`/`updated_by`.
-/// Deterministic, so the session layer can report the same uid from `GET /v3/user`.
+/// The uid the simulator gives the account with this email, in `created_by`/`updated_by`: `blt` and
+/// the first 16 hex digits of the email's SHA-256, the uid `GET /v3/user` reports for it.
 pub fn user_uid(email: &str) -> String {
-    // FNV-1a: a stable hash, unlike std's randomly seeded one.
-    let hash = email.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    blt(hash)
+    let digest = Sha256::digest(email.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("blt{hex}")
 }
 
 /// A CMA operation this module serves, named after the SDK call that makes it.
@@ -1689,8 +1688,9 @@ mod tests {
     }
 
     #[test]
-    fn user_uids_are_stable_per_email() {
-        assert_eq!(user_uid("a@example.com"), user_uid("a@example.com"));
+    fn user_uids_are_derived_from_the_email() {
+        // sha256("svc@example.com") begins with these 8 bytes.
+        assert_eq!(user_uid("svc@example.com"), "bltc45e3200c0a454b8");
         assert_ne!(user_uid("a@example.com"), user_uid("b@example.com"));
     }
 
