@@ -2,8 +2,9 @@
 //! serves the simulated CMA, and `tests/sdk/js/sdk.test.mjs` drives the SDK through the proxy with no
 //! credentials of its own (get user; content type; entry create, fetch, update, delete; asset upload).
 //!
-//! Needs `node` on PATH and the SDK installed: `npm ci --prefix tests/sdk/js`. Without them the test
-//! says SKIPPED and passes, except when the `CI` environment variable is set: then it fails.
+//! Needs `node` and `npm` on PATH; the first run installs the pinned SDK with `npm ci --prefix
+//! tests/sdk/js`. Without them the test says SKIPPED and passes, except when the `CI` environment
+//! variable is set: then it fails.
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -55,7 +56,17 @@ fn missing_prerequisite(sdk_dir: &Path) -> Option<String> {
     }
     let sdk = sdk_dir.join("node_modules/@contentstack/management/package.json");
     if !sdk.is_file() {
-        return Some(format!("{} is missing", sdk.display()));
+        // First run: install the pinned SDK from package-lock.json, so `cargo test` is all it takes.
+        let installed = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
+            .arg(sdk_dir)
+            .status();
+        if !installed.is_ok_and(|status| status.success()) || !sdk.is_file() {
+            return Some(format!(
+                "{} is missing and `npm ci` could not install it",
+                sdk.display()
+            ));
+        }
     }
     None
 }

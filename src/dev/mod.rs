@@ -111,6 +111,7 @@ struct State {
     /// authtoken → email
     sessions: HashMap<String, String>,
     login_attempts: Vec<LoginAttempt>,
+    issued: Vec<String>,
     logouts: Vec<String>,
     log: VecDeque<Recorded>,
     login_outage: Option<StatusCode>,
@@ -244,6 +245,11 @@ impl FakeCma {
             .iter()
             .filter(|a| a.status == 200)
             .count()
+    }
+
+    /// Every token ever issued, in order.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state().issued.clone()
     }
 
     /// Tokens logged out so far (`DELETE /v3/user-session` with a live token).
@@ -506,6 +512,17 @@ impl Sim {
                     Answer::Raw(sim_bytes(n), "application/octet-stream"),
                 )
             }
+            (Method::GET, "/v3/_sim/slow") => {
+                // A long request, for drain tests: `?ms=N`.
+                let ms = parts
+                    .uri
+                    .query()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1000);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                ok(json!({ "slept_ms": ms }))
+            }
             (Method::GET, "/v3/_sim/echo") => ok(json!({
                 "headers": parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("<binary>")))).collect::<serde_json::Map<_, _>>(),
                 "query": parts.uri.query(),
@@ -718,6 +735,7 @@ fn judge_login(
         state.sessions.remove(&old);
     }
     state.sessions.insert(token.clone(), email.to_owned());
+    state.issued.push(token.clone());
     let mut user = user_json(email, &org);
     user["authtoken"] = token.into();
     (

@@ -172,6 +172,15 @@ impl ProfileState {
         }
     }
 
+    /// How long logins are still held back by backoff.
+    fn retry_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.status()
+            .retry_at
+            .filter(|at| *at > now)
+            .map(|at| at - now)
+    }
+
     fn record_success(&self) {
         let mut status = self.status();
         status.ever_logged_in = true;
@@ -212,6 +221,8 @@ struct Inner {
     profiles: RwLock<HashMap<Arc<str>, Arc<ProfileState>>>,
     /// The background care task (validation, max age) of each login profile.
     care: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Wakes the care tasks when a token is cached, so that their timers start from it.
+    token_cached: Arc<tokio::sync::Notify>,
     auth: AuthClient,
     metrics: Arc<Metrics>,
 }
@@ -252,6 +263,7 @@ impl TokenManager {
                 cache: moka::future::Cache::builder().build(),
                 profiles: RwLock::new(profiles),
                 care: Mutex::default(),
+                token_cached: Arc::default(),
                 auth,
                 metrics,
             }),
@@ -341,6 +353,7 @@ impl TokenManager {
                 tracing::info!(profile = %name, token = %token.fingerprint(), "logged in");
                 if self.is_current(state) {
                     self.inner.cache.insert(name.clone(), token.clone()).await;
+                    self.inner.token_cached.notify_waiters();
                 } else {
                     // The credentials were rotated during this login: serve the waiting requests,
                     // then let the session go.
@@ -560,8 +573,8 @@ impl TokenManager {
             task.abort();
         }
         for name in names {
-            let weak = weak.clone();
-            care.push(tokio::spawn(care_for(weak, name)).abort_handle());
+            let task = care_for(weak.clone(), self.inner.token_cached.clone(), name);
+            care.push(tokio::spawn(task).abort_handle());
         }
     }
 
@@ -599,10 +612,16 @@ impl TokenManager {
 
 /// How often a profile without validation or max age still looks at its token.
 const CARE_IDLE: Duration = Duration::from_secs(60);
+/// The care loop never spins faster than this, whatever the settings.
+const CARE_MIN_TICK: Duration = Duration::from_millis(50);
 
 /// Background care of one profile's token: validation against `GET /v3/user` every
 /// `validate_interval`, and a fresh login after `max_token_age`. Ends with the token manager.
-async fn care_for(weak: std::sync::Weak<Inner>, name: Arc<str>) {
+async fn care_for(
+    weak: std::sync::Weak<Inner>,
+    token_cached: Arc<tokio::sync::Notify>,
+    name: Arc<str>,
+) {
     let mut last_validated = Instant::now();
     loop {
         let Some(inner) = weak.upgrade() else { return };
@@ -615,17 +634,24 @@ async fn care_for(weak: std::sync::Weak<Inner>, name: Arc<str>) {
         let until_validate = config
             .validate_interval
             .map(|every| every.saturating_sub(last_validated.elapsed()));
+        // A refresh that is backing off waits for its backoff, not for the (passed) age.
         let until_max_age = config
             .max_token_age
             .zip(token.as_ref())
-            .map(|(max, t)| max.saturating_sub(t.age()));
+            .map(|(max, t)| max.saturating_sub(t.age()))
+            .map(|left| left.max(state.retry_in().unwrap_or_default()));
         let wait = [until_validate, until_max_age]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(CARE_IDLE);
+            .unwrap_or(CARE_IDLE)
+            .max(CARE_MIN_TICK);
         drop((this, state, token));
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // A new token restarts the max-age clock.
+            _ = token_cached.notified() => continue,
+        }
 
         let Some(inner) = weak.upgrade() else { return };
         let this = TokenManager { inner };

@@ -131,3 +131,198 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// The real binary, `run` with a config file, its stderr collected line by line.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub url: String,
+    pub admin: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Binary {
+    /// Starts `cma-auth-proxy run --config path` and waits for its start-up log line, which names
+    /// the bound addresses (the config should listen on port 0).
+    pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Binary {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"))
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log_writer.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let mut binary = Binary {
+            child,
+            url: String::new(),
+            admin: String::new(),
+            lines,
+            log,
+        };
+        let started = binary.wait_for_line("cma-auth-proxy started");
+        binary.url = format!("http://{}", field(&started, "listen"));
+        binary.admin = format!("http://{}", field(&started, "admin"));
+        binary
+    }
+
+    /// Waits (at most 30 s) for a log line containing `needle`.
+    pub fn wait_for_line(&mut self, needle: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no log line with {needle:?}; log: {:?}",
+                        self.log.lock().unwrap()
+                    )
+                });
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `key=value` (text logs, ANSI colours stripped) or `"key":"value"` (JSON logs).
+fn field(line: &str, key: &str) -> String {
+    let plain = strip_ansi(line);
+    for pattern in [format!("{key}="), format!("\"{key}\":\"")] {
+        if let Some(start) = plain.find(&pattern) {
+            let rest = &plain[start + pattern.len()..];
+            let end = rest.find([' ', '"', ',']).unwrap_or(rest.len());
+            return rest[..end].to_owned();
+        }
+    }
+    panic!("no {key} in {line}");
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cma-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Parses Prometheus text into (series, value) pairs, e.g. `cma_auth_proxy_logins_total{profile="default",outcome="success"}`.
+pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Fetches and parses `/metrics`.
+pub async fn metrics(admin: &str) -> std::collections::HashMap<String, f64> {
+    let text = reqwest::get(format!("{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    parse_metrics(&text)
+}
+
+/// The Kubernetes layout of a mounted Secret: `dir/..data -> ..TIMESTAMP/`, `dir/KEY -> ..data/KEY`.
+pub struct SecretVolume {
+    pub dir: std::path::PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    pub fn new(files: &[(&str, &str)]) -> SecretVolume {
+        let mut volume = SecretVolume {
+            dir: tempdir(),
+            generation: 0,
+        };
+        volume.update(files);
+        for (key, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{key}"), volume.dir.join(key)).unwrap();
+        }
+        volume
+    }
+
+    /// Writes a new timestamped directory and swaps `..data` to it atomically, as the kubelet does.
+    pub fn update(&mut self, files: &[(&str, &str)]) {
+        self.generation += 1;
+        let versioned = format!(
+            "..2026_11_27_00_00_{:02}.{}",
+            self.generation,
+            rand::random::<u32>()
+        );
+        std::fs::create_dir(self.dir.join(&versioned)).unwrap();
+        for (key, value) in files {
+            std::fs::write(self.dir.join(&versioned).join(key), value).unwrap();
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&versioned, &tmp).unwrap();
+        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
+    }
+
+    pub fn path(&self, key: &str) -> std::path::PathBuf {
+        self.dir.join(key)
+    }
+}
+
+/// Starts the proxy from a config file, reloading it live (SPEC §8).
+pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
+    let config = Config::load(path, Vec::new()).expect("test config is valid");
+    let mut running = cma_auth_proxy::start(config).await.expect("proxy starts");
+    running.watch_config(path.to_owned());
+    Proxy::new(running)
+}

@@ -1,0 +1,189 @@
+//! Live reload and credential rotation (SPEC §8), with Secrets laid out as Kubernetes mounts them.
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::*;
+
+const NEW_PASSWORD: &str = "rotated password 2";
+
+fn config_text(fake_url: &str, password_file: &std::path::Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [upstream]\nurl = \"{fake_url}\"\n\
+         [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"{}\"\nvalidate_interval = \"0s\"\n{extra}",
+        password_file.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn symlink_swap_rotation_under_load_logs_in_anew_and_logs_the_old_session_out() {
+    let fake = Arc::new(fake().await);
+    let mut secret = SecretVolume::new(&[("password", PASSWORD)]);
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(&fake.url(), &secret.path("password"), ""),
+    )
+    .unwrap();
+    let proxy = proxy_from_file(&config).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    let old_token = fake.issued_tokens()[0].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url, stop, done) = (
+                proxy.client.clone(),
+                proxy.url.clone(),
+                stop.clone(),
+                done.clone(),
+            );
+            tokio::spawn(async move {
+                let mut failures = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let request = if i % 2 == 0 {
+                        client.get(format!("{url}/v3/user"))
+                    } else {
+                        client
+                            .post(format!("{url}/v3/_sim/upload"))
+                            .body(vec![1u8; 4096])
+                    };
+                    let status = request.send().await.unwrap().status();
+                    if status != 200 {
+                        failures.push(status);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                failures
+            })
+        })
+        .collect();
+    eventually(10, "clients are busy", || async {
+        done.load(Ordering::Relaxed) > 200
+    })
+    .await;
+
+    // The password is changed in Contentstack, then the Secret is updated.
+    fake.set_password(EMAIL, NEW_PASSWORD);
+    secret.update(&[("password", NEW_PASSWORD)]);
+    eventually(15, "the old session is logged out", || async {
+        fake.logouts().contains(&old_token)
+    })
+    .await;
+    let after = done.load(Ordering::Relaxed);
+    eventually(10, "clients keep going after the rotation", || async {
+        done.load(Ordering::Relaxed) > after + 200
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let failures = c.await.unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+    }
+    assert_eq!(fake.logins(), 2, "{:?}", fake.login_attempts());
+    let status = proxy.status_json().await;
+    assert_eq!(status["config"]["version"], 2);
+    let m = metrics(&proxy.admin).await;
+    assert_eq!(
+        m[r#"cma_auth_proxy_reauth_total{profile="default",trigger="rotate"}"#],
+        1.0
+    );
+    assert_eq!(
+        m[r#"cma_auth_proxy_config_reloads_total{outcome="success"}"#],
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn rotation_clears_the_rejected_backoff() {
+    let fake = fake().await;
+    let mut secret = SecretVolume::new(&[("password", "stale password")]);
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(
+            &fake.url(),
+            &secret.path("password"),
+            "rejected_retry = \"1h\"",
+        ),
+    )
+    .unwrap();
+    let proxy = proxy_from_file(&config).await;
+    let response = proxy.get("/v3/user").send().await.unwrap();
+    assert_eq!(
+        response.headers()["x-cma-auth-proxy-error"],
+        "login_rejected"
+    );
+    assert_eq!(fake.login_attempts().len(), 1);
+
+    secret.update(&[("password", PASSWORD)]);
+    eventually(
+        15,
+        "a login with the new password, long before rejected_retry",
+        || async { fake.logins() == 1 },
+    )
+    .await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    assert_eq!(fake.login_attempts().len(), 2);
+}
+
+#[tokio::test]
+async fn a_broken_config_is_counted_and_the_old_one_keeps_serving() {
+    let fake = fake().await;
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), PASSWORD).unwrap();
+    let config = dir.join("config.toml");
+    let good = config_text(&fake.url(), &dir.join("password"), "");
+    std::fs::write(&config, &good).unwrap();
+    let proxy = proxy_from_file(&config).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+
+    std::fs::write(&config, format!("{good}\nunknown_key = 1\n")).unwrap();
+    eventually(15, "the failed reload is counted", || async {
+        metrics(&proxy.admin)
+            .await
+            .get(r#"cma_auth_proxy_config_reloads_total{outcome="error"}"#)
+            .is_some_and(|v| *v >= 1.0)
+    })
+    .await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    assert_eq!(proxy.status_json().await["config"]["version"], 1);
+
+    std::fs::write(
+        &config,
+        good.replace("validate_interval = \"0s\"", "validate_interval = \"1h\""),
+    )
+    .unwrap();
+    eventually(15, "the fixed config is loaded", || async {
+        proxy.status_json().await["config"]["version"] == 2
+    })
+    .await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    assert_eq!(
+        fake.logins(),
+        1,
+        "a reload without credential changes keeps the session"
+    );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_binary() {
+    let fake = fake().await;
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), PASSWORD).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_text(&fake.url(), &dir.join("password"), "")).unwrap();
+    let mut binary = Binary::start(&config, &[]);
+    binary.signal("HUP");
+    binary.wait_for_line("configuration reloaded");
+    let m = metrics(&binary.admin).await;
+    assert_eq!(
+        m[r#"cma_auth_proxy_config_reloads_total{outcome="success"}"#],
+        1.0
+    );
+}

@@ -1,0 +1,119 @@
+//! Graceful shutdown of the real binary (SPEC §9): SIGTERM under load drains, logs out, exits 0;
+//! a second signal exits at once.
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+
+fn write_config(fake_url: &str, extra: &str) -> std::path::PathBuf {
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+    let path = dir.join("config.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{extra}\n\
+             [upstream]\nurl = \"{fake_url}\"\n\
+             [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn wait_ready(admin: &str) {
+    eventually(30, "readiness", || async {
+        reqwest::get(format!("{admin}/readyz"))
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_with_fifty_requests_in_flight_drains_logs_out_and_exits_0() {
+    let fake = Arc::new(fake().await);
+    let config = write_config(&fake.url(), "");
+    let mut binary = Binary::start(&config, &[]);
+    wait_ready(&binary.admin).await;
+
+    let client = reqwest::Client::new();
+    let in_flight: Vec<_> = (0..50)
+        .map(|_| {
+            let request = client
+                .get(format!("{}/v3/_sim/slow?ms=1500", binary.url))
+                .send();
+            tokio::spawn(async move {
+                let response = request.await.unwrap();
+                (response.status().as_u16(), response.text().await.unwrap())
+            })
+        })
+        .collect();
+    eventually(30, "all 50 requests reached the CMA", || async {
+        fake.requests()
+            .iter()
+            .filter(|r| r.path == "/v3/_sim/slow")
+            .count()
+            == 50
+    })
+    .await;
+
+    binary.signal("TERM");
+    binary.wait_for_line("shutting down");
+    // Draining: not ready, and no new connections.
+    let readyz = reqwest::get(format!("{}/readyz", binary.admin))
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    eventually(10, "the proxy port refuses new connections", || async {
+        reqwest::Client::new()
+            .get(format!("{}/v3/user", binary.url))
+            .header("connection", "close")
+            .send()
+            .await
+            .is_err()
+    })
+    .await;
+
+    for request in in_flight {
+        let (status, body) = request.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    let code = tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        fake.logouts(),
+        fake.issued_tokens(),
+        "the one session was logged out"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_signal_exits_at_once() {
+    let fake = Arc::new(fake().await);
+    let config = write_config(&fake.url(), "");
+    let mut binary = Binary::start(&config, &[]);
+    wait_ready(&binary.admin).await;
+    let slow = reqwest::Client::new()
+        .get(format!("{}/v3/_sim/slow?ms=60000", binary.url))
+        .send();
+    let slow = tokio::spawn(slow);
+    eventually(30, "the slow request reached the CMA", || async {
+        fake.requests().iter().any(|r| r.path == "/v3/_sim/slow")
+    })
+    .await;
+    binary.signal("TERM");
+    binary.wait_for_line("shutting down");
+    binary.signal("INT");
+    let code = tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(1), "a cut shutdown is not a clean exit");
+    assert!(
+        slow.await.unwrap().is_err(),
+        "the 60 s request was cut, not awaited"
+    );
+}
