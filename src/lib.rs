@@ -1,5 +1,255 @@
 //! cma-auth-proxy: a sidecar that logs in to Contentstack's Content Management API with a service
 //! account and forwards credential-free local requests with the session token injected.
+//!
+//! [`start`] wires the parts and binds the listeners; [`Running::shutdown`] drains and logs out.
+//! `main.rs` adds only argument parsing, telemetry and signals, so tests drive exactly this.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod config;
 pub mod dev;
+pub mod error;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod token;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::Config;
+use hyper_util::server::graceful::GracefulShutdown;
+use proxy::Proxy;
+pub use server::BoundAddr;
+
+/// Logging out at shutdown gives up after this long; the sessions then simply stay until evicted.
+const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] proxy::upstream::TlsError),
+    #[error("cannot build the session client")]
+    Client(#[source] reqwest::Error),
+}
+
+/// A started proxy: listeners bound, first logins under way.
+pub struct Running {
+    proxy: Arc<Proxy>,
+    proxy_addr: BoundAddr,
+    admin_addr: BoundAddr,
+    stop_proxy: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
+    proxy_server: JoinHandle<GracefulShutdown>,
+    admin_server: JoinHandle<GracefulShutdown>,
+    stop_reload: watch::Sender<bool>,
+}
+
+/// Builds the proxy from `config`, binds both listeners and starts serving. Login profiles log in
+/// right away in the background, so the first request usually finds a token.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let config = Arc::new(config);
+    let tls = proxy::upstream::tls_config(&config.upstream)?;
+    let mut session_tls = tls.clone();
+    session_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let auth = token::AuthClient::new(
+        &config.upstream.base_url,
+        session_tls,
+        config.upstream.connect_timeout,
+    )
+    .map_err(StartError::Client)?;
+    let metrics = metrics::Metrics::new();
+    let tokens = token::TokenManager::new(&config, auth, metrics.clone());
+    let client = proxy::upstream::client(&config.upstream, tls);
+    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client, metrics));
+
+    let bind = |addr: &config::ListenAddr| {
+        let addr = addr.clone();
+        async move {
+            server::bind(&addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: addr.to_string(),
+                    source,
+                })
+        }
+    };
+    let (proxy_listener, proxy_addr) = bind(&config.server.listen).await?;
+    let (admin_listener, admin_addr) = bind(&config.server.admin_listen).await?;
+    let (stop_proxy, proxy_stop) = watch::channel(false);
+    let (stop_admin, admin_stop) = watch::channel(false);
+    let proxy_server = tokio::spawn(server::serve(proxy_listener, proxy.clone(), proxy_stop));
+    let admin_server = tokio::spawn(server::serve(
+        admin_listener,
+        Arc::new(admin::Admin::new(proxy.clone())),
+        admin_stop,
+    ));
+    tokens.start_care();
+    for profile in config.profiles.iter().filter(|p| p.is_login()) {
+        let tokens = tokens.clone();
+        let name = profile.name.clone();
+        // Failures are logged and remembered by the token manager; requests see them as 503s.
+        tokio::spawn(async move { tokens.token(&name).await.ok() });
+    }
+    tracing::info!(listen = %proxy_addr, admin = %admin_addr, upstream = %config.upstream.base_url, profiles = config.profiles.len(), "cma-auth-proxy started");
+    Ok(Running {
+        proxy,
+        proxy_addr,
+        admin_addr,
+        stop_proxy,
+        stop_admin,
+        proxy_server,
+        admin_server,
+        stop_reload: watch::channel(false).0,
+    })
+}
+
+impl Running {
+    pub fn proxy_addr(&self) -> &BoundAddr {
+        &self.proxy_addr
+    }
+
+    pub fn admin_addr(&self) -> &BoundAddr {
+        &self.admin_addr
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Reloads the configuration from `path` on SIGHUP and whenever it or a secret file it names
+    /// changes (SPEC §8).
+    pub fn watch_config(&mut self, path: std::path::PathBuf) {
+        let (stop, stopped) = watch::channel(false);
+        self.stop_reload = stop;
+        let proxy = self.proxy.clone();
+        tokio::spawn(async move {
+            if let Err(e) = reload::watch(path, proxy, stopped).await {
+                tracing::error!("live reload is off: {}", error::error_chain_text(&e));
+            }
+        });
+    }
+
+    /// SPEC §9: readiness goes 503, the proxy listener stops accepting, in-flight requests get
+    /// `shutdown_grace` to finish, sessions are logged out, then the admin listener closes.
+    /// Returns whether every in-flight request finished in time.
+    pub async fn shutdown(self) -> bool {
+        let grace = self.proxy.config().server.shutdown_grace;
+        let _ = self.stop_reload.send(true);
+        self.proxy.start_draining();
+        let _ = self.stop_proxy.send(true);
+        let drained = match self.proxy_server.await {
+            Ok(connections) => server::drain(connections, grace).await,
+            Err(_) => false,
+        };
+        if drained {
+            tracing::info!("in-flight requests finished");
+        } else {
+            tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "shutdown_grace passed; cutting the requests still in flight"
+            );
+        }
+        if tokio::time::timeout(LOGOUT_TIMEOUT, self.proxy.tokens().logout_all())
+            .await
+            .is_err()
+        {
+            tracing::warn!("logout did not finish within {LOGOUT_TIMEOUT:?}");
+        }
+        let _ = self.stop_admin.send(true);
+        if let Ok(connections) = self.admin_server.await {
+            server::drain(connections, Duration::from_secs(1)).await;
+        }
+        drained
+    }
+}
+
+/// The result of `check --login` for one profile.
+pub struct ProfileCheck {
+    pub profile: Arc<str>,
+    pub outcome: Result<String, String>,
+}
+
+/// `check --login`: for every login profile, log in once, validate the token with `GET /v3/user`,
+/// and log out. Management-token profiles are reported as not checked (they need a stack).
+pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartError> {
+    let mut tls = proxy::upstream::tls_config(&config.upstream)?;
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let auth = token::AuthClient::new(
+        &config.upstream.base_url,
+        tls,
+        config.upstream.connect_timeout,
+    )
+    .map_err(StartError::Client)?;
+    let mut out = Vec::new();
+    for profile in &config.profiles {
+        let outcome = match &profile.credentials {
+            config::Credentials::ManagementToken(_) => Ok(
+                "management token: not checked (no login; it is validated per stack)".to_owned(),
+            ),
+            config::Credentials::Login {
+                email,
+                password,
+                totp_secret,
+            } => {
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as u64;
+                let code = totp_secret
+                    .as_ref()
+                    .map(|s| match token::totp::next(s, now_ms, None) {
+                        token::totp::Next::Code { code, .. } => code,
+                        token::totp::Next::WaitFor(_) => unreachable!("no step used yet"),
+                    });
+                check_one(&auth, email, password, code.as_deref()).await
+            }
+        };
+        out.push(ProfileCheck {
+            profile: profile.name.clone(),
+            outcome,
+        });
+    }
+    Ok(out)
+}
+
+async fn check_one(
+    auth: &token::AuthClient,
+    email: &str,
+    password: &secrecy::SecretString,
+    code: Option<&str>,
+) -> Result<String, String> {
+    let token = auth
+        .login(email, password, code)
+        .await
+        .map_err(|e| error::error_chain_text(&e))?;
+    let validity = auth.validate(&token).await;
+    let logout = auth.logout(&token).await;
+    match (validity, logout) {
+        (Ok(token::Validity::Valid), Ok(())) => Ok(format!(
+            "logged in as {email}, token valid (GET /v3/user), logged out"
+        )),
+        (Ok(token::Validity::Dead), _) => Err(
+            "logged in, but Contentstack rejected the new token at once (error_code 105)".into(),
+        ),
+        (Err(e), _) => Err(format!(
+            "logged in, but validating the token failed: {}",
+            error::error_chain_text(&e)
+        )),
+        (Ok(token::Validity::Valid), Err(e)) => Err(format!(
+            "logged in and validated, but logging out failed: {}",
+            error::error_chain_text(&e)
+        )),
+    }
+}

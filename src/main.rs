@@ -1,1 +1,200 @@
-fn main() {}
+//! The `cma-auth-proxy` command: parses arguments, loads the configuration, sets up logging and
+//! signals, and hands over to the library. Exit codes: 0 clean (also after SIGTERM), 64 invalid
+//! configuration or usage, 1 runtime failure.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use cma_auth_proxy::config::{self, Config, ListenAddr, LogFormat};
+
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "cma-auth-proxy",
+    version,
+    about = "Contentstack CMA auth sidecar: logs in once, injects the authtoken, forwards"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the configuration file.
+    Run {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Validate the configuration (and the secret files it names) and exit.
+    Check {
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Also log in once per profile, validate the token with GET /v3/user, and log out.
+        #[arg(long)]
+        login: bool,
+    },
+    /// Serve in front of a built-in simulated CMA with a demo account.
+    Dev {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: ListenAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: ListenAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match cli.command {
+        Command::Check { config, login } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let names: Vec<_> = c.profiles.iter().map(|p| &*p.name).collect();
+            println!(
+                "{}: configuration valid ({} profile{}: {})",
+                config.display(),
+                names.len(),
+                if names.len() == 1 { "" } else { "s" },
+                names.join(", ")
+            );
+            if login {
+                check_login(&c)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Command::Run { config } => {
+            let config_path = config;
+            let config = match load(&config_path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(config.log.format, &config.log.level);
+            runtime().block_on(async {
+                match cma_auth_proxy::start(config).await {
+                    Ok(mut running) => {
+                        running.watch_config(config_path);
+                        shutdown_signal().await;
+                        running.shutdown().await;
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        tracing::error!("{}", cma_auth_proxy::error::error_chain_text(&e));
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+        Command::Dev {
+            listen,
+            admin_listen,
+        } => {
+            init_logging(LogFormat::Text, "info");
+            runtime().block_on(async {
+                match cma_auth_proxy::dev::run_dev(listen, admin_listen, shutdown_signal()).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => {
+                        eprintln!(
+                            "cma-auth-proxy dev: {}",
+                            cma_auth_proxy::error::error_chain_text(&e)
+                        );
+                        ExitCode::FAILURE
+                    }
+                }
+            })
+        }
+    }
+}
+
+/// Prints one line per profile; exit 1 when any profile failed.
+fn check_login(config: &Config) -> ExitCode {
+    let results = runtime().block_on(cma_auth_proxy::check_login(config));
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!(
+                "cma-auth-proxy: {}",
+                cma_auth_proxy::error::error_chain_text(&e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for r in results {
+        match r.outcome {
+            Ok(text) => println!("profile {}: ok: {text}", r.profile),
+            Err(text) => {
+                failed = true;
+                println!("profile {}: FAILED: {text}", r.profile);
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path, std::env::vars()).map_err(|e| {
+        eprintln!("cma-auth-proxy: invalid configuration: {e}");
+        ExitCode::from(EXIT_USAGE)
+    })
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime")
+}
+
+/// `RUST_LOG` wins over `log.level`, so an operator can turn up one module without a reload.
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
+    let mut int = signal(SignalKind::interrupt()).expect("cannot listen for SIGINT");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down; send the signal again to exit at once");
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::warn!("second signal: exiting without draining");
+        std::process::exit(1);
+    });
+}

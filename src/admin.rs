@@ -1,0 +1,149 @@
+//! The admin listener (SPEC §7): probes, `/status`. Answers from the proxy's state; never shows a
+//! secret or a token, and never triggers a login.
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::proxy::Proxy;
+use crate::proxy::body::Relay;
+use crate::server::Handler;
+
+pub struct Admin {
+    proxy: Arc<Proxy>,
+}
+
+impl Admin {
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy }
+    }
+
+    async fn respond(&self, req: &Request<Incoming>) -> Response<Bytes> {
+        if req.method() != Method::GET && req.method() != Method::HEAD {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        }
+        match req.uri().path() {
+            "/livez" => text(StatusCode::OK, "ok\n"),
+            "/startupz" => {
+                let profiles = self.proxy.tokens().snapshot().await;
+                match profiles.iter().find(|p| !p.ever_logged_in) {
+                    None => text(StatusCode::OK, "ok\n"),
+                    Some(p) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("profile {} has not logged in yet\n", p.name),
+                    ),
+                }
+            }
+            "/readyz" => {
+                if self.proxy.is_draining() {
+                    return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+                }
+                let profiles = self.proxy.tokens().snapshot().await;
+                match profiles.iter().find(|p| !p.ready()) {
+                    None => text(StatusCode::OK, "ok\n"),
+                    Some(p) => text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("profile {} has no usable token\n", p.name),
+                    ),
+                }
+            }
+            "/status" => self.status().await,
+            "/metrics" => self.metrics().await,
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn metrics(&self) -> Response<Bytes> {
+        let metrics = self.proxy.metrics();
+        // Token ages are read at scrape time; a profile without a token has no series.
+        for p in self.proxy.tokens().snapshot().await {
+            let labels = crate::metrics::ProfileLabels {
+                profile: p.name.to_string(),
+            };
+            match p.token_age {
+                Some(age) => {
+                    metrics
+                        .token_age
+                        .get_or_create(&labels)
+                        .set(age.as_secs_f64());
+                }
+                None => {
+                    metrics.token_age.remove(&labels);
+                }
+            }
+        }
+        let mut response = Response::new(Bytes::from(metrics.encode()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+
+    async fn status(&self) -> Response<Bytes> {
+        let config = self.proxy.config();
+        let snapshot = self.proxy.tokens().snapshot().await;
+        let login_profiles = config.profiles.iter().filter(|p| p.is_login()).count();
+        let mut profiles = serde_json::Map::new();
+        for p in &snapshot {
+            profiles.insert(
+                p.name.to_string(),
+                serde_json::json!({
+                    "mode": "login",
+                    "ready": p.ready(),
+                    "token_age_seconds": p.token_age.map(|d| d.as_secs()),
+                    "last_login_at": p.last_attempt.map(|(at, _)| unix(at)),
+                    "last_login_outcome": p.last_attempt.map(|(_, o)| o.as_str()),
+                    "last_error": p.last_error,
+                    "backoff_remaining_seconds": p.retry_in.map(secs),
+                }),
+            );
+        }
+        for p in config.profiles.iter().filter(|p| !p.is_login()) {
+            profiles.insert(
+                p.name.to_string(),
+                serde_json::json!({ "mode": "management_token", "ready": true }),
+            );
+        }
+        debug_assert_eq!(snapshot.len(), login_profiles);
+        let body = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "draining": self.proxy.is_draining(),
+            "config": { "version": config.version, "loaded_at": unix(config.loaded_at) },
+            "profiles": profiles,
+        });
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+fn secs(d: Duration) -> f64 {
+    (d.as_secs_f64() * 10.0).ceil() / 10.0
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::copy_from_slice(body.as_bytes()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+impl Handler for Admin {
+    async fn call(&self, req: Request<Incoming>, _peer: Option<IpAddr>) -> Response<Relay> {
+        self.respond(&req).await.map(Relay::full)
+    }
+}

@@ -1,0 +1,1019 @@
+//! Configuration: the file/env shapes (`File*`, serde, unknown keys refused) and their validation into
+//! the typed [`Config`] the rest of the program reads.
+//!
+//! Precedence, applied in [`Config::load`]: environment (`CMA_AUTH_PROXY_` + path joined by `__`)
+//! over the TOML file over the defaults named here. Secret files are read during validation, so a
+//! `Config` that exists is complete: nothing later fails because a file went missing in between.
+//! This module never logs and never prints a secret; `Debug` of every secret is `[REDACTED]`.
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use http::uri::{Authority, Scheme};
+use http::{HeaderValue, Uri};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::policy::{Policy, PolicyError};
+
+/// Where the file is looked for when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "config/cma-auth-proxy.toml";
+/// Prefix of the environment variables that override file values.
+pub const ENV_PREFIX: &str = "CMA_AUTH_PROXY";
+
+/// Contentstack's CMA hosts by region (SPEC §1).
+pub const REGIONS: &[(&str, &str)] = &[
+    ("na", "https://api.contentstack.io"),
+    ("eu", "https://eu-api.contentstack.com"),
+    ("au", "https://au-api.contentstack.com"),
+    ("azure-na", "https://azure-na-api.contentstack.com"),
+    ("azure-eu", "https://azure-eu-api.contentstack.com"),
+    ("gcp-na", "https://gcp-na-api.contentstack.com"),
+    ("gcp-eu", "https://gcp-eu-api.contentstack.com"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the configuration: {0}")]
+    Load(#[source] config::ConfigError),
+    #[error("`{key}`: {problem}")]
+    Invalid { key: String, problem: String },
+    #[error("`{key}`: cannot read secret file {path}: {source}")]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{key}`: cannot read {path}: {source}")]
+    File {
+        key: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`policy`: {0}")]
+    Policy(#[from] PolicyError),
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// File shapes. Every field has a default so that an empty file is a valid start.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileConfig {
+    server: FileServer,
+    upstream: FileUpstream,
+    profiles: BTreeMap<String, FileProfile>,
+    policy: FilePolicy,
+    token_store: FileTokenStore,
+    log: FileLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileServer {
+    listen: String,
+    admin_listen: String,
+    #[serde(with = "humantime_serde")]
+    shutdown_grace: Duration,
+    #[serde(with = "humantime_serde")]
+    request_timeout: Duration,
+    max_body: String,
+    replay_body_limit: String,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9901".into(),
+            shutdown_grace: Duration::from_secs(25),
+            request_timeout: Duration::from_secs(120),
+            max_body: "1GiB".into(),
+            replay_body_limit: "1MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileUpstream {
+    region: String,
+    url: String,
+    ca_file: String,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+}
+
+impl Default for FileUpstream {
+    fn default() -> Self {
+        Self {
+            region: "na".into(),
+            url: String::new(),
+            ca_file: String::new(),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileProfile {
+    email: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    totp_secret: Option<String>,
+    totp_secret_file: Option<PathBuf>,
+    management_token: Option<String>,
+    management_token_file: Option<PathBuf>,
+    stacks: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    validate_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    max_token_age: Duration,
+    #[serde(with = "humantime_serde")]
+    min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    rejected_retry: Duration,
+    logout_on_shutdown: bool,
+    rate_limit: Option<FileRateLimit>,
+}
+
+impl Default for FileProfile {
+    fn default() -> Self {
+        Self {
+            email: None,
+            password: None,
+            password_file: None,
+            totp_secret: None,
+            totp_secret_file: None,
+            management_token: None,
+            management_token_file: None,
+            stacks: Vec::new(),
+            validate_interval: Duration::from_secs(5 * 60),
+            max_token_age: Duration::ZERO,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5 * 60),
+            rejected_retry: Duration::from_secs(5 * 60),
+            logout_on_shutdown: true,
+            rate_limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRateLimit {
+    #[serde(rename = "reads_per_second")]
+    _reads_per_second: Option<u32>,
+    #[serde(rename = "writes_per_second")]
+    _writes_per_second: Option<u32>,
+    #[serde(rename = "burst")]
+    _burst: Option<u32>,
+    #[serde(rename = "max_wait", default, with = "humantime_serde")]
+    _max_wait: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FilePolicy {
+    allow: Vec<String>,
+    deny: Vec<String>,
+    client_credentials: String,
+}
+
+impl Default for FilePolicy {
+    fn default() -> Self {
+        Self {
+            allow: Vec::new(),
+            deny: Vec::new(),
+            client_credentials: "strip".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileTokenStore {
+    kind: String,
+    url: Option<String>,
+    key_prefix: Option<String>,
+    encryption_key_file: Option<PathBuf>,
+}
+
+impl Default for FileTokenStore {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            url: None,
+            key_prefix: None,
+            encryption_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FileLog {
+    format: String,
+    level: String,
+}
+
+impl Default for FileLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The validated configuration.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    /// Sorted by name; never empty.
+    pub profiles: Vec<Arc<ProfileConfig>>,
+    pub policy: Arc<Policy>,
+    pub log: LogConfig,
+    /// Files whose change means "reload": the config file itself and every secret file.
+    pub watched_files: Vec<PathBuf>,
+    pub loaded_at: SystemTime,
+    /// 1 at start, +1 for every successful reload.
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(addr) => write!(f, "{addr}"),
+            ListenAddr::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+impl std::str::FromStr for ListenAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err(
+                    "a unix listener needs a path, e.g. \"unix:/run/cma/proxy.sock\"".into(),
+                );
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        s.parse().map(ListenAddr::Tcp).map_err(|_| {
+            format!("{s:?} is not an address; use \"IP:PORT\" (e.g. \"127.0.0.1:8080\") or \"unix:/path\"")
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: ListenAddr,
+    pub admin_listen: ListenAddr,
+    pub shutdown_grace: Duration,
+    pub request_timeout: Duration,
+    pub max_body: u64,
+    pub replay_body_limit: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub scheme: Scheme,
+    pub authority: Authority,
+    /// `scheme://authority`, no trailing slash; the login client joins paths onto it.
+    pub base_url: String,
+    /// PEM file of extra roots, already read so a bad file is a config error.
+    pub extra_roots_pem: Option<Arc<Vec<u8>>>,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Clone)]
+pub enum Credentials {
+    Login {
+        email: String,
+        password: SecretString,
+        totp_secret: Option<TotpSecret>,
+    },
+    /// Injected as `authorization: <token>`; never logs in.
+    ManagementToken(HeaderValue),
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::Login {
+                email, totp_secret, ..
+            } => f
+                .debug_struct("Login")
+                .field("email", email)
+                .field("password", &"[REDACTED]")
+                .field("totp", &totp_secret.as_ref().map(|_| "[REDACTED]"))
+                .finish(),
+            Credentials::ManagementToken(_) => f.write_str("ManagementToken([REDACTED])"),
+        }
+    }
+}
+
+impl PartialEq for Credentials {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Credentials::Login {
+                    email: e1,
+                    password: p1,
+                    totp_secret: t1,
+                },
+                Credentials::Login {
+                    email: e2,
+                    password: p2,
+                    totp_secret: t2,
+                },
+            ) => {
+                e1 == e2
+                    && p1.expose_secret() == p2.expose_secret()
+                    && t1.as_ref().map(TotpSecret::bytes) == t2.as_ref().map(TotpSecret::bytes)
+            }
+            (Credentials::ManagementToken(a), Credentials::ManagementToken(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A decoded base32 TOTP secret. `Debug` never shows it.
+#[derive(Clone)]
+pub struct TotpSecret(Arc<[u8]>);
+
+impl TotpSecret {
+    /// Accepts the forms authenticator apps show: any case, spaces, optional `=` padding.
+    pub fn from_base32(text: &str) -> Option<Self> {
+        let cleaned: String = text
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '=' && *c != '-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        if cleaned.is_empty() {
+            return None;
+        }
+        let secret = totp_rs::Secret::try_from_base32(&cleaned).ok()?;
+        Some(Self(secret.as_bytes().into()))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TotpSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProfileConfig {
+    pub name: Arc<str>,
+    pub credentials: Credentials,
+    pub stacks: Vec<String>,
+    /// `None` = off.
+    pub validate_interval: Option<Duration>,
+    /// `None` = keep until rejected.
+    pub max_token_age: Option<Duration>,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub rejected_retry: Duration,
+    pub logout_on_shutdown: bool,
+}
+
+impl ProfileConfig {
+    pub fn is_login(&self) -> bool {
+        matches!(self.credentials, Credentials::Login { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading.
+// ---------------------------------------------------------------------------------------------
+
+impl Config {
+    /// Loads `path` (TOML) with overrides from `env` (pairs of name and value; pass
+    /// `std::env::vars()` in production, a fixed list in tests).
+    pub fn load(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+            key: "--config".into(),
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::from_toml(&text, env, path.parent())?;
+        config.watched_files.insert(0, path.to_owned());
+        Ok(config)
+    }
+
+    /// Parses TOML text with environment overrides. Relative secret paths are resolved against
+    /// `base_dir` (the config file's directory) when given.
+    pub fn from_toml(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        base_dir: Option<&Path>,
+    ) -> Result<Config, ConfigError> {
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
+            .collect();
+        let file: FileConfig = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(
+                config::Environment::with_prefix(ENV_PREFIX)
+                    .prefix_separator("_")
+                    .separator("__")
+                    .source(Some(env)),
+            )
+            .build()
+            .and_then(config::Config::try_deserialize)
+            .map_err(ConfigError::Load)?;
+        validate(file, base_dir)
+    }
+
+    pub fn profile(&self, name: &str) -> Option<&Arc<ProfileConfig>> {
+        self.profiles.iter().find(|p| &*p.name == name)
+    }
+}
+
+fn validate(file: FileConfig, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut watched_files = Vec::new();
+    let server = validate_server(file.server)?;
+    let upstream = validate_upstream(file.upstream, base_dir)?;
+    if file.profiles.is_empty() {
+        return Err(invalid(
+            "profiles",
+            "no profile configured; add a [profiles.default] table with `email` and `password_file` \
+             (or `management_token_file`)",
+        ));
+    }
+    let profiles = file
+        .profiles
+        .into_iter()
+        .map(|(name, p)| validate_profile(name, p, base_dir, &mut watched_files).map(Arc::new))
+        .collect::<Result<Vec<_>, _>>()?;
+    let client_credentials = match file.policy.client_credentials.as_str() {
+        "strip" => crate::policy::ClientCredentials::Strip,
+        "reject" => crate::policy::ClientCredentials::Reject,
+        other => {
+            return Err(invalid(
+                "policy.client_credentials",
+                format!("{other:?} is not one of \"strip\", \"reject\""),
+            ));
+        }
+    };
+    let policy = Policy::new(&file.policy.allow, &file.policy.deny, client_credentials)?;
+    match file.token_store.kind.as_str() {
+        "memory" => {}
+        "redis" => {
+            return Err(invalid(
+                "token_store.kind",
+                "\"redis\" is not available in this version yet; use \"memory\"",
+            ));
+        }
+        other => {
+            return Err(invalid(
+                "token_store.kind",
+                format!("{other:?} is not one of \"memory\", \"redis\""),
+            ));
+        }
+    }
+    let store = &file.token_store;
+    if store.url.is_some() || store.key_prefix.is_some() || store.encryption_key_file.is_some() {
+        return Err(invalid(
+            "token_store",
+            "`url`, `key_prefix` and `encryption_key_file` apply only to kind = \"redis\"",
+        ));
+    }
+    let log = LogConfig {
+        format: match file.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(invalid(
+                    "log.format",
+                    format!("{other:?} is not one of \"text\", \"json\""),
+                ));
+            }
+        },
+        level: file.log.level,
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
+        return Err(invalid("log.level", e.to_string()));
+    }
+    Ok(Config {
+        server,
+        upstream,
+        profiles,
+        policy: Arc::new(policy),
+        log,
+        watched_files,
+        loaded_at: SystemTime::now(),
+        version: 1,
+    })
+}
+
+fn validate_server(s: FileServer) -> Result<ServerConfig, ConfigError> {
+    let listen = s.listen.parse().map_err(|e| invalid("server.listen", e))?;
+    let admin_listen = s
+        .admin_listen
+        .parse()
+        .map_err(|e| invalid("server.admin_listen", e))?;
+    // Port 0 (any free port) on both is fine: they get different ports.
+    let any_port = matches!(&listen, ListenAddr::Tcp(a) if a.port() == 0);
+    if listen == admin_listen && !any_port {
+        return Err(invalid(
+            "server.admin_listen",
+            "must differ from server.listen",
+        ));
+    }
+    if s.request_timeout.is_zero() {
+        return Err(invalid("server.request_timeout", "must be more than 0s"));
+    }
+    let max_body = parse_size("server.max_body", &s.max_body)?;
+    let replay_body_limit = parse_size("server.replay_body_limit", &s.replay_body_limit)?;
+    if replay_body_limit > max_body {
+        return Err(invalid(
+            "server.replay_body_limit",
+            "must not exceed server.max_body",
+        ));
+    }
+    Ok(ServerConfig {
+        listen,
+        admin_listen,
+        shutdown_grace: s.shutdown_grace,
+        request_timeout: s.request_timeout,
+        max_body,
+        replay_body_limit,
+    })
+}
+
+fn parse_size(key: &str, text: &str) -> Result<u64, ConfigError> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| invalid(key, format!("{text:?} is not a size like \"1MiB\": {e}")))
+}
+
+fn validate_upstream(
+    u: FileUpstream,
+    base_dir: Option<&Path>,
+) -> Result<UpstreamConfig, ConfigError> {
+    let (key, url) = if u.url.is_empty() {
+        let url = REGIONS
+            .iter()
+            .find(|(name, _)| *name == u.region)
+            .map(|(_, url)| *url)
+            .ok_or_else(|| {
+                let names: Vec<_> = REGIONS.iter().map(|(n, _)| *n).collect();
+                invalid(
+                    "upstream.region",
+                    format!("{:?} is not one of {}", u.region, names.join(", ")),
+                )
+            })?;
+        ("upstream.region", url.to_owned())
+    } else {
+        ("upstream.url", u.url.trim_end_matches('/').to_owned())
+    };
+    let uri: Uri = url
+        .parse()
+        .map_err(|e| invalid(key, format!("{url:?} is not a URL: {e}")))?;
+    let scheme = uri
+        .scheme()
+        .filter(|s| matches!(s.as_str(), "http" | "https"))
+        .cloned()
+        .ok_or_else(|| invalid(key, "must start with https:// (or http:// for tests)"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| invalid(key, "must name a host"))?;
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(invalid(
+            key,
+            "must be only scheme and host, e.g. \"https://eu-api.contentstack.com\" (the /v3 path comes from the client)",
+        ));
+    }
+    let extra_roots_pem = if u.ca_file.is_empty() {
+        None
+    } else {
+        let path = resolve(base_dir, Path::new(&u.ca_file));
+        let pem = std::fs::read(&path).map_err(|source| ConfigError::File {
+            key: "upstream.ca_file".into(),
+            path: path.clone(),
+            source,
+        })?;
+        let certs = rustls_pemfile::certs(&mut pem.as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid("upstream.ca_file", format!("not PEM: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid(
+                "upstream.ca_file",
+                format!("{} holds no PEM certificate", path.display()),
+            ));
+        }
+        Some(Arc::new(pem))
+    };
+    if u.connect_timeout.is_zero() {
+        return Err(invalid("upstream.connect_timeout", "must be more than 0s"));
+    }
+    Ok(UpstreamConfig {
+        base_url: format!("{scheme}://{authority}"),
+        scheme,
+        authority,
+        extra_roots_pem,
+        connect_timeout: u.connect_timeout,
+    })
+}
+
+fn resolve(base_dir: Option<&Path>, path: &Path) -> PathBuf {
+    match base_dir {
+        Some(dir) if path.is_relative() => dir.join(path),
+        _ => path.to_owned(),
+    }
+}
+
+/// Reads a secret given inline or as a file (the file wins nothing: both at once is an error).
+fn read_secret(
+    key_prefix: &str,
+    name: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base_dir: Option<&Path>,
+    watched: &mut Vec<PathBuf>,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{key_prefix}.{name}"),
+            format!("set either `{name}` or `{name}_file`, not both"),
+        )),
+        (Some(value), None) => Ok(Some(SecretString::from(value))),
+        (None, Some(path)) => {
+            let path = resolve(base_dir, &path);
+            let text =
+                std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+                    key: format!("{key_prefix}.{name}_file"),
+                    path: path.clone(),
+                    source,
+                })?;
+            watched.push(path);
+            // Secret volumes and `echo` leave a trailing newline; it is never part of the secret.
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            Ok(Some(SecretString::from(value.to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn validate_profile(
+    name: String,
+    p: FileProfile,
+    base_dir: Option<&Path>,
+    watched: &mut Vec<PathBuf>,
+) -> Result<ProfileConfig, ConfigError> {
+    let key = format!("profiles.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            &key,
+            "a profile name may hold only letters, digits, '-' and '_'",
+        ));
+    }
+    let password = read_secret(
+        &key,
+        "password",
+        p.password,
+        p.password_file,
+        base_dir,
+        watched,
+    )?;
+    let totp = read_secret(
+        &key,
+        "totp_secret",
+        p.totp_secret,
+        p.totp_secret_file,
+        base_dir,
+        watched,
+    )?;
+    let management = read_secret(
+        &key,
+        "management_token",
+        p.management_token,
+        p.management_token_file,
+        base_dir,
+        watched,
+    )?;
+    let credentials = match (management, password) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &key,
+                "has both a password and a management token; a profile logs in or uses a management token, not both",
+            ));
+        }
+        (Some(token), None) => {
+            if p.email.is_some() || totp.is_some() {
+                return Err(invalid(
+                    &key,
+                    "a management-token profile takes no `email` or `totp_secret`",
+                ));
+            }
+            let mut value = HeaderValue::from_str(token.expose_secret().trim()).map_err(|_| {
+                invalid(
+                    format!("{key}.management_token"),
+                    "contains characters not allowed in a header",
+                )
+            })?;
+            if value.is_empty() {
+                return Err(invalid(format!("{key}.management_token"), "is empty"));
+            }
+            value.set_sensitive(true);
+            Credentials::ManagementToken(value)
+        }
+        (None, Some(password)) => {
+            let email = p
+                .email
+                .filter(|e| !e.trim().is_empty())
+                .ok_or_else(|| invalid(format!("{key}.email"), "is required to log in"))?;
+            if password.expose_secret().is_empty() {
+                return Err(invalid(format!("{key}.password"), "is empty"));
+            }
+            let totp_secret = totp
+                .map(|t| {
+                    TotpSecret::from_base32(t.expose_secret()).ok_or_else(|| {
+                        invalid(
+                            format!("{key}.totp_secret"),
+                            "is not a base32 secret (letters A-Z and digits 2-7)",
+                        )
+                    })
+                })
+                .transpose()?;
+            Credentials::Login {
+                email,
+                password,
+                totp_secret,
+            }
+        }
+        (None, None) => {
+            return Err(invalid(
+                &key,
+                "has neither `password_file` (with `email`) nor `management_token_file`",
+            ));
+        }
+    };
+    if p.min_backoff.is_zero() {
+        return Err(invalid(
+            format!("{key}.min_backoff"),
+            "must be more than 0s",
+        ));
+    }
+    if p.max_backoff < p.min_backoff {
+        return Err(invalid(
+            format!("{key}.max_backoff"),
+            "must not be less than min_backoff",
+        ));
+    }
+    if p.rejected_retry < Duration::from_secs(1) {
+        return Err(invalid(
+            format!("{key}.rejected_retry"),
+            "must be at least 1s: retrying refused credentials quickly locks the account",
+        ));
+    }
+    if p.rate_limit.is_some() {
+        return Err(invalid(
+            format!("{key}.rate_limit"),
+            "is not available in this version yet",
+        ));
+    }
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    Ok(ProfileConfig {
+        name: name.into(),
+        credentials,
+        stacks: p.stacks,
+        validate_interval: nonzero(p.validate_interval),
+        max_token_age: nonzero(p.max_token_age),
+        min_backoff: p.min_backoff,
+        max_backoff: p.max_backoff,
+        rejected_retry: p.rejected_retry,
+        logout_on_shutdown: p.logout_on_shutdown,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    const MINIMAL: &str = r#"
+        [profiles.default]
+        email = "svc@example.com"
+        password = "pw"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = Config::from_toml(MINIMAL, no_env(), None).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.server.admin_listen, "127.0.0.1:9901".parse().unwrap());
+        assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
+        assert_eq!(c.server.max_body, 1 << 30);
+        assert_eq!(c.server.replay_body_limit, 1 << 20);
+        assert_eq!(c.upstream.base_url, "https://api.contentstack.io");
+        let p = &c.profiles[0];
+        assert_eq!(&*p.name, "default");
+        assert_eq!(p.validate_interval, Some(Duration::from_secs(300)));
+        assert_eq!(p.max_token_age, None);
+        assert_eq!(p.rejected_retry, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let env = vec![
+            (
+                "CMA_AUTH_PROXY_UPSTREAM__URL".to_owned(),
+                "http://127.0.0.1:1234".to_owned(),
+            ),
+            (
+                "CMA_AUTH_PROXY_PROFILES__DEFAULT__EMAIL".to_owned(),
+                "other@example.com".to_owned(),
+            ),
+            ("UNRELATED".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::from_toml(MINIMAL, env, None).unwrap();
+        assert_eq!(c.upstream.base_url, "http://127.0.0.1:1234");
+        match &c.profiles[0].credentials {
+            Credentials::Login { email, .. } => assert_eq!(email, "other@example.com"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn region_selects_host() {
+        let c = Config::from_toml(
+            &format!("[upstream]\nregion = \"eu\"\n{MINIMAL}"),
+            no_env(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.upstream.base_url, "https://eu-api.contentstack.com");
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::from_toml(text, no_env(), None)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn rejects_unknown_keys() {
+        let e = error_of(&format!("[server]\nlisten_addr = \"x\"\n{MINIMAL}"));
+        assert!(e.contains("listen_addr"), "{e}");
+        let e = error_of(&format!("{MINIMAL}\npasword_file = \"/x\""));
+        assert!(e.contains("pasword_file"), "{e}");
+    }
+
+    #[test]
+    fn rejects_bad_durations_and_sizes() {
+        let e = error_of(&format!("[server]\nshutdown_grace = \"soon\"\n{MINIMAL}"));
+        assert!(e.contains("soon") || e.contains("shutdown_grace"), "{e}");
+        let e = error_of(&format!("[server]\nmax_body = \"lots\"\n{MINIMAL}"));
+        assert!(e.contains("server.max_body"), "{e}");
+    }
+
+    #[test]
+    fn rejects_profile_without_credentials() {
+        let e = error_of("[profiles.default]\nemail = \"a@b.c\"\n");
+        assert!(e.contains("profiles.default"), "{e}");
+        assert!(e.contains("neither"), "{e}");
+        let e = error_of("");
+        assert!(e.contains("no profile configured"), "{e}");
+    }
+
+    #[test]
+    fn rejects_missing_secret_file_naming_key_and_path() {
+        let e = error_of(
+            "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"/nonexistent/cma/password\"\n",
+        );
+        assert!(e.contains("profiles.default.password_file"), "{e}");
+        assert!(e.contains("/nonexistent/cma/password"), "{e}");
+    }
+
+    #[test]
+    fn secret_file_trailing_newline_is_ignored_and_never_printed() {
+        let dir = tempdir();
+        std::fs::write(dir.join("password"), "s3cret-pw\n").unwrap();
+        let c = Config::from_toml(
+            "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n",
+            no_env(),
+            Some(&dir),
+        )
+        .unwrap();
+        match &c.profiles[0].credentials {
+            Credentials::Login { password, .. } => {
+                assert_eq!(password.expose_secret(), "s3cret-pw")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(c.watched_files, vec![dir.join("password")]);
+        assert!(!format!("{c:?}").contains("s3cret-pw"));
+    }
+
+    #[test]
+    fn management_token_profile() {
+        let c = Config::from_toml(
+            "[profiles.mt]\nmanagement_token = \"cs-mgmt-token\"\n",
+            no_env(),
+            None,
+        )
+        .unwrap();
+        assert!(!c.profiles[0].is_login());
+        assert!(!format!("{c:?}").contains("cs-mgmt-token"));
+    }
+
+    #[test]
+    fn totp_secret_must_be_base32() {
+        let e = error_of(&format!("{MINIMAL}totp_secret = \"not base32 !\"\n"));
+        assert!(e.contains("totp_secret"), "{e}");
+        let ok = Config::from_toml(
+            &format!("{MINIMAL}totp_secret = \"jbsw y3dp ehpk 3pxp\"\n"),
+            no_env(),
+            None,
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn unknown_region_and_token_store_are_errors() {
+        assert!(error_of(&format!("[upstream]\nregion = \"mars\"\n{MINIMAL}")).contains("mars"));
+        assert!(error_of(&format!("[token_store]\nkind = \"disk\"\n{MINIMAL}")).contains("disk"));
+    }
+
+    #[test]
+    fn unix_listen_address() {
+        let c = Config::from_toml(
+            &format!("[server]\nlisten = \"unix:/tmp/cma.sock\"\n{MINIMAL}"),
+            no_env(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, ListenAddr::Unix("/tmp/cma.sock".into()));
+    }
+
+    pub(crate) fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "cma-auth-proxy-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

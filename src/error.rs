@@ -1,0 +1,317 @@
+//! Errors the proxy itself answers with (SPEC §6), and the one mapping from cause to response.
+//!
+//! Every synthetic response is JSON in Contentstack's error shape, so the official SDKs surface it,
+//! and carries `x-cma-auth-proxy-error: <reason>`. Upstream responses never pass through here.
+//! Messages name the cause and the fix, never a secret.
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+
+use crate::policy::{Denial, PathError};
+use crate::token::{LoginError, LoginFailure};
+
+/// Header that marks a response as the proxy's own.
+pub const ERROR_HEADER: &str = "x-cma-auth-proxy-error";
+
+/// Why a request was malformed, for `bad_request`.
+#[derive(Debug, thiserror::Error)]
+pub enum BadRequest {
+    #[error("absolute-form target for {0:?}; send origin-form requests (`/v3/...`) to the proxy")]
+    ForeignAuthority(String),
+    #[error("unknown profile {0:?} in x-cma-profile")]
+    UnknownProfile(String),
+    #[error(
+        "no profile serves this request: send `x-cma-profile`, or configure a profile named `default`"
+    )]
+    NoProfile,
+    #[error("the x-cma-profile header is not valid text")]
+    BadProfileHeader,
+    #[error("malformed path: {0}")]
+    Path(#[from] PathError),
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    #[error("refused by policy: {}", denial_text(*.0))]
+    PolicyDenied(Denial),
+    #[error(
+        "refused: the request carries its own `authtoken` or `authorization` header, and policy.client_credentials = \"reject\"; remove it, the proxy injects the credentials"
+    )]
+    ClientCredentialsRejected,
+    #[error("bad request: {0}")]
+    BadRequest(#[from] BadRequest),
+    #[error("CONNECT is not supported: cma-auth-proxy forwards plain HTTP requests to the CMA")]
+    MethodNotAllowed,
+    #[error("the request body exceeds server.max_body ({limit} bytes)")]
+    BodyTooLarge { limit: u64 },
+    #[error("cannot reach Contentstack: {0}")]
+    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    #[error("Contentstack did not answer within server.request_timeout ({0:?})")]
+    UpstreamTimeout(Duration),
+    #[error("the proxy is shutting down; retry against another instance")]
+    ShuttingDown,
+}
+
+fn denial_text(d: Denial) -> &'static str {
+    match d {
+        Denial::SessionEndpoint => {
+            "/v3/user-session is reserved to the proxy (it holds the shared session)"
+        }
+        Denial::DenyRule => "the request matches a policy.deny rule",
+        Denial::NotAllowed => "the request matches no policy.allow rule",
+        Denial::StackNotServed => "no profile serves this api_key (profiles.*.stacks)",
+    }
+}
+
+/// What the response says: status, reason (stable, for machines) and Contentstack-style code.
+struct Shape {
+    status: StatusCode,
+    reason: &'static str,
+    error_code: u32,
+    retry_after: Option<Duration>,
+}
+
+impl ProxyError {
+    /// The stable machine-readable reason, also used as a metric label.
+    pub fn reason(&self) -> &'static str {
+        self.shape().reason
+    }
+
+    fn shape(&self) -> Shape {
+        let shape = |status, reason, error_code| Shape {
+            status,
+            reason,
+            error_code,
+            retry_after: None,
+        };
+        match self {
+            ProxyError::Login(e) => Shape {
+                retry_after: Some(e.retry_after),
+                ..match *e.failure {
+                    LoginFailure::Rejected { .. } => {
+                        shape(StatusCode::SERVICE_UNAVAILABLE, "login_rejected", 901)
+                    }
+                    LoginFailure::Transient(_) => {
+                        shape(StatusCode::SERVICE_UNAVAILABLE, "login_unavailable", 902)
+                    }
+                }
+            },
+            ProxyError::PolicyDenied(_) => shape(StatusCode::FORBIDDEN, "policy_denied", 903),
+            ProxyError::ClientCredentialsRejected => {
+                shape(StatusCode::UNAUTHORIZED, "client_credentials_rejected", 904)
+            }
+            ProxyError::BadRequest(_) => shape(StatusCode::BAD_REQUEST, "bad_request", 905),
+            ProxyError::MethodNotAllowed => {
+                shape(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", 906)
+            }
+            ProxyError::BodyTooLarge { .. } => {
+                shape(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", 907)
+            }
+            ProxyError::UpstreamUnreachable(_) => {
+                shape(StatusCode::BAD_GATEWAY, "upstream_unreachable", 908)
+            }
+            ProxyError::UpstreamTimeout(_) => {
+                shape(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", 909)
+            }
+            ProxyError::ShuttingDown => Shape {
+                retry_after: Some(Duration::from_secs(1)),
+                ..shape(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", 910)
+            },
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.shape().status
+    }
+
+    /// The response a client sees.
+    pub fn to_response(&self) -> Response<Bytes> {
+        let shape = self.shape();
+        let message = error_chain_text(self);
+        let body = serde_json::json!({
+            "error_message": message,
+            "error_code": shape.error_code,
+            "errors": { "cma_auth_proxy": [shape.reason] },
+        });
+        let mut response = Response::new(Bytes::from(body.to_string()));
+        *response.status_mut() = shape.status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(ERROR_HEADER, HeaderValue::from_static(shape.reason));
+        if let Some(after) = shape.retry_after {
+            // Whole seconds, rounded up, at least 1: a client that retries at once would only fail again.
+            let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+        response
+    }
+}
+
+/// The error and its sources, joined: "cannot reach Contentstack: client error (Connect): ...".
+pub fn error_chain_text(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::token::TransientCause;
+
+    fn body_of(e: &ProxyError) -> serde_json::Value {
+        serde_json::from_slice(e.to_response().body()).unwrap()
+    }
+
+    fn check(e: ProxyError, status: u16, reason: &str) -> Response<Bytes> {
+        let response = e.to_response();
+        assert_eq!(response.status().as_u16(), status, "{e}");
+        assert_eq!(response.headers()[ERROR_HEADER], reason);
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body = body_of(&e);
+        assert_eq!(body["errors"]["cma_auth_proxy"][0], reason);
+        assert!(body["error_code"].as_u64().unwrap() > 900);
+        assert!(!body["error_message"].as_str().unwrap().is_empty());
+        response
+    }
+
+    fn login_error(failure: LoginFailure, retry_after: Duration) -> ProxyError {
+        ProxyError::Login(LoginError {
+            profile: "default".into(),
+            failure: Arc::new(failure),
+            retry_after,
+        })
+    }
+
+    #[test]
+    fn login_rejected() {
+        let r = check(
+            login_error(
+                LoginFailure::Rejected {
+                    http_status: 422,
+                    error_code: Some(104),
+                    message: "Looks like your email or password is invalid.".into(),
+                },
+                Duration::from_millis(299_500),
+            ),
+            503,
+            "login_rejected",
+        );
+        assert_eq!(r.headers()["retry-after"], "300");
+        let text = String::from_utf8(r.body().to_vec()).unwrap();
+        assert!(text.contains("104"), "{text}");
+        assert!(text.contains("rotate"), "{text}");
+    }
+
+    #[test]
+    fn login_unavailable() {
+        let r = check(
+            login_error(
+                LoginFailure::Transient(TransientCause::Status(502)),
+                Duration::from_millis(10),
+            ),
+            503,
+            "login_unavailable",
+        );
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+
+    #[test]
+    fn policy_denied() {
+        check(
+            ProxyError::PolicyDenied(Denial::DenyRule),
+            403,
+            "policy_denied",
+        );
+        let r = check(
+            ProxyError::PolicyDenied(Denial::SessionEndpoint),
+            403,
+            "policy_denied",
+        );
+        assert!(r.headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn client_credentials_rejected() {
+        check(
+            ProxyError::ClientCredentialsRejected,
+            401,
+            "client_credentials_rejected",
+        );
+    }
+
+    #[test]
+    fn bad_request() {
+        check(
+            ProxyError::BadRequest(BadRequest::UnknownProfile("x".into())),
+            400,
+            "bad_request",
+        );
+    }
+
+    #[test]
+    fn method_not_allowed() {
+        check(ProxyError::MethodNotAllowed, 405, "method_not_allowed");
+    }
+
+    #[test]
+    fn body_too_large() {
+        check(
+            ProxyError::BodyTooLarge { limit: 10 },
+            413,
+            "body_too_large",
+        );
+    }
+
+    #[tokio::test]
+    async fn upstream_unreachable() {
+        // A real connection error from the client type the proxy uses.
+        let client =
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build_http::<http_body_util::Empty<Bytes>>();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let err = client
+            .get(format!("http://{addr}/").parse().unwrap())
+            .await
+            .unwrap_err();
+        check(
+            ProxyError::UpstreamUnreachable(err),
+            502,
+            "upstream_unreachable",
+        );
+    }
+
+    #[test]
+    fn upstream_timeout() {
+        check(
+            ProxyError::UpstreamTimeout(Duration::from_secs(1)),
+            504,
+            "upstream_timeout",
+        );
+    }
+
+    #[test]
+    fn shutting_down() {
+        check(ProxyError::ShuttingDown, 503, "shutting_down");
+    }
+}

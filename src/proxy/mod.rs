@@ -1,0 +1,617 @@
+//! The request path (SPEC §4), read top to bottom in [`Proxy::forward`]: admission, normalization,
+//! policy, profile, client credentials, token, forward, and the one replay after a token eviction.
+//!
+//! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
+//! 401 response, and never logs a header value or a body.
+pub mod body;
+pub mod headers;
+pub mod upstream;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
+use hyper::body::Incoming;
+
+use crate::config::{Config, Credentials, ProfileConfig};
+use crate::error::{BadRequest, ProxyError};
+use crate::metrics::{Metrics, RequestLabels, Trigger};
+use crate::policy::{self, Denial};
+use crate::token::{Token, TokenManager, Validity, login};
+use body::{Relay, RequestBody, TooLarge};
+use headers::PROFILE_HEADER;
+use upstream::UpstreamClient;
+
+/// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
+pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
+
+/// What the access log and metrics learn about a request besides its response.
+#[derive(Default)]
+pub struct Trace {
+    pub profile: Option<Arc<str>>,
+    pub upstream: Option<Duration>,
+    pub error: Option<&'static str>,
+}
+
+pub struct Proxy {
+    config: ArcSwap<Config>,
+    tokens: TokenManager,
+    client: UpstreamClient,
+    draining: AtomicBool,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    pub fn new(
+        config: Arc<Config>,
+        tokens: TokenManager,
+        client: UpstreamClient,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config: ArcSwap::new(config),
+            tokens,
+            client,
+            draining: AtomicBool::new(false),
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Serves new requests with `config` from now on; requests in flight keep the one they started with.
+    pub fn replace_config(&self, config: Arc<Config>) {
+        self.config.store(config);
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    pub fn tokens(&self) -> &TokenManager {
+        &self.tokens
+    }
+
+    /// From now on no new session is started: a request that would need a login gets `shutting_down`.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Serves one request; never fails (errors become responses), logs one access line.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
+        let started = Instant::now();
+        self.metrics.in_flight.inc();
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        let mut trace = Trace::default();
+        let response = match self.forward(req, peer, &mut trace).await {
+            Ok(response) => response,
+            Err(e) => {
+                trace.error = Some(e.reason());
+                if e.status().is_client_error() {
+                    self.metrics
+                        .denied
+                        .get_or_create(&crate::metrics::ReasonLabels { reason: e.reason() })
+                        .inc();
+                }
+                if e.status().is_server_error() {
+                    tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error::error_chain_text(&e));
+                }
+                e.to_response().map(Relay::full)
+            }
+        };
+        self.metrics.in_flight.dec();
+        let elapsed = started.elapsed();
+        self.metrics.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(upstream) = trace.upstream {
+            self.metrics
+                .upstream_duration
+                .observe(upstream.as_secs_f64());
+        }
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                profile: trace.profile.as_deref().unwrap_or("none").to_owned(),
+                method: crate::metrics::method_label(&method),
+                status: response.status().as_u16(),
+            })
+            .inc();
+        tracing::info!(
+            method = %method,
+            path = %path,
+            status = response.status().as_u16(),
+            profile = trace.profile.as_deref().unwrap_or("-"),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            upstream_ms = trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+            error = trace.error,
+            "request"
+        );
+        response
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<IpAddr>,
+        trace: &mut Trace,
+    ) -> Result<Response<Relay>, ProxyError> {
+        let config = self.config.load_full();
+        let (mut parts, body) = req.into_parts();
+        let uri = admit(&parts, &config)?;
+        let path = policy::normalize(parts.uri.path()).map_err(BadRequest::Path)?;
+        config
+            .policy
+            .check(&parts.method, &path)
+            .map_err(ProxyError::PolicyDenied)?;
+        let profile = select_profile(&parts.headers, &config)?;
+        trace.profile = Some(profile.name.clone());
+        headers::prepare_request(&mut parts.headers, config.policy.client_credentials)?;
+        if let Some(peer) = peer {
+            headers::append_forwarded_for(&mut parts.headers, peer);
+        }
+        let content_length = content_length(&parts.headers)?;
+        let body = body::take_request_body(
+            body,
+            content_length,
+            config.server.replay_body_limit,
+            config.server.max_body,
+        )
+        .await?;
+        let outbound = Outbound {
+            method: parts.method,
+            uri,
+            headers: parts.headers,
+            timeout: config.server.request_timeout,
+        };
+        match &profile.credentials {
+            Credentials::ManagementToken(value) => {
+                let mut headers = outbound.headers.clone();
+                headers.insert(header::AUTHORIZATION, value.clone());
+                let body = match body {
+                    RequestBody::Replayable(bytes) => Relay::full(bytes),
+                    RequestBody::Streaming(relay) => relay,
+                };
+                let response = self.send(&outbound, headers, body, trace).await?;
+                Ok(relay_response(response))
+            }
+            Credentials::Login { .. } => {
+                self.forward_with_session(profile, outbound, body, trace)
+                    .await
+            }
+        }
+    }
+
+    /// Steps 5–7: send with the profile's token; on a 401 that says the token is dead, drop that
+    /// token (only if still current), log in once, and replay a kept body once.
+    async fn forward_with_session(
+        &self,
+        profile: &ProfileConfig,
+        outbound: Outbound,
+        body: RequestBody,
+        trace: &mut Trace,
+    ) -> Result<Response<Relay>, ProxyError> {
+        let token = self.token(profile).await?;
+        let (first_body, replay) = match body {
+            RequestBody::Replayable(bytes) => (Relay::full(bytes.clone()), Some(bytes)),
+            RequestBody::Streaming(relay) => (relay, None),
+        };
+        let response = self
+            .send(
+                &outbound,
+                with_token(&outbound.headers, &token),
+                first_body,
+                trace,
+            )
+            .await?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(relay_response(response));
+        }
+        let (parts, mut rest) = response.into_parts();
+        let (chunks, complete) = body::read_prefix(&mut rest, ERROR_PEEK_LIMIT)
+            .await
+            .map_err(|_| BadRequest::Malformed("the upstream 401 body ended abruptly"))?;
+        if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
+            return Ok(upstream_response(
+                parts,
+                Relay::stream(chunks, rest, u64::MAX),
+            ));
+        }
+        self.tokens
+            .invalidate(&profile.name, &token, Trigger::Unauthorized)
+            .await;
+        let Some(bytes) = replay else {
+            self.metrics.replay("not_replayable");
+            return Ok(upstream_response(
+                parts,
+                Relay::full(body::concat_all(&chunks)),
+            ));
+        };
+        let token = match self.token(profile).await {
+            Ok(token) => token,
+            Err(e) => {
+                self.metrics.replay("login_failed");
+                return Err(e);
+            }
+        };
+        self.metrics.replay("replayed");
+        let response = self
+            .send(
+                &outbound,
+                with_token(&outbound.headers, &token),
+                Relay::full(bytes),
+                trace,
+            )
+            .await?;
+        Ok(relay_response(response))
+    }
+
+    async fn token(&self, profile: &ProfileConfig) -> Result<Arc<Token>, ProxyError> {
+        if !self.draining.load(Ordering::Relaxed) {
+            return Ok(self.tokens.token(&profile.name).await?);
+        }
+        // Draining: serve with the session we have, but start none that shutdown would log out.
+        self.tokens
+            .cached(&profile.name)
+            .await
+            .ok_or(ProxyError::ShuttingDown)
+    }
+
+    /// Whether an upstream 401 means "this token is dead" (`error_code` 105). A body in an encoding
+    /// the proxy cannot read is settled by asking Contentstack about the token directly.
+    async fn token_is_dead(
+        &self,
+        headers: &HeaderMap,
+        chunks: &std::collections::VecDeque<Bytes>,
+        token: &Token,
+    ) -> bool {
+        let raw = body::concat_all(chunks);
+        match decode(headers, &raw) {
+            Some(decoded) => login::error_code(&decoded) == Some(login::TOKEN_INVALID),
+            None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
+        }
+    }
+
+    async fn send(
+        &self,
+        outbound: &Outbound,
+        headers: HeaderMap,
+        body: Relay,
+        trace: &mut Trace,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let mut request = Request::new(body);
+        *request.method_mut() = outbound.method.clone();
+        *request.uri_mut() = outbound.uri.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        let started = Instant::now();
+        let result = tokio::time::timeout(outbound.timeout, self.client.request(request)).await;
+        trace.upstream = Some(trace.upstream.unwrap_or_default() + started.elapsed());
+        match result {
+            Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
+            Ok(Err(e)) => Err(match find_source::<TooLarge>(&e) {
+                Some(TooLarge(limit)) => ProxyError::BodyTooLarge { limit: *limit },
+                None => ProxyError::UpstreamUnreachable(e),
+            }),
+            Ok(Ok(response)) => Ok(response),
+        }
+    }
+}
+
+impl crate::server::Handler for Proxy {
+    async fn call(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
+        self.handle(req, peer).await
+    }
+}
+
+/// A request ready to go upstream, kept so it can be sent a second time.
+struct Outbound {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    timeout: Duration,
+}
+
+fn with_token(headers: &HeaderMap, token: &Token) -> HeaderMap {
+    let mut headers = headers.clone();
+    headers.insert(headers::AUTHTOKEN, token.header().clone());
+    headers
+}
+
+fn relay_response(response: Response<Incoming>) -> Response<Relay> {
+    let (parts, body) = response.into_parts();
+    upstream_response(parts, Relay::stream(Default::default(), body, u64::MAX))
+}
+
+fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<Relay> {
+    headers::remove_hop_by_hop(&mut parts.headers);
+    Response::from_parts(parts, body)
+}
+
+/// Step 1: origin-form targets go to the upstream; an HTTP/1 absolute-form target only when it names
+/// the upstream itself. The `Host` header and HTTP/2 `:authority` never choose where a request goes.
+fn admit(parts: &Parts, config: &Config) -> Result<Uri, ProxyError> {
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    let upstream = &config.upstream;
+    if parts.version < Version::HTTP_2
+        && let Some(authority) = parts.uri.authority()
+    {
+        let same = authority
+            .host()
+            .eq_ignore_ascii_case(upstream.authority.host())
+            && authority
+                .port_u16()
+                .or(default_port(parts.uri.scheme_str()))
+                == upstream
+                    .authority
+                    .port_u16()
+                    .or(default_port(Some(upstream.scheme.as_str())));
+        if !same {
+            return Err(BadRequest::ForeignAuthority(authority.to_string()).into());
+        }
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .filter(|pq| pq.path().starts_with('/'))
+        .ok_or(BadRequest::Malformed("the request target must be a path"))?;
+    Uri::builder()
+        .scheme(upstream.scheme.clone())
+        .authority(upstream.authority.clone())
+        .path_and_query(path_and_query.clone())
+        .build()
+        .map_err(|_| BadRequest::Malformed("the request target is not a valid URI").into())
+}
+
+fn default_port(scheme: Option<&str>) -> Option<u16> {
+    match scheme {
+        Some("https") => Some(443),
+        Some("http") | None => Some(80),
+        Some(_) => None,
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .ok_or(BadRequest::Malformed("invalid content-length").into())
+        })
+        .transpose()
+}
+
+/// Profile routing (SPEC §3): `x-cma-profile`, else the profile listing the request's `api_key`,
+/// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
+fn select_profile<'c>(
+    headers: &HeaderMap,
+    config: &'c Config,
+) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
+    let api_key = headers.get("api_key").and_then(|v| v.to_str().ok());
+    let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
+    let profile = if let Some(value) = headers.get(PROFILE_HEADER) {
+        let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
+        config
+            .profile(name)
+            .ok_or_else(|| BadRequest::UnknownProfile(name.to_owned()))?
+    } else if let Some(p) = api_key.and_then(|key| config.profiles.iter().find(|p| serves(p, key)))
+    {
+        p
+    } else if let Some(p) = config.profile("default") {
+        p
+    } else if let [only] = config.profiles.as_slice() {
+        only
+    } else if api_key.is_some() && config.profiles.iter().all(|p| !p.stacks.is_empty()) {
+        return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
+    } else {
+        return Err(BadRequest::NoProfile.into());
+    };
+    if let Some(key) = api_key
+        && !profile.stacks.is_empty()
+        && !serves(profile, key)
+    {
+        return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
+    }
+    Ok(profile)
+}
+
+/// The body of a small upstream response, decoded; `None` when its encoding is not one the proxy
+/// reads (then the caller asks Contentstack instead of guessing).
+fn decode(headers: &HeaderMap, raw: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    let mut out = Vec::new();
+    let limit = ERROR_PEEK_LIMIT as u64;
+    let ok = match encoding.as_str() {
+        "identity" | "" => return Some(raw.to_vec()),
+        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(raw)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        "deflate" => flate2::read::ZlibDecoder::new(raw)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        "br" => brotli_decompressor::Decompressor::new(raw, 4096)
+            .take(limit)
+            .read_to_end(&mut out)
+            .is_ok(),
+        _ => false,
+    };
+    ok.then_some(out)
+}
+
+fn find_source<'e, E: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e E> {
+    let mut current = Some(e);
+    while let Some(err) = current {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        current = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn config(profiles: &str) -> Config {
+        Config::from_toml(profiles, Vec::new(), None).unwrap()
+    }
+
+    fn route(config: &Config, pairs: &[(&str, &str)]) -> Result<String, String> {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        select_profile(&headers, config)
+            .map(|p| p.name.to_string())
+            .map_err(|e| e.reason().to_owned())
+    }
+
+    #[test]
+    fn profile_routing_order() {
+        let c = config(
+            r#"
+            [profiles.default]
+            email = "a@x" 
+            password = "p"
+            [profiles.blog]
+            email = "b@x"
+            password = "p"
+            stacks = ["blt_blog"]
+            "#,
+        );
+        assert_eq!(route(&c, &[]).unwrap(), "default");
+        assert_eq!(route(&c, &[("api_key", "blt_blog")]).unwrap(), "blog");
+        assert_eq!(route(&c, &[("api_key", "blt_other")]).unwrap(), "default");
+        assert_eq!(route(&c, &[("x-cma-profile", "blog")]).unwrap(), "blog");
+        assert_eq!(
+            route(&c, &[("x-cma-profile", "blog"), ("api_key", "blt_other")]).unwrap_err(),
+            "policy_denied"
+        );
+        assert_eq!(
+            route(&c, &[("x-cma-profile", "nope")]).unwrap_err(),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn profiles_that_all_list_stacks_refuse_other_stacks() {
+        let c = config(
+            r#"
+            [profiles.a]
+            email = "a@x"
+            password = "p"
+            stacks = ["blt_a"]
+            [profiles.b]
+            email = "b@x"
+            password = "p"
+            stacks = ["blt_b"]
+            "#,
+        );
+        assert_eq!(route(&c, &[("api_key", "blt_a")]).unwrap(), "a");
+        assert_eq!(route(&c, &[("api_key", "blt_b")]).unwrap(), "b");
+        assert_eq!(
+            route(&c, &[("api_key", "blt_c")]).unwrap_err(),
+            "policy_denied"
+        );
+        assert_eq!(route(&c, &[]).unwrap_err(), "bad_request");
+    }
+
+    #[test]
+    fn single_profile_is_used_without_default_name() {
+        let c = config("[profiles.svc]\nemail = \"a@x\"\npassword = \"p\"\n");
+        assert_eq!(route(&c, &[]).unwrap(), "svc");
+    }
+
+    fn admit_uri(target: &str, version: Version, method: Method) -> Result<String, String> {
+        let c = config(
+            "[upstream]\nurl = \"https://eu-api.contentstack.com\"\n[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n",
+        );
+        let (mut parts, ()) = Request::new(()).into_parts();
+        parts.uri = target.parse().unwrap();
+        parts.version = version;
+        parts.method = method;
+        admit(&parts, &c)
+            .map(|u| u.to_string())
+            .map_err(|e| e.reason().to_owned())
+    }
+
+    #[test]
+    fn admission() {
+        let v1 = Version::HTTP_11;
+        assert_eq!(
+            admit_uri("/v3/user?x=1", v1, Method::GET).unwrap(),
+            "https://eu-api.contentstack.com/v3/user?x=1"
+        );
+        assert_eq!(
+            admit_uri("https://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap(),
+            "https://eu-api.contentstack.com/v3/user"
+        );
+        assert_eq!(
+            admit_uri("http://evil.example/v3/user", v1, Method::GET).unwrap_err(),
+            "bad_request"
+        );
+        assert_eq!(
+            admit_uri("http://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap_err(),
+            "bad_request",
+            "port 80 is not the upstream's 443"
+        );
+        assert_eq!(
+            admit_uri("eu-api.contentstack.com:443", v1, Method::CONNECT).unwrap_err(),
+            "method_not_allowed"
+        );
+        // HTTP/2 always carries :authority; it is the Host, and never picks the destination.
+        assert_eq!(
+            admit_uri(
+                "http://127.0.0.1:8080/v3/user",
+                Version::HTTP_2,
+                Method::GET
+            )
+            .unwrap(),
+            "https://eu-api.contentstack.com/v3/user"
+        );
+    }
+
+    #[test]
+    fn decodes_error_bodies() {
+        use std::io::Write;
+        let json = br#"{"error_code":105}"#;
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(json).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        assert_eq!(decode(&headers, &gz.finish().unwrap()).unwrap(), json);
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
+        assert_eq!(decode(&headers, json), None);
+        assert_eq!(decode(&HeaderMap::new(), json).unwrap(), json);
+    }
+}

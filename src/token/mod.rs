@@ -1,0 +1,662 @@
+//! Session tokens: one cached `authtoken` per login profile, obtained by a single login no matter how
+//! many requests need it, dropped only by compare-then-invalidate, and guarded by the login
+//! discipline of SPEC §5 (refused credentials wait `rejected_retry`; transient failures back off).
+//!
+//! This module decides *when* to log in; `login.rs` performs the calls. It never logs a token, only
+//! its fingerprint. Management-token profiles never come here: they have nothing to log in for.
+pub mod backoff;
+pub mod login;
+pub mod totp;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, Credentials, ProfileConfig};
+use crate::metrics::{Metrics, Trigger};
+pub use login::{AuthClient, LoginFailure, TransientCause, Validity};
+
+/// A live `authtoken`. `Debug` and logs show only a fingerprint.
+pub struct Token {
+    header: HeaderValue,
+    fingerprint: String,
+    obtained: Instant,
+    obtained_at: SystemTime,
+}
+
+impl Token {
+    pub fn new(mut header: HeaderValue) -> Token {
+        header.set_sensitive(true);
+        Token {
+            fingerprint: fingerprint(header.as_bytes()),
+            header,
+            obtained: Instant::now(),
+            obtained_at: SystemTime::now(),
+        }
+    }
+
+    /// The value of the `authtoken` header (marked sensitive, so HTTP/2 never indexes it).
+    pub fn header(&self) -> &HeaderValue {
+        &self.header
+    }
+
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    pub fn age(&self) -> Duration {
+        self.obtained.elapsed()
+    }
+
+    pub fn obtained_at(&self) -> SystemTime {
+        self.obtained_at
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Token(sha256:…{})", self.fingerprint)
+    }
+}
+
+/// The last 8 hex digits of the SHA-256 of a secret: enough to tell tokens apart in logs, useless to
+/// an attacker.
+pub fn fingerprint(secret: &[u8]) -> String {
+    let digest = Sha256::digest(secret);
+    digest[digest.len() - 4..]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Why a request cannot have a token now; becomes a 503 with `Retry-After`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("profile {profile:?}: {failure}; next login attempt in {}s{}", retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
+pub struct LoginError {
+    pub profile: Arc<str>,
+    pub failure: Arc<LoginFailure>,
+    pub retry_after: Duration,
+}
+
+/// A login profile as the admin endpoints see it. Holds no secret and no token.
+#[derive(Debug, Clone)]
+pub struct ProfileStatus {
+    pub name: Arc<str>,
+    pub token_age: Option<Duration>,
+    pub ever_logged_in: bool,
+    /// The last login attempt failed (and no success since).
+    pub failing: bool,
+    pub last_attempt: Option<(SystemTime, Outcome)>,
+    pub last_error: Option<String>,
+    /// How long logins are still held back by backoff.
+    pub retry_in: Option<Duration>,
+}
+
+impl ProfileStatus {
+    /// Able to serve: a token is cached, or the last login succeeded and the token was merely dropped
+    /// (a re-login is one request away). A failing profile without a token is not ready.
+    pub fn ready(&self) -> bool {
+        self.token_age.is_some() || (self.ever_logged_in && !self.failing)
+    }
+}
+
+/// What happened at the last login attempt, for `/status` and readiness.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    Rejected,
+    Transient,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Rejected => "rejected",
+            Outcome::Transient => "transient",
+        }
+    }
+}
+
+#[derive(Default)]
+struct LoginStatus {
+    ever_logged_in: bool,
+    consecutive_failures: u32,
+    /// No login is attempted before this instant.
+    retry_at: Option<Instant>,
+    last_failure: Option<Arc<LoginFailure>>,
+    last_totp_step: Option<u64>,
+    last_attempt: Option<(SystemTime, Outcome)>,
+}
+
+/// One login profile's state. Replaced as a whole when its credentials change, which clears the
+/// backoff and the TOTP history with it; other setting changes keep it.
+struct ProfileState {
+    config: ArcSwap<ProfileConfig>,
+    /// Held by the one login in flight; waiters queue here, then find the token in the cache.
+    login_lock: Arc<tokio::sync::Mutex<()>>,
+    status: Mutex<LoginStatus>,
+}
+
+impl ProfileState {
+    fn new(config: Arc<ProfileConfig>) -> Self {
+        Self {
+            config: ArcSwap::new(config),
+            login_lock: Arc::default(),
+            status: Mutex::default(),
+        }
+    }
+
+    fn name(&self) -> Arc<str> {
+        self.config.load().name.clone()
+    }
+
+    fn status(&self) -> std::sync::MutexGuard<'_, LoginStatus> {
+        self.status.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Fails fast while a known-failing login is backing off.
+    fn check_blocked(&self) -> Result<(), LoginError> {
+        let status = self.status();
+        match (status.retry_at, &status.last_failure) {
+            (Some(at), Some(failure)) if at > Instant::now() => Err(LoginError {
+                profile: self.name(),
+                failure: failure.clone(),
+                retry_after: at - Instant::now(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn record_success(&self) {
+        let mut status = self.status();
+        status.ever_logged_in = true;
+        status.consecutive_failures = 0;
+        status.retry_at = None;
+        status.last_failure = None;
+        status.last_attempt = Some((SystemTime::now(), Outcome::Success));
+    }
+
+    fn record_failure(&self, failure: LoginFailure) -> LoginError {
+        let mut status = self.status();
+        status.consecutive_failures = status.consecutive_failures.saturating_add(1);
+        let delay = backoff::delay(
+            &self.config.load(),
+            &failure,
+            status.consecutive_failures,
+            rand::random::<f64>(),
+        );
+        let outcome = match failure {
+            LoginFailure::Rejected { .. } => Outcome::Rejected,
+            LoginFailure::Transient(_) => Outcome::Transient,
+        };
+        let failure = Arc::new(failure);
+        status.retry_at = Some(Instant::now() + delay);
+        status.last_failure = Some(failure.clone());
+        status.last_attempt = Some((SystemTime::now(), outcome));
+        LoginError {
+            profile: self.name(),
+            failure,
+            retry_after: delay,
+        }
+    }
+}
+
+struct Inner {
+    /// The current token of each login profile, by profile name.
+    cache: moka::future::Cache<Arc<str>, Arc<Token>>,
+    profiles: RwLock<HashMap<Arc<str>, Arc<ProfileState>>>,
+    /// The background care task (validation, max age) of each login profile.
+    care: Mutex<Vec<tokio::task::AbortHandle>>,
+    auth: AuthClient,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for task in self
+            .care
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Cheap to clone; all clones share one cache.
+#[derive(Clone)]
+pub struct TokenManager {
+    inner: Arc<Inner>,
+}
+
+/// A session that is no longer wanted is logged out once the requests still using it are done, or
+/// after this long.
+const RETIRE_WAIT: Duration = Duration::from_secs(30);
+
+impl TokenManager {
+    pub fn new(config: &Config, auth: AuthClient, metrics: Arc<Metrics>) -> Self {
+        let profiles = config
+            .profiles
+            .iter()
+            .filter(|p| p.is_login())
+            .map(|p| (p.name.clone(), Arc::new(ProfileState::new(p.clone()))))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                cache: moka::future::Cache::builder().build(),
+                profiles: RwLock::new(profiles),
+                care: Mutex::default(),
+                auth,
+                metrics,
+            }),
+        }
+    }
+
+    pub fn auth(&self) -> &AuthClient {
+        &self.inner.auth
+    }
+
+    fn state(&self, profile: &str) -> Option<Arc<ProfileState>> {
+        self.inner
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(profile)
+            .cloned()
+    }
+
+    fn is_current(&self, state: &Arc<ProfileState>) -> bool {
+        self.state(&state.name())
+            .is_some_and(|current| Arc::ptr_eq(&current, state))
+    }
+
+    /// The profile's token: from the cache, else from the one login in flight (started here if none).
+    pub async fn token(&self, profile: &str) -> Result<Arc<Token>, LoginError> {
+        loop {
+            if let Some(token) = self.inner.cache.get(profile).await {
+                return Ok(token);
+            }
+            let Some(state) = self.state(profile) else {
+                return Err(LoginError {
+                    profile: profile.into(),
+                    failure: Arc::new(LoginFailure::Transient(TransientCause::ProfileRemoved)),
+                    retry_after: Duration::from_secs(1),
+                });
+            };
+            state.check_blocked()?;
+            let guard = state.login_lock.clone().lock_owned().await;
+            if let Some(token) = self.inner.cache.get(profile).await {
+                return Ok(token);
+            }
+            if !self.is_current(&state) {
+                // The credentials changed while we queued: queue behind the new ones instead.
+                continue;
+            }
+            state.check_blocked()?;
+            // The login runs in a task of its own that holds the lock: a caller that goes away does
+            // not cancel it, so no session is created upstream and lost, and no waiter starts a
+            // second one.
+            let this = self.clone();
+            return tokio::spawn(async move {
+                let _single_flight = guard;
+                this.login(&state).await
+            })
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        }
+    }
+
+    /// Logs in with the state's credentials and caches the token. Call with the login lock held.
+    async fn login(&self, state: &Arc<ProfileState>) -> Result<Arc<Token>, LoginError> {
+        let config = state.config.load_full();
+        let Credentials::Login {
+            email,
+            password,
+            totp_secret,
+        } = &config.credentials
+        else {
+            unreachable!("only login profiles have a ProfileState")
+        };
+        let name = &config.name;
+        let code = match totp_secret {
+            Some(secret) => Some(self.totp_code(state, secret).await),
+            None => None,
+        };
+        match self
+            .inner
+            .auth
+            .login(email, password, code.as_deref())
+            .await
+        {
+            Ok(token) => {
+                let token = Arc::new(token);
+                state.record_success();
+                self.inner.metrics.login(name, Outcome::Success.as_str());
+                tracing::info!(profile = %name, token = %token.fingerprint(), "logged in");
+                if self.is_current(state) {
+                    self.inner.cache.insert(name.clone(), token.clone()).await;
+                } else {
+                    // The credentials were rotated during this login: serve the waiting requests,
+                    // then let the session go.
+                    self.retire(name.clone(), token.clone());
+                }
+                Ok(token)
+            }
+            Err(failure) => {
+                let error = state.record_failure(failure);
+                let outcome = match *error.failure {
+                    LoginFailure::Rejected { .. } => Outcome::Rejected,
+                    LoginFailure::Transient(_) => Outcome::Transient,
+                };
+                self.inner.metrics.login(name, outcome.as_str());
+                tracing::warn!(profile = %name, retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&error));
+                Err(error)
+            }
+        }
+    }
+
+    /// A code for a time step this profile has not used yet, waiting for the next step if needed.
+    async fn totp_code(&self, state: &ProfileState, secret: &crate::config::TotpSecret) -> String {
+        loop {
+            let now_ms = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            let last = state.status().last_totp_step;
+            match totp::next(secret, now_ms, last) {
+                totp::Next::Code { step, code } => {
+                    state.status().last_totp_step = Some(step);
+                    return code;
+                }
+                totp::Next::WaitFor(delay) => {
+                    tracing::info!(profile = %state.name(), wait_ms = delay.as_millis() as u64, "waiting for the next TOTP step; a code is accepted only once");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// What `/status` and the probes report of every login profile.
+    pub async fn snapshot(&self) -> Vec<ProfileStatus> {
+        let mut states: Vec<_> = self
+            .inner
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        states.sort_by_key(|s| s.name());
+        let mut out = Vec::with_capacity(states.len());
+        for state in states {
+            let name = state.name();
+            let token = self.inner.cache.get(&name).await;
+            let status = state.status();
+            let now = Instant::now();
+            out.push(ProfileStatus {
+                name,
+                token_age: token.as_ref().map(|t| t.age()),
+                ever_logged_in: status.ever_logged_in,
+                failing: status.consecutive_failures > 0,
+                last_attempt: status.last_attempt,
+                last_error: status
+                    .last_failure
+                    .as_ref()
+                    .map(|f| crate::error::error_chain_text(&**f)),
+                retry_in: status.retry_at.filter(|at| *at > now).map(|at| at - now),
+            });
+        }
+        out
+    }
+
+    /// The cached token, without logging in.
+    pub async fn cached(&self, profile: &str) -> Option<Arc<Token>> {
+        self.inner.cache.get(profile).await
+    }
+
+    /// Drops `stale` if it is still the profile's cached token; a newer token is kept.
+    /// Returns whether it was dropped (and counts the re-authentication under `trigger`).
+    pub async fn invalidate(&self, profile: &str, stale: &Arc<Token>, trigger: Trigger) -> bool {
+        use moka::ops::compute::{CompResult, Op};
+        let result = self
+            .inner
+            .cache
+            .entry(Arc::from(profile))
+            .and_compute_with(|entry| {
+                let op = match entry {
+                    Some(e) if Arc::ptr_eq(e.value(), stale) => Op::Remove,
+                    _ => Op::Nop,
+                };
+                std::future::ready(op)
+            })
+            .await;
+        let dropped = matches!(result, CompResult::Removed(_));
+        if dropped {
+            self.inner.metrics.reauth(profile, trigger);
+            tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
+        }
+        dropped
+    }
+
+    /// Applies a reloaded configuration. A profile whose credentials changed gets a fresh state
+    /// (backoff cleared), logs in again at once, and its old session is logged out once the requests
+    /// using it are done; removed profiles are logged out too.
+    pub fn reconfigure(&self, config: &Config) {
+        let mut retired = Vec::new();
+        let mut relogin = Vec::new();
+        {
+            let mut profiles = self
+                .inner
+                .profiles
+                .write()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut next = HashMap::new();
+            for p in config.profiles.iter().filter(|p| p.is_login()) {
+                let state = match profiles.remove(&p.name) {
+                    Some(old) if old.config.load().credentials == p.credentials => {
+                        old.config.store(p.clone());
+                        old
+                    }
+                    Some(_) => {
+                        tracing::info!(profile = %p.name, "credentials changed; logging in with the new ones");
+                        retired.push(p.name.clone());
+                        relogin.push(p.name.clone());
+                        self.inner.metrics.reauth(&p.name, Trigger::Rotate);
+                        Arc::new(ProfileState::new(p.clone()))
+                    }
+                    None => {
+                        relogin.push(p.name.clone());
+                        Arc::new(ProfileState::new(p.clone()))
+                    }
+                };
+                next.insert(p.name.clone(), state);
+            }
+            for name in profiles.keys() {
+                tracing::info!(profile = %name, "profile removed; logging its session out");
+                retired.push(name.clone());
+            }
+            *profiles = next;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            for name in retired {
+                if let Some(token) = this.inner.cache.remove(&name).await {
+                    this.retire(name, token);
+                }
+            }
+            for name in relogin {
+                let this = this.clone();
+                tokio::spawn(async move { this.token(&name).await.ok() });
+            }
+        });
+        self.start_care();
+    }
+
+    /// Logs a session out in the background once no request holds it any more.
+    fn retire(&self, profile: Arc<str>, token: Arc<Token>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + RETIRE_WAIT;
+            // Requests in flight hold clones; the retiring task holds the last one.
+            while Arc::strong_count(&token) > 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            this.logout(&profile, &token).await;
+        });
+    }
+
+    async fn logout(&self, profile: &str, token: &Token) {
+        match self.inner.auth.logout(token).await {
+            Ok(()) => {
+                self.inner.metrics.logout(profile);
+                tracing::info!(profile, token = %token.fingerprint(), "logged out");
+            }
+            Err(e) => {
+                tracing::warn!(profile, token = %token.fingerprint(), "logout failed: {}", crate::error::error_chain_text(&e))
+            }
+        }
+    }
+
+    /// Logs out every cached session of profiles with `logout_on_shutdown`, concurrently.
+    pub async fn logout_all(&self) {
+        self.stop_care();
+        let states: Vec<_> = self
+            .inner
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|s| s.config.load().logout_on_shutdown)
+            .cloned()
+            .collect();
+        let logouts = states.into_iter().map(|state| async move {
+            let name = state.name();
+            if let Some(token) = self.inner.cache.remove(&name).await {
+                self.logout(&name, &token).await;
+            }
+        });
+        futures_util::future::join_all(logouts).await;
+    }
+
+    /// (Re)starts one background task per login profile for `validate_interval` and `max_token_age`.
+    pub fn start_care(&self) {
+        let names: Vec<Arc<str>> = self
+            .inner
+            .profiles
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        let weak = Arc::downgrade(&self.inner);
+        let mut care = self.inner.care.lock().unwrap_or_else(|e| e.into_inner());
+        for task in care.drain(..) {
+            task.abort();
+        }
+        for name in names {
+            let weak = weak.clone();
+            care.push(tokio::spawn(care_for(weak, name)).abort_handle());
+        }
+    }
+
+    fn stop_care(&self) {
+        for task in self
+            .inner
+            .care
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+
+    /// Replaces a token that is still valid (max age): log in first, then retire the old session.
+    async fn refresh(&self, state: &Arc<ProfileState>, old: Arc<Token>, trigger: Trigger) {
+        let _single_flight = state.login_lock.lock().await;
+        let name = state.name();
+        let still_current = self
+            .inner
+            .cache
+            .get(&name)
+            .await
+            .is_some_and(|t| Arc::ptr_eq(&t, &old));
+        if !still_current || state.check_blocked().is_err() {
+            return;
+        }
+        if self.login(state).await.is_ok() {
+            self.inner.metrics.reauth(&name, trigger);
+            self.retire(name, old);
+        }
+    }
+}
+
+/// How often a profile without validation or max age still looks at its token.
+const CARE_IDLE: Duration = Duration::from_secs(60);
+
+/// Background care of one profile's token: validation against `GET /v3/user` every
+/// `validate_interval`, and a fresh login after `max_token_age`. Ends with the token manager.
+async fn care_for(weak: std::sync::Weak<Inner>, name: Arc<str>) {
+    let mut last_validated = Instant::now();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let this = TokenManager { inner };
+        let Some(state) = this.state(&name) else {
+            return;
+        };
+        let config = state.config.load_full();
+        let token = this.inner.cache.get(&name).await;
+        let until_validate = config
+            .validate_interval
+            .map(|every| every.saturating_sub(last_validated.elapsed()));
+        let until_max_age = config
+            .max_token_age
+            .zip(token.as_ref())
+            .map(|(max, t)| max.saturating_sub(t.age()));
+        let wait = [until_validate, until_max_age]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(CARE_IDLE);
+        drop((this, state, token));
+        tokio::time::sleep(wait).await;
+
+        let Some(inner) = weak.upgrade() else { return };
+        let this = TokenManager { inner };
+        let Some(state) = this.state(&name) else {
+            return;
+        };
+        let config = state.config.load_full();
+        let Some(token) = this.inner.cache.get(&name).await else {
+            continue;
+        };
+        if config.max_token_age.is_some_and(|max| token.age() >= max) {
+            this.refresh(&state, token, Trigger::MaxAge).await;
+            continue;
+        }
+        if config
+            .validate_interval
+            .is_some_and(|every| last_validated.elapsed() >= every)
+        {
+            last_validated = Instant::now();
+            match this.inner.auth.validate(&token).await {
+                Ok(Validity::Dead) => {
+                    if this.invalidate(&name, &token, Trigger::Validate).await {
+                        // Log in now, before a client needs the token.
+                        let _ = this.token(&name).await;
+                    }
+                }
+                Ok(Validity::Valid) => {}
+                Err(e) => {
+                    tracing::debug!(profile = %name, "token validation inconclusive: {}", crate::error::error_chain_text(&e))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! A token evicted upstream (the 21st login elsewhere) is replaced by exactly one re-login, and no
+//! client sees the 401 when its request can be replayed (SPEC §4 step 7).
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use common::*;
+use reqwest::Method;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_under_load_causes_one_relogin_and_no_client_401() {
+    let fake = Arc::new(fake().await);
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    assert_eq!(fake.logins(), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let clients: Vec<_> = (0..100)
+        .map(|i| {
+            let (client, url) = (proxy.client.clone(), proxy.url.clone());
+            let (stop, done, progress) = (stop.clone(), done.clone(), progress.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    // Reads and small writes alike: both are replayable.
+                    let request = if i % 2 == 0 {
+                        client.get(format!("{url}/v3/user"))
+                    } else {
+                        client
+                            .request(Method::POST, format!("{url}/v3/_sim/upload"))
+                            .body(vec![i as u8; 2048])
+                    };
+                    statuses.push(request.send().await.unwrap().status().as_u16());
+                    done.fetch_add(1, Ordering::Relaxed);
+                    progress.notify_waiters();
+                }
+                statuses
+            })
+        })
+        .collect();
+
+    let wait_for = |target: usize| {
+        let (done, progress) = (done.clone(), progress.clone());
+        async move {
+            while done.load(Ordering::Relaxed) < target {
+                let notified = progress.notified();
+                if done.load(Ordering::Relaxed) >= target {
+                    break;
+                }
+                notified.await;
+            }
+        }
+    };
+    wait_for(300).await;
+    assert_eq!(
+        fake.evict_sessions(EMAIL),
+        1,
+        "the proxy's one session dies"
+    );
+    let after = done.load(Ordering::Relaxed);
+    wait_for(after + 1000).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut statuses = Vec::new();
+    for c in clients {
+        statuses.extend(c.await.unwrap());
+    }
+    let not_ok: Vec<_> = statuses.iter().filter(|s| **s != 200).collect();
+    assert!(not_ok.is_empty(), "clients saw {not_ok:?}");
+    assert_eq!(
+        fake.logins(),
+        2,
+        "one start-up login and exactly one re-login"
+    );
+    let rejected_with_dead_token = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path != "/v3/user-session")
+        .filter(|r| {
+            !fake
+                .live_sessions(EMAIL)
+                .iter()
+                .any(|t| r.headers["authtoken"] == t.as_str())
+        })
+        .count();
+    assert!(
+        rejected_with_dead_token > 0,
+        "the eviction hit requests in flight"
+    );
+}
+
+#[tokio::test]
+async fn streamed_upload_after_eviction_gets_the_401_intact_and_the_next_request_succeeds() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "replay_body_limit = \"64KiB\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    fake.evict_sessions(EMAIL);
+
+    // 8 MiB, streamed: larger than replay_body_limit, so it cannot be replayed.
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..128)
+        .map(|_| Ok(bytes::Bytes::from(vec![7u8; 64 * 1024])))
+        .collect();
+    let response = proxy
+        .request(Method::POST, "/v3/_sim/upload")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        headers.get("x-cma-auth-proxy-error").is_none(),
+        "upstream's own 401"
+    );
+    assert_eq!(body["error_code"], 105);
+    assert_eq!(body["errors"]["authtoken"][0], "is not valid.");
+
+    // The dead token was dropped: the next request logs in again and succeeds.
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    assert_eq!(fake.logins(), 2);
+}
+
+#[tokio::test]
+async fn gzip_encoded_105_is_recognised() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    fake.evict_sessions(EMAIL);
+    // SDKs ask for gzip; the CMA then compresses its 401 too.
+    let response = proxy
+        .get("/v3/user")
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(fake.logins(), 2);
+}
+
+#[tokio::test]
+async fn other_401s_pass_through_and_keep_the_token() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "",
+        "[profiles.mt]\nmanagement_token = \"not-a-session\"\n",
+    )
+    .await;
+    // The simulator answers 401/105 to anything without a live authtoken; for a management-token
+    // profile that 401 is the CMA's answer and passes through untouched, with no login attempt.
+    let response = proxy.get("/v3/user").send().await.unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("x-cma-auth-proxy-error").is_none());
+    assert!(fake.login_attempts().is_empty());
+}

@@ -1,0 +1,282 @@
+//! The request path end to end: credentials injected and stripped, the session endpoint refused,
+//! bodies streamed intact both ways, management-token profiles.
+mod common;
+
+use common::*;
+use futures_util::StreamExt;
+use reqwest::Method;
+
+#[tokio::test]
+async fn request_without_credentials_reaches_cma_with_the_session_token() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let response = proxy.get("/v3/user").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let user: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(user["user"]["email"], EMAIL);
+
+    let seen = fake.requests();
+    let forwarded = seen.iter().rfind(|r| r.path == "/v3/user").unwrap();
+    let token = forwarded.headers["authtoken"].to_str().unwrap();
+    assert_eq!(fake.live_sessions(EMAIL), vec![token.to_owned()]);
+    assert_eq!(forwarded.headers["host"], fake.addr().to_string().as_str());
+    assert_eq!(forwarded.headers["x-forwarded-for"], "127.0.0.1");
+}
+
+#[tokio::test]
+async fn client_credentials_and_profile_header_never_reach_cma() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let response = proxy
+        .get("/v3/_sim/echo")
+        .header("authtoken", "client-supplied-token")
+        .header("authorization", "client-management-token")
+        .header("x-cma-profile", "default")
+        .header("api_key", "blt123")
+        .header("branch", "main")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    let headers = &echo["headers"];
+    assert_eq!(headers["authtoken"], fake.live_sessions(EMAIL)[0].as_str());
+    assert!(headers.get("authorization").is_none(), "{headers}");
+    assert!(headers.get("x-cma-profile").is_none(), "{headers}");
+    assert!(headers.get("x-hop").is_none(), "{headers}");
+    assert_eq!(headers["api_key"], "blt123");
+    assert_eq!(headers["branch"], "main");
+    for r in fake.requests() {
+        for v in r.headers.get_all("authtoken") {
+            assert_ne!(v, "client-supplied-token");
+        }
+        assert!(r.headers.get("authorization").is_none());
+    }
+}
+
+#[tokio::test]
+async fn reject_mode_refuses_client_credentials_before_forwarding() {
+    let fake = fake().await;
+    let rest = format!(
+        "{}[policy]\nclient_credentials = \"reject\"\n",
+        profile(PASSWORD, "")
+    );
+    let proxy = proxy(&fake, "", &rest).await;
+    let response = proxy
+        .get("/v3/_sim/echo")
+        .header("authtoken", "mine")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        response.headers()["x-cma-auth-proxy-error"],
+        "client_credentials_rejected"
+    );
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["errors"]["cma_auth_proxy"][0],
+        "client_credentials_rejected"
+    );
+    assert!(!fake.requests().iter().any(|r| r.path == "/v3/_sim/echo"));
+}
+
+#[tokio::test]
+async fn session_endpoint_is_refused_in_every_spelling_and_method() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    let logins_before = fake.login_attempts().len();
+    for path in [
+        "/v3/user-session",
+        "/v3/user-session/",
+        "/v3//user-session",
+        "/v3/./user-session",
+        "/v3/x/../user-session",
+        "/v3/%75ser-session",
+        "/V3/USER-SESSION",
+        "/v3/user-session;x=1",
+    ] {
+        for method in [Method::GET, Method::POST, Method::DELETE, Method::PUT] {
+            let response = proxy
+                .request(method.clone(), path)
+                .body(r#"{"user":{"email":"x","password":"y"}}"#)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 403, "{method} {path}");
+            assert_eq!(
+                response.headers()["x-cma-auth-proxy-error"],
+                "policy_denied"
+            );
+        }
+    }
+    assert!(
+        !fake
+            .requests()
+            .iter()
+            .any(|r| r.method != Method::POST && r.path.contains("user-session")),
+        "a refused request reached the CMA"
+    );
+    assert_eq!(fake.login_attempts().len(), logins_before);
+    assert!(fake.logouts().is_empty());
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn foreign_absolute_form_target_and_connect_are_refused() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    // A client configured to use the sidecar as an HTTP proxy sends absolute-form targets.
+    let as_proxy = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&proxy.url).unwrap())
+        .build()
+        .unwrap();
+    let response = as_proxy
+        .get("http://metadata.example.invalid/latest/meta-data")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.headers()["x-cma-auth-proxy-error"], "bad_request");
+    let own = as_proxy
+        .get(format!("{}/v3/user", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        own.status(),
+        200,
+        "absolute form naming the upstream itself is accepted"
+    );
+
+    let response = proxy.request(Method::CONNECT, "/").send().await.unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+const MIB: usize = 1 << 20;
+
+#[tokio::test]
+async fn hundred_mib_upload_streams_through_intact() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let data = cma_auth_proxy::dev::sim_bytes(100 * MIB);
+    let expected = cma_auth_proxy::dev::sha256_hex(&data);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..data.len())
+        .step_by(64 * 1024)
+        .map(|i| Ok(data.slice(i..(i + 64 * 1024).min(data.len()))))
+        .collect();
+    let response = proxy
+        .request(Method::POST, "/v3/_sim/upload")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["bytes"], 100 * MIB);
+    assert_eq!(body["sha256"], expected);
+}
+
+#[tokio::test]
+async fn hundred_mib_download_streams_through_intact() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let n = 100 * MIB;
+    let response = proxy
+        .get(&format!("/v3/_sim/download?bytes={n}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    let mut received = 0;
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        received += chunk.len();
+        hasher.update(&chunk);
+    }
+    assert_eq!(received, n);
+    let got: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        got,
+        cma_auth_proxy::dev::sha256_hex(&cma_auth_proxy::dev::sim_bytes(n))
+    );
+}
+
+#[tokio::test]
+async fn body_over_max_body_is_refused_before_streaming() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "max_body = \"1KiB\"\nreplay_body_limit = \"512B\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let response = proxy
+        .request(Method::POST, "/v3/_sim/upload")
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    assert_eq!(
+        response.headers()["x-cma-auth-proxy-error"],
+        "body_too_large"
+    );
+    assert!(!fake.requests().iter().any(|r| r.path == "/v3/_sim/upload"));
+}
+
+#[tokio::test]
+async fn management_token_profile_injects_authorization_and_never_logs_in() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "",
+        "[profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n",
+    )
+    .await;
+    // The simulator checks only authtokens, so the echo route answers 401 here: what matters is
+    // what the proxy sent.
+    let _ = proxy
+        .get("/v3/_sim/echo")
+        .header("authorization", "client")
+        .send()
+        .await
+        .unwrap();
+    let sent = fake
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v3/_sim/echo")
+        .unwrap();
+    assert_eq!(sent.headers["authorization"], "cs-management-token-1");
+    assert!(sent.headers.get("authtoken").is_none());
+    assert!(fake.login_attempts().is_empty());
+}
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = h2
+        .get(format!("{}/v3/user", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+}
