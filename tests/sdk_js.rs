@@ -177,9 +177,6 @@ fn run_sdk_script(sdk_dir: &Path, url: &str, api_key: &str) -> ScriptRun {
         .current_dir(sdk_dir)
         .env("CMA_PROXY_URL", url)
         .env("CMA_API_KEY", api_key)
-        // The SDK retries a 429 through an SSRF guard that refuses 127.0.0.1 when NODE_ENV is
-        // "production"; the proxy's own behaviour is under test here, not the caller's environment.
-        .env_remove("NODE_ENV")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -374,14 +374,10 @@ impl Stack {
         req: &SimRequest<'_>,
         ctx: &mut Ctx<'_>,
     ) -> Result<SimResponse, CmaError> {
-        let form = Form::parse(req.headers, req.body.clone()).ok_or(CmaError::AssetRejected(
-            Write::Create,
-            Invalid::new("upload", "is required."),
-        ))?;
-        let upload = form.upload.ok_or(CmaError::AssetRejected(
-            Write::Create,
-            Invalid::new("upload", "is required."),
-        ))?;
+        let no_file =
+            || CmaError::AssetRejected(Write::Create, Invalid::new("upload", "is required."));
+        let form = Form::parse(req.headers, req.body.clone()).ok_or_else(no_file)?;
+        let upload = form.upload.ok_or_else(no_file)?;
         let mut doc = Object::new();
         stamp_new(&mut doc, ctx.uids.next(), ctx);
         describe_file(

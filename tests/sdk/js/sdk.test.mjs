@@ -7,6 +7,7 @@
 // CMA_API_KEY) is a stack the proxy's account can use. Every step asserts on what the SDK returns; the
 // first failure ends the run with exit status 1. Run by tests/sdk_js.rs against `cma-auth-proxy dev`.
 import assert from 'node:assert/strict'
+import { lookup as dnsLookup } from 'node:dns'
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -19,12 +20,34 @@ if (!/^https?:\/\//.test(proxyUrl) || apiKey === '') {
   process.exit(2)
 }
 
-// `endpoint` is used verbatim as the base URL, so requests go to the proxy over plain http. The SDK's
-// `host` option would not do for a sidecar on 127.0.0.1 or localhost: it rejects IP addresses and
-// `localhost` as hosts and silently falls back to the public API host. No authtoken, no authorization.
-const client = contentstack.client({ endpoint: `${proxyUrl}/v3` })
+// How a sidecar client should be built. `endpoint` is used verbatim as the base URL, so requests go to
+// the proxy over plain http (the `host` option would not do: it rejects IP addresses and `localhost` and
+// silently falls back to the public API host). The proxy is addressed by a host name, not 127.0.0.1:
+// the SDK sends every retry (after a 429, which the proxy passes through, or a network error) through an
+// "SSRF" guard that, in the SDK's production build, refuses IP literals in 127/8, 10/8 and 192/8 and
+// `localhost`, and throws from a timer, which crashes the process. In a Pod the name comes from
+// `hostAliases` (or /etc/hosts, docker --add-host); here `lookup` plays that part. No credentials.
+const PROXY_HOST = 'cma-auth-proxy'
+const proxy = new URL(proxyUrl)
+const proxyAddress = proxy.hostname.replace(/^\[|\]$/g, '')
+function lookup (hostname, options, callback) {
+  if (hostname !== PROXY_HOST) return dnsLookup(hostname, options, callback)
+  const family = proxyAddress.includes(':') ? 6 : 4
+  if (options.all) return callback(null, [{ address: proxyAddress, family }])
+  return callback(null, proxyAddress, family)
+}
+const endpoint = `${proxy.protocol}//${PROXY_HOST}:${proxy.port || 80}/v3`
+const client = contentstack.client({ endpoint, lookup })
 const stack = client.stack({ api_key: apiKey })
 const run = `${Date.now()}_${Math.floor(Math.random() * 1e6)}`
+
+// An exception thrown inside the SDK's timers would otherwise end the run with a dump of its minified
+// bundle instead of the error.
+process.on('uncaughtException', (error) => {
+  console.error('FAIL uncaught exception, thrown inside the SDK')
+  console.error(error)
+  process.exit(1)
+})
 
 let failed = false
 async function step (name, fn) {
@@ -62,7 +85,7 @@ await step('the client holds no credentials', () => {
     assert.equal(defaults[name], undefined, name)
     assert.equal(defaults.common?.[name], undefined, name)
   }
-  assert.equal(client.axiosInstance.defaults.baseURL, `${proxyUrl}/v3`)
+  assert.equal(client.axiosInstance.defaults.baseURL, endpoint)
 })
 
 await step('get user', async () => {
