@@ -15,6 +15,7 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::policy::{Policy, PolicyError};
 
@@ -56,6 +57,25 @@ pub enum ConfigError {
     },
     #[error("`policy`: {0}")]
     Policy(#[from] PolicyError),
+}
+
+/// What a configuration was built from: the files to watch, and a digest of every byte read, so a
+/// reload can tell whether anything changed.
+#[derive(Default)]
+struct Sources {
+    files: Vec<PathBuf>,
+    digest: Sha256,
+}
+
+impl Sources {
+    fn read(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(path)?;
+        self.digest.update(path.as_os_str().as_encoded_bytes());
+        self.digest.update((bytes.len() as u64).to_le_bytes());
+        self.digest.update(&bytes);
+        self.files.push(path.to_owned());
+        Ok(bytes)
+    }
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -255,6 +275,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Files whose change means "reload": the config file itself and every secret file.
     pub watched_files: Vec<PathBuf>,
+    /// SHA-256 over the configuration text and every file it read: equal digests, equal configs.
+    pub digest: [u8; 32],
     pub loaded_at: SystemTime,
     /// 1 at start, +1 for every successful reload.
     pub version: u64,
@@ -439,14 +461,14 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::File {
+        let mut sources = Sources::default();
+        let bytes = sources.read(path).map_err(|source| ConfigError::File {
             key: "--config".into(),
             path: path.to_owned(),
             source,
         })?;
-        let mut config = Self::from_toml(&text, env, path.parent())?;
-        config.watched_files.insert(0, path.to_owned());
-        Ok(config)
+        let text = String::from_utf8(bytes).map_err(|_| invalid("--config", "is not UTF-8"))?;
+        Self::parse(&text, env, path.parent(), sources)
     }
 
     /// Parses TOML text with environment overrides. Relative secret paths are resolved against
@@ -456,10 +478,25 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         base_dir: Option<&Path>,
     ) -> Result<Config, ConfigError> {
+        let mut sources = Sources::default();
+        sources.digest.update(text.as_bytes());
+        Self::parse(text, env, base_dir, sources)
+    }
+
+    fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+        base_dir: Option<&Path>,
+        mut sources: Sources,
+    ) -> Result<Config, ConfigError> {
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
             .collect();
+        for (key, value) in &env {
+            sources.digest.update(key.as_bytes());
+            sources.digest.update(value.as_bytes());
+        }
         let file: FileConfig = config::Config::builder()
             .add_source(config::File::from_str(text, config::FileFormat::Toml))
             .add_source(
@@ -471,7 +508,7 @@ impl Config {
             .build()
             .and_then(config::Config::try_deserialize)
             .map_err(ConfigError::Load)?;
-        validate(file, base_dir)
+        validate(file, base_dir, sources)
     }
 
     pub fn profile(&self, name: &str) -> Option<&Arc<ProfileConfig>> {
@@ -479,10 +516,13 @@ impl Config {
     }
 }
 
-fn validate(file: FileConfig, base_dir: Option<&Path>) -> Result<Config, ConfigError> {
-    let mut watched_files = Vec::new();
+fn validate(
+    file: FileConfig,
+    base_dir: Option<&Path>,
+    mut sources: Sources,
+) -> Result<Config, ConfigError> {
     let server = validate_server(file.server)?;
-    let upstream = validate_upstream(file.upstream, base_dir)?;
+    let upstream = validate_upstream(file.upstream, base_dir, &mut sources)?;
     if file.profiles.is_empty() {
         return Err(invalid(
             "profiles",
@@ -493,7 +533,7 @@ fn validate(file: FileConfig, base_dir: Option<&Path>) -> Result<Config, ConfigE
     let profiles = file
         .profiles
         .into_iter()
-        .map(|(name, p)| validate_profile(name, p, base_dir, &mut watched_files).map(Arc::new))
+        .map(|(name, p)| validate_profile(name, p, base_dir, &mut sources).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
     let client_credentials = match file.policy.client_credentials.as_str() {
         "strip" => crate::policy::ClientCredentials::Strip,
@@ -550,7 +590,8 @@ fn validate(file: FileConfig, base_dir: Option<&Path>) -> Result<Config, ConfigE
         profiles,
         policy: Arc::new(policy),
         log,
-        watched_files,
+        watched_files: sources.files,
+        digest: sources.digest.finalize().into(),
         loaded_at: SystemTime::now(),
         version: 1,
     })
@@ -601,6 +642,7 @@ fn parse_size(key: &str, text: &str) -> Result<u64, ConfigError> {
 fn validate_upstream(
     u: FileUpstream,
     base_dir: Option<&Path>,
+    sources: &mut Sources,
 ) -> Result<UpstreamConfig, ConfigError> {
     let (key, url) = if u.url.is_empty() {
         let url = REGIONS
@@ -640,7 +682,7 @@ fn validate_upstream(
         None
     } else {
         let path = resolve(base_dir, Path::new(&u.ca_file));
-        let pem = std::fs::read(&path).map_err(|source| ConfigError::File {
+        let pem = sources.read(&path).map_err(|source| ConfigError::File {
             key: "upstream.ca_file".into(),
             path: path.clone(),
             source,
@@ -682,7 +724,7 @@ fn read_secret(
     inline: Option<String>,
     file: Option<PathBuf>,
     base_dir: Option<&Path>,
-    watched: &mut Vec<PathBuf>,
+    sources: &mut Sources,
 ) -> Result<Option<SecretString>, ConfigError> {
     match (inline, file) {
         (Some(_), Some(_)) => Err(invalid(
@@ -692,13 +734,15 @@ fn read_secret(
         (Some(value), None) => Ok(Some(SecretString::from(value))),
         (None, Some(path)) => {
             let path = resolve(base_dir, &path);
-            let text =
-                std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+            let bytes = sources
+                .read(&path)
+                .map_err(|source| ConfigError::SecretFile {
                     key: format!("{key_prefix}.{name}_file"),
                     path: path.clone(),
                     source,
                 })?;
-            watched.push(path);
+            let text = String::from_utf8(bytes)
+                .map_err(|_| invalid(format!("{key_prefix}.{name}_file"), "is not UTF-8"))?;
             // Secret volumes and `echo` leave a trailing newline; it is never part of the secret.
             let value = text.strip_suffix('\n').unwrap_or(&text);
             let value = value.strip_suffix('\r').unwrap_or(value);
@@ -712,7 +756,7 @@ fn validate_profile(
     name: String,
     p: FileProfile,
     base_dir: Option<&Path>,
-    watched: &mut Vec<PathBuf>,
+    sources: &mut Sources,
 ) -> Result<ProfileConfig, ConfigError> {
     let key = format!("profiles.{name}");
     if name.is_empty()
@@ -731,7 +775,7 @@ fn validate_profile(
         p.password,
         p.password_file,
         base_dir,
-        watched,
+        sources,
     )?;
     let totp = read_secret(
         &key,
@@ -739,7 +783,7 @@ fn validate_profile(
         p.totp_secret,
         p.totp_secret_file,
         base_dir,
-        watched,
+        sources,
     )?;
     let management = read_secret(
         &key,
@@ -747,7 +791,7 @@ fn validate_profile(
         p.management_token,
         p.management_token_file,
         base_dir,
-        watched,
+        sources,
     )?;
     let credentials = match (management, password) {
         (Some(_), Some(_)) => {

@@ -149,6 +149,10 @@ impl Running {
         let _ = self.stop_reload.send(true);
         self.proxy.start_draining();
         let _ = self.stop_proxy.send(true);
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            "draining: not ready, not accepting, letting in-flight requests finish"
+        );
         let drained = match self.proxy_server.await {
             Ok(connections) => server::drain(connections, grace).await,
             Err(_) => false,

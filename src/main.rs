@@ -188,7 +188,7 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("shutting down; send the signal again to exit at once");
+    tracing::info!("shutting down (send the signal again to exit at once)");
     tokio::spawn(async move {
         tokio::select! {
             _ = term.recv() => {}

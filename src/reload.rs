@@ -33,6 +33,8 @@ pub async fn watch(
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WatchError> {
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .expect("cannot listen for SIGHUP");
     let (tx, mut changes) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok_and(|e| !e.kind.is_access()) {
@@ -46,8 +48,12 @@ pub async fn watch(
     })?;
     let mut watched = BTreeSet::new();
     rewatch(&mut watcher, &mut watched, &proxy.config())?;
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .expect("cannot listen for SIGHUP");
+    // A change between the first load and the watch being in place would otherwise go unnoticed.
+    if Config::load(&path, std::env::vars()).is_ok_and(|c| c.digest != proxy.config().digest) {
+        tracing::info!("configuration changed during start-up: reloading");
+        let _ = reload(&path, &proxy);
+    }
+    tracing::info!(directories = ?watched, "live reload on: watching for changes; SIGHUP reloads too");
     loop {
         let changed = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
@@ -117,6 +123,12 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
             return Err(e);
         }
     };
+    if new.digest == old.digest {
+        // A burst of events, or a SIGHUP, with nothing changed: keep the running config as it is.
+        metrics.config_reload("success");
+        tracing::info!(version = old.version, "configuration reloaded: unchanged");
+        return Ok(());
+    }
     new.version = old.version + 1;
     for (key, before, after) in [
         ("server.listen", &old.server.listen, &new.server.listen),

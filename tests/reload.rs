@@ -179,8 +179,9 @@ async fn sighup_reloads_the_binary() {
     let config = dir.join("config.toml");
     std::fs::write(&config, config_text(&fake.url(), &dir.join("password"), "")).unwrap();
     let mut binary = Binary::start(&config, &[]);
+    binary.wait_for_line("live reload on");
     binary.signal("HUP");
-    binary.wait_for_line("configuration reloaded");
+    binary.wait_for_line("configuration reloaded: unchanged");
     let m = metrics(&binary.admin).await;
     assert_eq!(
         m[r#"cma_auth_proxy_config_reloads_total{outcome="success"}"#],

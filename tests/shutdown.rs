@@ -60,7 +60,7 @@ async fn sigterm_with_fifty_requests_in_flight_drains_logs_out_and_exits_0() {
     .await;
 
     binary.signal("TERM");
-    binary.wait_for_line("shutting down");
+    binary.wait_for_line("draining: not ready");
     // Draining: not ready, and no new connections.
     let readyz = reqwest::get(format!("{}/readyz", binary.admin))
         .await
@@ -106,7 +106,7 @@ async fn a_second_signal_exits_at_once() {
     })
     .await;
     binary.signal("TERM");
-    binary.wait_for_line("shutting down");
+    binary.wait_for_line("draining: not ready");
     binary.signal("INT");
     let code = tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
         .await
