@@ -111,6 +111,16 @@ struct FileServer {
     request_timeout: Duration,
     max_body: String,
     replay_body_limit: String,
+    #[serde(with = "humantime_serde")]
+    header_read_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration,
+    max_connections: usize,
+    max_header_bytes: String,
+    max_headers: usize,
+    listen_mode: Option<String>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
 }
 
 impl Default for FileServer {
@@ -122,6 +132,14 @@ impl Default for FileServer {
             request_timeout: Duration::from_secs(120),
             max_body: "1GiB".into(),
             replay_body_limit: "1MiB".into(),
+            header_read_timeout: ConnectionLimits::default().header_read_timeout,
+            idle_timeout: ConnectionLimits::default().idle_timeout,
+            max_connections: ConnectionLimits::default().max_connections,
+            max_header_bytes: "64KiB".into(),
+            max_headers: ConnectionLimits::default().max_headers,
+            listen_mode: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -322,6 +340,56 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub max_body: u64,
     pub replay_body_limit: u64,
+    pub limits: ConnectionLimits,
+    /// File mode of a unix-socket `listen`, e.g. 0o660.
+    pub listen_mode: Option<u32>,
+    /// Inbound TLS on `listen`: certificate chain and key, PEM, already read.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Per-connection limits of both listeners.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// To receive a request head (slowloris); HTTP/1 keep-alive waits count too.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+            max_header_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_chain_pem: Arc<Vec<u8>>,
+    pub key_pem: Arc<SecretBytes>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsFiles { cert_chain_pem, key_pem: [REDACTED] }")
+    }
+}
+
+/// Bytes that never print.
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -521,7 +589,7 @@ fn validate(
     base_dir: Option<&Path>,
     mut sources: Sources,
 ) -> Result<Config, ConfigError> {
-    let server = validate_server(file.server)?;
+    let server = validate_server(file.server, base_dir, &mut sources)?;
     let upstream = validate_upstream(file.upstream, base_dir, &mut sources)?;
     if file.profiles.is_empty() {
         return Err(invalid(
@@ -597,7 +665,11 @@ fn validate(
     })
 }
 
-fn validate_server(s: FileServer) -> Result<ServerConfig, ConfigError> {
+fn validate_server(
+    s: FileServer,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<ServerConfig, ConfigError> {
     let listen = s.listen.parse().map_err(|e| invalid("server.listen", e))?;
     let admin_listen = s
         .admin_listen
@@ -622,6 +694,61 @@ fn validate_server(s: FileServer) -> Result<ServerConfig, ConfigError> {
             "must not exceed server.max_body",
         ));
     }
+    let max_header_bytes = parse_size("server.max_header_bytes", &s.max_header_bytes)?;
+    // hyper's smallest read buffer; a request head never needs less.
+    if max_header_bytes < 8192 {
+        return Err(invalid("server.max_header_bytes", "must be at least 8KiB"));
+    }
+    for (key, value) in [
+        ("server.header_read_timeout", s.header_read_timeout),
+        ("server.idle_timeout", s.idle_timeout),
+    ] {
+        if value.is_zero() {
+            return Err(invalid(key, "must be more than 0s"));
+        }
+    }
+    if s.max_connections == 0 || s.max_headers == 0 {
+        return Err(invalid(
+            "server.max_connections / server.max_headers",
+            "must be at least 1",
+        ));
+    }
+    let listen_mode = s
+        .listen_mode
+        .map(|mode| {
+            if !matches!(listen, ListenAddr::Unix(_)) {
+                return Err(invalid(
+                    "server.listen_mode",
+                    "applies only to a unix-socket listen (\"unix:/path\")",
+                ));
+            }
+            u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o777)
+                .ok_or_else(|| {
+                    invalid(
+                        "server.listen_mode",
+                        format!("{mode:?} is not an octal file mode like \"0660\""),
+                    )
+                })
+        })
+        .transpose()?;
+    let tls = match (s.tls_cert_file, s.tls_key_file) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => Some(read_tls_files(&cert, &key, base_dir, sources)?),
+        _ => {
+            return Err(invalid(
+                "server.tls_cert_file",
+                "inbound TLS needs both tls_cert_file and tls_key_file",
+            ));
+        }
+    };
+    if tls.is_some() && matches!(listen, ListenAddr::Unix(_)) {
+        return Err(invalid(
+            "server.tls_cert_file",
+            "TLS is for TCP listeners; a unix socket is protected by its file mode",
+        ));
+    }
     Ok(ServerConfig {
         listen,
         admin_listen,
@@ -629,6 +756,40 @@ fn validate_server(s: FileServer) -> Result<ServerConfig, ConfigError> {
         request_timeout: s.request_timeout,
         max_body,
         replay_body_limit,
+        limits: ConnectionLimits {
+            header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
+            max_connections: s.max_connections,
+            max_header_bytes: max_header_bytes as usize,
+            max_headers: s.max_headers,
+        },
+        listen_mode,
+        tls,
+    })
+}
+
+fn read_tls_files(
+    cert: &Path,
+    key: &Path,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<TlsFiles, ConfigError> {
+    let read = |sources: &mut Sources, key_name: &str, path: &Path| {
+        let path = resolve(base_dir, path);
+        sources.read(&path).map_err(|source| ConfigError::File {
+            key: key_name.into(),
+            path,
+            source,
+        })
+    };
+    let cert_chain_pem = read(sources, "server.tls_cert_file", cert)?;
+    let key_pem = read(sources, "server.tls_key_file", key)?;
+    // Parse now, so a bad file is a configuration error and not a failed handshake later.
+    crate::server::tls_server_config(&cert_chain_pem, &key_pem)
+        .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
+    Ok(TlsFiles {
+        cert_chain_pem: Arc::new(cert_chain_pem),
+        key_pem: Arc::new(SecretBytes(key_pem)),
     })
 }
 

@@ -23,7 +23,6 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use config::Config;
-use hyper_util::server::graceful::GracefulShutdown;
 use proxy::Proxy;
 pub use server::BoundAddr;
 
@@ -42,6 +41,8 @@ pub enum StartError {
     Tls(#[from] proxy::upstream::TlsError),
     #[error("cannot build the session client")]
     Client(#[source] reqwest::Error),
+    #[error("inbound TLS: {0}")]
+    InboundTls(#[from] server::TlsServerError),
 }
 
 /// A started proxy: listeners bound, first logins under way.
@@ -51,8 +52,8 @@ pub struct Running {
     admin_addr: BoundAddr,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    proxy_server: JoinHandle<GracefulShutdown>,
-    admin_server: JoinHandle<GracefulShutdown>,
+    proxy_server: JoinHandle<server::Connections>,
+    admin_server: JoinHandle<server::Connections>,
     stop_reload: watch::Sender<bool>,
 }
 
@@ -72,12 +73,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = metrics::Metrics::new();
     let tokens = token::TokenManager::new(&config, auth, metrics.clone());
     let client = proxy::upstream::client(&config.upstream, tls);
-    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client, metrics));
+    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client, metrics)?);
 
-    let bind = |addr: &config::ListenAddr| {
+    let bind = |addr: &config::ListenAddr, mode| {
         let addr = addr.clone();
         async move {
-            server::bind(&addr)
+            server::bind(&addr, mode)
                 .await
                 .map_err(|source| StartError::Bind {
                     addr: addr.to_string(),
@@ -85,14 +86,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 })
         }
     };
-    let (proxy_listener, proxy_addr) = bind(&config.server.listen).await?;
-    let (admin_listener, admin_addr) = bind(&config.server.admin_listen).await?;
+    let server_config = &config.server;
+    let (proxy_listener, proxy_addr) =
+        bind(&server_config.listen, server_config.listen_mode).await?;
+    let (admin_listener, admin_addr) = bind(&server_config.admin_listen, None).await?;
+    let admin_options = server::ServeOptions {
+        limits: server_config.limits,
+        tls: None,
+        metrics: proxy.metrics().clone(),
+    };
+    let proxy_options = server::ServeOptions {
+        tls: proxy.inbound_tls(),
+        ..admin_options.clone()
+    };
     let (stop_proxy, proxy_stop) = watch::channel(false);
     let (stop_admin, admin_stop) = watch::channel(false);
-    let proxy_server = tokio::spawn(server::serve(proxy_listener, proxy.clone(), proxy_stop));
+    let proxy_server = tokio::spawn(server::serve(
+        proxy_listener,
+        proxy.clone(),
+        proxy_options,
+        proxy_stop,
+    ));
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
         Arc::new(admin::Admin::new(proxy.clone())),
+        admin_options,
         admin_stop,
     ));
     tokens.start_care();

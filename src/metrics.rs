@@ -87,6 +87,8 @@ pub struct Metrics {
     pub denied: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub in_flight: Gauge,
+    pub open_connections: Gauge,
+    pub connection_limits: Family<ReasonLabels, Counter>,
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -159,6 +161,18 @@ impl Metrics {
             "Requests being served",
             in_flight.clone(),
         );
+        let open_connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Client connections open on both listeners",
+            open_connections.clone(),
+        );
+        let connection_limits = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connection_limits",
+            "Connections refused or closed by a limit: too_many_connections, header_read_timeout, headers_too_large, malformed_request, idle_timeout, tls_handshake_failed",
+            connection_limits.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -179,6 +193,8 @@ impl Metrics {
             denied,
             config_reloads,
             in_flight,
+            open_connections,
+            connection_limits,
         })
     }
 
@@ -210,6 +226,12 @@ impl Metrics {
 
     pub fn replay(&self, outcome: &'static str) {
         self.replays.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    pub fn connection_limit(&self, reason: &'static str) {
+        self.connection_limits
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn config_reload(&self, outcome: &'static str) {

@@ -1,25 +1,28 @@
-//! Listeners and connections: TCP or Unix sockets, HTTP/1.1 and HTTP/2 (prior knowledge) on one port,
-//! each connection watched so that shutdown can drain it. Knows nothing of CMA semantics.
+//! Listeners and connections: TCP (optionally TLS) or Unix sockets, HTTP/1.1 and HTTP/2 on one port,
+//! the per-connection limits (connection count, header size and count, header-read and idle
+//! timeouts), and draining at shutdown. Knows nothing of CMA semantics.
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
-use crate::config::ListenAddr;
+use crate::config::{ConnectionLimits, ListenAddr};
+use crate::metrics::Metrics;
 use crate::proxy::body::Relay;
-
-/// A slow client gets this long to send its request headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -61,7 +64,8 @@ impl BoundAddr {
     }
 }
 
-pub async fn bind(addr: &ListenAddr) -> std::io::Result<(Listener, BoundAddr)> {
+/// Binds `addr`; a unix socket gets `mode` (e.g. 0o660) so that only its owner and group connect.
+pub async fn bind(addr: &ListenAddr, mode: Option<u32>) -> std::io::Result<(Listener, BoundAddr)> {
     match addr {
         ListenAddr::Tcp(addr) => {
             let listener = TcpListener::bind(addr).await?;
@@ -69,36 +73,95 @@ pub async fn bind(addr: &ListenAddr) -> std::io::Result<(Listener, BoundAddr)> {
             Ok((Listener::Tcp(listener), BoundAddr::Tcp(bound)))
         }
         ListenAddr::Unix(path) => {
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
             // A socket file left by a previous run would make bind fail; only sockets are removed.
-            use std::os::unix::fs::FileTypeExt;
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                 std::fs::remove_file(path)?;
             }
             let listener = UnixListener::bind(path)?;
+            if let Some(mode) = mode {
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+            }
             Ok((Listener::Unix(listener), BoundAddr::Unix(path.clone())))
         }
     }
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+#[derive(Debug, thiserror::Error)]
+pub enum TlsServerError {
+    #[error("no certificate in tls_cert_file")]
+    NoCertificate,
+    #[error("no private key in tls_key_file")]
+    NoKey,
+    #[error("cannot parse PEM: {0}")]
+    Pem(#[source] std::io::Error),
+    #[error("certificate and key do not form a usable TLS configuration: {0}")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// Builds the inbound TLS configuration (HTTP/2 and HTTP/1.1 by ALPN).
+pub fn tls_server_config(
+    cert_chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<rustls::ServerConfig, TlsServerError> {
+    let certs = rustls_pemfile::certs(&mut &*cert_chain_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(TlsServerError::Pem)?;
+    if certs.is_empty() {
+        return Err(TlsServerError::NoCertificate);
+    }
+    let key = rustls_pemfile::private_key(&mut &*key_pem)
+        .map_err(TlsServerError::Pem)?
+        .ok_or(TlsServerError::NoKey)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(TlsServerError::Rustls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(TlsServerError::Rustls)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// How a listener serves its connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    pub limits: ConnectionLimits,
+    /// Inbound TLS, swapped on reload when the certificate files change.
+    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// The connections a listener has open, for draining.
+pub struct Connections(TaskTracker);
+
+fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }
 
-/// Accepts connections until `stop` turns true, then returns the watcher of the connections still
-/// open, for the caller to drain under its deadline.
+/// Accepts connections until `stop` turns true, then returns the connections still open, for the
+/// caller to drain under its deadline. Each connection is told to finish gracefully at `stop`.
 pub async fn serve<H: Handler>(
     listener: Listener,
     handler: Arc<H>,
+    options: ServeOptions,
     mut stop: watch::Receiver<bool>,
-) -> GracefulShutdown {
-    let graceful = GracefulShutdown::new();
-    let builder = builder();
+) -> Connections {
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(options.limits.max_connections));
+    let builder = Arc::new(builder(&options.limits));
     loop {
         let accepted = tokio::select! {
             accepted = accept(&listener) => accepted,
@@ -113,24 +176,32 @@ pub async fn serve<H: Handler>(
                 continue;
             }
         };
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler.call(req, peer).await) }
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            options.metrics.connection_limit("too_many_connections");
+            tracker.spawn(refuse(io, options.tls.is_some()));
+            continue;
+        };
+        let connection = Connection {
+            handler: handler.clone(),
+            peer,
+            builder: builder.clone(),
+            options: options.clone(),
+            stop: stop.clone(),
+        };
+        tracker.spawn(async move {
+            let _slot = slot;
+            connection.run(io).await;
         });
-        // Each arm has its own connection type; both are drained alike.
-        match io {
-            Io::Tcp(stream) => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(graceful.watch(conn.into_owned()));
-            }
-            Io::Unix(stream) => {
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                tokio::spawn(graceful.watch(conn.into_owned()));
-            }
-        }
     }
-    graceful
+    Connections(tracker)
+}
+
+/// Waits for open connections to finish, at most `grace`. Returns whether they all finished.
+pub async fn drain(connections: Connections, grace: Duration) -> bool {
+    connections.0.close();
+    tokio::time::timeout(grace, connections.0.wait())
+        .await
+        .is_ok()
 }
 
 enum Io {
@@ -152,9 +223,181 @@ async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<IpAddr>)> {
     }
 }
 
-/// Waits for open connections to finish, at most `grace`. Returns whether they all finished.
-pub async fn drain(graceful: GracefulShutdown, grace: Duration) -> bool {
-    tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_ok()
+/// Over `max_connections`: a plain-HTTP client gets a 503 in the proxy's error shape, then the
+/// connection closes without reading the request. (A TLS client just sees the close.)
+async fn refuse(io: Io, tls: bool) {
+    const BODY: &str = r#"{"error_message":"too many connections to the proxy (server.max_connections); retry shortly","error_code":911,"errors":{"cma_auth_proxy":["too_many_connections"]}}"#;
+    let Io::Tcp(mut stream) = io else { return };
+    if !tls {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             x-cma-auth-proxy-error: too_many_connections\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(response.as_bytes()),
+        )
+        .await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+struct Connection<H> {
+    handler: Arc<H>,
+    peer: Option<IpAddr>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    options: ServeOptions,
+    stop: watch::Receiver<bool>,
+}
+
+impl<H: Handler> Connection<H> {
+    async fn run(self, io: Io) {
+        self.options.metrics.open_connections.inc();
+        match io {
+            Io::Unix(stream) => self.serve(stream).await,
+            Io::Tcp(stream) => match self.options.tls.clone() {
+                None => self.serve(stream).await,
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                    let handshake = tokio::time::timeout(
+                        self.options.limits.header_read_timeout,
+                        acceptor.accept(stream),
+                    );
+                    match handshake.await {
+                        Ok(Ok(stream)) => self.serve(stream).await,
+                        _ => {
+                            self.options
+                                .metrics
+                                .connection_limit("tls_handshake_failed");
+                            self.options.metrics.open_connections.dec();
+                        }
+                    }
+                }
+            },
+        }
+    }
+
+    /// Serves one connection until it ends; asks it to finish gracefully at shutdown, or when it
+    /// has had no request in flight for `idle_timeout` (a response still streaming is not cut).
+    async fn serve<I>(self, io: I)
+    where
+        I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Connection {
+            handler,
+            peer,
+            builder,
+            options,
+            mut stop,
+        } = self;
+        let activity = Arc::new(Activity::new());
+        let service = {
+            let activity = activity.clone();
+            hyper::service::service_fn(move |req| {
+                let handler = handler.clone();
+                let busy = activity.begin();
+                async move {
+                    let response = handler.call(req, peer).await;
+                    drop(busy);
+                    Ok::<_, Infallible>(response)
+                }
+            })
+        };
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let mut connection = std::pin::pin!(connection);
+        let idle_timeout = options.limits.idle_timeout;
+        let mut finishing = *stop.borrow();
+        if finishing {
+            connection.as_mut().graceful_shutdown();
+        }
+        let result = loop {
+            let idle_at = activity.idle_deadline(idle_timeout);
+            tokio::select! {
+                result = connection.as_mut() => break result,
+                _ = stop.changed(), if !finishing => {
+                    finishing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep_until(idle_at), if !finishing => {
+                    if activity.idle_for() >= idle_timeout {
+                        options.metrics.connection_limit("idle_timeout");
+                        finishing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        };
+        if let Err(e) = result {
+            let reason = e.downcast_ref::<hyper::Error>().and_then(|e| {
+                if e.is_timeout() {
+                    Some("header_read_timeout")
+                } else if e.is_parse_too_large() {
+                    Some("headers_too_large")
+                } else if e.is_parse() {
+                    Some("malformed_request")
+                } else {
+                    None
+                }
+            });
+            match reason {
+                Some(reason) => {
+                    options.metrics.connection_limit(reason);
+                    tracing::debug!(reason, "connection closed by a limit");
+                }
+                None => tracing::debug!("connection ended: {e}"),
+            }
+        }
+        options.metrics.open_connections.dec();
+    }
+}
+
+/// Whether a connection has a request in flight, and since when it has had none.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// Milliseconds after `born` of the last request's end.
+    last_ms: AtomicU64,
+    born: Instant,
+}
+
+struct Busy(Arc<Activity>);
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+            born: Instant::now(),
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let last = self.born + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        last.elapsed()
+    }
+
+    /// When the connection becomes idle-expired if nothing happens; re-checked when reached.
+    fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
+        Instant::now() + idle_timeout.saturating_sub(self.idle_for())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let activity = &self.0;
+        activity.last_ms.store(
+            activity.born.elapsed().as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }

@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -128,7 +127,7 @@ pub struct FakeCma {
     state: Arc<Mutex<State>>,
     addr: SocketAddr,
     stop: watch::Sender<bool>,
-    server: Option<tokio::task::JoinHandle<GracefulShutdown>>,
+    server: Option<tokio::task::JoinHandle<server::Connections>>,
 }
 
 pub struct FakeCmaBuilder {
@@ -199,13 +198,22 @@ impl FakeCmaBuilder {
             ..State::default()
         };
         let state = Arc::new(Mutex::new(state));
-        let (listener, bound) = server::bind(&crate::config::ListenAddr::Tcp(self.addr)).await?;
+        let (listener, bound) =
+            server::bind(&crate::config::ListenAddr::Tcp(self.addr), None).await?;
         let addr = bound.tcp().expect("bound a TCP address");
         let (stop, stop_rx) = watch::channel(false);
         let handler = Arc::new(Sim {
             state: state.clone(),
         });
-        let server = tokio::spawn(server::serve(listener, handler, stop_rx));
+        let options = server::ServeOptions {
+            limits: crate::config::ConnectionLimits {
+                max_connections: 100_000,
+                ..Default::default()
+            },
+            tls: None,
+            metrics: crate::metrics::Metrics::new(),
+        };
+        let server = tokio::spawn(server::serve(listener, handler, options, stop_rx));
         Ok(FakeCma {
             state,
             addr,

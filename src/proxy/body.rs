@@ -38,7 +38,17 @@ impl Relay {
         Relay::Full((!bytes.is_empty()).then_some(bytes))
     }
 
-    pub fn stream(prefix: VecDeque<Bytes>, rest: Incoming, limit: u64) -> Relay {
+    /// An upstream response body, after the chunks already read.
+    pub fn response(prefix: VecDeque<Bytes>, rest: Incoming) -> Relay {
+        Self::stream(prefix, rest, u64::MAX)
+    }
+
+    /// A client's request body, after the chunks already read, limited to `max_body` in all.
+    pub fn request(prefix: VecDeque<Bytes>, rest: Incoming, max_body: u64) -> Relay {
+        Self::stream(prefix, rest, max_body)
+    }
+
+    fn stream(prefix: VecDeque<Bytes>, rest: Incoming, limit: u64) -> Relay {
         let seen = prefix.iter().map(|b| b.len() as u64).sum();
         Relay::Stream {
             prefix,
@@ -133,7 +143,7 @@ pub async fn take_request_body(
         return Ok(RequestBody::Replayable(Bytes::new()));
     }
     if content_length.is_some_and(|n| n > replay_limit) {
-        return Ok(RequestBody::Streaming(Relay::stream(
+        return Ok(RequestBody::Streaming(Relay::request(
             VecDeque::new(),
             body,
             max_body,
@@ -158,7 +168,7 @@ pub async fn take_request_body(
             None => return Ok(RequestBody::Replayable(concat(chunks, read))),
         }
     }
-    Ok(RequestBody::Streaming(Relay::stream(
+    Ok(RequestBody::Streaming(Relay::request(
         chunks, body, max_body,
     )))
 }

@@ -44,6 +44,8 @@ pub struct Proxy {
     client: UpstreamClient,
     draining: AtomicBool,
     metrics: Arc<Metrics>,
+    /// Inbound TLS of the proxy listener, when configured; swapped when its files change.
+    inbound_tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
 
 impl Proxy {
@@ -52,22 +54,47 @@ impl Proxy {
         tokens: TokenManager,
         client: UpstreamClient,
         metrics: Arc<Metrics>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::server::TlsServerError> {
+        let inbound_tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(|tls| {
+                crate::server::tls_server_config(&tls.cert_chain_pem, &tls.key_pem.0)
+                    .map(|c| Arc::new(ArcSwap::from_pointee(c)))
+            })
+            .transpose()?;
+        Ok(Self {
             config: ArcSwap::new(config),
             tokens,
             client,
             draining: AtomicBool::new(false),
             metrics,
-        }
+            inbound_tls,
+        })
+    }
+
+    pub fn inbound_tls(&self) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
+        self.inbound_tls.clone()
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    /// Serves new requests with `config` from now on; requests in flight keep the one they started with.
+    /// Serves new requests with `config` from now on; requests in flight keep the one they started
+    /// with. New TLS certificate files apply to new connections.
     pub fn replace_config(&self, config: Arc<Config>) {
+        match (&self.inbound_tls, &config.server.tls) {
+            (Some(current), Some(files)) => {
+                match crate::server::tls_server_config(&files.cert_chain_pem, &files.key_pem.0) {
+                    Ok(tls) => current.store(Arc::new(tls)),
+                    Err(e) => tracing::error!("inbound TLS unchanged: {e}"),
+                }
+            }
+            (None, None) => {}
+            _ => tracing::warn!("turning inbound TLS on or off needs a restart"),
+        }
         self.config.store(config);
     }
 
@@ -223,10 +250,7 @@ impl Proxy {
             .await
             .map_err(|_| BadRequest::Malformed("the upstream 401 body ended abruptly"))?;
         if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
-            return Ok(upstream_response(
-                parts,
-                Relay::stream(chunks, rest, u64::MAX),
-            ));
+            return Ok(upstream_response(parts, Relay::response(chunks, rest)));
         }
         self.tokens
             .invalidate(&profile.name, &token, Trigger::Unauthorized)
@@ -331,7 +355,7 @@ fn with_token(headers: &HeaderMap, token: &Token) -> HeaderMap {
 
 fn relay_response(response: Response<Incoming>) -> Response<Relay> {
     let (parts, body) = response.into_parts();
-    upstream_response(parts, Relay::stream(Default::default(), body, u64::MAX))
+    upstream_response(parts, Relay::response(Default::default(), body))
 }
 
 fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<Relay> {

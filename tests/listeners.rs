@@ -1,0 +1,102 @@
+//! Listeners beyond loopback TCP (issue 4): a unix socket with a file mode, and inbound TLS whose
+//! certificate files are reloaded on change.
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn unix_socket_listener_with_file_mode() {
+    let fake = fake().await;
+    let dir = tempdir();
+    let socket = dir.join("proxy.sock");
+    let toml = format!(
+        "[server]\nlisten = \"unix:{}\"\nlisten_mode = \"0600\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n{}",
+        socket.display(),
+        fake.url(),
+        profile(PASSWORD, "")
+    );
+    let config = cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap();
+    let running = cma_auth_proxy::start(config).await.unwrap();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let mut stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    stream
+        .write_all(b"GET /v3/user HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.contains(EMAIL), "{answer}");
+    // No peer address on a unix socket: nothing is appended to x-forwarded-for.
+    let forwarded = fake
+        .requests()
+        .into_iter()
+        .rfind(|r| r.path == "/v3/user")
+        .unwrap();
+    assert!(forwarded.headers.get("x-forwarded-for").is_none());
+    running.shutdown().await;
+}
+
+fn write_cert(dir: &std::path::Path) -> String {
+    let key = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_pem = key.cert.pem();
+    // Written aside and renamed in, as a Secret update would: never half a file.
+    std::fs::write(dir.join("tls.crt.tmp"), &cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key.tmp"), key.signing_key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("tls.key.tmp"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("tls.crt.tmp"), dir.join("tls.crt")).unwrap();
+    cert_pem
+}
+
+fn trusting(cert_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .resolve("localhost", "127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_tls_serves_https_and_picks_up_a_new_certificate() {
+    let fake = fake().await;
+    let dir = tempdir();
+    let first = write_cert(&dir);
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntls_cert_file = \"tls.crt\"\ntls_key_file = \"tls.key\"\n[upstream]\nurl = \"{}\"\n{}",
+            fake.url(),
+            profile(PASSWORD, "")
+        ),
+    )
+    .unwrap();
+    let proxy = proxy_from_file(&config).await;
+    let port = proxy.url.rsplit(':').next().unwrap().to_owned();
+    let url = format!("https://localhost:{port}/v3/user");
+
+    let response = trusting(&first).get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        reqwest::get(proxy.url.clone() + "/v3/user").await.is_err(),
+        "plain HTTP is not served"
+    );
+
+    let second = write_cert(&dir);
+    eventually(15, "the new certificate is served", || async {
+        trusting(&second).get(&url).send().await.is_ok()
+    })
+    .await;
+    assert!(
+        trusting(&first).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
+    let m = metrics(&proxy.admin).await;
+    assert!(m[r#"cma_auth_proxy_connection_limits_total{reason="tls_handshake_failed"}"#] >= 1.0);
+}
