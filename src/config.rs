@@ -214,15 +214,25 @@ impl Default for FileProfile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(default)]
 struct FileRateLimit {
-    #[serde(rename = "reads_per_second")]
-    _reads_per_second: Option<u32>,
-    #[serde(rename = "writes_per_second")]
-    _writes_per_second: Option<u32>,
-    #[serde(rename = "burst")]
-    _burst: Option<u32>,
-    #[serde(rename = "max_wait", default, with = "humantime_serde")]
-    _max_wait: Option<Duration>,
+    reads_per_second: f64,
+    writes_per_second: f64,
+    burst: u32,
+    #[serde(with = "humantime_serde")]
+    max_wait: Duration,
+}
+
+impl Default for FileRateLimit {
+    fn default() -> Self {
+        // Contentstack's documented budget: 10 reads/s and 10 writes/s per organization.
+        Self {
+            reads_per_second: 10.0,
+            writes_per_second: 10.0,
+            burst: 10,
+            max_wait: Duration::from_secs(2),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -498,6 +508,16 @@ pub struct ProfileConfig {
     pub max_backoff: Duration,
     pub rejected_retry: Duration,
     pub logout_on_shutdown: bool,
+    /// Local shaping of the organization's request budget; `None` = off.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    pub reads_per_second: f64,
+    pub writes_per_second: f64,
+    pub burst: u32,
+    pub max_wait: Duration,
 }
 
 impl ProfileConfig {
@@ -1029,12 +1049,27 @@ fn validate_profile(
             "must be at least 1s: retrying refused credentials quickly locks the account",
         ));
     }
-    if p.rate_limit.is_some() {
-        return Err(invalid(
-            format!("{key}.rate_limit"),
-            "is not available in this version yet",
-        ));
-    }
+    let rate_limit = p
+        .rate_limit
+        .map(|r| {
+            let key = format!("{key}.rate_limit");
+            if !(r.reads_per_second > 0.0 && r.writes_per_second > 0.0) {
+                return Err(invalid(
+                    key,
+                    "reads_per_second and writes_per_second must be above 0",
+                ));
+            }
+            if r.burst == 0 {
+                return Err(invalid(key, "burst must be at least 1"));
+            }
+            Ok(RateLimitConfig {
+                reads_per_second: r.reads_per_second,
+                writes_per_second: r.writes_per_second,
+                burst: r.burst,
+                max_wait: r.max_wait,
+            })
+        })
+        .transpose()?;
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     Ok(ProfileConfig {
         name: name.into(),
@@ -1046,6 +1081,7 @@ fn validate_profile(
         max_backoff: p.max_backoff,
         rejected_retry: p.rejected_retry,
         logout_on_shutdown: p.logout_on_shutdown,
+        rate_limit,
     })
 }
 

@@ -55,6 +55,10 @@ pub enum ProxyError {
     UpstreamTimeout(Duration),
     #[error("the proxy is shutting down; retry against another instance")]
     ShuttingDown,
+    #[error(
+        "the organization's request budget (profiles.*.rate_limit) would make this request wait {0:?}, longer than max_wait; retry later"
+    )]
+    RateLimited(Duration),
 }
 
 fn denial_text(d: Denial) -> &'static str {
@@ -121,6 +125,10 @@ impl ProxyError {
             ProxyError::ShuttingDown => Shape {
                 retry_after: Some(Duration::from_secs(1)),
                 ..shape(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", 910)
+            },
+            ProxyError::RateLimited(wait) => Shape {
+                retry_after: Some(*wait),
+                ..shape(StatusCode::TOO_MANY_REQUESTS, "rate_limited", 912)
             },
         }
     }
@@ -308,6 +316,16 @@ mod tests {
             504,
             "upstream_timeout",
         );
+    }
+
+    #[test]
+    fn rate_limited() {
+        let r = check(
+            ProxyError::RateLimited(Duration::from_millis(2500)),
+            429,
+            "rate_limited",
+        );
+        assert_eq!(r.headers()["retry-after"], "3");
     }
 
     #[test]

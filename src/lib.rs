@@ -12,6 +12,7 @@ pub mod error;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod ratelimit;
 pub mod reload;
 pub mod server;
 pub mod token;

@@ -88,6 +88,7 @@ pub struct Metrics {
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub in_flight: Gauge,
     pub open_connections: Gauge,
+    pub rate_limit_waits: Family<ProfileLabels, Counter>,
     pub connection_limits: Family<ReasonLabels, Counter>,
 }
 
@@ -173,6 +174,12 @@ impl Metrics {
             "Connections refused or closed by a limit: too_many_connections, header_read_timeout, headers_too_large, malformed_request, idle_timeout, tls_handshake_failed",
             connection_limits.clone(),
         );
+        let rate_limit_waits = Family::<ProfileLabels, Counter>::default();
+        registry.register(
+            "rate_limit_waits",
+            "Requests that waited for a slot of the profile's rate_limit budget",
+            rate_limit_waits.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -194,6 +201,7 @@ impl Metrics {
             config_reloads,
             in_flight,
             open_connections,
+            rate_limit_waits,
             connection_limits,
         })
     }

@@ -18,10 +18,11 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 
-use crate::config::{Config, Credentials, ProfileConfig};
+use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::error::{BadRequest, ProxyError};
 use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::{self, Denial};
+use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenManager, Validity, login};
 use body::{Relay, RequestBody, TooLarge};
 use headers::PROFILE_HEADER;
@@ -46,6 +47,26 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// Inbound TLS of the proxy listener, when configured; swapped when its files change.
     inbound_tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    /// Request budgets of the profiles with `rate_limit`, by profile name.
+    limiters: ArcSwap<Limiters>,
+}
+
+type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
+
+/// Budgets for `config`, keeping the state of those whose settings did not change.
+fn limiters(config: &Config, previous: &Limiters) -> Limiters {
+    config
+        .profiles
+        .iter()
+        .filter_map(|p| {
+            let settings = p.rate_limit?;
+            let limiter = match previous.get(&p.name) {
+                Some((old, limiter)) if *old == settings => limiter.clone(),
+                _ => Arc::new(RateLimiter::new(&settings)),
+            };
+            Some((p.name.clone(), (settings, limiter)))
+        })
+        .collect()
 }
 
 impl Proxy {
@@ -65,6 +86,7 @@ impl Proxy {
             })
             .transpose()?;
         Ok(Self {
+            limiters: ArcSwap::from_pointee(limiters(&config, &Limiters::new())),
             config: ArcSwap::new(config),
             tokens,
             client,
@@ -95,6 +117,8 @@ impl Proxy {
             (None, None) => {}
             _ => tracing::warn!("turning inbound TLS on or off needs a restart"),
         }
+        self.limiters
+            .store(Arc::new(limiters(&config, &self.limiters.load())));
         self.config.store(config);
     }
 
@@ -201,6 +225,12 @@ impl Proxy {
             uri,
             headers: parts.headers,
             timeout: config.server.request_timeout,
+            limiter: self
+                .limiters
+                .load()
+                .get(&profile.name)
+                .map(|(_, limiter)| limiter.clone()),
+            profile: profile.name.clone(),
         };
         match &profile.credentials {
             Credentials::ManagementToken(value) => {
@@ -314,6 +344,22 @@ impl Proxy {
         body: Relay,
         trace: &mut Trace,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let kind = ratelimit::Kind::of(&outbound.method);
+        if let Some(limiter) = &outbound.limiter {
+            match limiter.decide(kind, tokio::time::Instant::now()) {
+                Decision::Now => {}
+                Decision::After(wait) => {
+                    self.metrics
+                        .rate_limit_waits
+                        .get_or_create(&crate::metrics::ProfileLabels {
+                            profile: outbound.profile.to_string(),
+                        })
+                        .inc();
+                    tokio::time::sleep(wait).await;
+                }
+                Decision::Refuse(wait) => return Err(ProxyError::RateLimited(wait)),
+            }
+        }
         let mut request = Request::new(body);
         *request.method_mut() = outbound.method.clone();
         *request.uri_mut() = outbound.uri.clone();
@@ -328,7 +374,14 @@ impl Proxy {
                 Some(TooLarge(limit)) => ProxyError::BodyTooLarge { limit: *limit },
                 None => ProxyError::UpstreamUnreachable(e),
             }),
-            Ok(Ok(response)) => Ok(response),
+            Ok(Ok(response)) => {
+                if response.status() == StatusCode::TOO_MANY_REQUESTS
+                    && let Some(limiter) = &outbound.limiter
+                {
+                    limiter.upstream_limited(kind);
+                }
+                Ok(response)
+            }
         }
     }
 }
@@ -345,6 +398,8 @@ struct Outbound {
     uri: Uri,
     headers: HeaderMap,
     timeout: Duration,
+    limiter: Option<Arc<RateLimiter>>,
+    profile: Arc<str>,
 }
 
 fn with_token(headers: &HeaderMap, token: &Token) -> HeaderMap {
