@@ -260,6 +260,10 @@ struct FileTokenStore {
     url: Option<String>,
     key_prefix: Option<String>,
     encryption_key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    lock_ttl: Option<Duration>,
 }
 
 impl Default for FileTokenStore {
@@ -269,6 +273,8 @@ impl Default for FileTokenStore {
             url: None,
             key_prefix: None,
             encryption_key_file: None,
+            timeout: None,
+            lock_ttl: None,
         }
     }
 }
@@ -300,6 +306,7 @@ pub struct Config {
     /// Sorted by name; never empty.
     pub profiles: Vec<Arc<ProfileConfig>>,
     pub policy: Arc<Policy>,
+    pub token_store: TokenStoreConfig,
     pub log: LogConfig,
     /// Files whose change means "reload": the config file itself and every secret file.
     pub watched_files: Vec<PathBuf>,
@@ -526,6 +533,45 @@ impl ProfileConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenStoreConfig {
+    /// Each process keeps its own token.
+    Memory,
+    /// One session per account shared by a fleet through Redis.
+    Redis(RedisConfig),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` (TLS over rustls); may hold a password, so never printed.
+    pub url: String,
+    pub key_prefix: String,
+    /// Every Redis call gives up after this; the proxy then works on its own.
+    pub timeout: Duration,
+    /// The fleet login lock expires after this, should its holder die mid-login.
+    pub lock_ttl: Duration,
+    /// 32-byte key sealing tokens at rest (XChaCha20-Poly1305).
+    pub encryption_key: Option<EncryptionKey>,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &"[REDACTED]")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("lock_ttl", &self.lock_ttl)
+            .field(
+                "encryption_key",
+                &self.encryption_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .finish()
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey(pub [u8; 32]);
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -634,28 +680,7 @@ fn validate(
         }
     };
     let policy = Policy::new(&file.policy.allow, &file.policy.deny, client_credentials)?;
-    match file.token_store.kind.as_str() {
-        "memory" => {}
-        "redis" => {
-            return Err(invalid(
-                "token_store.kind",
-                "\"redis\" is not available in this version yet; use \"memory\"",
-            ));
-        }
-        other => {
-            return Err(invalid(
-                "token_store.kind",
-                format!("{other:?} is not one of \"memory\", \"redis\""),
-            ));
-        }
-    }
-    let store = &file.token_store;
-    if store.url.is_some() || store.key_prefix.is_some() || store.encryption_key_file.is_some() {
-        return Err(invalid(
-            "token_store",
-            "`url`, `key_prefix` and `encryption_key_file` apply only to kind = \"redis\"",
-        ));
-    }
+    let token_store = validate_token_store(file.token_store, base_dir, &mut sources)?;
     let log = LogConfig {
         format: match file.log.format.as_str() {
             "text" => LogFormat::Text,
@@ -677,12 +702,101 @@ fn validate(
         upstream,
         profiles,
         policy: Arc::new(policy),
+        token_store,
         log,
         watched_files: sources.files,
         digest: sources.digest.finalize().into(),
         loaded_at: SystemTime::now(),
         version: 1,
     })
+}
+
+fn validate_token_store(
+    store: FileTokenStore,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<TokenStoreConfig, ConfigError> {
+    match store.kind.as_str() {
+        "memory" => {
+            if store.url.is_some()
+                || store.key_prefix.is_some()
+                || store.encryption_key_file.is_some()
+                || store.timeout.is_some()
+                || store.lock_ttl.is_some()
+            {
+                return Err(invalid(
+                    "token_store",
+                    "`url`, `key_prefix`, `encryption_key_file`, `timeout` and `lock_ttl` apply only to kind = \"redis\"",
+                ));
+            }
+            Ok(TokenStoreConfig::Memory)
+        }
+        "redis" => {
+            let url = store
+                .url
+                .filter(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
+                .ok_or_else(|| {
+                    invalid(
+                        "token_store.url",
+                        "kind = \"redis\" needs url = \"redis://host:6379\" (or rediss:// for TLS)",
+                    )
+                })?;
+            redis::Client::open(url.as_str())
+                .map_err(|_| invalid("token_store.url", "is not a valid Redis URL"))?;
+            let encryption_key = store
+                .encryption_key_file
+                .map(|path| {
+                    let path = resolve(base_dir, &path);
+                    let bytes = sources.read(&path).map_err(|source| ConfigError::SecretFile {
+                        key: "token_store.encryption_key_file".into(),
+                        path: path.clone(),
+                        source,
+                    })?;
+                    parse_key(&bytes).ok_or_else(|| {
+                        invalid(
+                            "token_store.encryption_key_file",
+                            "must hold a 32-byte key as 64 hex digits or base64 (e.g. `openssl rand -base64 32`)",
+                        )
+                    })
+                })
+                .transpose()?;
+            let timeout = store.timeout.unwrap_or(Duration::from_millis(250));
+            let lock_ttl = store.lock_ttl.unwrap_or(Duration::from_secs(35));
+            if timeout.is_zero() || lock_ttl.is_zero() {
+                return Err(invalid(
+                    "token_store",
+                    "timeout and lock_ttl must be more than 0s",
+                ));
+            }
+            Ok(TokenStoreConfig::Redis(RedisConfig {
+                url,
+                key_prefix: store.key_prefix.unwrap_or_else(|| "cma-auth-proxy:".into()),
+                timeout,
+                lock_ttl,
+                encryption_key,
+            }))
+        }
+        other => Err(invalid(
+            "token_store.kind",
+            format!("{other:?} is not one of \"memory\", \"redis\""),
+        )),
+    }
+}
+
+/// A 32-byte key written as hex or base64, with or without a trailing newline.
+fn parse_key(bytes: &[u8]) -> Option<EncryptionKey> {
+    use base64::Engine;
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    let raw = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
+        (0..32)
+            .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok())
+            .collect::<Option<Vec<u8>>>()?
+    } else {
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .ok()?
+    };
+    Some(EncryptionKey(raw.try_into().ok()?))
 }
 
 fn validate_server(
@@ -1229,6 +1343,41 @@ mod tests {
             None,
         );
         assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn redis_token_store() {
+        let dir = tempdir();
+        std::fs::write(dir.join("key"), format!("{}\n", "ab".repeat(32))).unwrap();
+        let c = Config::from_toml(
+            &format!("[token_store]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"\nencryption_key_file = \"key\"\n{MINIMAL}"),
+            no_env(),
+            Some(&dir),
+        )
+        .unwrap();
+        let TokenStoreConfig::Redis(r) = &c.token_store else {
+            panic!()
+        };
+        assert_eq!(r.encryption_key.as_ref().unwrap().0, [0xab; 32]);
+        assert_eq!(r.key_prefix, "cma-auth-proxy:");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        std::fs::write(dir.join("key"), "short").unwrap();
+        let e = Config::from_toml(
+            &format!("[token_store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\nencryption_key_file = \"key\"\n{MINIMAL}"),
+            no_env(),
+            Some(&dir),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("32-byte"), "{e}");
+        assert!(
+            error_of(&format!("[token_store]\nkind = \"redis\"\n{MINIMAL}"))
+                .contains("token_store.url")
+        );
+        assert!(
+            error_of(&format!("[token_store]\nurl = \"redis://x\"\n{MINIMAL}"))
+                .contains("only to kind")
+        );
     }
 
     #[test]

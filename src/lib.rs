@@ -44,6 +44,8 @@ pub enum StartError {
     Client(#[source] reqwest::Error),
     #[error("inbound TLS: {0}")]
     InboundTls(#[from] server::TlsServerError),
+    #[error("token_store: {0}")]
+    Store(#[from] token::store::StoreError),
 }
 
 /// A started proxy: listeners bound, first logins under way.
@@ -72,7 +74,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )
     .map_err(StartError::Client)?;
     let metrics = metrics::Metrics::new();
-    let tokens = token::TokenManager::new(&config, auth, metrics.clone());
+    let tokens = token::TokenManager::new(&config, auth, metrics.clone())?;
     let client = proxy::upstream::client(&config.upstream, tls);
     let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client, metrics)?);
 

@@ -46,6 +46,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: &'static str,
 }
@@ -89,6 +94,7 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub open_connections: Gauge,
     pub rate_limit_waits: Family<ProfileLabels, Counter>,
+    pub store_events: Family<EventLabels, Counter>,
     pub connection_limits: Family<ReasonLabels, Counter>,
 }
 
@@ -180,6 +186,12 @@ impl Metrics {
             "Requests that waited for a slot of the profile's rate_limit budget",
             rate_limit_waits.clone(),
         );
+        let store_events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "token_store",
+            "Fleet store events: hit, miss, lock_wait, fleet_login, adopt, publish, error",
+            store_events.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -202,6 +214,7 @@ impl Metrics {
             in_flight,
             open_connections,
             rate_limit_waits,
+            store_events,
             connection_limits,
         })
     }
@@ -239,6 +252,12 @@ impl Metrics {
     pub fn connection_limit(&self, reason: &'static str) {
         self.connection_limits
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn store_event(&self, event: &'static str) {
+        self.store_events
+            .get_or_create(&EventLabels { event })
             .inc();
     }
 

@@ -4,14 +4,15 @@
 //! longer. An upstream 429 pushes the budget back, so one 429 does not turn into many.
 //!
 //! GCRA (a token bucket kept as one "theoretical arrival time" per bucket): O(1), no timers.
-//! The budget is per process; several replicas share an organization's budget only with a fleet
-//! store (not available yet).
-use std::sync::Mutex;
+//! With a fleet store the buckets live in Redis and every replica draws on the same budget; if the
+//! store fails, the replica falls back to its own buckets.
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::RateLimitConfig;
+use crate::token::store::RedisStore;
 
 /// How far an upstream 429 pushes the budget back: Contentstack's window is one second.
 const PUSHBACK: Duration = Duration::from_secs(1);
@@ -23,6 +24,13 @@ pub enum Kind {
 }
 
 impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Read => "read",
+            Kind::Write => "write",
+        }
+    }
+
     pub fn of(method: &http::Method) -> Kind {
         if matches!(*method, http::Method::GET | http::Method::HEAD) {
             Kind::Read
@@ -46,6 +54,8 @@ pub struct RateLimiter {
     reads: Bucket,
     writes: Bucket,
     max_wait: Duration,
+    /// The fleet's shared budget (store and account key), when configured.
+    shared: Option<(Arc<RedisStore>, String)>,
 }
 
 struct Bucket {
@@ -92,12 +102,39 @@ impl Bucket {
 }
 
 impl RateLimiter {
-    pub fn new(config: &RateLimitConfig) -> RateLimiter {
+    pub fn new(config: &RateLimitConfig, shared: Option<(Arc<RedisStore>, String)>) -> RateLimiter {
         RateLimiter {
             reads: Bucket::new(config.reads_per_second, config.burst),
             writes: Bucket::new(config.writes_per_second, config.burst),
             max_wait: config.max_wait,
+            shared,
         }
+    }
+
+    /// Decides for one request: on the fleet's budget if there is one, else (or if the store
+    /// fails) on this process's.
+    pub async fn acquire(&self, kind: Kind) -> Decision {
+        if let Some((store, account)) = &self.shared {
+            let bucket = self.bucket(kind);
+            match store
+                .rate(
+                    account,
+                    kind.as_str(),
+                    bucket.interval,
+                    bucket.tolerance,
+                    self.max_wait,
+                )
+                .await
+            {
+                Ok(Ok(wait)) if wait.is_zero() => return Decision::Now,
+                Ok(Ok(wait)) => return Decision::After(wait),
+                Ok(Err(wait)) => return Decision::Refuse(wait),
+                Err(e) => {
+                    tracing::debug!("shared rate limit unavailable, using the local one: {e}")
+                }
+            }
+        }
+        self.decide(kind, Instant::now())
     }
 
     fn bucket(&self, kind: Kind) -> &Bucket {
@@ -112,8 +149,14 @@ impl RateLimiter {
     }
 
     /// Contentstack answered 429: spend the next second of this kind's budget.
-    pub fn upstream_limited(&self, kind: Kind) {
-        self.bucket(kind).push_back(Instant::now());
+    pub async fn upstream_limited(&self, kind: Kind) {
+        let bucket = self.bucket(kind);
+        bucket.push_back(Instant::now());
+        if let Some((store, account)) = &self.shared {
+            let _ = store
+                .rate_pushback(account, kind.as_str(), bucket.tolerance, PUSHBACK)
+                .await;
+        }
     }
 }
 
@@ -122,12 +165,15 @@ mod tests {
     use super::*;
 
     fn limiter(per_second: f64, burst: u32, max_wait_ms: u64) -> RateLimiter {
-        RateLimiter::new(&RateLimitConfig {
-            reads_per_second: per_second,
-            writes_per_second: per_second,
-            burst,
-            max_wait: Duration::from_millis(max_wait_ms),
-        })
+        RateLimiter::new(
+            &RateLimitConfig {
+                reads_per_second: per_second,
+                writes_per_second: per_second,
+                burst,
+                max_wait: Duration::from_millis(max_wait_ms),
+            },
+            None,
+        )
     }
 
     #[test]
@@ -173,11 +219,11 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_upstream_429_pushes_the_budget_back() {
+    #[tokio::test]
+    async fn an_upstream_429_pushes_the_budget_back() {
         let l = limiter(10.0, 10, 5000);
         let t0 = Instant::now();
-        l.upstream_limited(Kind::Write);
+        l.upstream_limited(Kind::Write).await;
         match l.decide(Kind::Write, t0) {
             Decision::After(wait) => assert!(wait >= PUSHBACK, "{wait:?}"),
             other => panic!("{other:?}"),

@@ -142,6 +142,17 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
             tracing::warn!(key, from = %before, to = %after, "listener addresses change only with a restart; still listening on the old address");
         }
     }
+    // The upstream client and the fleet store are built once; their settings need a restart.
+    let upstream_changed = new.upstream.base_url != old.upstream.base_url
+        || new.upstream.extra_roots_pem != old.upstream.extra_roots_pem
+        || new.upstream.connect_timeout != old.upstream.connect_timeout;
+    if upstream_changed || new.token_store != old.token_store {
+        tracing::warn!(
+            "[upstream] and [token_store] change only with a restart; keeping the running ones"
+        );
+        new.upstream = old.upstream.clone();
+        new.token_store = old.token_store.clone();
+    }
     proxy.tokens().reconfigure(&new);
     let version = new.version;
     proxy.replace_config(Arc::new(new));

@@ -54,7 +54,7 @@ pub struct Proxy {
 type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
 
 /// Budgets for `config`, keeping the state of those whose settings did not change.
-fn limiters(config: &Config, previous: &Limiters) -> Limiters {
+fn limiters(config: &Config, tokens: &TokenManager, previous: &Limiters) -> Limiters {
     config
         .profiles
         .iter()
@@ -62,7 +62,7 @@ fn limiters(config: &Config, previous: &Limiters) -> Limiters {
             let settings = p.rate_limit?;
             let limiter = match previous.get(&p.name) {
                 Some((old, limiter)) if *old == settings => limiter.clone(),
-                _ => Arc::new(RateLimiter::new(&settings)),
+                _ => Arc::new(RateLimiter::new(&settings, tokens.shared_budget(p))),
             };
             Some((p.name.clone(), (settings, limiter)))
         })
@@ -86,7 +86,7 @@ impl Proxy {
             })
             .transpose()?;
         Ok(Self {
-            limiters: ArcSwap::from_pointee(limiters(&config, &Limiters::new())),
+            limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
             config: ArcSwap::new(config),
             tokens,
             client,
@@ -117,8 +117,11 @@ impl Proxy {
             (None, None) => {}
             _ => tracing::warn!("turning inbound TLS on or off needs a restart"),
         }
-        self.limiters
-            .store(Arc::new(limiters(&config, &self.limiters.load())));
+        self.limiters.store(Arc::new(limiters(
+            &config,
+            &self.tokens,
+            &self.limiters.load(),
+        )));
         self.config.store(config);
     }
 
@@ -346,7 +349,7 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let kind = ratelimit::Kind::of(&outbound.method);
         if let Some(limiter) = &outbound.limiter {
-            match limiter.decide(kind, tokio::time::Instant::now()) {
+            match limiter.acquire(kind).await {
                 Decision::Now => {}
                 Decision::After(wait) => {
                     self.metrics
@@ -378,7 +381,7 @@ impl Proxy {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
                     && let Some(limiter) = &outbound.limiter
                 {
-                    limiter.upstream_limited(kind);
+                    limiter.upstream_limited(kind).await;
                 }
                 Ok(response)
             }

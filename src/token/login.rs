@@ -48,6 +48,8 @@ pub enum TransientCause {
     NoToken,
     #[error("the profile was removed by a configuration reload")]
     ProfileRemoved,
+    #[error("another replica's login failed: {0}")]
+    Fleet(String),
 }
 
 fn rejected_text(status: u16, code: Option<i64>, message: &str) -> String {

@@ -5,7 +5,9 @@
 //! This module decides *when* to log in; `login.rs` performs the calls. It never logs a token, only
 //! its fingerprint. Management-token profiles never come here: they have nothing to log in for.
 pub mod backoff;
+mod fleet;
 pub mod login;
+pub mod store;
 pub mod totp;
 
 use std::collections::HashMap;
@@ -40,6 +42,20 @@ impl Token {
     }
 
     /// The value of the `authtoken` header (marked sensitive, so HTTP/2 never indexes it).
+    /// A token read back from the fleet store, obtained (by some replica) at `obtained_at`.
+    pub fn restored(mut header: HeaderValue, obtained_at: SystemTime) -> Token {
+        header.set_sensitive(true);
+        let age = SystemTime::now()
+            .duration_since(obtained_at)
+            .unwrap_or_default();
+        Token {
+            fingerprint: fingerprint(header.as_bytes()),
+            header,
+            obtained: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            obtained_at,
+        }
+    }
+
     pub fn header(&self) -> &HeaderValue {
         &self.header
     }
@@ -140,14 +156,38 @@ struct ProfileState {
     /// Held by the one login in flight; waiters queue here, then find the token in the cache.
     login_lock: Arc<tokio::sync::Mutex<()>>,
     status: Mutex<LoginStatus>,
+    /// The account's name in the fleet store.
+    account: String,
+    /// A salted digest of the credentials, to match failures shared by other replicas.
+    credentials: String,
+    /// The cached token was obtained while the fleet store was unavailable, and is not shared.
+    local_only: std::sync::atomic::AtomicBool,
 }
 
 impl ProfileState {
-    fn new(config: Arc<ProfileConfig>) -> Self {
+    fn new(config: Arc<ProfileConfig>, base_url: &str) -> Self {
+        let (account, credentials) = match &config.credentials {
+            Credentials::Login {
+                email,
+                password,
+                totp_secret,
+            } => (
+                store::account_key(base_url, email),
+                store::credentials_digest(
+                    email,
+                    secrecy::ExposeSecret::expose_secret(password),
+                    totp_secret.as_ref().map(|t| t.bytes()),
+                ),
+            ),
+            Credentials::ManagementToken(_) => unreachable!("only login profiles have a state"),
+        };
         Self {
             config: ArcSwap::new(config),
             login_lock: Arc::default(),
             status: Mutex::default(),
+            account,
+            credentials,
+            local_only: Default::default(),
         }
     }
 
@@ -225,6 +265,9 @@ struct Inner {
     token_cached: Arc<tokio::sync::Notify>,
     auth: AuthClient,
     metrics: Arc<Metrics>,
+    /// The fleet store, with `token_store.kind = "redis"`.
+    store: Option<Arc<store::RedisStore>>,
+    base_url: String,
 }
 
 impl Drop for Inner {
@@ -251,14 +294,28 @@ pub struct TokenManager {
 const RETIRE_WAIT: Duration = Duration::from_secs(30);
 
 impl TokenManager {
-    pub fn new(config: &Config, auth: AuthClient, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        config: &Config,
+        auth: AuthClient,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, store::StoreError> {
+        let base_url = config.upstream.base_url.clone();
         let profiles = config
             .profiles
             .iter()
             .filter(|p| p.is_login())
-            .map(|p| (p.name.clone(), Arc::new(ProfileState::new(p.clone()))))
+            .map(|p| {
+                let state = ProfileState::new(p.clone(), &base_url);
+                (p.name.clone(), Arc::new(state))
+            })
             .collect();
-        Self {
+        let store = match &config.token_store {
+            crate::config::TokenStoreConfig::Memory => None,
+            crate::config::TokenStoreConfig::Redis(redis) => {
+                Some(Arc::new(store::RedisStore::new(redis)?))
+            }
+        };
+        Ok(Self {
             inner: Arc::new(Inner {
                 cache: moka::future::Cache::builder().build(),
                 profiles: RwLock::new(profiles),
@@ -266,12 +323,29 @@ impl TokenManager {
                 token_cached: Arc::default(),
                 auth,
                 metrics,
+                store,
+                base_url,
             }),
-        }
+        })
     }
 
     pub fn auth(&self) -> &AuthClient {
         &self.inner.auth
+    }
+
+    /// The fleet store and the account key under which `profile` shares a request budget, when
+    /// there is a store and the profile logs in (management tokens have no account).
+    pub fn shared_budget(
+        &self,
+        profile: &ProfileConfig,
+    ) -> Option<(Arc<store::RedisStore>, String)> {
+        let store = self.inner.store.clone()?;
+        match &profile.credentials {
+            Credentials::Login { email, .. } => {
+                Some((store, store::account_key(&self.inner.base_url, email)))
+            }
+            Credentials::ManagementToken(_) => None,
+        }
     }
 
     fn state(&self, profile: &str) -> Option<Arc<ProfileState>> {
@@ -317,7 +391,7 @@ impl TokenManager {
             let this = self.clone();
             return tokio::spawn(async move {
                 let _single_flight = guard;
-                this.login(&state).await
+                this.obtain(&state).await
             })
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
@@ -357,7 +431,7 @@ impl TokenManager {
                 } else {
                     // The credentials were rotated during this login: serve the waiting requests,
                     // then let the session go.
-                    self.retire(name.clone(), token.clone());
+                    self.retire(name.clone(), state.account.clone(), token.clone());
                 }
                 Ok(token)
             }
@@ -450,6 +524,12 @@ impl TokenManager {
             })
             .await;
         let dropped = matches!(result, CompResult::Removed(_));
+        if let (Some(store), Some(state)) = (&self.inner.store, self.state(profile)) {
+            // Fleet-wide compare-then-invalidate: a newer token another replica published survives.
+            if let Err(e) = store.remove_if(&state.account, stale).await {
+                self.store_unavailable(&e);
+            }
+        }
         if dropped {
             self.inner.metrics.reauth(profile, trigger);
             tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
@@ -461,7 +541,7 @@ impl TokenManager {
     /// (backoff cleared), logs in again at once, and its old session is logged out once the requests
     /// using it are done; removed profiles are logged out too.
     pub fn reconfigure(&self, config: &Config) {
-        let mut retired = Vec::new();
+        let mut retired: Vec<(Arc<str>, String)> = Vec::new();
         let mut relogin = Vec::new();
         {
             let mut profiles = self
@@ -476,31 +556,31 @@ impl TokenManager {
                         old.config.store(p.clone());
                         old
                     }
-                    Some(_) => {
+                    Some(old) => {
                         tracing::info!(profile = %p.name, "credentials changed; logging in with the new ones");
-                        retired.push(p.name.clone());
+                        retired.push((p.name.clone(), old.account.clone()));
                         relogin.push(p.name.clone());
                         self.inner.metrics.reauth(&p.name, Trigger::Rotate);
-                        Arc::new(ProfileState::new(p.clone()))
+                        Arc::new(ProfileState::new(p.clone(), &self.inner.base_url))
                     }
                     None => {
                         relogin.push(p.name.clone());
-                        Arc::new(ProfileState::new(p.clone()))
+                        Arc::new(ProfileState::new(p.clone(), &self.inner.base_url))
                     }
                 };
                 next.insert(p.name.clone(), state);
             }
-            for name in profiles.keys() {
+            for (name, state) in profiles.iter() {
                 tracing::info!(profile = %name, "profile removed; logging its session out");
-                retired.push(name.clone());
+                retired.push((name.clone(), state.account.clone()));
             }
             *profiles = next;
         }
         let this = self.clone();
         tokio::spawn(async move {
-            for name in retired {
+            for (name, account) in retired {
                 if let Some(token) = this.inner.cache.remove(&name).await {
-                    this.retire(name, token);
+                    this.retire(name, account, token);
                 }
             }
             for name in relogin {
@@ -511,10 +591,14 @@ impl TokenManager {
         self.start_care();
     }
 
-    /// Logs a session out in the background once no request holds it any more.
-    fn retire(&self, profile: Arc<str>, token: Arc<Token>) {
+    /// Logs a session out in the background once no request holds it any more (first taking it
+    /// out of the fleet store, if it is still there).
+    fn retire(&self, profile: Arc<str>, account: String, token: Arc<Token>) {
         let this = self.clone();
         tokio::spawn(async move {
+            if let Some(store) = &this.inner.store {
+                let _ = store.remove_if(&account, &token).await;
+            }
             let deadline = Instant::now() + RETIRE_WAIT;
             // Requests in flight hold clones; the retiring task holds the last one.
             while Arc::strong_count(&token) > 1 && Instant::now() < deadline {
@@ -550,7 +634,12 @@ impl TokenManager {
             .collect();
         let logouts = states.into_iter().map(|state| async move {
             let name = state.name();
-            if let Some(token) = self.inner.cache.remove(&name).await {
+            // A session shared through the fleet store stays: the other replicas are using it.
+            let shared = self.inner.store.is_some()
+                && !state.local_only.load(std::sync::atomic::Ordering::Relaxed);
+            if let Some(token) = self.inner.cache.remove(&name).await
+                && !shared
+            {
                 self.logout(&name, &token).await;
             }
         });
@@ -603,15 +692,21 @@ impl TokenManager {
         if !still_current || state.check_blocked().is_err() {
             return;
         }
-        if self.login(state).await.is_ok() {
+        let refreshed = match &self.inner.store {
+            None => self.login(state).await.is_ok(),
+            Some(store) => self.refresh_shared(store, state, &old).await,
+        };
+        if refreshed {
             self.inner.metrics.reauth(&name, trigger);
-            self.retire(name, old);
+            self.retire(name, state.account.clone(), old);
         }
     }
 }
 
 /// How often a profile without validation or max age still looks at its token.
 const CARE_IDLE: Duration = Duration::from_secs(60);
+/// How often a replica of a fleet compares its token with the shared one.
+const FLEET_SYNC: Duration = Duration::from_secs(2);
 /// The care loop never spins faster than this, whatever the settings.
 const CARE_MIN_TICK: Duration = Duration::from_millis(50);
 
@@ -631,6 +726,8 @@ async fn care_for(
         };
         let config = state.config.load_full();
         let token = this.inner.cache.get(&name).await;
+        // With a fleet store, also look at the shared session every few seconds.
+        let until_sync = this.inner.store.as_ref().map(|_| FLEET_SYNC);
         let until_validate = config
             .validate_interval
             .map(|every| every.saturating_sub(last_validated.elapsed()));
@@ -640,7 +737,7 @@ async fn care_for(
             .zip(token.as_ref())
             .map(|(max, t)| max.saturating_sub(t.age()))
             .map(|left| left.max(state.retry_in().unwrap_or_default()));
-        let wait = [until_validate, until_max_age]
+        let wait = [until_validate, until_max_age, until_sync]
             .into_iter()
             .flatten()
             .min()
@@ -659,6 +756,7 @@ async fn care_for(
             return;
         };
         let config = state.config.load_full();
+        this.sync(&state).await;
         let Some(token) = this.inner.cache.get(&name).await else {
             continue;
         };

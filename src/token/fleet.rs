@@ -1,0 +1,236 @@
+//! How a token manager uses the fleet store: obtain the shared session (or be the one replica that
+//! logs in for everyone), share failures so refused credentials are tried once per window across the
+//! fleet, refresh at max age under the fleet lock, and converge on one session after an outage.
+//! Whenever the store fails, the replica works on its own (its cache, its logins) and says so.
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::store::{RedisStore, SharedFailure, StoreError, unix_ms};
+use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
+
+/// How often a waiting replica looks for the token the lock holder publishes.
+const POLL: Duration = Duration::from_millis(25);
+
+impl TokenManager {
+    /// Obtains a token for `state`, with the login lock of this process held.
+    pub(super) async fn obtain(&self, state: &Arc<ProfileState>) -> Result<Arc<Token>, LoginError> {
+        let Some(store) = self.inner.store.clone() else {
+            return self.login(state).await;
+        };
+        match self.obtain_shared(&store, state).await {
+            Ok(result) => result,
+            Err(e) => {
+                self.store_unavailable(&e);
+                let result = self.login(state).await;
+                if result.is_ok() {
+                    state.local_only.store(true, Ordering::Relaxed);
+                }
+                result
+            }
+        }
+    }
+
+    async fn obtain_shared(
+        &self,
+        store: &RedisStore,
+        state: &Arc<ProfileState>,
+    ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
+        let account = &state.account;
+        let deadline = Instant::now() + store.lock_ttl() + Duration::from_secs(5);
+        let mut waited = false;
+        loop {
+            if let Some(token) = store.get(account).await? {
+                self.inner.metrics.store_event("hit");
+                return Ok(Ok(self.adopt(state, token).await));
+            }
+            if let Some(failure) = store.failure(account).await?
+                && failure.credentials == state.credentials
+                && failure.retry_at_ms > unix_ms(SystemTime::now())
+            {
+                return Ok(Err(state.record_shared_failure(&failure)));
+            }
+            if let Some(lock) = store.lock(account).await? {
+                self.inner.metrics.store_event("miss");
+                // Someone may have published between our look and our lock.
+                let result = match store.get(account).await {
+                    Ok(Some(token)) => Ok(self.adopt(state, token).await),
+                    _ => self.login_for_fleet(store, state).await,
+                };
+                let _ = store.unlock(account, lock).await;
+                return Ok(result);
+            }
+            if !waited {
+                self.inner.metrics.store_event("lock_wait");
+                waited = true;
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::Timeout(store.lock_ttl()));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Logs in for the whole fleet (the fleet lock is held) and publishes the outcome.
+    async fn login_for_fleet(
+        &self,
+        store: &RedisStore,
+        state: &Arc<ProfileState>,
+    ) -> Result<Arc<Token>, LoginError> {
+        self.inner.metrics.store_event("fleet_login");
+        let result = self.login(state).await;
+        let published = match &result {
+            Ok(token) => match store.put(&state.account, token).await {
+                Ok(()) => store.clear_failure(&state.account).await,
+                Err(e) => Err(e),
+            },
+            Err(error) => {
+                let shared = SharedFailure::new(error, &state.credentials);
+                store
+                    .set_failure(&state.account, &shared, error.retry_after)
+                    .await
+            }
+        };
+        if let Err(e) = published {
+            self.store_unavailable(&e);
+            state.local_only.store(result.is_ok(), Ordering::Relaxed);
+        }
+        result
+    }
+
+    /// Takes a token from the store into this replica's cache.
+    async fn adopt(&self, state: &Arc<ProfileState>, token: Token) -> Arc<Token> {
+        let token = Arc::new(token);
+        state.record_success();
+        state.local_only.store(false, Ordering::Relaxed);
+        self.inner.cache.insert(state.name(), token.clone()).await;
+        self.inner.token_cached.notify_waiters();
+        tracing::debug!(profile = %state.name(), token = %token.fingerprint(), "using the fleet's shared token");
+        token
+    }
+
+    /// Max age with a fleet: one replica logs in under the fleet lock and publishes; the others
+    /// adopt the newer token when they sync. Returns whether this replica refreshed.
+    pub(super) async fn refresh_shared(
+        &self,
+        store: &RedisStore,
+        state: &Arc<ProfileState>,
+        old: &Token,
+    ) -> bool {
+        let account = &state.account;
+        let Ok(Some(lock)) = store.lock(account).await else {
+            return false;
+        };
+        let still_shared =
+            matches!(store.get(account).await, Ok(Some(t)) if t.header() == old.header());
+        let refreshed = still_shared && self.login_for_fleet(store, state).await.is_ok();
+        let _ = store.unlock(account, lock).await;
+        refreshed
+    }
+
+    /// Keeps this replica on the fleet's session: adopts a newer shared token, gives up a session
+    /// made while the store was down in favour of the shared one, or publishes it when there is none.
+    pub(super) async fn sync(&self, state: &Arc<ProfileState>) {
+        let Some(store) = self.inner.store.clone() else {
+            return;
+        };
+        let name = state.name();
+        let local = self.inner.cache.get(&name).await;
+        let local_only = state.local_only.load(Ordering::Relaxed);
+        match store.get(&state.account).await {
+            Err(e) => self.store_unavailable(&e),
+            Ok(Some(shared)) => {
+                let same = local
+                    .as_ref()
+                    .is_some_and(|l| l.header() == shared.header());
+                let newer = local
+                    .as_ref()
+                    .is_none_or(|l| shared.obtained_at() > l.obtained_at());
+                if !same && (local_only || newer) {
+                    self.inner.metrics.store_event("adopt");
+                    self.adopt(state, shared).await;
+                    if let (true, Some(own)) = (local_only, local) {
+                        self.retire(name, state.account.clone(), own);
+                    }
+                }
+            }
+            Ok(None) => {
+                if let (true, Some(own)) = (local_only, local) {
+                    match store.put_if_absent(&state.account, &own).await {
+                        Ok(true) => {
+                            self.inner.metrics.store_event("publish");
+                            state.local_only.store(false, Ordering::Relaxed);
+                        }
+                        Ok(false) => {}
+                        Err(e) => self.store_unavailable(&e),
+                    }
+                }
+            }
+        }
+    }
+
+    /// The store failed: this replica carries on alone. Logged at most once every 30 s.
+    pub(super) fn store_unavailable(&self, error: &StoreError) {
+        static LAST_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        self.inner.metrics.store_event("error");
+        let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+            *last = Some(Instant::now());
+            tracing::warn!(
+                "fleet token store unavailable, working with this replica's own session: {}",
+                crate::error::error_chain_text(error)
+            );
+        }
+    }
+}
+
+impl SharedFailure {
+    fn new(error: &LoginError, credentials: &str) -> SharedFailure {
+        let (rejected, http_status, error_code, message) = match &*error.failure {
+            LoginFailure::Rejected {
+                http_status,
+                error_code,
+                message,
+            } => (true, *http_status, *error_code, message.clone()),
+            LoginFailure::Transient(cause) => (false, 0, None, cause.to_string()),
+        };
+        SharedFailure {
+            rejected,
+            http_status,
+            error_code,
+            message,
+            credentials: credentials.to_owned(),
+            retry_at_ms: unix_ms(SystemTime::now() + error.retry_after),
+        }
+    }
+}
+
+impl ProfileState {
+    /// Another replica's login with these credentials failed: wait as it waits.
+    fn record_shared_failure(&self, shared: &SharedFailure) -> LoginError {
+        let failure = if shared.rejected {
+            LoginFailure::Rejected {
+                http_status: shared.http_status,
+                error_code: shared.error_code,
+                message: shared.message.clone(),
+            }
+        } else {
+            LoginFailure::Transient(TransientCause::Fleet(shared.message.clone()))
+        };
+        let retry_after = Duration::from_millis(
+            shared
+                .retry_at_ms
+                .saturating_sub(unix_ms(SystemTime::now())),
+        );
+        let failure = Arc::new(failure);
+        let mut status = self.status();
+        status.consecutive_failures = status.consecutive_failures.max(1);
+        status.retry_at = Some(Instant::now() + retry_after);
+        status.last_failure = Some(failure.clone());
+        LoginError {
+            profile: self.name(),
+            failure,
+            retry_after,
+        }
+    }
+}
