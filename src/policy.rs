@@ -3,12 +3,14 @@
 //! Rules are checked against a *normalized* path so that spellings the upstream reads as the same
 //! resource (`/v3//user-session`, `/v3/./user-session`, `/v3/%75ser-session`, `/V3/USER-SESSION`,
 //! `/v3/x;p/../user-session`) cannot slip past a rule. What is forwarded stays the original path, so a
-//! path that servers read in more than one way (an encoded `/`, a double-encoded escape, `..;`, `//..`,
-//! a trailing dot, bytes that are not UTF-8) is refused with 400 rather than checked in one reading
-//! and executed in another. Deny rules and the session endpoint also catch the readings a lenient
-//! upstream may apply (any case, `HEAD` for `GET`, a `.json` format suffix); allow rules match the
-//! normalized path exactly, so no spelling widens what they admit.
+//! path whose structure servers read in more than one way (an encoded `/`, a double-encoded escape,
+//! `..;`, `//..`, a trailing dot, bytes that are not UTF-8) is refused with 400 rather than checked in
+//! one reading and executed in another. Where servers differ only in how they read a segment
+//! (`;params` cut or kept, a `.json` format suffix), every reading is weighed: the session endpoint
+//! and deny rules refuse if any reading matches (deny rules also in any case, and `HEAD` for `GET`);
+//! allow rules admit only if every reading matches, exactly, so no spelling widens what they admit.
 //! This module is pure: no I/O, no logging.
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use globset::{GlobBuilder, GlobMatcher};
@@ -137,7 +139,7 @@ fn unnormalized_glob(glob: &str) -> Option<&'static str> {
         }
         if segment.ends_with('.') || !carries_only_canonical_text(segment) {
             return Some(
-                "the path glob has ';', '\\', a space, a trailing '.', non-ASCII text or a percent-escape that normalized paths never contain; escape only characters outside [A-Za-z0-9-._~!$&'()*+,=:@], in upper case (\"%20\")",
+                "the path glob has ';', '\\', a space, a trailing '.', non-ASCII text or a percent-escape that normalized paths never contain (rules also match paths with their ;params cut, so leave those out); escape only characters outside [A-Za-z0-9-._~!$&'()*+,;=:@], in upper case (\"%20\")",
             );
         }
     }
@@ -145,7 +147,7 @@ fn unnormalized_glob(glob: &str) -> Option<&'static str> {
 }
 
 /// Whether a glob segment has only what a normalized path can carry: escapes in upper case of bytes
-/// that normalization keeps encoded, and no `;`, `\`, space, control or non-ASCII.
+/// that normalization keeps encoded, and no `\`, space, control or non-ASCII (nor `;`).
 fn carries_only_canonical_text(segment: &str) -> bool {
     let bytes = segment.as_bytes();
     let mut i = 0;
@@ -165,7 +167,8 @@ fn carries_only_canonical_text(segment: &str) -> bool {
     true
 }
 
-/// Bytes no normalized path carries: separators, controls, and `;`, where segments are cut.
+/// Bytes a rule's glob may not name: separators and controls, which no normalized path carries, and
+/// `;`, since rules also match the reading with `;params` cut.
 fn refused_byte(b: u8) -> bool {
     matches!(b, b'/' | b'\\' | b';') || b < 0x20 || b == 0x7F
 }
@@ -227,24 +230,47 @@ impl Policy {
         })
     }
 
-    /// Checks a request; `path` must come from [`normalize`].
+    /// Checks a request; `path` must come from [`normalize`]. The session endpoint and deny rules
+    /// refuse a request if any reading of its path matches; allow rules admit it only if every
+    /// reading is admitted.
     pub fn check(&self, method: &Method, path: &str) -> Result<(), Denial> {
-        let readings = || std::iter::once(path).chain(without_format(path));
-        if readings().any(is_session_endpoint) {
+        let readings = readings(path);
+        if readings.iter().any(|p| is_session_endpoint(p)) {
             return Err(Denial::SessionEndpoint);
         }
         if self
             .deny
             .iter()
-            .any(|r| readings().any(|p| r.refuses(method, p)))
+            .any(|r| readings.iter().any(|p| r.refuses(method, p)))
         {
             return Err(Denial::DenyRule);
         }
-        if !self.allow.is_empty() && !self.allow.iter().any(|r| r.admits(method, path)) {
+        let admitted = |p: &Cow<'_, str>| self.allow.iter().any(|r| r.admits(method, p));
+        if !self.allow.is_empty() && !readings.iter().all(admitted) {
             return Err(Denial::NotAllowed);
         }
         Ok(())
     }
+}
+
+/// The ways servers read a normalized path: as it is; with `;params` cut from every segment (Tomcat,
+/// Spring, some proxies); and each of those without a `.json`-style format suffix on the last
+/// segment (Rails routes `/v3/stacks.json` to `/v3/stacks`).
+fn readings(path: &str) -> Vec<Cow<'_, str>> {
+    let mut out = vec![Cow::Borrowed(path)];
+    if path.contains(';') {
+        let cut: Vec<&str> = path
+            .split('/')
+            .map(|s| s.split(';').next().unwrap_or_default())
+            .collect();
+        out.push(Cow::Owned(cut.join("/")));
+    }
+    for i in 0..out.len() {
+        if let Some(bare) = without_format(&out[i]) {
+            out.push(Cow::Owned(bare.to_owned()));
+        }
+    }
+    out
 }
 
 /// `/user-session`, `/v3/user-session` or `/v2/USER-SESSION` and anything below: the session stays
@@ -263,7 +289,6 @@ fn is_session_endpoint(path: &str) -> bool {
     target.eq_ignore_ascii_case(SESSION_SEGMENT)
 }
 
-/// The path as a Rails-style router also reads it: `/v3/stacks.json` is `/v3/stacks` asking for JSON.
 fn without_format(path: &str) -> Option<&str> {
     let last = path.rfind('/')? + 1;
     let dot = path[last..].find('.').filter(|&i| i > 0)?;
@@ -337,25 +362,23 @@ fn canonical_segment(raw: &str) -> Result<String, PathError> {
     }
     // Overlong forms (`%C0%AE` for `.`) and stray bytes are not UTF-8; some decoders map them to ASCII.
     let text = String::from_utf8(decoded).map_err(|_| PathError::BadEscape)?;
-    // Matrix parameters (`;x=1`) are dropped by some servers before routing and kept by others;
-    // dropping them is the reading in which a deny rule matches more. `%3B` is cut alike, since
-    // servers differ on whether they decode before or after cutting. Where the two readings differ
-    // in structure (`..;x` is `..` to one server and a name to another), the path is refused.
-    let (name, params) = match text.split_once(';') {
-        Some((name, _)) => (name, true),
-        None => (text.as_str(), false),
-    };
+    // Matrix parameters (`;x=1`) are cut by some servers before routing and kept by others, so
+    // they stay in the normalized path and `Policy::check` weighs both readings. `%3B` becomes `;`:
+    // servers differ on whether they decode before or after cutting. Where the readings differ in
+    // structure (`..;x` is `..` to one server and a name to another), the path is refused.
+    let name = text.split(';').next().unwrap_or_default();
     let is_dot_segment = matches!(name, "." | "..");
-    if params && (name.is_empty() || is_dot_segment) {
+    if name.len() < text.len() && (name.is_empty() || is_dot_segment) {
         return Err(PathError::AmbiguousSegment);
     }
     // Windows-style servers drop a trailing dot or space (`user-session.`), others keep them; no CMA
     // path segment ends or starts so.
-    if !is_dot_segment && (name.ends_with('.') || name.starts_with(' ') || name.ends_with(' ')) {
+    let odd_end = |s: &str| s.ends_with('.') || s.starts_with(' ') || s.ends_with(' ');
+    if !is_dot_segment && (odd_end(name) || odd_end(&text)) {
         return Err(PathError::AmbiguousSegment);
     }
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
         if stays_encoded(b) {
             let _ = write!(out, "%{b:02X}");
         } else {
@@ -365,10 +388,10 @@ fn canonical_segment(raw: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
-/// Bytes a canonical segment carries percent-encoded: all but unreserved characters, sub-delimiters
-/// (`;` is cut before this), `:` and `@`, which a server reads the same encoded or not.
+/// Bytes a canonical segment carries percent-encoded: all but unreserved characters, sub-delimiters,
+/// `:` and `@`, which a server reads the same encoded or not.
 fn stays_encoded(b: u8) -> bool {
-    !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,=:@".contains(&b))
+    !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b))
 }
 
 /// Decodes every `%XX` escape once; hex digits in either case.
@@ -448,12 +471,16 @@ mod tests {
             // Non-ASCII: raw and encoded UTF-8 are the same canonical escape.
             ("/v3/caf\u{e9}", "/v3/caf%C3%A9"),
             ("/v3/caf%c3%a9", "/v3/caf%C3%A9"),
-            // Matrix parameters dropped, whether ';' came raw or encoded.
+            // Matrix parameters kept (`check` weighs both readings); `%3B` is `;`.
             ("/v3/stacks;x=/../user", "/v3/user"),
-            ("/v3/user-session;jsessionid=1", "/v3/user-session"),
-            ("/v3/user-session%3Bx", "/v3/user-session"),
-            ("/v3/user-session%3bx", "/v3/user-session"),
-            ("/v3/a;b;c/d", "/v3/a/d"),
+            (
+                "/v3/user-session;jsessionid=1",
+                "/v3/user-session;jsessionid=1",
+            ),
+            ("/v3/user-session%3Bx", "/v3/user-session;x"),
+            ("/v3/user-session%3bx", "/v3/user-session;x"),
+            ("/v3/a;b;%63/d", "/v3/a;b;c/d"),
+            ("/v3/a;b%20c", "/v3/a;b%20c"),
             // A dot inside a name is a name.
             ("/v3/user-session.json", "/v3/user-session.json"),
             ("/v3/.well-known", "/v3/.well-known"),
@@ -514,8 +541,11 @@ mod tests {
             ("/v3/user-session...", AmbiguousSegment),
             ("/v3/.../user-session", AmbiguousSegment),
             ("/v3/user-session%20", AmbiguousSegment),
+            ("/v3/..%20/user-session", AmbiguousSegment),
             ("/v3/%20user-session", AmbiguousSegment),
             ("/v3/user-session.;x", AmbiguousSegment),
+            ("/v3/user-session;x.", AmbiguousSegment),
+            ("/v3/user-session;x%20", AmbiguousSegment),
             // '..' after an empty segment: nginx and RFC 3986 disagree.
             ("/v3//../user-session", AmbiguousDotSegment),
             ("/v3/user-session//..", AmbiguousDotSegment),
@@ -618,6 +648,7 @@ mod tests {
                 "* /v3/stacks/**",
                 "GET /v3/stacks",
                 "POST /v3/content_types",
+                "PUT /v3/content_types/blog",
             ],
         );
         for (method, path) in [
@@ -632,6 +663,8 @@ mod tests {
             ("DELETE", "/V3/CONTENT_TYPES/BLOG"),
             ("DELETE", "/v3/content_types;x=1/blog"),
             ("DELETE", "/v3/content_types/blog;x=1"),
+            ("DELETE", "/v3/content_types/blog%3Bx"),
+            ("PUT", "/v3/content_types/blog;x"),
             ("DELETE", "/v3/content_types%3B/blog"),
             ("DELETE", "/v3/content_types/blog.json"),
             ("delete", "/v3/content_types/blog"),
@@ -678,10 +711,16 @@ mod tests {
             ],
             &[],
         );
-        assert!(check(&p, "GET", "/v3/content_types/blog/entries").is_ok());
-        assert!(check(&p, "GET", "/v3/content_types/%62log/entries").is_ok());
-        assert!(check(&p, "POST", "/v3/assets").is_ok());
-        assert!(check(&p, "DELETE", "/v3/assets/a1").is_ok());
+        for (method, path) in [
+            ("GET", "/v3/content_types/blog/entries"),
+            ("GET", "/v3/content_types/%62log/entries"),
+            ("POST", "/v3/assets"),
+            ("DELETE", "/v3/assets/a1"),
+            ("DELETE", "/v3/assets/a1;x"),
+            ("GET", "/v3/assets/logo.png"),
+        ] {
+            assert_eq!(check(&p, method, path), Ok(()), "{method} {path}");
+        }
         for (method, path) in [
             ("GET", "/v3/content_types/BLOG/entries"),
             ("GET", "/v3/content_types/other/entries"),
@@ -692,6 +731,9 @@ mod tests {
             ("POST", "/v3/assets.json"),
             ("DELETE", "/v3/assets/a1/../../stacks"),
             ("DELETE", "/v3/assets/a1/x"),
+            // Every reading must be admitted: `/v3/assets;x` is not `/v3/assets` to all servers.
+            ("POST", "/v3/assets;x"),
+            ("GET", "/v3/content_types/blog;x/entries"),
         ] {
             assert_eq!(
                 check(&p, method, path),
@@ -699,6 +741,12 @@ mod tests {
                 "{method} {path}"
             );
         }
+        // A suffix glob admits `a.json`, but a Rails router reads it as `a`, which it does not admit.
+        let p = policy(&["GET /v3/exports/*.json"], &[]);
+        assert_eq!(
+            check(&p, "GET", "/v3/exports/a.json"),
+            Err("403 NotAllowed".to_owned())
+        );
     }
 
     #[test]
