@@ -297,9 +297,10 @@ fn without_format(path: &str) -> Option<&str> {
 
 /// Normalizes a request path (without query) for rule matching, or refuses it (400) when servers
 /// could read it in different ways. Each segment is percent-decoded once (as the upstream does),
-/// checked, cut at `;` and re-encoded canonically (`%XX` in upper case for every byte outside
-/// `[A-Za-z0-9-._~!$&'()*+,=:@]`); then `.` and `..` are resolved and empty segments and the
-/// trailing slash removed. The result is ASCII, and normalizing it again returns it unchanged.
+/// checked, and re-encoded canonically (`%XX` in upper case for every byte outside
+/// `[A-Za-z0-9-._~!$&'()*+,;=:@]`; `;params` are kept for [`Policy::check`] to weigh); then `.` and
+/// `..` are resolved and empty segments and the trailing slash removed. The result is ASCII, and
+/// normalizing it again returns it unchanged.
 pub fn normalize(path: &str) -> Result<String, PathError> {
     let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let segments = rest
@@ -389,7 +390,8 @@ fn canonical_segment(raw: &str) -> Result<String, PathError> {
 }
 
 /// Bytes a canonical segment carries percent-encoded: all but unreserved characters, sub-delimiters,
-/// `:` and `@`, which a server reads the same encoded or not.
+/// `:` and `@`. Those are carried decoded, as the upstream reads them, so each has one spelling for
+/// rules to match; the rest (space, `?`, `#`, `%`, non-ASCII, ...) has one spelling encoded.
 fn stays_encoded(b: u8) -> bool {
     !(b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&b))
 }
