@@ -45,8 +45,10 @@ pub enum ProxyError {
     ClientCredentialsRejected,
     #[error("bad request: {0}")]
     BadRequest(#[from] BadRequest),
-    #[error("CONNECT is not supported: cma-auth-proxy forwards plain HTTP requests to the CMA")]
-    MethodNotAllowed,
+    #[error(
+        "{0} is not supported: cma-auth-proxy forwards plain CMA requests (CONNECT tunnels, and TRACE would echo the injected token)"
+    )]
+    MethodNotAllowed(http::Method),
     #[error("the request body exceeds server.max_body ({limit} bytes)")]
     BodyTooLarge { limit: u64 },
     #[error("cannot reach Contentstack: {0}")]
@@ -110,7 +112,7 @@ impl ProxyError {
                 shape(StatusCode::UNAUTHORIZED, "client_credentials_rejected", 904)
             }
             ProxyError::BadRequest(_) => shape(StatusCode::BAD_REQUEST, "bad_request", 905),
-            ProxyError::MethodNotAllowed => {
+            ProxyError::MethodNotAllowed(_) => {
                 shape(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", 906)
             }
             ProxyError::BodyTooLarge { .. } => {
@@ -277,7 +279,11 @@ mod tests {
 
     #[test]
     fn method_not_allowed() {
-        check(ProxyError::MethodNotAllowed, 405, "method_not_allowed");
+        check(
+            ProxyError::MethodNotAllowed(http::Method::CONNECT),
+            405,
+            "method_not_allowed",
+        );
     }
 
     #[test]

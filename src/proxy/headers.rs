@@ -23,6 +23,12 @@ const HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Removes hop-by-hop headers and every header that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
@@ -45,6 +51,14 @@ pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Resu
         headers.contains_key(AUTHTOKEN) || headers.contains_key(header::AUTHORIZATION);
     if has_credentials && mode == ClientCredentials::Reject {
         return Err(ProxyError::ClientCredentialsRejected);
+    }
+    // Rack and Express turn a POST into a DELETE with these: the policy would check one method and
+    // the upstream run another.
+    if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
+        return Err(crate::error::BadRequest::Malformed(
+            "method-override headers are refused: send the real method",
+        )
+        .into());
     }
     remove_hop_by_hop(headers);
     headers.remove(AUTHTOKEN);
@@ -125,6 +139,17 @@ mod tests {
         }
         let mut h = map(&[("api_key", "x")]);
         assert!(prepare_request(&mut h, ClientCredentials::Reject).is_ok());
+    }
+
+    #[test]
+    fn method_override_headers_are_refused() {
+        for name in METHOD_OVERRIDES {
+            let mut h = map(&[(name, "DELETE")]);
+            assert!(matches!(
+                prepare_request(&mut h, ClientCredentials::Strip),
+                Err(ProxyError::BadRequest(_))
+            ));
+        }
     }
 
     #[test]

@@ -424,8 +424,12 @@ fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<
 /// Step 1: origin-form targets go to the upstream; an HTTP/1 absolute-form target only when it names
 /// the upstream itself. The `Host` header and HTTP/2 `:authority` never choose where a request goes.
 fn admit(parts: &Parts, config: &Config) -> Result<Uri, ProxyError> {
-    if parts.method == Method::CONNECT {
-        return Err(ProxyError::MethodNotAllowed);
+    // CONNECT would make an open tunnel; TRACE (and IIS's TRACK) would echo the injected token back.
+    if parts.method == Method::CONNECT
+        || parts.method == Method::TRACE
+        || parts.method.as_str().eq_ignore_ascii_case("TRACK")
+    {
+        return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
     }
     let upstream = &config.upstream;
     if parts.version < Version::HTTP_2
@@ -484,7 +488,7 @@ fn select_profile<'c>(
     headers: &HeaderMap,
     config: &'c Config,
 ) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
-    let api_key = headers.get("api_key").and_then(|v| v.to_str().ok());
+    let api_key = api_key(headers)?;
     let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
     let profile = if let Some(value) = headers.get(PROFILE_HEADER) {
         let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
@@ -510,6 +514,25 @@ fn select_profile<'c>(
         return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
     }
     Ok(profile)
+}
+
+/// The request's stack key. Ambiguous forms are refused rather than guessed at: two `api_key`
+/// headers, a value that is not text, or `api-key`, which some servers read as the same header.
+fn api_key(headers: &HeaderMap) -> Result<Option<&str>, BadRequest> {
+    if headers.contains_key("api-key") {
+        return Err(BadRequest::Malformed(
+            "send the stack key as `api_key`; `api-key` is read as the same header by some servers",
+        ));
+    }
+    let mut values = headers.get_all("api_key").iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(value), None) => value
+            .to_str()
+            .map(Some)
+            .map_err(|_| BadRequest::Malformed("the api_key header is not valid text")),
+        (Some(_), Some(_)) => Err(BadRequest::Malformed("more than one api_key header")),
+    }
 }
 
 /// The body of a small upstream response, decoded; `None` when its encoding is not one the proxy
@@ -603,6 +626,23 @@ mod tests {
             route(&c, &[("x-cma-profile", "nope")]).unwrap_err(),
             "bad_request"
         );
+        assert_eq!(
+            route(&c, &[("api-key", "blt_blog")]).unwrap_err(),
+            "bad_request"
+        );
+        let mut two = HeaderMap::new();
+        two.append("api_key", HeaderValue::from_static("blt_other"));
+        two.append("api_key", HeaderValue::from_static("blt_blog"));
+        assert_eq!(
+            select_profile(&two, &c).unwrap_err().reason(),
+            "bad_request"
+        );
+        let mut binary = HeaderMap::new();
+        binary.insert("api_key", HeaderValue::from_bytes(b"blt\xff").unwrap());
+        assert_eq!(
+            select_profile(&binary, &c).unwrap_err().reason(),
+            "bad_request"
+        );
     }
 
     #[test]
@@ -669,6 +709,14 @@ mod tests {
         );
         assert_eq!(
             admit_uri("eu-api.contentstack.com:443", v1, Method::CONNECT).unwrap_err(),
+            "method_not_allowed"
+        );
+        assert_eq!(
+            admit_uri("/v3/user", v1, Method::TRACE).unwrap_err(),
+            "method_not_allowed"
+        );
+        assert_eq!(
+            admit_uri("/v3/user", v1, Method::from_bytes(b"TRACK").unwrap()).unwrap_err(),
             "method_not_allowed"
         );
         // HTTP/2 always carries :authority; it is the Host, and never picks the destination.
