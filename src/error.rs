@@ -53,6 +53,8 @@ pub enum ProxyError {
     BodyTooLarge { limit: u64 },
     #[error("cannot reach Contentstack: {0}")]
     UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    #[error("Contentstack's response broke off: {0}")]
+    UpstreamBroken(#[source] hyper::Error),
     #[error("Contentstack did not answer within server.request_timeout ({0:?})")]
     UpstreamTimeout(Duration),
     #[error("the proxy is shutting down; retry against another instance")]
@@ -118,7 +120,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => {
                 shape(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", 907)
             }
-            ProxyError::UpstreamUnreachable(_) => {
+            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
                 shape(StatusCode::BAD_GATEWAY, "upstream_unreachable", 908)
             }
             ProxyError::UpstreamTimeout(_) => {

@@ -281,7 +281,7 @@ impl Proxy {
         let (parts, mut rest) = response.into_parts();
         let (chunks, complete) = body::read_prefix(&mut rest, ERROR_PEEK_LIMIT)
             .await
-            .map_err(|_| BadRequest::Malformed("the upstream 401 body ended abruptly"))?;
+            .map_err(ProxyError::UpstreamBroken)?;
         if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
             return Ok(upstream_response(parts, Relay::response(chunks, rest)));
         }
