@@ -4,16 +4,26 @@
 use std::sync::Arc;
 
 use http::Method;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+/// A profile name as a label value: an `Arc` clone per request instead of a `String` allocation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Profile(pub Arc<str>);
+
+impl EncodeLabelValue for Profile {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        (&*self.0).encode(encoder)
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub profile: String,
+    pub profile: Profile,
     pub method: &'static str,
     pub status: u16,
 }
@@ -301,7 +311,7 @@ mod tests {
         let m = Metrics::new();
         m.requests
             .get_or_create(&RequestLabels {
-                profile: "default".into(),
+                profile: Profile("default".into()),
                 method: "GET",
                 status: 200,
             })

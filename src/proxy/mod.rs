@@ -31,6 +31,9 @@ use upstream::UpstreamClient;
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
 pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
 
+/// The profile label of requests refused before a profile was chosen.
+static NO_PROFILE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
+
 /// What the access log and metrics learn about a request besides its response.
 #[derive(Default)]
 pub struct Trace {
@@ -176,7 +179,9 @@ impl Proxy {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                profile: trace.profile.as_deref().unwrap_or("none").to_owned(),
+                profile: crate::metrics::Profile(
+                    trace.profile.clone().unwrap_or_else(|| NO_PROFILE.clone()),
+                ),
                 method: crate::metrics::method_label(&method),
                 status: response.status().as_u16(),
             })
