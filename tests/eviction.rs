@@ -105,14 +105,9 @@ async fn streamed_upload_after_eviction_gets_the_401_intact_and_the_next_request
     fake.evict_sessions(EMAIL);
 
     // 8 MiB, streamed: larger than replay_body_limit, so it cannot be replayed.
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..128)
-        .map(|_| Ok(bytes::Bytes::from(vec![7u8; 64 * 1024])))
-        .collect();
     let response = proxy
         .request(Method::POST, "/v3/_sim/upload")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(streamed(bytes::Bytes::from(vec![7u8; 8 << 20])))
         .send()
         .await
         .unwrap();

@@ -164,15 +164,9 @@ async fn hundred_mib_upload_streams_through_intact() {
     let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
     let data = cma_auth_proxy::dev::sim_bytes(100 * MIB);
     let expected = cma_auth_proxy::dev::sha256_hex(&data);
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..data.len())
-        .step_by(64 * 1024)
-        .map(|i| Ok(data.slice(i..(i + 64 * 1024).min(data.len()))))
-        .collect();
     let response = proxy
         .request(Method::POST, "/v3/_sim/upload")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(streamed(data))
         .send()
         .await
         .unwrap();

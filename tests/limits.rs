@@ -39,15 +39,10 @@ async fn a_chunked_body_growing_past_max_body_gets_413_mid_stream() {
         &profile(PASSWORD, ""),
     )
     .await;
-    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..512)
-        .map(|_| Ok(bytes::Bytes::from(vec![3u8; 64 * 1024])))
-        .collect();
     // No Content-Length: the proxy finds out while streaming.
     let response = proxy
         .request(reqwest::Method::POST, "/v3/_sim/upload")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
+        .body(streamed(bytes::Bytes::from(vec![3u8; 32 << 20])))
         .send()
         .await
         .unwrap();

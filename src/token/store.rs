@@ -150,15 +150,18 @@ impl RedisStore {
             .map_err(StoreError::Redis)
     }
 
-    pub async fn get(&self, account: &str) -> Result<Option<Token>, StoreError> {
+    async fn get_value(&self, kind: &str, account: &str) -> Result<Option<String>, StoreError> {
         let mut conn = self.conn().await?;
-        let value: Option<String> = self
-            .bounded(
-                redis::cmd("GET")
-                    .arg(self.key("token", account))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        self.bounded(
+            redis::cmd("GET")
+                .arg(self.key(kind, account))
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
+    pub async fn get(&self, account: &str) -> Result<Option<Token>, StoreError> {
+        let value = self.get_value("token", account).await?;
         Ok(value.and_then(|v| self.open(account, &v)))
     }
 
@@ -249,14 +252,7 @@ impl RedisStore {
     }
 
     pub async fn failure(&self, account: &str) -> Result<Option<SharedFailure>, StoreError> {
-        let mut conn = self.conn().await?;
-        let value: Option<String> = self
-            .bounded(
-                redis::cmd("GET")
-                    .arg(self.key("fail", account))
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let value = self.get_value("fail", account).await?;
         Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
     }
 

@@ -90,6 +90,15 @@ impl Proxy {
     }
 }
 
+/// A request body sent in 64 KiB chunks without a Content-Length, as a streaming client does.
+pub fn streamed(data: bytes::Bytes) -> reqwest::Body {
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = (0..data.len())
+        .step_by(64 * 1024)
+        .map(|i| Ok(data.slice(i..(i + 64 * 1024).min(data.len()))))
+        .collect();
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
 /// Runs `n` copies of `f` at once and collects their results.
 pub async fn concurrently<F, Fut, T>(n: usize, f: F) -> Vec<T>
 where
