@@ -121,6 +121,7 @@ struct FileServer {
     listen_mode: Option<String>,
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
+    workers: usize,
 }
 
 impl Default for FileServer {
@@ -140,6 +141,7 @@ impl Default for FileServer {
             listen_mode: None,
             tls_cert_file: None,
             tls_key_file: None,
+            workers: 0,
         }
     }
 }
@@ -362,6 +364,8 @@ pub struct ServerConfig {
     pub listen_mode: Option<u32>,
     /// Inbound TLS on `listen`: certificate chain and key, PEM, already read.
     pub tls: Option<TlsFiles>,
+    /// Threads serving `listen`, each with its own runtime and upstream pool.
+    pub workers: usize,
 }
 
 /// Per-connection limits of both listeners.
@@ -899,6 +903,11 @@ fn validate_server(
         },
         listen_mode,
         tls,
+        // One per core by default: a request never leaves the thread that accepted it.
+        workers: match s.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        },
     })
 }
 

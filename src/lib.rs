@@ -20,7 +20,7 @@ pub mod token;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 pub use config::Config;
@@ -55,7 +55,8 @@ pub struct Running {
     admin_addr: BoundAddr,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
-    proxy_server: JoinHandle<server::Connections>,
+    /// Each worker reports whether its connections drained in time.
+    proxy_workers: Vec<oneshot::Receiver<bool>>,
     admin_server: JoinHandle<server::Connections>,
     stop_reload: watch::Sender<bool>,
 }
@@ -75,41 +76,59 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     .map_err(StartError::Client)?;
     let metrics = metrics::Metrics::new();
     let tokens = token::TokenManager::new(&config, auth, metrics.clone())?;
-    let client = proxy::upstream::client(&config.upstream, tls);
-    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), client, metrics)?);
+    let workers = config.server.workers;
+    let clients = proxy::upstream::UpstreamClients::new(&config.upstream, &tls, workers);
+    let proxy = Arc::new(Proxy::new(
+        config.clone(),
+        tokens.clone(),
+        clients,
+        metrics,
+    )?);
 
-    let bind = |addr: &config::ListenAddr, mode| {
-        let addr = addr.clone();
-        async move {
-            server::bind(&addr, mode)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: addr.to_string(),
-                    source,
-                })
-        }
-    };
     let server_config = &config.server;
-    let (proxy_listener, proxy_addr) =
-        bind(&server_config.listen, server_config.listen_mode).await?;
-    let (admin_listener, admin_addr) = bind(&server_config.admin_listen, None).await?;
-    let admin_options = server::ServeOptions {
-        limits: server_config.limits,
-        tls: None,
-        metrics: proxy.metrics().clone(),
+    let bind = |addr: &config::ListenAddr, mode, count| {
+        server::bind(addr, mode, count).map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
     };
-    let proxy_options = server::ServeOptions {
-        tls: proxy.inbound_tls(),
-        ..admin_options.clone()
-    };
+    let (proxy_listeners, proxy_addr) =
+        bind(&server_config.listen, server_config.listen_mode, workers)?;
+    let (mut admin_listeners, admin_addr) = bind(&server_config.admin_listen, None, 1)?;
+    let admin_listener = admin_listeners
+        .remove(0)
+        .into_listener()
+        .map_err(|source| StartError::Bind {
+            addr: server_config.admin_listen.to_string(),
+            source,
+        })?;
+    let metrics = proxy.metrics().clone();
+    let proxy_options = server::ServeOptions::new(
+        "proxy",
+        server_config.limits,
+        proxy.inbound_tls(),
+        metrics.clone(),
+    );
+    let admin_options = server::ServeOptions::new("admin", server_config.limits, None, metrics);
     let (stop_proxy, proxy_stop) = watch::channel(false);
     let (stop_admin, admin_stop) = watch::channel(false);
-    let proxy_server = tokio::spawn(server::serve(
-        proxy_listener,
-        proxy.clone(),
-        proxy_options,
-        proxy_stop,
-    ));
+    let proxy_workers = proxy_listeners
+        .into_iter()
+        .enumerate()
+        .map(|(index, listener)| {
+            spawn_worker(
+                index,
+                listener,
+                proxy.clone(),
+                proxy_options.clone(),
+                proxy_stop.clone(),
+            )
+            .map_err(|source| StartError::Bind {
+                addr: server_config.listen.to_string(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let admin_server = tokio::spawn(server::serve(
         admin_listener,
         Arc::new(admin::Admin::new(proxy.clone())),
@@ -136,10 +155,50 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         admin_addr,
         stop_proxy,
         stop_admin,
-        proxy_server,
+        proxy_workers,
         admin_server,
         stop_reload: watch::channel(false).0,
     })
+}
+
+/// A thread with a runtime of its own serving one listener socket until `stop`, then draining its
+/// connections within `shutdown_grace`. Requests never hop between threads.
+fn spawn_worker(
+    index: usize,
+    listener: server::StdListener,
+    proxy: Arc<Proxy>,
+    options: server::ServeOptions,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<oneshot::Receiver<bool>> {
+    let (done, drained) = oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("cma-proxy-{index}"))
+        .spawn(move || {
+            proxy::upstream::set_worker(index);
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!("worker {index} cannot start its runtime: {e}");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match listener.into_listener() {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!("worker {index} cannot listen: {e}");
+                        return;
+                    }
+                };
+                let connections = server::serve(listener, proxy.clone(), options, stop).await;
+                let grace = proxy.config().server.shutdown_grace;
+                let _ = done.send(server::drain(connections, grace).await);
+            });
+        })?;
+    Ok(drained)
 }
 
 impl Running {
@@ -180,10 +239,10 @@ impl Running {
             grace_ms = grace.as_millis() as u64,
             "draining: not ready, not accepting, letting in-flight requests finish"
         );
-        let drained = match self.proxy_server.await {
-            Ok(connections) => server::drain(connections, grace).await,
-            Err(_) => false,
-        };
+        let mut drained = true;
+        for worker in self.proxy_workers {
+            drained &= worker.await.unwrap_or(false);
+        }
         if drained {
             tracing::info!("in-flight requests finished");
         } else {

@@ -56,6 +56,11 @@ pub struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    pub listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabels {
     pub event: &'static str,
 }
@@ -102,7 +107,7 @@ pub struct Metrics {
     pub denied: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub in_flight: Gauge,
-    pub open_connections: Gauge,
+    pub open_connections: Family<ListenerLabels, Gauge>,
     pub rate_limit_waits: Family<ProfileLabels, Counter>,
     pub store_events: Family<EventLabels, Counter>,
     pub connection_limits: Family<ReasonLabels, Counter>,
@@ -178,10 +183,10 @@ impl Metrics {
             "Requests being served",
             in_flight.clone(),
         );
-        let open_connections = Gauge::default();
+        let open_connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "open_connections",
-            "Client connections open on both listeners",
+            "Client connections open, by listener (proxy, admin)",
             open_connections.clone(),
         );
         let connection_limits = Family::<ReasonLabels, Counter>::default();

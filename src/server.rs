@@ -64,13 +64,39 @@ impl BoundAddr {
     }
 }
 
-/// Binds `addr`; a unix socket gets `mode` (e.g. 0o660) so that only its owner and group connect.
-pub async fn bind(addr: &ListenAddr, mode: Option<u32>) -> std::io::Result<(Listener, BoundAddr)> {
+/// A bound socket not yet tied to a runtime: each worker runtime turns its own into a [`Listener`].
+pub enum StdListener {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl StdListener {
+    /// Registers the socket with the current tokio runtime.
+    pub fn into_listener(self) -> std::io::Result<Listener> {
+        Ok(match self {
+            StdListener::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
+            StdListener::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
+        })
+    }
+}
+
+/// Binds `addr` `count` times, one socket per worker runtime: TCP sockets share the port with
+/// `SO_REUSEPORT`, so the kernel spreads connections over the workers; a unix socket is shared.
+/// A unix socket gets `mode` (e.g. 0o660) so that only its owner and group connect.
+pub fn bind(
+    addr: &ListenAddr,
+    mode: Option<u32>,
+    count: usize,
+) -> std::io::Result<(Vec<StdListener>, BoundAddr)> {
     match addr {
         ListenAddr::Tcp(addr) => {
-            let listener = TcpListener::bind(addr).await?;
-            let bound = listener.local_addr()?;
-            Ok((Listener::Tcp(listener), BoundAddr::Tcp(bound)))
+            let first = tcp_socket(*addr)?;
+            let bound = first.local_addr()?;
+            let mut listeners = vec![StdListener::Tcp(first)];
+            for _ in 1..count {
+                listeners.push(StdListener::Tcp(tcp_socket(bound)?));
+            }
+            Ok((listeners, BoundAddr::Tcp(bound)))
         }
         ListenAddr::Unix(path) => {
             use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -78,13 +104,30 @@ pub async fn bind(addr: &ListenAddr, mode: Option<u32>) -> std::io::Result<(List
             if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
                 std::fs::remove_file(path)?;
             }
-            let listener = UnixListener::bind(path)?;
+            let listener = std::os::unix::net::UnixListener::bind(path)?;
+            listener.set_nonblocking(true)?;
             if let Some(mode) = mode {
                 std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
             }
-            Ok((Listener::Unix(listener), BoundAddr::Unix(path.clone())))
+            let mut listeners = Vec::with_capacity(count);
+            for _ in 1..count {
+                listeners.push(StdListener::Unix(listener.try_clone()?));
+            }
+            listeners.push(StdListener::Unix(listener));
+            Ok((listeners, BoundAddr::Unix(path.clone())))
         }
     }
+}
+
+fn tcp_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +174,36 @@ pub struct ServeOptions {
     /// Inbound TLS, swapped on reload when the certificate files change.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     pub metrics: Arc<Metrics>,
+    /// `max_connections` slots, shared by every worker serving the same address.
+    pub slots: Arc<Semaphore>,
+    /// The listener's name in metrics: `proxy` or `admin`.
+    pub name: &'static str,
+}
+
+impl ServeOptions {
+    pub fn new(
+        name: &'static str,
+        limits: ConnectionLimits,
+        tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+        metrics: Arc<Metrics>,
+    ) -> ServeOptions {
+        ServeOptions {
+            limits,
+            tls,
+            metrics,
+            slots: Arc::new(Semaphore::new(limits.max_connections)),
+            name,
+        }
+    }
+
+    fn open_connections(&self) -> prometheus_client::metrics::gauge::Gauge {
+        self.metrics
+            .open_connections
+            .get_or_create(&crate::metrics::ListenerLabels {
+                listener: self.name,
+            })
+            .clone()
+    }
 }
 
 /// The connections a listener has open, for draining.
@@ -160,7 +233,7 @@ pub async fn serve<H: Handler>(
     mut stop: watch::Receiver<bool>,
 ) -> Connections {
     let tracker = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(options.limits.max_connections));
+    let slots = options.slots.clone();
     let builder = Arc::new(builder(&options.limits));
     loop {
         let accepted = tokio::select! {
@@ -254,7 +327,7 @@ struct Connection<H> {
 
 impl<H: Handler> Connection<H> {
     async fn run(self, io: Io) {
-        self.options.metrics.open_connections.inc();
+        self.options.open_connections().inc();
         match io {
             Io::Unix(stream) => self.serve(stream).await,
             Io::Tcp(stream) => match self.options.tls.clone() {
@@ -271,7 +344,7 @@ impl<H: Handler> Connection<H> {
                             self.options
                                 .metrics
                                 .connection_limit("tls_handshake_failed");
-                            self.options.metrics.open_connections.dec();
+                            self.options.open_connections().dec();
                         }
                     }
                 }
@@ -349,7 +422,7 @@ impl<H: Handler> Connection<H> {
                 None => tracing::debug!("connection ended: {e}"),
             }
         }
-        options.metrics.open_connections.dec();
+        options.open_connections().dec();
     }
 }
 

@@ -107,8 +107,10 @@ async fn a_slow_header_sender_is_cut_off_while_others_are_served() {
     slow.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\nx-partial: ")
         .await
         .unwrap();
-    // Meanwhile a normal client is served.
-    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    // Meanwhile a normal client is served (without keep-alive: an idle connection would be cut by
+    // the same timeout).
+    let normal = proxy.get("/v3/user").header("connection", "close").send();
+    assert_eq!(normal.await.unwrap().status(), 200);
     let answer = read_to_close(&mut slow).await;
     assert!(!answer.contains("200 OK"), "{answer}");
     assert_eq!(limit_count(&proxy, "header_read_timeout").await, 1.0);
@@ -140,6 +142,11 @@ async fn connections_over_max_connections_get_a_503_and_others_keep_working() {
         TcpStream::connect(addr(&proxy)).await.unwrap(),
         TcpStream::connect(addr(&proxy)).await.unwrap(),
     ];
+    // Each worker thread accepts on its own; wait until both connections hold their slots.
+    eventually(5, "two connections are open", || async {
+        metrics(&proxy.admin).await[r#"cma_auth_proxy_open_connections{listener="proxy"}"#] == 2.0
+    })
+    .await;
     let mut third = TcpStream::connect(addr(&proxy)).await.unwrap();
     let answer = read_to_close(&mut third).await;
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");

@@ -198,21 +198,20 @@ impl FakeCmaBuilder {
             ..State::default()
         };
         let state = Arc::new(Mutex::new(state));
-        let (listener, bound) =
-            server::bind(&crate::config::ListenAddr::Tcp(self.addr), None).await?;
+        let (mut listeners, bound) =
+            server::bind(&crate::config::ListenAddr::Tcp(self.addr), None, 1)?;
+        let listener = listeners.remove(0).into_listener()?;
         let addr = bound.tcp().expect("bound a TCP address");
         let (stop, stop_rx) = watch::channel(false);
         let handler = Arc::new(Sim {
             state: state.clone(),
         });
-        let options = server::ServeOptions {
-            limits: crate::config::ConnectionLimits {
-                max_connections: 100_000,
-                ..Default::default()
-            },
-            tls: None,
-            metrics: crate::metrics::Metrics::new(),
+        let limits = crate::config::ConnectionLimits {
+            max_connections: 100_000,
+            ..Default::default()
         };
+        let options =
+            server::ServeOptions::new("simulator", limits, None, crate::metrics::Metrics::new());
         let server = tokio::spawn(server::serve(listener, handler, options, stop_rx));
         Ok(FakeCma {
             state,

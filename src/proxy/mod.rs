@@ -26,7 +26,7 @@ use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenManager, Validity, login};
 use body::{Relay, RequestBody, TooLarge};
 use headers::PROFILE_HEADER;
-use upstream::UpstreamClient;
+use upstream::UpstreamClients;
 
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
 pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
@@ -45,7 +45,7 @@ pub struct Trace {
 pub struct Proxy {
     config: ArcSwap<Config>,
     tokens: TokenManager,
-    client: UpstreamClient,
+    clients: UpstreamClients,
     draining: AtomicBool,
     metrics: Arc<Metrics>,
     /// Inbound TLS of the proxy listener, when configured; swapped when its files change.
@@ -76,7 +76,7 @@ impl Proxy {
     pub fn new(
         config: Arc<Config>,
         tokens: TokenManager,
-        client: UpstreamClient,
+        clients: UpstreamClients,
         metrics: Arc<Metrics>,
     ) -> Result<Self, crate::server::TlsServerError> {
         let inbound_tls = config
@@ -92,7 +92,7 @@ impl Proxy {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
             config: ArcSwap::new(config),
             tokens,
-            client,
+            clients,
             draining: AtomicBool::new(false),
             metrics,
             inbound_tls,
@@ -374,7 +374,8 @@ impl Proxy {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         let started = Instant::now();
-        let result = tokio::time::timeout(outbound.timeout, self.client.request(request)).await;
+        let result =
+            tokio::time::timeout(outbound.timeout, self.clients.current().request(request)).await;
         trace.upstream = Some(trace.upstream.unwrap_or_default() + started.elapsed());
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),

@@ -14,6 +14,35 @@ use crate::config::UpstreamConfig;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Relay>;
 
+thread_local! {
+    /// Which worker runtime this thread runs: each has its own connection pool.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as worker `index` (called once, when the worker starts).
+pub fn set_worker(index: usize) {
+    WORKER.with(|w| w.set(index));
+}
+
+/// One pooled client per worker runtime: a request, its upstream connection and that connection's
+/// task all stay on one thread, with no cross-thread wake-ups or shared pool lock on the hot path.
+pub struct UpstreamClients(Vec<UpstreamClient>);
+
+impl UpstreamClients {
+    pub fn new(upstream: &UpstreamConfig, tls: &rustls::ClientConfig, workers: usize) -> Self {
+        Self(
+            (0..workers.max(1))
+                .map(|_| client(upstream, tls.clone()))
+                .collect(),
+        )
+    }
+
+    /// The current worker's client.
+    pub fn current(&self) -> &UpstreamClient {
+        &self.0[WORKER.with(|w| w.get()) % self.0.len()]
+    }
+}
+
 /// Idle upstream connections are closed after this long; Contentstack's edge closes them anyway.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -46,7 +75,7 @@ pub fn tls_config(upstream: &UpstreamConfig) -> Result<rustls::ClientConfig, Tls
         .with_no_client_auth())
 }
 
-pub fn client(upstream: &UpstreamConfig, tls: rustls::ClientConfig) -> UpstreamClient {
+fn client(upstream: &UpstreamConfig, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
