@@ -40,9 +40,11 @@ impl TokenManager {
         let deadline = Instant::now() + store.lock_ttl() + Duration::from_secs(5);
         let mut waited = false;
         loop {
-            if let Some(token) = store.get(account).await? {
+            if let Some(token) = store.get(account).await?
+                && let Some(token) = self.adopt(state, token).await
+            {
                 self.inner.metrics.store_event("hit");
-                return Ok(Ok(self.adopt(state, token).await));
+                return Ok(Ok(token));
             }
             if let Some(failure) = store.failure(account).await?
                 && failure.credentials == state.credentials
@@ -53,9 +55,13 @@ impl TokenManager {
             if let Some(lock) = store.lock(account).await? {
                 self.inner.metrics.store_event("miss");
                 // Someone may have published between our look and our lock.
-                let result = match store.get(account).await {
-                    Ok(Some(token)) => Ok(self.adopt(state, token).await),
-                    _ => self.login_for_fleet(store, state).await,
+                let published = match store.get(account).await {
+                    Ok(Some(token)) => self.adopt(state, token).await,
+                    _ => None,
+                };
+                let result = match published {
+                    Some(token) => Ok(token),
+                    None => self.login_for_fleet(store, state).await,
                 };
                 let _ = store.unlock(account, lock).await;
                 return Ok(result);
@@ -98,15 +104,19 @@ impl TokenManager {
         result
     }
 
-    /// Takes a token from the store into this replica's cache.
-    async fn adopt(&self, state: &Arc<ProfileState>, token: Token) -> Arc<Token> {
+    /// Takes a token from the store into this replica's cache, unless this replica already saw
+    /// Contentstack reject it (a read that raced with the eviction).
+    async fn adopt(&self, state: &Arc<ProfileState>, token: Token) -> Option<Arc<Token>> {
+        if state.is_dead(&token) {
+            return None;
+        }
         let token = Arc::new(token);
         state.record_success();
         state.local_only.store(false, Ordering::Relaxed);
         self.inner.cache.insert(state.name(), token.clone()).await;
         self.inner.token_cached.notify_waiters();
         tracing::debug!(profile = %state.name(), token = %token.fingerprint(), "using the fleet's shared token");
-        token
+        Some(token)
     }
 
     /// Max age with a fleet: one replica logs in under the fleet lock and publishes; the others
@@ -146,9 +156,8 @@ impl TokenManager {
                 let newer = local
                     .as_ref()
                     .is_none_or(|l| shared.obtained_at() > l.obtained_at());
-                if !same && (local_only || newer) {
+                if !same && (local_only || newer) && self.adopt(state, shared).await.is_some() {
                     self.inner.metrics.store_event("adopt");
-                    self.adopt(state, shared).await;
                     if let (true, Some(own)) = (local_only, local) {
                         self.retire(name, state.account.clone(), own);
                     }

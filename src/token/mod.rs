@@ -162,6 +162,9 @@ struct ProfileState {
     credentials: String,
     /// The cached token was obtained while the fleet store was unavailable, and is not shared.
     local_only: std::sync::atomic::AtomicBool,
+    /// Fingerprints of the last tokens Contentstack rejected here: never taken from the fleet
+    /// store again, however late a read of it arrives.
+    dead: Mutex<std::collections::VecDeque<String>>,
 }
 
 impl ProfileState {
@@ -188,7 +191,24 @@ impl ProfileState {
             account,
             credentials,
             local_only: Default::default(),
+            dead: Mutex::default(),
         }
+    }
+
+    fn mark_dead(&self, token: &Token) {
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        if dead.len() == 8 {
+            dead.pop_front();
+        }
+        dead.push_back(token.fingerprint().to_owned());
+    }
+
+    fn is_dead(&self, token: &Token) -> bool {
+        self.dead
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|f| f == token.fingerprint())
     }
 
     fn name(&self) -> Arc<str> {
@@ -511,25 +531,31 @@ impl TokenManager {
     /// Returns whether it was dropped (and counts the re-authentication under `trigger`).
     pub async fn invalidate(&self, profile: &str, stale: &Arc<Token>, trigger: Trigger) -> bool {
         use moka::ops::compute::{CompResult, Op};
+        if let Some(state) = self.state(profile) {
+            state.mark_dead(stale);
+            // Fleet-wide compare-then-invalidate, before the local one so that nothing re-reads
+            // the dead token from the store into the cache: a newer token another replica
+            // published survives.
+            if let Some(store) = &self.inner.store
+                && let Err(e) = store.remove_if(&state.account, stale).await
+            {
+                self.store_unavailable(&e);
+            }
+        }
         let result = self
             .inner
             .cache
             .entry(Arc::from(profile))
             .and_compute_with(|entry| {
+                // The same session, even if this replica holds another copy of it (from the store).
                 let op = match entry {
-                    Some(e) if Arc::ptr_eq(e.value(), stale) => Op::Remove,
+                    Some(e) if e.value().header() == stale.header() => Op::Remove,
                     _ => Op::Nop,
                 };
                 std::future::ready(op)
             })
             .await;
         let dropped = matches!(result, CompResult::Removed(_));
-        if let (Some(store), Some(state)) = (&self.inner.store, self.state(profile)) {
-            // Fleet-wide compare-then-invalidate: a newer token another replica published survives.
-            if let Err(e) = store.remove_if(&state.account, stale).await {
-                self.store_unavailable(&e);
-            }
-        }
         if dropped {
             self.inner.metrics.reauth(profile, trigger);
             tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
