@@ -50,6 +50,8 @@ pub enum TransientCause {
     ProfileRemoved,
     #[error("another replica's login failed: {0}")]
     Fleet(String),
+    #[error("the login was cancelled: the proxy is shutting down")]
+    Cancelled,
 }
 
 fn rejected_text(status: u16, code: Option<i64>, message: &str) -> String {

@@ -409,12 +409,20 @@ impl TokenManager {
             // not cancel it, so no session is created upstream and lost, and no waiter starts a
             // second one.
             let this = self.clone();
-            return tokio::spawn(async move {
+            let login = tokio::spawn(async move {
                 let _single_flight = guard;
                 this.obtain(&state).await
-            })
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+            });
+            return match login.await {
+                Ok(result) => result,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Its runtime is shutting down.
+                Err(_) => Err(LoginError {
+                    profile: profile.into(),
+                    failure: Arc::new(LoginFailure::Transient(TransientCause::Cancelled)),
+                    retry_after: Duration::from_secs(1),
+                }),
+            };
         }
     }
 
