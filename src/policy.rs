@@ -302,6 +302,18 @@ fn without_format(path: &str) -> Option<&str> {
 /// `..` are resolved and empty segments and the trailing slash removed. The result is ASCII, and
 /// normalizing it again returns it unchanged.
 pub fn normalize(path: &str) -> Result<String, PathError> {
+    // The common case, `/v3/content_types/blog/entries`: letters, digits, `-`, `_` and single
+    // slashes are already canonical, so skip the per-segment work below.
+    let plain = path.len() > 1
+        && path.starts_with('/')
+        && !path.ends_with('/')
+        && !path.contains("//")
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_'));
+    if plain {
+        return Ok(path.to_owned());
+    }
     let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let segments = rest
         .split('/')
