@@ -23,10 +23,48 @@ pub enum Relay {
     /// Chunks already read, then the rest of a body, counted against `limit`.
     Stream {
         prefix: VecDeque<Bytes>,
-        rest: Incoming,
+        /// `None` only once a request body was handed to [`linger`] on drop.
+        rest: Option<Incoming>,
         seen: u64,
         limit: u64,
+        /// A client's request body: dropped unfinished, it is drained for a while (see [`linger`]).
+        request: bool,
     },
+}
+
+/// A request body the proxy stopped reading because its answer came early (413 mid-stream, 502,
+/// 503) is read and thrown away for a while, so the client finishes sending and reads the answer
+/// instead of a reset connection. Bounded in bytes and time.
+const LINGER_BYTES: u64 = 64 << 20;
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn linger(mut body: Incoming) {
+    let drain = async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = body.frame().await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > LINGER_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Relay::Stream {
+            rest,
+            request: true,
+            ..
+        } = self
+            && let Some(body) = rest.take()
+            && !body.is_end_stream()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(linger(body));
+        }
+    }
 }
 
 impl Relay {
@@ -40,21 +78,22 @@ impl Relay {
 
     /// An upstream response body, after the chunks already read.
     pub fn response(prefix: VecDeque<Bytes>, rest: Incoming) -> Relay {
-        Self::stream(prefix, rest, u64::MAX)
+        Self::stream(prefix, rest, u64::MAX, false)
     }
 
     /// A client's request body, after the chunks already read, limited to `max_body` in all.
     pub fn request(prefix: VecDeque<Bytes>, rest: Incoming, max_body: u64) -> Relay {
-        Self::stream(prefix, rest, max_body)
+        Self::stream(prefix, rest, max_body, true)
     }
 
-    fn stream(prefix: VecDeque<Bytes>, rest: Incoming, limit: u64) -> Relay {
+    fn stream(prefix: VecDeque<Bytes>, rest: Incoming, limit: u64, request: bool) -> Relay {
         let seen = prefix.iter().map(|b| b.len() as u64).sum();
         Relay::Stream {
             prefix,
-            rest,
+            rest: Some(rest),
             seen,
             limit,
+            request,
         }
     }
 }
@@ -74,10 +113,14 @@ impl Body for Relay {
                 rest,
                 seen,
                 limit,
+                ..
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
+                let Some(rest) = rest else {
+                    return Poll::Ready(None);
+                };
                 match std::task::ready!(Pin::new(rest).poll_frame(cx)) {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
@@ -98,7 +141,9 @@ impl Body for Relay {
     fn is_end_stream(&self) -> bool {
         match self {
             Relay::Full(data) => data.is_none(),
-            Relay::Stream { prefix, rest, .. } => prefix.is_empty() && rest.is_end_stream(),
+            Relay::Stream { prefix, rest, .. } => {
+                prefix.is_empty() && rest.as_ref().is_none_or(|r| r.is_end_stream())
+            }
         }
     }
 
@@ -107,7 +152,7 @@ impl Body for Relay {
             Relay::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
             Relay::Stream { prefix, rest, .. } => {
                 let buffered: u64 = prefix.iter().map(|b| b.len() as u64).sum();
-                let hint = rest.size_hint();
+                let hint = rest.as_ref().map(|r| r.size_hint()).unwrap_or_default();
                 let mut total = SizeHint::new();
                 total.set_lower(hint.lower() + buffered);
                 if let Some(upper) = hint.upper() {
