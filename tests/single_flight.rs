@@ -33,10 +33,12 @@ async fn a_client_that_gives_up_does_not_cancel_the_login_it_started() {
         &profile(PASSWORD, "min_backoff = \"10ms\"\nmax_backoff = \"10ms\""),
     )
     .await;
+    // Judged, not just received: the outage must have answered it before it is lifted.
     eventually(5, "the start-up login has failed", || async {
-        fake.login_requests() == 1
+        fake.login_attempts().len() == 1
     })
     .await;
+    assert_eq!(fake.login_attempts()[0].status, 502);
     fake.set_login_outage(None);
     fake.set_login_delay(Some(Duration::from_millis(500)));
     // Clients that give up while their login is in flight: the login must go on (else its session
