@@ -123,6 +123,8 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
+    // A failing assertion below must not leave `dev` running.
+    let mut child = KillOnDrop(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -156,9 +158,18 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
             .unwrap_or_else(|e| panic!("{cmd}: {e}: {body}"));
     }
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &child.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(child.0.wait().unwrap().code(), Some(0));
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
