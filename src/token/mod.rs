@@ -360,12 +360,8 @@ impl TokenManager {
         profile: &ProfileConfig,
     ) -> Option<(Arc<store::RedisStore>, String)> {
         let store = self.inner.store.clone()?;
-        match &profile.credentials {
-            Credentials::Login { email, .. } => {
-                Some((store, store::account_key(&self.inner.base_url, email)))
-            }
-            Credentials::ManagementToken(_) => None,
-        }
+        let state = self.state(&profile.name)?;
+        Some((store, state.account.clone()))
     }
 
     fn state(&self, profile: &str) -> Option<Arc<ProfileState>> {
