@@ -178,6 +178,9 @@ pub struct ServeOptions {
     pub slots: Arc<Semaphore>,
     /// The listener's name in metrics: `proxy` or `admin`.
     pub name: &'static str,
+    /// This listener's `open_connections` series, created with the listener so that it reads 0
+    /// (rather than being absent) before the first connection.
+    open: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl ServeOptions {
@@ -187,22 +190,22 @@ impl ServeOptions {
         tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
         metrics: Arc<Metrics>,
     ) -> ServeOptions {
+        let open = metrics
+            .open_connections
+            .get_or_create(&crate::metrics::ListenerLabels { listener: name })
+            .clone();
         ServeOptions {
             limits,
             tls,
             metrics,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             name,
+            open,
         }
     }
 
-    fn open_connections(&self) -> prometheus_client::metrics::gauge::Gauge {
-        self.metrics
-            .open_connections
-            .get_or_create(&crate::metrics::ListenerLabels {
-                listener: self.name,
-            })
-            .clone()
+    fn open_connections(&self) -> &prometheus_client::metrics::gauge::Gauge {
+        &self.open
     }
 }
 
