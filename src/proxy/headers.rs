@@ -11,7 +11,7 @@ pub const PROFILE_HEADER: &str = "x-cma-profile";
 pub const AUTHTOKEN: &str = "authtoken";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which the proxy answers itself.
-const HOP_BY_HOP: [HeaderName; 9] = [
+static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -31,15 +31,58 @@ const METHOD_OVERRIDES: [&str; 3] = [
 
 /// Removes hop-by-hop headers and every header that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // One pass over the (few) headers a message has, instead of a lookup per hop-by-hop name:
+    // most messages carry none but `connection: keep-alive`.
+    let mut present = [false; 9];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if !present.contains(&true) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .map(str::trim)
+        // `close` is an option, not a header; `keep-alive` is in the list already.
+        .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
         .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
+    }
+    for name in &named {
+        headers.remove(name);
+    }
+}
+
+/// What a client's header means to [`prepare_request`].
+#[derive(PartialEq)]
+enum Client {
+    Credential,
+    MethodOverride,
+    /// Not forwarded: hop-by-hop, `host`, `expect`, `x-cma-profile`.
+    Dropped,
+    Forwarded,
+}
+
+fn classify(name: &HeaderName) -> Client {
+    if name == AUTHTOKEN || name == header::AUTHORIZATION {
+        Client::Credential
+    } else if METHOD_OVERRIDES.iter().any(|o| name == *o) {
+        Client::MethodOverride
+    } else if HOP_BY_HOP.contains(name)
+        || name == header::HOST
+        || name == header::EXPECT
+        || name == PROFILE_HEADER
+    {
+        Client::Dropped
+    } else {
+        Client::Forwarded
     }
 }
 
@@ -47,25 +90,36 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// sets the upstream's), `expect` removed (the proxy has already accepted the body), `x-cma-profile`
 /// removed, client credentials stripped or refused.
 pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Result<(), ProxyError> {
-    let has_credentials =
-        headers.contains_key(AUTHTOKEN) || headers.contains_key(header::AUTHORIZATION);
-    if has_credentials && mode == ClientCredentials::Reject {
-        return Err(ProxyError::ClientCredentialsRejected);
+    // One pass to learn what the request carries; the removals below only run for what is there.
+    let (mut credentials, mut dropped) = (false, false);
+    for name in headers.keys() {
+        match classify(name) {
+            Client::Credential => credentials = true,
+            // Rack and Express turn a POST into a DELETE with these: the policy would check one
+            // method and the upstream run another.
+            Client::MethodOverride => {
+                return Err(crate::error::BadRequest::Malformed(
+                    "method-override headers are refused: send the real method",
+                )
+                .into());
+            }
+            Client::Dropped => dropped = true,
+            Client::Forwarded => {}
+        }
     }
-    // Rack and Express turn a POST into a DELETE with these: the policy would check one method and
-    // the upstream run another.
-    if METHOD_OVERRIDES.iter().any(|h| headers.contains_key(*h)) {
-        return Err(crate::error::BadRequest::Malformed(
-            "method-override headers are refused: send the real method",
-        )
-        .into());
+    if credentials {
+        if mode == ClientCredentials::Reject {
+            return Err(ProxyError::ClientCredentialsRejected);
+        }
+        headers.remove(AUTHTOKEN);
+        headers.remove(header::AUTHORIZATION);
     }
-    remove_hop_by_hop(headers);
-    headers.remove(AUTHTOKEN);
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(header::HOST);
-    headers.remove(header::EXPECT);
-    headers.remove(PROFILE_HEADER);
+    if dropped {
+        remove_hop_by_hop(headers);
+        headers.remove(header::HOST);
+        headers.remove(header::EXPECT);
+        headers.remove(PROFILE_HEADER);
+    }
     Ok(())
 }
 
@@ -73,12 +127,30 @@ pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Resu
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     const XFF: &str = "x-forwarded-for";
     let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {peer}"),
-        None => peer.to_string(),
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
+        None => Some(peer_value(peer)),
     };
-    if let Ok(value) = HeaderValue::from_str(&value) {
+    if let Some(value) = value {
         headers.insert(XFF, value);
     }
+}
+
+/// `peer` as a header value. A worker's clients are usually one address (the Pod's loopback), so
+/// the last one is kept per thread rather than formatted for every request.
+fn peer_value(peer: IpAddr) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with_borrow_mut(|last| match last {
+        Some((ip, value)) if *ip == peer => value.clone(),
+        _ => {
+            let value = HeaderValue::from_str(&peer.to_string())
+                .expect("an IP address is a valid header value");
+            *last = Some((peer, value.clone()));
+            value
+        }
+    })
 }
 
 #[cfg(test)]
@@ -109,7 +181,9 @@ mod tests {
             ("branch", "main"),
         ]);
         remove_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        // The order of different field names carries no meaning (RFC 9110 §5.3).
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
         assert_eq!(left, ["api_key", "branch"]);
     }
 
@@ -159,5 +233,29 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         append_forwarded_for(&mut h, "::1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "127.0.0.1, ::1");
+        // The per-thread cache of the last peer never hands out another peer's address.
+        for peer in ["10.0.0.1", "10.0.0.2", "10.0.0.1"] {
+            let mut h = HeaderMap::new();
+            append_forwarded_for(&mut h, peer.parse().unwrap());
+            assert_eq!(h["x-forwarded-for"], peer);
+        }
+    }
+
+    #[test]
+    fn headers_with_nothing_to_drop_are_left_as_they_are() {
+        let mut h = map(&[("api_key", "blt1"), ("accept", "application/json")]);
+        let before = h.clone();
+        prepare_request(&mut h, ClientCredentials::Reject).unwrap();
+        assert_eq!(h, before);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn a_connection_named_header_goes_even_when_it_is_the_only_hop_by_hop_one() {
+        let mut h = map(&[("connection", "x-hop"), ("x-hop", "1"), ("api_key", "b")]);
+        prepare_request(&mut h, ClientCredentials::Strip).unwrap();
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["api_key"]);
     }
 }
