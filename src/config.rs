@@ -266,6 +266,7 @@ struct FileTokenStore {
     timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     lock_ttl: Option<Duration>,
+    ca_file: Option<PathBuf>,
 }
 
 impl Default for FileTokenStore {
@@ -277,6 +278,7 @@ impl Default for FileTokenStore {
             encryption_key_file: None,
             timeout: None,
             lock_ttl: None,
+            ca_file: None,
         }
     }
 }
@@ -556,6 +558,8 @@ pub struct RedisConfig {
     pub lock_ttl: Duration,
     /// 32-byte key sealing tokens at rest (XChaCha20-Poly1305).
     pub encryption_key: Option<EncryptionKey>,
+    /// `ca_file`: the roots a `rediss://` server is verified against instead of the public ones.
+    pub roots_pem: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -565,6 +569,7 @@ impl std::fmt::Debug for RedisConfig {
             .field("key_prefix", &self.key_prefix)
             .field("timeout", &self.timeout)
             .field("lock_ttl", &self.lock_ttl)
+            .field("ca_file", &self.roots_pem.is_some())
             .field(
                 "encryption_key",
                 &self.encryption_key.as_ref().map(|_| "[REDACTED]"),
@@ -727,10 +732,11 @@ fn validate_token_store(
                 || store.encryption_key_file.is_some()
                 || store.timeout.is_some()
                 || store.lock_ttl.is_some()
+                || store.ca_file.is_some()
             {
                 return Err(invalid(
                     "token_store",
-                    "`url`, `key_prefix`, `encryption_key_file`, `timeout` and `lock_ttl` apply only to kind = \"redis\"",
+                    "`url`, `key_prefix`, `encryption_key_file`, `timeout`, `lock_ttl` and `ca_file` apply only to kind = \"redis\"",
                 ));
             }
             Ok(TokenStoreConfig::Memory)
@@ -764,6 +770,20 @@ fn validate_token_store(
                     })
                 })
                 .transpose()?;
+            let roots_pem = match store.ca_file {
+                None => None,
+                Some(_) if !url.starts_with("rediss://") => {
+                    return Err(invalid(
+                        "token_store.ca_file",
+                        "applies only to a rediss:// (TLS) url",
+                    ));
+                }
+                Some(path) => Some(read_pem_roots(
+                    "token_store.ca_file",
+                    &resolve(base_dir, &path),
+                    sources,
+                )?),
+            };
             let timeout = store.timeout.unwrap_or(Duration::from_millis(250));
             let lock_ttl = store.lock_ttl.unwrap_or(Duration::from_secs(35));
             if timeout.is_zero() || lock_ttl.is_zero() {
@@ -778,6 +798,7 @@ fn validate_token_store(
                 timeout,
                 lock_ttl,
                 encryption_key,
+                roots_pem,
             }))
         }
         other => Err(invalid(
@@ -785,6 +806,25 @@ fn validate_token_store(
             format!("{other:?} is not one of \"memory\", \"redis\""),
         )),
     }
+}
+
+/// A PEM file of CA certificates, checked to hold at least one.
+fn read_pem_roots(key: &str, path: &Path, sources: &mut Sources) -> Result<Vec<u8>, ConfigError> {
+    let pem = sources.read(path).map_err(|source| ConfigError::File {
+        key: key.into(),
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(key, format!("not PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid(
+            key,
+            format!("{} holds no PEM certificate", path.display()),
+        ));
+    }
+    Ok(pem)
 }
 
 /// A 32-byte key written as hex or base64, with or without a trailing newline.
@@ -986,21 +1026,11 @@ fn validate_upstream(
         None
     } else {
         let path = resolve(base_dir, Path::new(&u.ca_file));
-        let pem = sources.read(&path).map_err(|source| ConfigError::File {
-            key: "upstream.ca_file".into(),
-            path: path.clone(),
-            source,
-        })?;
-        let certs = rustls_pemfile::certs(&mut pem.as_slice())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| invalid("upstream.ca_file", format!("not PEM: {e}")))?;
-        if certs.is_empty() {
-            return Err(invalid(
-                "upstream.ca_file",
-                format!("{} holds no PEM certificate", path.display()),
-            ));
-        }
-        Some(Arc::new(pem))
+        Some(Arc::new(read_pem_roots(
+            "upstream.ca_file",
+            &path,
+            sources,
+        )?))
     };
     if u.connect_timeout.is_zero() {
         return Err(invalid("upstream.connect_timeout", "must be more than 0s"));
@@ -1385,6 +1415,50 @@ mod tests {
         );
         assert!(
             error_of(&format!("[token_store]\nurl = \"redis://x\"\n{MINIMAL}"))
+                .contains("only to kind")
+        );
+    }
+
+    #[test]
+    fn redis_ca_file_needs_rediss_and_a_pem_certificate() {
+        let dir = tempdir();
+        let store = |url: &str, ca: &str| {
+            Config::from_toml(
+                &format!(
+                    "[token_store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{ca}\"\n{MINIMAL}"
+                ),
+                no_env(),
+                Some(&dir),
+            )
+        };
+        let cert = rcgen::generate_simple_self_signed(vec!["redis.internal".to_owned()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
+        std::fs::write(dir.join("not.pem"), "hello").unwrap();
+        let c = store("rediss://redis.internal:6380", "ca.pem").unwrap();
+        let TokenStoreConfig::Redis(r) = &c.token_store else {
+            panic!()
+        };
+        assert_eq!(r.roots_pem.as_deref(), Some(cert.cert.pem().as_bytes()));
+        let e = store("redis://redis.internal", "ca.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("token_store.ca_file") && e.contains("rediss://"),
+            "{e}"
+        );
+        let e = store("rediss://redis.internal", "not.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("token_store.ca_file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = store("rediss://redis.internal", "missing.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_store.ca_file"), "{e}");
+        assert!(
+            error_of(&format!("[token_store]\nca_file = \"ca.pem\"\n{MINIMAL}"))
                 .contains("only to kind")
         );
     }

@@ -116,6 +116,36 @@ async fn an_eviction_under_load_causes_one_relogin_fleet_wide_and_no_client_401(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_slower_than_the_lock_ttl_keeps_the_lock_and_stays_the_only_one() {
+    // A TOTP step wait or a slow Contentstack can outlast `lock_ttl`: the holder renews its lock,
+    // so the waiting replicas keep waiting for its token instead of logging in themselves.
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    fake.set_login_delay(Some(std::time::Duration::from_millis(2500)));
+    let replicas: Vec<Binary> = (0..3)
+        .map(|_| replica(&fake, &redis, "lock_ttl = \"600ms\"", ""))
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let client = reqwest::Client::new();
+    let statuses = concurrently(30, |i| {
+        let (client, url) = (client.clone(), urls[i % 3].clone());
+        async move { get(&client, &url).await }
+    })
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(fake.login_requests(), 1, "{:?}", fake.login_attempts());
+    let mut fleet_logins = 0.0;
+    for replica in &replicas {
+        fleet_logins += metrics(&replica.admin)
+            .await
+            .get(r#"cma_auth_proxy_token_store_total{event="fleet_login"}"#)
+            .copied()
+            .unwrap_or(0.0);
+    }
+    assert_eq!(fleet_logins, 1.0, "one replica logged in for the fleet");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lock_holder_killed_mid_login_lets_another_replica_log_in() {
     let fake = fake().await;
     let redis = RedisServer::start();
@@ -260,4 +290,62 @@ async fn tokens_at_rest_are_sealed_when_encryption_is_on() {
     let second = replica(&fake, &redis, "encryption_key_file = \"key\"", "");
     assert_eq!(get(&reqwest::Client::new(), &second.url).await, 200);
     assert_eq!(fake.logins(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_the_session_over_rediss_with_a_private_ca() {
+    let fake = fake().await;
+    let redis = RedisServer::start_tls();
+    let ca = redis.tls.as_ref().unwrap().join("ca.pem");
+    let store = format!("ca_file = \"{}\"", ca.display());
+    let replicas: Vec<Binary> = (0..2).map(|_| replica(&fake, &redis, &store, "")).collect();
+    let client = reqwest::Client::new();
+    for replica in &replicas {
+        assert_eq!(get(&client, &replica.url).await, 200);
+    }
+    assert_eq!(fake.logins(), 1, "{:?}", fake.login_attempts());
+    // The session went through the TLS server: its token is there (and the fleet never fell
+    // back to working alone).
+    assert_eq!(
+        redis
+            .cli(&["--scan", "--pattern", "cma-auth-proxy:token:*"])
+            .lines()
+            .count(),
+        1
+    );
+    for replica in &replicas {
+        let m = metrics(&replica.admin).await;
+        assert_eq!(
+            m.get(r#"cma_auth_proxy_token_store_total{event="error"}"#)
+                .copied()
+                .unwrap_or(0.0),
+            0.0
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rediss_server_the_ca_file_does_not_vouch_for_is_not_trusted() {
+    // Without `ca_file` the public roots apply, and a private CA's server is refused: the replica
+    // works alone (and says so) rather than talking to a server it cannot verify.
+    let fake = fake().await;
+    let redis = RedisServer::start_tls();
+    let replica = replica(&fake, &redis, "", "");
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &replica.url).await, 200);
+    let m = metrics(&replica.admin).await;
+    assert!(
+        m.get(r#"cma_auth_proxy_token_store_total{event="error"}"#)
+            .copied()
+            .unwrap_or(0.0)
+            >= 1.0,
+        "{m:?}"
+    );
+    assert_eq!(
+        redis
+            .cli(&["--scan", "--pattern", "cma-auth-proxy:*"])
+            .lines()
+            .count(),
+        0
+    );
 }

@@ -6,11 +6,48 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::store::{RedisStore, SharedFailure, StoreError, unix_ms};
+use super::store::{Lock, RedisStore, SharedFailure, StoreError, unix_ms};
 use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
 
 /// How often a waiting replica looks for the token the lock holder publishes.
 const POLL: Duration = Duration::from_millis(25);
+
+/// The longest a live lock holder's login can take: a wait for the next TOTP step (codes are never
+/// reused) plus the login call itself. The holder keeps its lock alive that long (see [`held`]),
+/// so waiters wait that long before giving up on the fleet and logging in on their own.
+const LONGEST_LOGIN: Duration = Duration::from_secs(30 + super::login::AUTH_CALL_TIMEOUT.as_secs());
+
+/// Runs `work` while holding `lock`, renewing it every third of `lock_ttl`: a login that outlasts
+/// `lock_ttl` (a TOTP step wait, a slow Contentstack) keeps the lock, so no second replica starts
+/// one; a holder that dies stops renewing and its lock expires as before.
+async fn held<T>(
+    store: &RedisStore,
+    account: &str,
+    lock: &Lock,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let renew = async {
+        loop {
+            tokio::time::sleep(store.lock_ttl() / 3).await;
+            match store.extend(account, lock).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        "the fleet login lock expired during a login; another replica may log in too"
+                    );
+                    return std::future::pending().await;
+                }
+                // Redis is down: keep trying, the login itself goes on regardless.
+                Err(e) => tracing::debug!("cannot renew the fleet login lock: {e}"),
+            }
+        }
+    };
+    tokio::select! {
+        biased;
+        result = work => result,
+        never = renew => never,
+    }
+}
 
 impl TokenManager {
     /// Obtains a token for `state`, with the login lock of this process held.
@@ -37,7 +74,10 @@ impl TokenManager {
         state: &Arc<ProfileState>,
     ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
         let account = &state.account;
-        let deadline = Instant::now() + store.lock_ttl() + Duration::from_secs(5);
+        // A holder that died leaves its lock for `lock_ttl`; a live one renews it for as long as
+        // its login can take.
+        let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
+        let deadline = Instant::now() + patience;
         let mut waited = false;
         loop {
             if let Some(token) = store.get(account).await?
@@ -61,7 +101,7 @@ impl TokenManager {
                 };
                 let result = match published {
                     Some(token) => Ok(token),
-                    None => self.login_for_fleet(store, state).await,
+                    None => held(store, account, &lock, self.login_for_fleet(store, state)).await,
                 };
                 let _ = store.unlock(account, lock).await;
                 return Ok(result);
@@ -71,7 +111,7 @@ impl TokenManager {
                 waited = true;
             }
             if Instant::now() > deadline {
-                return Err(StoreError::Timeout(store.lock_ttl()));
+                return Err(StoreError::LockHeld(patience));
             }
             tokio::time::sleep(POLL).await;
         }
@@ -133,7 +173,10 @@ impl TokenManager {
         };
         let still_shared =
             matches!(store.get(account).await, Ok(Some(t)) if t.header() == old.header());
-        let refreshed = still_shared && self.login_for_fleet(store, state).await.is_ok();
+        let refreshed = still_shared
+            && held(store, account, &lock, self.login_for_fleet(store, state))
+                .await
+                .is_ok();
         let _ = store.unlock(account, lock).await;
         refreshed
     }

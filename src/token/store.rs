@@ -32,6 +32,8 @@ pub enum StoreError {
     Redis(#[source] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the fleet login lock stayed taken for {0:?}; logging in without the fleet")]
+    LockHeld(Duration),
 }
 
 /// A login failure as the fleet shares it.
@@ -55,6 +57,11 @@ pub struct Lock {
 /// Releases the lock only if this holder still has it (it may have expired and been taken).
 const UNLOCK: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
+"#;
+
+/// Extends the lock only if this holder still has it.
+const EXTEND: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end
 "#;
 
 /// Deletes the token only if it is still the one the caller saw die (by digest).
@@ -92,13 +99,24 @@ pub struct RedisStore {
     lock_ttl: Duration,
     seal: Option<Arc<XChaCha20Poly1305>>,
     unlock: redis::Script,
+    extend: redis::Script,
     delete_if: redis::Script,
     rate: redis::Script,
 }
 
 impl RedisStore {
     pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(StoreError::Redis)?;
+        let client = match &config.roots_pem {
+            None => redis::Client::open(config.url.as_str()),
+            Some(roots) => redis::Client::build_with_tls(
+                config.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(roots.clone()),
+                },
+            ),
+        }
+        .map_err(StoreError::Redis)?;
         let seal = config.encryption_key.as_ref().map(|key| {
             Arc::new(XChaCha20Poly1305::new_from_slice(&key.0).expect("validated as 32 bytes"))
         });
@@ -110,6 +128,7 @@ impl RedisStore {
             lock_ttl: config.lock_ttl,
             seal,
             unlock: redis::Script::new(UNLOCK),
+            extend: redis::Script::new(EXTEND),
             delete_if: redis::Script::new(DELETE_IF),
             rate: redis::Script::new(RATE),
         })
@@ -239,6 +258,22 @@ impl RedisStore {
         )
         .await
         .map(drop)
+    }
+
+    /// Gives a lock this replica holds another `lock_ttl`. `false`: the lock is no longer ours
+    /// (it expired, or Redis lost it).
+    pub async fn extend(&self, account: &str, lock: &Lock) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let extended = self
+            .bounded(
+                self.extend
+                    .key(self.key("lock", account))
+                    .arg(&lock.fence)
+                    .arg(self.lock_ttl.as_millis() as u64)
+                    .invoke_async::<i64>(&mut conn),
+            )
+            .await?;
+        Ok(extended == 1)
     }
 
     pub async fn is_locked(&self, account: &str) -> Result<bool, StoreError> {

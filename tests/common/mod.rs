@@ -340,25 +340,65 @@ pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
 pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
+    /// With TLS only (`rediss://`): the directory holding `ca.pem` (the server's self-signed
+    /// certificate, for clients to trust) and `key.pem`.
+    pub tls: Option<std::path::PathBuf>,
 }
 
 impl RedisServer {
     pub fn start() -> RedisServer {
+        Self::start_with(None)
+    }
+
+    /// A server that speaks only TLS, with a certificate for 127.0.0.1 from a fresh private CA.
+    pub fn start_tls() -> RedisServer {
+        let dir = tempdir();
+        let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+        std::fs::write(dir.join("ca.pem"), key.cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), key.signing_key.serialize_pem()).unwrap();
+        Self::start_with(Some(dir))
+    }
+
+    fn start_with(tls: Option<std::path::PathBuf>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let mut server = RedisServer { port, child: None };
+        let mut server = RedisServer {
+            port,
+            child: None,
+            tls,
+        };
         server.restart();
         server
+    }
+
+    fn port_args(&self) -> Vec<String> {
+        let port = self.port.to_string();
+        match &self.tls {
+            None => vec!["--port".into(), port],
+            Some(dir) => vec![
+                "--port".into(),
+                "0".into(),
+                "--tls-port".into(),
+                port,
+                "--tls-cert-file".into(),
+                dir.join("ca.pem").display().to_string(),
+                "--tls-key-file".into(),
+                dir.join("key.pem").display().to_string(),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+        }
     }
 
     /// Starts it again on the same port (after [`RedisServer::stop`]), empty.
     pub fn restart(&mut self) {
         use std::io::BufRead;
         let mut child = std::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(self.port_args())
             .args([
                 "--save",
                 "",
@@ -396,16 +436,22 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// `redis-cli` against this server.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = std::process::Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
+        let mut command = std::process::Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string()]);
+        if let Some(dir) = &self.tls {
+            command.arg("--tls").arg("--cacert").arg(dir.join("ca.pem"));
+        }
+        let out = command.args(args).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
