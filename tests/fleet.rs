@@ -121,9 +121,9 @@ async fn a_login_slower_than_the_lock_ttl_keeps_the_lock_and_stays_the_only_one(
     // so the waiting replicas keep waiting for its token instead of logging in themselves.
     let fake = fake().await;
     let redis = RedisServer::start();
-    fake.set_login_delay(Some(std::time::Duration::from_millis(2500)));
+    fake.set_login_delay(Some(std::time::Duration::from_secs(3)));
     let replicas: Vec<Binary> = (0..3)
-        .map(|_| replica(&fake, &redis, "lock_ttl = \"600ms\"", ""))
+        .map(|_| replica(&fake, &redis, "lock_ttl = \"1s\"", ""))
         .collect();
     let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
     let client = reqwest::Client::new();
