@@ -193,12 +193,26 @@ fn spawn_worker(
                         return;
                     }
                 };
+                tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));
                 let connections = server::serve(listener, proxy.clone(), options, stop).await;
                 let grace = proxy.config().server.shutdown_grace;
                 let _ = done.send(server::drain(connections, grace).await);
             });
         })?;
     Ok(drained)
+}
+
+/// hyper re-arms a header-read timer for every request on a connection. tokio's timer wakes its
+/// own driver (an eventfd write: one syscall per request) whenever a timer is armed earlier than
+/// the driver's next planned wake-up, which on a busy worker is often none or a far-off request
+/// timeout. A tick at half the header-read timeout keeps the planned wake-up nearer than any
+/// re-armed header timer, so re-arming costs no syscall; it costs one wake-up per tick.
+async fn keep_timer_wake_near(header_read_timeout: Duration) {
+    let mut tick = tokio::time::interval((header_read_timeout / 2).max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+    }
 }
 
 impl Running {
