@@ -61,8 +61,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// What a client's header means to [`prepare_request`].
-#[derive(PartialEq)]
-enum Client {
+enum ClientHeader {
     Credential,
     MethodOverride,
     /// Not forwarded: hop-by-hop, `host`, `expect`, `x-cma-profile`.
@@ -70,19 +69,19 @@ enum Client {
     Forwarded,
 }
 
-fn classify(name: &HeaderName) -> Client {
+fn classify(name: &HeaderName) -> ClientHeader {
     if name == AUTHTOKEN || name == header::AUTHORIZATION {
-        Client::Credential
+        ClientHeader::Credential
     } else if METHOD_OVERRIDES.iter().any(|o| name == *o) {
-        Client::MethodOverride
+        ClientHeader::MethodOverride
     } else if HOP_BY_HOP.contains(name)
         || name == header::HOST
         || name == header::EXPECT
         || name == PROFILE_HEADER
     {
-        Client::Dropped
+        ClientHeader::Dropped
     } else {
-        Client::Forwarded
+        ClientHeader::Forwarded
     }
 }
 
@@ -94,17 +93,17 @@ pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Resu
     let (mut credentials, mut dropped) = (false, false);
     for name in headers.keys() {
         match classify(name) {
-            Client::Credential => credentials = true,
+            ClientHeader::Credential => credentials = true,
             // Rack and Express turn a POST into a DELETE with these: the policy would check one
             // method and the upstream run another.
-            Client::MethodOverride => {
+            ClientHeader::MethodOverride => {
                 return Err(crate::error::BadRequest::Malformed(
                     "method-override headers are refused: send the real method",
                 )
                 .into());
             }
-            Client::Dropped => dropped = true,
-            Client::Forwarded => {}
+            ClientHeader::Dropped => dropped = true,
+            ClientHeader::Forwarded => {}
         }
     }
     if credentials {
