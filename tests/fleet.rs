@@ -31,6 +31,17 @@ fn replica(fake: &FakeCma, redis: &RedisServer, store_extra: &str, profile_extra
     Binary::start(&config, &[])
 }
 
+/// `n` concurrent GETs spread over `replicas` in turn; their statuses.
+async fn burst(replicas: &[Binary], n: usize) -> Vec<u16> {
+    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
+    let client = reqwest::Client::new();
+    concurrently(n, |i| {
+        let (client, url) = (client.clone(), urls[i % urls.len()].clone());
+        async move { get(&client, &url).await }
+    })
+    .await
+}
+
 async fn get(client: &reqwest::Client, replica: &str) -> u16 {
     client
         .get(format!("{replica}/v3/user"))
@@ -46,13 +57,7 @@ async fn a_cold_burst_across_eight_replicas_causes_one_login() {
     let fake = fake().await;
     let redis = RedisServer::start();
     let replicas: Vec<Binary> = (0..8).map(|_| replica(&fake, &redis, "", "")).collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    let client = reqwest::Client::new();
-    let statuses = concurrently(400, |i| {
-        let (client, url) = (client.clone(), urls[i % 8].clone());
-        async move { get(&client, &url).await }
-    })
-    .await;
+    let statuses = burst(&replicas, 400).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(fake.logins(), 1, "{:?}", fake.login_attempts());
     let tokens: std::collections::HashSet<String> = fake
@@ -125,13 +130,7 @@ async fn a_login_slower_than_the_lock_ttl_keeps_the_lock_and_stays_the_only_one(
     let replicas: Vec<Binary> = (0..3)
         .map(|_| replica(&fake, &redis, "lock_ttl = \"1s\"", ""))
         .collect();
-    let urls: Vec<String> = replicas.iter().map(|r| r.url.clone()).collect();
-    let client = reqwest::Client::new();
-    let statuses = concurrently(30, |i| {
-        let (client, url) = (client.clone(), urls[i % 3].clone());
-        async move { get(&client, &url).await }
-    })
-    .await;
+    let statuses = burst(&replicas, 30).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(fake.login_requests(), 1, "{:?}", fake.login_attempts());
     let mut fleet_logins = 0.0;
