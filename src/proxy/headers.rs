@@ -90,26 +90,27 @@ fn classify(name: &HeaderName) -> ClientHeader {
 /// removed, client credentials stripped or refused.
 pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Result<(), ProxyError> {
     // One pass to learn what the request carries; the removals below only run for what is there.
-    let (mut credentials, mut dropped) = (false, false);
+    let (mut credentials, mut method_override, mut dropped) = (false, false, false);
     for name in headers.keys() {
         match classify(name) {
             ClientHeader::Credential => credentials = true,
-            // Rack and Express turn a POST into a DELETE with these: the policy would check one
-            // method and the upstream run another.
-            ClientHeader::MethodOverride => {
-                return Err(crate::error::BadRequest::Malformed(
-                    "method-override headers are refused: send the real method",
-                )
-                .into());
-            }
+            ClientHeader::MethodOverride => method_override = true,
             ClientHeader::Dropped => dropped = true,
             ClientHeader::Forwarded => {}
         }
     }
+    if credentials && mode == ClientCredentials::Reject {
+        return Err(ProxyError::ClientCredentialsRejected);
+    }
+    // Rack and Express turn a POST into a DELETE with these: the policy would check one method and
+    // the upstream run another.
+    if method_override {
+        return Err(crate::error::BadRequest::Malformed(
+            "method-override headers are refused: send the real method",
+        )
+        .into());
+    }
     if credentials {
-        if mode == ClientCredentials::Reject {
-            return Err(ProxyError::ClientCredentialsRejected);
-        }
         headers.remove(AUTHTOKEN);
         headers.remove(header::AUTHORIZATION);
     }
@@ -212,6 +213,15 @@ mod tests {
         }
         let mut h = map(&[("api_key", "x")]);
         assert!(prepare_request(&mut h, ClientCredentials::Reject).is_ok());
+    }
+
+    #[test]
+    fn in_reject_mode_credentials_are_refused_before_a_method_override() {
+        let mut h = map(&[("x-http-method-override", "DELETE"), ("authtoken", "x")]);
+        assert!(matches!(
+            prepare_request(&mut h, ClientCredentials::Reject),
+            Err(ProxyError::ClientCredentialsRejected)
+        ));
     }
 
     #[test]
