@@ -135,11 +135,11 @@ async fn a_login_slower_than_the_lock_ttl_keeps_the_lock_and_stays_the_only_one(
     assert_eq!(fake.login_requests(), 1, "{:?}", fake.login_attempts());
     let mut fleet_logins = 0.0;
     for replica in &replicas {
-        fleet_logins += metrics(&replica.admin)
-            .await
-            .get(r#"cma_auth_proxy_token_store_total{event="fleet_login"}"#)
-            .copied()
-            .unwrap_or(0.0);
+        fleet_logins += metric(
+            &replica.admin,
+            r#"cma_auth_proxy_token_store_total{event="fleet_login"}"#,
+        )
+        .await;
     }
     assert_eq!(fleet_logins, 1.0, "one replica logged in for the fleet");
 }
@@ -313,11 +313,12 @@ async fn replicas_share_the_session_over_rediss_with_a_private_ca() {
         1
     );
     for replica in &replicas {
-        let m = metrics(&replica.admin).await;
         assert_eq!(
-            m.get(r#"cma_auth_proxy_token_store_total{event="error"}"#)
-                .copied()
-                .unwrap_or(0.0),
+            metric(
+                &replica.admin,
+                r#"cma_auth_proxy_token_store_total{event="error"}"#
+            )
+            .await,
             0.0
         );
     }
@@ -332,13 +333,13 @@ async fn a_rediss_server_the_ca_file_does_not_vouch_for_is_not_trusted() {
     let replica = replica(&fake, &redis, "", "");
     let client = reqwest::Client::new();
     assert_eq!(get(&client, &replica.url).await, 200);
-    let m = metrics(&replica.admin).await;
     assert!(
-        m.get(r#"cma_auth_proxy_token_store_total{event="error"}"#)
-            .copied()
-            .unwrap_or(0.0)
-            >= 1.0,
-        "{m:?}"
+        metric(
+            &replica.admin,
+            r#"cma_auth_proxy_token_store_total{event="error"}"#
+        )
+        .await
+            >= 1.0
     );
     assert_eq!(
         redis

@@ -209,7 +209,22 @@ async fn max_token_age_logs_in_afresh_and_logs_the_old_session_out() {
     .await;
     assert!(fake.logins() >= 2);
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
-    let m = metrics(&proxy.admin).await;
-    assert!(m[r#"cma_auth_proxy_reauth_total{profile="default",trigger="max_age"}"#] >= 1.0);
-    assert!(m[r#"cma_auth_proxy_logouts_total{profile="default"}"#] >= 1.0);
+    assert!(
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_reauth_total{profile="default",trigger="max_age"}"#
+        )
+        .await
+            >= 1.0
+    );
+    // The logout is counted once its answer is back, which can be just after the fake saw it.
+    eventually(5, "the logout is counted", || async {
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_logouts_total{profile="default"}"#,
+        )
+        .await
+            >= 1.0
+    })
+    .await;
 }

@@ -277,6 +277,11 @@ pub fn parse_metrics(text: &str) -> std::collections::HashMap<String, f64> {
 }
 
 /// Fetches and parses `/metrics`.
+/// One series' value, 0 while it does not exist yet (a counter not yet incremented).
+pub async fn metric(admin: &str, series: &str) -> f64 {
+    metrics(admin).await.get(series).copied().unwrap_or(0.0)
+}
+
 pub async fn metrics(admin: &str) -> std::collections::HashMap<String, f64> {
     let text = reqwest::get(format!("{admin}/metrics"))
         .await
