@@ -20,14 +20,14 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-async fn limit_count(proxy: &Proxy, reason: &str) -> f64 {
-    metrics(&proxy.admin)
-        .await
-        .get(&format!(
-            r#"cma_auth_proxy_connection_limits_total{{reason="{reason}"}}"#
-        ))
-        .copied()
-        .unwrap_or(0.0)
+/// Waits until `connection_limits_total{reason}` reads `expected`. The proxy counts a limit when
+/// the connection ends, which is after the client has read the refusal, so a plain read would race.
+async fn expect_limit_count(proxy: &Proxy, reason: &str, expected: f64) {
+    let series = format!(r#"cma_auth_proxy_connection_limits_total{{reason="{reason}"}}"#);
+    eventually(5, &format!("{series} == {expected}"), || async {
+        metric(&proxy.admin, &series).await == expected
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -91,7 +91,7 @@ async fn oversized_or_too_many_headers_get_431() {
             .iter()
             .any(|r| r.headers.contains_key("x-big"))
     );
-    assert_eq!(limit_count(&proxy, "headers_too_large").await, 2.0);
+    expect_limit_count(&proxy, "headers_too_large", 2.0).await;
 }
 
 #[tokio::test]
@@ -113,7 +113,7 @@ async fn a_slow_header_sender_is_cut_off_while_others_are_served() {
     assert_eq!(normal.await.unwrap().status(), 200);
     let answer = read_to_close(&mut slow).await;
     assert!(!answer.contains("200 OK"), "{answer}");
-    assert_eq!(limit_count(&proxy, "header_read_timeout").await, 1.0);
+    expect_limit_count(&proxy, "header_read_timeout", 1.0).await;
 }
 
 #[tokio::test]
@@ -131,7 +131,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .unwrap();
     let answer = read_to_close(&mut conn).await;
     assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
-    assert_eq!(limit_count(&proxy, "idle_timeout").await, 1.0);
+    expect_limit_count(&proxy, "idle_timeout", 1.0).await;
 }
 
 #[tokio::test]
@@ -165,7 +165,7 @@ async fn connections_over_max_connections_get_a_503_and_others_keep_working() {
         "{answer}"
     );
     assert!(answer.contains(r#""error_code":911"#), "{answer}");
-    assert_eq!(limit_count(&proxy, "too_many_connections").await, 1.0);
+    expect_limit_count(&proxy, "too_many_connections", 1.0).await;
     // A held connection still works, and once one closes a new client gets in.
     let mut first = held.into_iter().next().unwrap();
     first
