@@ -18,7 +18,8 @@ async fn eviction_under_load_causes_one_relogin_and_no_client_401() {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(tokio::sync::Notify::new());
-    let clients: Vec<_> = (0..100)
+    // SPEC §11: an eviction under 200 concurrent clients → exactly 1 re-login, 0 client 401s.
+    let clients: Vec<_> = (0..200)
         .map(|i| {
             let (client, url) = (proxy.client.clone(), proxy.url.clone());
             let (stop, done, progress) = (stop.clone(), done.clone(), progress.clone());
