@@ -20,14 +20,14 @@ async fn read_to_close(stream: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Waits until `connection_limits_total{reason}` reads `expected`. The proxy counts a limit when
-/// the connection ends, which is after the client has read the refusal, so a plain read would race.
+/// Checks `connection_limits_total{reason}` reads `expected`. The proxy counts a limit when the
+/// connection ends, which is after the client has read the refusal.
 async fn expect_limit_count(proxy: &Proxy, reason: &str, expected: f64) {
     let series = format!(r#"cma_auth_proxy_connection_limits_total{{reason="{reason}"}}"#);
-    eventually(5, &format!("{series} == {expected}"), || async {
-        metric(&proxy.admin, &series).await == expected
-    })
-    .await;
+    assert_eq!(
+        counter_reaching(&proxy.admin, &series, expected).await,
+        expected
+    );
 }
 
 #[tokio::test]

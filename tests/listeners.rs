@@ -99,13 +99,10 @@ async fn inbound_tls_serves_https_and_picks_up_a_new_certificate() {
     );
     // The server counts a failed handshake when it sees the client give up, which can be just
     // after the client has returned its error.
-    eventually(5, "the refused handshake is counted", || async {
-        metric(
-            &proxy.admin,
-            r#"cma_auth_proxy_connection_limits_total{reason="tls_handshake_failed"}"#,
-        )
-        .await
-            >= 1.0
-    })
+    counter_reaching(
+        &proxy.admin,
+        r#"cma_auth_proxy_connection_limits_total{reason="tls_handshake_failed"}"#,
+        1.0,
+    )
     .await;
 }

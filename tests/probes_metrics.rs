@@ -218,13 +218,10 @@ async fn max_token_age_logs_in_afresh_and_logs_the_old_session_out() {
             >= 1.0
     );
     // The logout is counted once its answer is back, which can be just after the fake saw it.
-    eventually(5, "the logout is counted", || async {
-        metric(
-            &proxy.admin,
-            r#"cma_auth_proxy_logouts_total{profile="default"}"#,
-        )
-        .await
-            >= 1.0
-    })
+    counter_reaching(
+        &proxy.admin,
+        r#"cma_auth_proxy_logouts_total{profile="default"}"#,
+        1.0,
+    )
     .await;
 }

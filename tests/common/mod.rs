@@ -282,6 +282,17 @@ pub async fn metric(admin: &str, series: &str) -> f64 {
     metrics(admin).await.get(series).copied().unwrap_or(0.0)
 }
 
+/// Waits until the counter `series` reads at least `at_least`, then returns what it reads. For
+/// counters the proxy increments just after the event a test observed (a connection's end, a
+/// logout's answer), where a plain read would race.
+pub async fn counter_reaching(admin: &str, series: &str, at_least: f64) -> f64 {
+    eventually(5, &format!("{series} >= {at_least}"), || async move {
+        metric(admin, series).await >= at_least
+    })
+    .await;
+    metric(admin, series).await
+}
+
 pub async fn metrics(admin: &str) -> std::collections::HashMap<String, f64> {
     let text = reqwest::get(format!("{admin}/metrics"))
         .await
