@@ -65,7 +65,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 enum ClientHeader {
     Credential,
     MethodOverride,
-    /// Not forwarded: hop-by-hop, `host`, `expect`, `x-cma-profile`.
+    HopByHop,
+    /// Not forwarded either: `host`, `expect`, `x-cma-profile`.
     Dropped,
     Forwarded,
 }
@@ -75,11 +76,9 @@ fn classify(name: &HeaderName) -> ClientHeader {
         ClientHeader::Credential
     } else if METHOD_OVERRIDES.iter().any(|o| name == *o) {
         ClientHeader::MethodOverride
-    } else if HOP_BY_HOP.contains(name)
-        || name == header::HOST
-        || name == header::EXPECT
-        || name == PROFILE_HEADER
-    {
+    } else if HOP_BY_HOP.contains(name) {
+        ClientHeader::HopByHop
+    } else if name == header::HOST || name == header::EXPECT || name == PROFILE_HEADER {
         ClientHeader::Dropped
     } else {
         ClientHeader::Forwarded
@@ -91,11 +90,15 @@ fn classify(name: &HeaderName) -> ClientHeader {
 /// removed, client credentials stripped or refused.
 pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Result<(), ProxyError> {
     // One pass to learn what the request carries; the removals below only run for what is there.
-    let (mut credentials, mut method_override, mut dropped) = (false, false, false);
+    let (mut credentials, mut method_override, mut hop_by_hop, mut dropped) =
+        (false, false, false, false);
     for name in headers.keys() {
         match classify(name) {
             ClientHeader::Credential => credentials = true,
             ClientHeader::MethodOverride => method_override = true,
+            // `remove_hop_by_hop` scans the headers again: only when there is one (every HTTP/1
+            // request has `host`, few have hop-by-hop headers).
+            ClientHeader::HopByHop => hop_by_hop = true,
             ClientHeader::Dropped => dropped = true,
             ClientHeader::Forwarded => {}
         }
@@ -115,8 +118,10 @@ pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Resu
         headers.remove(AUTHTOKEN);
         headers.remove(header::AUTHORIZATION);
     }
-    if dropped {
+    if hop_by_hop {
         remove_hop_by_hop(headers);
+    }
+    if dropped {
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
         headers.remove(PROFILE_HEADER);
