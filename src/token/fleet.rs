@@ -15,7 +15,8 @@ const POLL: Duration = Duration::from_millis(25);
 /// The longest a live lock holder's login can take: a wait for the next TOTP step (codes are never
 /// reused) plus the login call itself. The holder keeps its lock alive that long (see [`held`]),
 /// so waiters wait that long before giving up on the fleet and logging in on their own.
-const LONGEST_LOGIN: Duration = Duration::from_secs(30 + super::login::AUTH_CALL_TIMEOUT.as_secs());
+const LONGEST_LOGIN: Duration =
+    Duration::from_secs(super::totp::STEP_SECONDS + super::login::AUTH_CALL_TIMEOUT.as_secs());
 
 /// Runs `work` while holding `lock`, renewing it every third of `lock_ttl`: a login that outlasts
 /// `lock_ttl` (a TOTP step wait, a slow Contentstack) keeps the lock, so no second replica starts
