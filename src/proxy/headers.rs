@@ -3,7 +3,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::ProxyError;
+use crate::error::{ERROR_HEADER, ProxyError};
 use crate::policy::ClientCredentials;
 
 /// The header a client may use to pick a profile; never forwarded.
@@ -59,6 +59,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+}
+
+/// Prepares an upstream response for the client: hop-by-hop headers removed, and
+/// `x-cma-auth-proxy-error` too, so that header always means "the proxy itself answered".
+pub fn prepare_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    // One hash lookup; upstream responses almost never carry it.
+    headers.remove(ERROR_HEADER);
 }
 
 /// What a client's header means to [`prepare_request`].
@@ -239,6 +247,18 @@ mod tests {
                 Err(ProxyError::BadRequest(_))
             ));
         }
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_headers_and_the_proxys_error_header() {
+        let mut h = map(&[
+            ("x-cma-auth-proxy-error", "policy_denied"),
+            ("connection", "close"),
+            ("content-type", "application/json"),
+        ]);
+        prepare_response(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
     }
 
     #[test]

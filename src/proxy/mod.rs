@@ -167,7 +167,16 @@ impl Proxy {
                 if e.status().is_server_error() {
                     tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error::error_chain_text(&e));
                 }
-                e.to_response().map(Relay::full)
+                // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
+                // sends it over HTTP/2, where clients take it as a protocol error.
+                let head = method.as_str().eq_ignore_ascii_case("HEAD");
+                e.to_response().map(|body| {
+                    if head {
+                        Relay::empty()
+                    } else {
+                        Relay::full(body)
+                    }
+                })
             }
         };
         self.metrics.in_flight.dec();
@@ -425,7 +434,7 @@ fn relay_response(response: Response<Incoming>) -> Response<Relay> {
 }
 
 fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<Relay> {
-    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::prepare_response(&mut parts.headers);
     Response::from_parts(parts, body)
 }
 
