@@ -2,14 +2,15 @@
 //!
 //! Rules are checked against a *normalized* path so that spellings the upstream reads as the same
 //! resource (`/v3//user-session`, `/v3/./user-session`, `/v3/%75ser-session`, `/V3/USER-SESSION`,
-//! `/v3/x;p/../user-session`) cannot slip past a rule. What is forwarded stays the original path, so a
-//! path whose structure servers read in more than one way (an encoded `/`, a double-encoded escape,
-//! `..;`, `//..`, a trailing dot, bytes that are not UTF-8) is refused with 400 rather than checked in
-//! one reading and executed in another. Where servers differ only in how they read a segment
-//! (`;params` cut or kept, a `.json` format suffix), every reading is weighed: the session endpoint
-//! and deny rules refuse if any reading matches (deny rules also in any case, and `HEAD` for `GET`);
-//! allow rules admit only if every reading matches, exactly, so no spelling widens what they admit.
-//! This module is pure: no I/O, no logging.
+//! `/v3/x;p/../user-session`) cannot slip past a rule. The target sent upstream is exactly the one the
+//! policy judged (re-serialized from the normalized form, see [`crate::proxy::target`]), or the request
+//! is refused as ambiguous: a path whose structure servers read in more than one way (an encoded `/`, a
+//! double-encoded escape, `..;`, `//..`, a trailing dot, bytes that are not UTF-8) is refused with 400
+//! rather than checked in one reading and executed in another. Where servers differ only in how they
+//! read a segment (`;params` cut or kept, a `.json` format suffix), every reading is weighed: the
+//! session endpoint and deny rules refuse if any reading matches (deny rules also in any case, and
+//! `HEAD` for `GET`); allow rules admit only if every reading matches, exactly, so no spelling widens
+//! what they admit. This module is pure: no I/O, no logging.
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
@@ -301,7 +302,17 @@ fn without_format(path: &str) -> Option<&str> {
 /// `[A-Za-z0-9-._~!$&'()*+,;=:@]`; `;params` are kept for [`Policy::check`] to weigh); then `.` and
 /// `..` are resolved and empty segments and the trailing slash removed. The result is ASCII, and
 /// normalizing it again returns it unchanged.
-pub fn normalize(path: &str) -> Result<String, PathError> {
+///
+/// The result is also what goes upstream: the target sent upstream is exactly the one the policy
+/// judged (re-serialized from this normalized form), or the request is refused as ambiguous. So no
+/// upstream ever sees a dot segment, a repeated slash or an escape the policy did not read. A leading
+/// `//` is one more repeated slash: `//x/v3/user-session` is judged, and forwarded, as
+/// `/x/v3/user-session`. Merging it (rather than refusing it) is safe because the forwarded form
+/// never starts with `//`, so no server can read `x` as an authority; and it keeps clients working
+/// whose base URL ends in `/` (`http://proxy:8080/` + `/v3/…`).
+///
+/// Borrowed when the path is already in normal form (nearly all traffic): nothing is allocated.
+pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     // The common case, `/v3/content_types/blog/entries`: letters, digits, `-`, `_` and single
     // slashes are already canonical, so skip the per-segment work below.
     let plain = path.len() > 1
@@ -312,7 +323,7 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_'));
     if plain {
-        return Ok(path.to_owned());
+        return Ok(Cow::Borrowed(path));
     }
     let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let segments = rest
@@ -328,14 +339,18 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
         return Err(PathError::AmbiguousDotSegment);
     }
     if merged.is_empty() {
-        return Ok("/".to_owned());
+        return Ok(Cow::Borrowed("/"));
     }
     let mut out = String::with_capacity(path.len());
     for s in merged {
         out.push('/');
         out.push_str(s);
     }
-    Ok(out)
+    Ok(if out == path {
+        Cow::Borrowed(path)
+    } else {
+        Cow::Owned(out)
+    })
 }
 
 fn resolve_dots<'s>(segments: impl Iterator<Item = &'s String>) -> Result<Vec<&'s str>, PathError> {

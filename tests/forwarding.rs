@@ -274,3 +274,91 @@ async fn http2_clients_are_served() {
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 200);
 }
+
+/// An upstream that answers every request with `response`, as written; a stand-in for a CMA (or
+/// something in front of it) that sends headers the simulator never would.
+async fn canned_upstream(response: &'static str) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Requests without a body: each one ends with its head.
+                while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        if stream.write_all(response.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_cannot_pass_its_answer_off_as_the_proxys() {
+    let upstream = canned_upstream(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\n\
+         x-cma-auth-proxy-error: policy_denied\r\ncontent-length: 2\r\n\r\n{}",
+    )
+    .await;
+    let config = cma_auth_proxy::Config::from_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"http://{upstream}\"\n\
+             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n"
+        ),
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    let running = cma_auth_proxy::start(config).await.unwrap();
+    let url = format!(
+        "http://{}/v3/content_types",
+        running.proxy_addr().tcp().unwrap()
+    );
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(
+        response.headers().get("x-cma-auth-proxy-error").is_none(),
+        "{:?}",
+        response.headers()
+    );
+    assert_eq!(response.text().await.unwrap(), "{}");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_proxy_error_answering_head_has_no_body_over_http2_and_http1() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for client in [&h2, &proxy.client] {
+        let response = client
+            .head(format!("{}/v3/user-session", proxy.url))
+            .send()
+            .await
+            .unwrap();
+        let version = response.version();
+        assert_eq!(response.status(), 403, "{version:?}");
+        assert_eq!(
+            response.headers()["x-cma-auth-proxy-error"],
+            "policy_denied"
+        );
+        let body = response.bytes().await;
+        assert!(
+            body.as_ref().is_ok_and(|b| b.is_empty()),
+            "{version:?}: {body:?}"
+        );
+    }
+}

@@ -20,6 +20,20 @@ const SEED_PASSWORD: &str = "seed password";
 /// reason (`""` for an upstream answer). HTTP clients such as reqwest resolve `.`/`..` and `%2e`
 /// before sending, which would hide the spellings under test.
 async fn raw(proxy: &Proxy, method: &str, target: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let answer = exchange(proxy, method, target, headers).await;
+    (answer.status, answer.reason)
+}
+
+/// What [`exchange`] read back.
+struct Answer {
+    status: u16,
+    /// The proxy's error reason, `""` for an upstream answer.
+    reason: String,
+    body: String,
+}
+
+/// Sends one HTTP/1.1 request exactly as written and reads the whole answer.
+async fn exchange(proxy: &Proxy, method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
     let addr = proxy.url.strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut request = format!(
@@ -50,7 +64,15 @@ async fn raw(proxy: &Proxy, method: &str, target: &str, headers: &[(&str, &str)]
                 .then(|| value.trim().to_owned())
         })
         .unwrap_or_default();
-    (status, reason)
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Answer {
+        status,
+        reason,
+        body,
+    }
 }
 
 /// Asserts the proxy refused a request itself with `status` and `reason`.
@@ -654,4 +676,278 @@ async fn reject_mode_refuses_every_client_credential_and_serves_clean_requests()
         Some(fake.live_sessions(EMAIL)[0].as_str())
     );
     assert!(seen[0].headers.get("authorization").is_none());
+}
+
+/// The last request the simulator received other than a login.
+fn last_forwarded(fake: &FakeCma) -> Recorded {
+    forwarded(fake)
+        .pop()
+        .expect("a request reached the simulator")
+}
+
+/// Method, path and query as the simulator received them.
+fn received(r: &Recorded) -> (String, String, Option<String>) {
+    (r.method.to_string(), r.path.clone(), r.query.clone())
+}
+
+fn owned(method: &str, path: &str, query: Option<&str>) -> (String, String, Option<String>) {
+    (method.to_owned(), path.to_owned(), query.map(str::to_owned))
+}
+
+#[tokio::test]
+async fn a_leading_double_slash_is_judged_and_forwarded_as_one_path() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    // A server that reads `//x/v3/user-session` as authority `x` plus a path sees a logout of the
+    // shared session: what goes upstream must be the path the policy judged, `/x/v3/user-session`.
+    let (status, reason) = raw(&proxy, "DELETE", "//x/v3/user-session", &[]).await;
+    assert_eq!(
+        (status, reason.as_str()),
+        (404, ""),
+        "the simulator's answer"
+    );
+    assert_eq!(
+        received(&last_forwarded(&fake)),
+        owned("DELETE", "/x/v3/user-session", None)
+    );
+    // The method is judged and sent in one spelling too.
+    let (status, _) = raw(&proxy, "get", "/v3//user/?include=x", &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        received(&last_forwarded(&fake)),
+        owned("GET", "/v3/user", Some("include=x"))
+    );
+    assert!(fake.logouts().is_empty());
+    assert_eq!(fake.live_sessions(EMAIL).len(), 1);
+}
+
+#[tokio::test]
+async fn a_deny_rule_judges_the_path_that_is_forwarded() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "",
+        &with_policy(r#"deny = ["DELETE /v3/content_types/**"]"#),
+    )
+    .await;
+    let key = [("api_key", DEMO_API_KEY)];
+    let (status, _) = raw(&proxy, "DELETE", "//x/v3/content_types/blog", &key).await;
+    assert_eq!(status, 404, "the simulator's answer to /x/v3/…");
+    let (status, reason) = raw(&proxy, "delete", "//v3/content_types/blog", &key).await;
+    assert_eq!((status, reason.as_str()), (403, "policy_denied"));
+    let (status, _) = raw(&proxy, "delete", "/v3/assets/./blt0000000000000000", &key).await;
+    assert_eq!(status, 422, "the simulator's answer");
+    let seen: Vec<_> = forwarded(&fake).iter().map(received).collect();
+    assert_eq!(
+        seen,
+        [
+            owned("DELETE", "/x/v3/content_types/blog", None),
+            owned("DELETE", "/v3/assets/blt0000000000000000", None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_allow_rule_admits_only_the_path_that_is_forwarded() {
+    let fake = fake_with(simulator(&[], vec![account()])).await;
+    seed_blog(&fake, DEMO_API_KEY).await;
+    let proxy = proxy(
+        &fake,
+        "",
+        &with_policy(r#"allow = ["GET /v3/content_types/*/entries"]"#),
+    )
+    .await;
+    let key = [("api_key", DEMO_API_KEY)];
+    let target = "/v3/content_types/blog/entries/e1/publish/%2e%2e/..?include_count=true";
+    let (status, reason) = raw(&proxy, "GET", target, &key).await;
+    assert_eq!((status, reason.as_str()), (200, ""));
+    assert_eq!(
+        received(&last_forwarded(&fake)),
+        owned(
+            "GET",
+            "/v3/content_types/blog/entries",
+            Some("include_count=true")
+        )
+    );
+}
+
+#[tokio::test]
+async fn routing_reads_only_what_is_forwarded_and_one_api_key() {
+    let fake = fake_with(simulator(&["blt_a", "blt_b"], two_accounts())).await;
+    let proxy = proxy(&fake, "", &two_profiles("alpha password")).await;
+    let email = |answer: &Answer| -> Value {
+        serde_json::from_str::<Value>(&answer.body).unwrap()["user"]["email"].clone()
+    };
+
+    // `Connection: api_key` removes the header before it goes upstream, so it must not route either:
+    // stack B is reached through profile beta, never through alpha.
+    let answer = exchange(
+        &proxy,
+        "GET",
+        "/v3/user?api_key=blt_b",
+        &[("api_key", "blt_a"), ("connection", "api_key")],
+    )
+    .await;
+    assert_eq!((answer.status, email(&answer)), (200, json!(BETA)));
+    let sent = last_forwarded(&fake);
+    assert_eq!(header(&sent, "api_key"), None);
+    assert_eq!(sent.query.as_deref(), Some("api_key=blt_b"));
+    assert_eq!(
+        header(&sent, "authtoken"),
+        Some(fake.live_sessions(BETA)[0].as_str())
+    );
+    // A query-only api_key routes like the header; the same key in both is one key.
+    for (target, headers) in [
+        ("/v3/user?api_key=blt_a", vec![]),
+        ("/v3/user?x=1&api_key=blt_a", vec![("api_key", "blt_a")]),
+    ] {
+        let answer = exchange(&proxy, "GET", target, &headers).await;
+        assert_eq!(
+            (answer.status, email(&answer)),
+            (200, json!(ALPHA)),
+            "{target}"
+        );
+    }
+
+    let reached = forwarded(&fake).len();
+    // Header and query disagree, or the query says it twice, or in a spelling some servers read as
+    // `api_key`: which stack is meant is a guess, so the request is refused.
+    for (target, headers) in [
+        ("/v3/user?api_key=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api_key=blt_a&api_key=blt_b", vec![]),
+        ("/v3/user?api_key=blt_a&api_key=blt_a", vec![]),
+        ("/v3/user?api_key=blt_a;api_key=blt_b", vec![]),
+        ("/v3/user?API_KEY=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api%5Fkey=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api%255fkey=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api-key=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api.key=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api_key[]=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api_key%5B%5D=blt_b", vec![]),
+        ("/v3/user?api_key=blt%255Fb", vec![]),
+        ("/v3/user?api_key=blt+b", vec![]),
+        ("/v3/user", vec![("api-key", "blt_b")]),
+    ] {
+        let (status, reason) = raw(&proxy, "GET", target, &headers).await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (400, "bad_request"),
+            "{target} {headers:?}"
+        );
+    }
+    assert_eq!(
+        forwarded(&fake).len(),
+        reached,
+        "a refused request reached the CMA"
+    );
+}
+
+#[tokio::test]
+async fn trace_and_track_are_refused_in_any_case() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    for method in [
+        "TRACE", "trace", "Trace", "TRACK", "track", "tRaCk", "connect",
+    ] {
+        let (status, reason) = raw(&proxy, method, "/v3/user", &[]).await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (405, "method_not_allowed"),
+            "{method}"
+        );
+    }
+    assert!(forwarded(&fake).is_empty(), "{:?}", forwarded(&fake));
+}
+
+#[tokio::test]
+async fn method_and_url_overrides_are_refused_in_every_spelling() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    for name in [
+        "x-http-method-override",
+        "x_http_method_override",
+        "X-HTTP-Method",
+        "x_http_method",
+        "x-method-override",
+        "x_method_override",
+        "X-Original-URL",
+        "x_original_url",
+        "X-Rewrite-URL",
+        "x_rewrite_url",
+    ] {
+        let (status, reason) = raw(&proxy, "GET", "/v3/user", &[(name, "DELETE")]).await;
+        assert_eq!((status, reason.as_str()), (400, "bad_request"), "{name}");
+    }
+    for query in [
+        "_method=DELETE",
+        "x=1&_method=DELETE",
+        "x=1;_method=DELETE",
+        "_METHOD=DELETE",
+        "%5Fmethod=DELETE",
+        "%255Fmethod=DELETE",
+        "-method=DELETE",
+        "_method[]=DELETE",
+        "x-http-method-override=DELETE",
+    ] {
+        let (status, reason) = raw(&proxy, "GET", &format!("/v3/user?{query}"), &[]).await;
+        assert_eq!((status, reason.as_str()), (400, "bad_request"), "{query}");
+    }
+    // A header the proxy routes by, in a spelling some servers read as the same header.
+    let (status, reason) = raw(&proxy, "GET", "/v3/user", &[("x_cma_profile", "x")]).await;
+    assert_eq!((status, reason.as_str()), (400, "bad_request"));
+    assert!(forwarded(&fake).is_empty(), "{:?}", forwarded(&fake));
+}
+
+#[tokio::test]
+async fn client_credentials_in_cookies_and_the_query_are_stripped() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let cookie = "theme=dark; authtoken=client-token; Lang=en; AuthToken=2; auth%74oken=3";
+    let target = "/v3/user?include=1&authtoken=client-token&AUTHTOKEN=2;authorization=3&x=y";
+    let (status, _) = raw(&proxy, "GET", target, &[("cookie", cookie)]).await;
+    assert_eq!(status, 200);
+    let sent = last_forwarded(&fake);
+    assert_eq!(sent.query.as_deref(), Some("include=1&x=y"));
+    assert_eq!(header(&sent, "cookie"), Some("theme=dark; Lang=en"));
+    assert_eq!(
+        header(&sent, "authtoken"),
+        Some(fake.live_sessions(EMAIL)[0].as_str())
+    );
+    // A cookie header or a query with nothing else left is not sent at all.
+    let (status, _) = raw(
+        &proxy,
+        "GET",
+        "/v3/user?authtoken=1",
+        &[("cookie", "authtoken=1")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let sent = last_forwarded(&fake);
+    assert_eq!(
+        (sent.query.as_deref(), header(&sent, "cookie")),
+        (None, None)
+    );
+}
+
+#[tokio::test]
+async fn reject_mode_refuses_credentials_in_cookies_and_the_query() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &with_policy(r#"client_credentials = "reject""#)).await;
+    for (target, headers) in [
+        ("/v3/user", vec![("cookie", "a=1; authtoken=client-token")]),
+        ("/v3/user", vec![("cookie", "Authtoken=client-token")]),
+        ("/v3/user?authtoken=client-token", vec![]),
+        ("/v3/user?x=1&Auth%54oken=client-token", vec![]),
+        ("/v3/user?authorization=client-token", vec![]),
+    ] {
+        let (status, reason) = raw(&proxy, "GET", target, &headers).await;
+        assert_eq!(
+            (status, reason.as_str()),
+            (401, "client_credentials_rejected"),
+            "{target} {headers:?}"
+        );
+    }
+    let (status, _) = raw(&proxy, "GET", "/v3/user", &[("cookie", "a=1")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(forwarded(&fake).len(), 1, "only the clean request");
 }

@@ -5,12 +5,22 @@
 //! trim trailing dots, treat `\` as `/`, decode overlong UTF-8, strip a `.json` format suffix): when
 //! any of those readings lands on a denied resource, the proxy must refuse the request.
 //!
+//! And the forwarding rule (issue 10): the target sent upstream is exactly the one the policy judged.
+//! For any accepted request target, the target [`target::judge`] sends, read by a strict reader and by
+//! lenient ones (`//` as an authority, `..` resolved or not, `;params` cut or kept, percent-decoding
+//! once or twice, case folded for deny rules), gets the decision the proxy made; and its query,
+//! read as the most lenient server reads names, carries no credential, no method override and no
+//! `api_key` the proxy did not route by.
+//!
 //! Runs inside `cargo test` (and so in `.ci/run`); the case counts keep it to a few seconds in debug
 //! builds.
 use std::sync::LazyLock;
 
+use std::collections::BTreeSet;
+
 use cma_auth_proxy::policy::{ClientCredentials, Denial, Policy, normalize};
-use http::Method;
+use cma_auth_proxy::proxy::target;
+use http::{Method, Uri};
 use proptest::prelude::*;
 
 /// Pieces paths are made of, biased towards what attacks on a path normalizer use.
@@ -242,7 +252,8 @@ fn upstream_readings(path: &str) -> Vec<String> {
                 for merge_slashes in [false, true] {
                     for strip_params in [false, true] {
                         for trim_dots in [false, true] {
-                            let reading = resolve(&text, merge_slashes, strip_params, trim_dots);
+                            let reading =
+                                resolve(&text, merge_slashes, strip_params, trim_dots, true);
                             if let Some(stripped) = without_format(&reading) {
                                 out.push(stripped);
                             }
@@ -295,9 +306,16 @@ fn decode(input: &[u8], overlong: bool) -> Vec<u8> {
     folded
 }
 
-/// RFC 3986 dot removal (clamped at the root), optionally after merging slashes, dropping `;params`
-/// or trimming trailing dots and spaces; the result has no empty segments (routers merge them).
-fn resolve(text: &str, merge_slashes: bool, strip_params: bool, trim_dots: bool) -> String {
+/// RFC 3986 dot removal (clamped at the root) when `resolve_dots`, optionally after merging slashes,
+/// dropping `;params` or trimming trailing dots and spaces; the result has no empty segments (routers
+/// merge them).
+fn resolve(
+    text: &str,
+    merge_slashes: bool,
+    strip_params: bool,
+    trim_dots: bool,
+    resolve_dots: bool,
+) -> String {
     let mut stack: Vec<String> = Vec::new();
     for raw in text.split('/').skip(1) {
         let mut segment = raw.to_owned();
@@ -309,8 +327,8 @@ fn resolve(text: &str, merge_slashes: bool, strip_params: bool, trim_dots: bool)
         }
         match segment.as_str() {
             "" if merge_slashes => {}
-            "." => {}
-            ".." => {
+            "." if resolve_dots => {}
+            ".." if resolve_dots => {
                 stack.pop();
             }
             _ => stack.push(segment),
@@ -402,7 +420,8 @@ proptest! {
     #[test]
     fn normalize_is_idempotent(path in any_path()) {
         if let Ok(once) = normalize(&path) {
-            prop_assert_eq!(normalize(&once), Ok(once.clone()));
+            let again = normalize(&once);
+            prop_assert_eq!(again.as_deref(), Ok(&*once));
             prop_assert!(once.is_ascii() && once.starts_with('/'), "{once:?}");
         }
     }
@@ -470,5 +489,213 @@ proptest! {
                 prop_assert_eq!(decision, Ok(()), "{} {} forwarded, but read upstream as {}", method, path, reading);
             }
         }
+    }
+}
+
+/// Query parameters, biased towards names that servers read as `api_key`, a credential or a method
+/// override, spelled in every way a lenient server still reads them so.
+const PARAMS: &[&str] = &[
+    "x=1",
+    "include_count=true",
+    "q=a+b",
+    "",
+    "api_key=blt_a",
+    "api_key=blt%5Fa",
+    "api_key=blt%255Fa",
+    "api_key=a+b",
+    "API_KEY=blt_b",
+    "api-key=blt_b",
+    "api.key=blt_b",
+    "api+key=blt_b",
+    "api%5Fkey=blt_b",
+    "api%255Fkey=blt_b",
+    "api_key[]=blt_b",
+    "api_key%5B%5D=blt_b",
+    "apikey=blt_b",
+    "authtoken=t",
+    "AuthToken=t",
+    "auth%74oken=t",
+    "authtoken[]=t",
+    "authorization=t",
+    "AUTHORIZATION",
+    "_method=DELETE",
+    "_METHOD=DELETE",
+    "%5Fmethod=DELETE",
+    "%255Fmethod=DELETE",
+    "-method=DELETE",
+    "x-http-method-override=DELETE",
+    "method=GET",
+    "a=%26authtoken%3Dt",
+    "a=%2F..%2Fuser-session",
+];
+
+fn query() -> impl Strategy<Value = String> {
+    let param = (
+        prop::sample::select(&["&", "&", ";"][..]),
+        prop::sample::select(PARAMS),
+    );
+    prop::collection::vec(param, 1..5).prop_map(|params| {
+        let mut out = String::new();
+        for (i, (separator, param)) in params.into_iter().enumerate() {
+            if i > 0 {
+                out.push_str(separator);
+            }
+            out.push_str(param);
+        }
+        out
+    })
+}
+
+/// Request targets: the paths above, now and then behind a `//x` that a server may read as an
+/// authority, with a query or not.
+fn request_target() -> impl Strategy<Value = String> {
+    let path = prop_oneof![
+        1 => token_path(),
+        3 => segment_path(),
+        1 => segment_path().prop_map(|p| format!("//x{p}")),
+    ];
+    (path, prop::option::of(query())).prop_map(|(path, query)| match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    })
+}
+
+/// How servers may read a path the proxy sends: strictly as it is, and leniently (`//` read as an
+/// authority and a path, percent-decoded once or twice, `..` resolved or not, slashes merged or
+/// not, `;params` cut or kept, a `.json` suffix dropped). Each reading in `/a/b` form.
+fn sent_readings(sent: &str) -> BTreeSet<String> {
+    let mut starts = vec![sent.to_owned()];
+    if let Some(rest) = sent.strip_prefix("//") {
+        starts.push(
+            rest.find('/')
+                .map_or("/".to_owned(), |i| rest[i..].to_owned()),
+        );
+    }
+    let mut out = BTreeSet::from([sent.to_owned()]);
+    for start in &starts {
+        let once = decode(start.as_bytes(), false);
+        for bytes in [decode(&once, false), once] {
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            for resolve_dots in [false, true] {
+                for merge_slashes in [false, true] {
+                    for strip_params in [false, true] {
+                        let reading =
+                            resolve(&text, merge_slashes, strip_params, false, resolve_dots);
+                        if let Some(stripped) = without_format(&reading) {
+                            out.insert(stripped);
+                        }
+                        out.insert(reading);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A parameter or cookie name as the most lenient server reads it: decoded until it no longer
+/// changes (`+` as a space), cut at `[`, trimmed, in lower case, `-`, `.` and spaces read as `_`.
+fn lenient_name(raw: &str) -> String {
+    let mut name = raw.replace('+', " ").into_bytes();
+    loop {
+        let decoded = decode(&name, false);
+        if decoded == name {
+            break;
+        }
+        name = String::from_utf8_lossy(&decoded)
+            .replace('+', " ")
+            .into_bytes();
+    }
+    let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
+    let name = name.split('[').next().unwrap_or_default().trim();
+    name.replace(['-', '.', ' '], "_")
+}
+
+proptest! {
+    // No regression file in the source tree: cases found once belong in the unit tables of
+    // `src/policy.rs` and `src/proxy/target.rs`.
+    #![proptest_config(ProptestConfig {
+        cases: 2000,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    /// What is sent is what was judged, and every reading of it gets the proxy's decision: no
+    /// server reads a forwarded target as the session endpoint, a denied path or anything outside
+    /// the allow rules.
+    #[test]
+    fn the_sent_target_reads_as_it_was_judged(raw in request_target(), method in method()) {
+        // A target `http::Uri` refuses never reaches the proxy: hyper answers 400 itself.
+        let Ok(uri) = raw.parse::<Uri>() else { return Ok(()) };
+        let Ok(judged) = target::judge(&method, &uri, ClientCredentials::Strip) else {
+            return Ok(());
+        };
+        let sent = judged.path_and_query().expect("a judged target serializes");
+        prop_assert_eq!(sent.path(), &*judged.path, "{}", raw);
+        prop_assert_eq!(sent.query(), judged.query.as_deref(), "{}", raw);
+        prop_assert_eq!(judged.method.as_str(), method.as_str().to_ascii_uppercase());
+        let readings = sent_readings(sent.path());
+        for policy in POLICIES.iter() {
+            let decision = policy.check(&judged.method, &judged.path);
+            // The strict reader: the proxy's own normalizer finds nothing left to change.
+            let strict = normalize(sent.path()).map(|p| policy.check(&judged.method, &p));
+            prop_assert_eq!(strict, Ok(decision), "{} {}", method, raw);
+            if decision.is_err() {
+                continue; // refused: nothing is sent
+            }
+            for reading in &readings {
+                prop_assert_eq!(
+                    policy.check(&judged.method, reading),
+                    Ok(()),
+                    "{} {} sent as {}, read as {}", method, raw, sent, reading
+                );
+                // Deny rules and the session endpoint match in any case.
+                let folded = policy.check(&judged.method, &reading.to_ascii_lowercase());
+                prop_assert!(
+                    !matches!(folded, Err(Denial::SessionEndpoint | Denial::DenyRule)),
+                    "{} {} sent as {}, read as {} in another case", method, raw, sent, reading
+                );
+            }
+        }
+    }
+
+    /// The query sent carries nothing the proxy did not judge: no credential, no method override,
+    /// and an `api_key` only as the one the request was routed by.
+    #[test]
+    fn the_sent_query_carries_nothing_unjudged(raw in request_target()) {
+        let Ok(uri) = raw.parse::<Uri>() else { return Ok(()) };
+        let Ok(judged) = target::judge(&Method::GET, &uri, ClientCredentials::Strip) else {
+            return Ok(());
+        };
+        let sent = judged.path_and_query().expect("a judged target serializes");
+        for param in sent.query().unwrap_or_default().split(['&', ';']) {
+            let (name, value) = param.split_once('=').unwrap_or((param, ""));
+            let read = lenient_name(name);
+            prop_assert!(
+                !matches!(
+                    read.as_str(),
+                    "authtoken" | "authorization" | "_method" | "x_http_method_override"
+                ),
+                "{} sent with {}", raw, param
+            );
+            if read == "api_key" {
+                prop_assert_eq!(name, "api_key", "{}", raw);
+                let value = String::from_utf8_lossy(&decode(value.as_bytes(), false)).into_owned();
+                prop_assert_eq!(Some(value.as_str()), judged.api_key.as_deref(), "{}", raw);
+            }
+        }
+        // Only credentials are taken out of a query.
+        let kept = |q: &str| -> Vec<String> {
+            q.split(['&', ';'])
+                .filter(|p| !p.is_empty())
+                .filter(|p| {
+                    let name = p.split_once('=').map_or(*p, |(n, _)| n);
+                    !matches!(lenient_name(name).as_str(), "authtoken" | "authorization")
+                })
+                .map(str::to_owned)
+                .collect()
+        };
+        let received = uri.query().map(kept).unwrap_or_default();
+        prop_assert_eq!(sent.query().map(kept).unwrap_or_default(), received, "{}", raw);
     }
 }

@@ -3,8 +3,9 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::ProxyError;
+use crate::error::{BadRequest, ERROR_HEADER, ProxyError};
 use crate::policy::ClientCredentials;
+use crate::proxy::target::{Name, classify_name};
 
 /// The header a client may use to pick a profile; never forwarded.
 pub const PROFILE_HEADER: &str = "x-cma-profile";
@@ -23,13 +24,9 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::UPGRADE,
 ];
 
-const METHOD_OVERRIDES: [&str; 3] = [
-    "x-http-method-override",
-    "x-http-method",
-    "x-method-override",
-];
-
-/// Removes hop-by-hop headers and every header that `Connection` names.
+/// Removes hop-by-hop headers and every header that `Connection` names. On a request this runs
+/// before anything reads the headers: what a client marks as hop-by-hop never goes upstream, so it
+/// must not route or otherwise decide anything either.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the (few) headers a message has, instead of a lookup per hop-by-hop name:
     // most messages carry none but `connection: keep-alive`.
@@ -61,72 +58,205 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// What a client's header means to [`prepare_request`].
+/// Prepares an upstream response for the client: hop-by-hop headers removed, and
+/// `x-cma-auth-proxy-error` too, so that header always means "the proxy itself answered".
+pub fn prepare_response(headers: &mut HeaderMap) {
+    remove_hop_by_hop(headers);
+    // One hash lookup; upstream responses almost never carry it.
+    headers.remove(ERROR_HEADER);
+}
+
+/// What a client's header means to [`screen_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ClientHeader {
     Credential,
-    MethodOverride,
-    HopByHop,
-    /// Not forwarded either: `host`, `expect`, `x-cma-profile`.
+    /// Asks a server to run another method or path than the one the policy judged.
+    Override,
+    /// Read by the proxy (`cookie` for credentials), then forwarded.
+    Cookie,
+    /// Read or answered by the proxy, not forwarded: `host`, `expect`, `x-cma-profile`.
     Dropped,
+    /// A header the proxy acts on (the ones above, and `api_key`, framing, hop-by-hop and
+    /// `x-forwarded-for`), spelled with `_` for `-` or the reverse.
+    Misspelled,
     Forwarded,
 }
 
+/// The headers the proxy acts on, each in the one spelling it accepts. Servers that read `_` and
+/// `-` as the same character (CGI, PHP, Rack, Django, nginx with `underscores_in_headers`) would
+/// read another spelling as the header itself, behind the proxy's back: `api-key` for the stack
+/// key, `x_http_method_override` for an override, `transfer_encoding` for the framing. So names
+/// are compared in a canonical form (lower case, `_` as `-`), and a name that matches one of these
+/// only there is refused.
+const ACTED_ON: [(&str, ClientHeader); 22] = [
+    (AUTHTOKEN, ClientHeader::Credential),
+    ("authorization", ClientHeader::Credential),
+    // Rack and Express turn a POST into a DELETE with these; IIS and Symfony route by the URL ones.
+    ("x-http-method-override", ClientHeader::Override),
+    ("x-http-method", ClientHeader::Override),
+    ("x-method-override", ClientHeader::Override),
+    ("x-original-url", ClientHeader::Override),
+    ("x-rewrite-url", ClientHeader::Override),
+    ("cookie", ClientHeader::Cookie),
+    ("host", ClientHeader::Dropped),
+    ("expect", ClientHeader::Dropped),
+    (PROFILE_HEADER, ClientHeader::Dropped),
+    ("api_key", ClientHeader::Forwarded),
+    ("content-length", ClientHeader::Forwarded),
+    ("x-forwarded-for", ClientHeader::Forwarded),
+    // Removed before this runs; only their other spellings can still be here.
+    ("connection", ClientHeader::Forwarded),
+    ("keep-alive", ClientHeader::Forwarded),
+    ("proxy-connection", ClientHeader::Forwarded),
+    ("proxy-authorization", ClientHeader::Forwarded),
+    ("te", ClientHeader::Forwarded),
+    ("trailer", ClientHeader::Forwarded),
+    ("transfer-encoding", ClientHeader::Forwarded),
+    ("upgrade", ClientHeader::Forwarded),
+];
+
 fn classify(name: &HeaderName) -> ClientHeader {
-    if name == AUTHTOKEN || name == header::AUTHORIZATION {
-        ClientHeader::Credential
-    } else if METHOD_OVERRIDES.iter().any(|o| name == *o) {
-        ClientHeader::MethodOverride
-    } else if HOP_BY_HOP.contains(name) {
-        ClientHeader::HopByHop
-    } else if name == header::HOST || name == header::EXPECT || name == PROFILE_HEADER {
-        ClientHeader::Dropped
-    } else {
-        ClientHeader::Forwarded
+    let name = name.as_str();
+    for (known, class) in ACTED_ON {
+        if name.len() != known.len() {
+            continue;
+        }
+        if name == known {
+            return class;
+        }
+        if same_canonical(name, known) {
+            return match class {
+                ClientHeader::Override => ClientHeader::Override,
+                _ => ClientHeader::Misspelled,
+            };
+        }
     }
+    ClientHeader::Forwarded
 }
 
-/// Prepares a client's request headers to go upstream: hop-by-hop and `Host` removed (the client
-/// sets the upstream's), `expect` removed (the proxy has already accepted the body), `x-cma-profile`
-/// removed, client credentials stripped or refused.
-pub fn prepare_request(headers: &mut HeaderMap, mode: ClientCredentials) -> Result<(), ProxyError> {
-    // One pass to learn what the request carries; the removals below only run for what is there.
-    let (mut credentials, mut method_override, mut hop_by_hop, mut dropped) =
-        (false, false, false, false);
+/// Whether two lower-case header names are the same once `_` and `-` read alike.
+fn same_canonical(a: &str, b: &str) -> bool {
+    let dash = |c: u8| if c == b'_' { b'-' } else { c };
+    a.len() == b.len() && a.bytes().map(dash).eq(b.bytes().map(dash))
+}
+
+/// What [`screen_request`] found for [`strip_request`] to remove.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Removals {
+    credentials: bool,
+    cookie_credentials: bool,
+    dropped: bool,
+}
+
+/// Reads a client's request headers before anything acts on them: refuses overrides and misspelled
+/// headers (400), and client credentials in `reject` mode (401), in headers and in cookies.
+/// Credentials are refused before an override, so a client learns about the credentials first.
+pub fn screen_request(
+    headers: &HeaderMap,
+    mode: ClientCredentials,
+) -> Result<Removals, ProxyError> {
+    // One pass to learn what the request carries; the removals only run for what is there.
+    let mut found = Removals::default();
+    let mut refused = None;
     for name in headers.keys() {
         match classify(name) {
-            ClientHeader::Credential => credentials = true,
-            ClientHeader::MethodOverride => method_override = true,
-            // `remove_hop_by_hop` scans the headers again: only when there is one (every HTTP/1
-            // request has `host`, few have hop-by-hop headers).
-            ClientHeader::HopByHop => hop_by_hop = true,
-            ClientHeader::Dropped => dropped = true,
+            ClientHeader::Credential => found.credentials = true,
+            ClientHeader::Override => {
+                refused = Some(
+                    "method- and URL-override headers are refused: send the real method and path",
+                );
+            }
+            ClientHeader::Misspelled => {
+                refused = Some(
+                    "a header the proxy acts on is spelled with `_` for `-` (or the reverse), which some servers read as the header itself: use its usual spelling",
+                );
+            }
+            ClientHeader::Cookie => found.cookie_credentials = cookies_carry_credentials(headers)?,
+            ClientHeader::Dropped => found.dropped = true,
             ClientHeader::Forwarded => {}
         }
     }
-    if credentials && mode == ClientCredentials::Reject {
+    if (found.credentials || found.cookie_credentials) && mode == ClientCredentials::Reject {
         return Err(ProxyError::ClientCredentialsRejected);
     }
-    // Rack and Express turn a POST into a DELETE with these: the policy would check one method and
-    // the upstream run another.
-    if method_override {
-        return Err(crate::error::BadRequest::Malformed(
-            "method-override headers are refused: send the real method",
-        )
-        .into());
+    if let Some(why) = refused {
+        return Err(BadRequest::Malformed(why).into());
     }
-    if credentials {
+    Ok(found)
+}
+
+/// Removes what [`screen_request`] found: client credentials (headers and cookie pairs), `host`
+/// (the client sets the upstream's), `expect` (the proxy has already accepted the body) and
+/// `x-cma-profile`.
+pub fn strip_request(headers: &mut HeaderMap, found: Removals) {
+    if found.credentials {
         headers.remove(AUTHTOKEN);
         headers.remove(header::AUTHORIZATION);
     }
-    if hop_by_hop {
-        remove_hop_by_hop(headers);
+    if found.cookie_credentials {
+        strip_cookie_credentials(headers);
     }
-    if dropped {
+    if found.dropped {
         headers.remove(header::HOST);
         headers.remove(header::EXPECT);
         headers.remove(PROFILE_HEADER);
     }
-    Ok(())
+}
+
+/// The `name=value` pairs of a `Cookie` header value, trimmed.
+fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+    value
+        .as_bytes()
+        .split(|&b| b == b';')
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
+fn cookie_name(pair: &[u8]) -> &[u8] {
+    let end = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
+    pair[..end].trim_ascii()
+}
+
+/// Whether the request's cookies carry a credential. Servers that merge cookies into request
+/// parameters (PHP's `$_REQUEST`) would read an `api_key` or `_method` cookie as a parameter, so
+/// those are refused (400) as the query parameters are.
+fn cookies_carry_credentials(headers: &HeaderMap) -> Result<bool, BadRequest> {
+    let mut credentials = false;
+    for value in headers.get_all(header::COOKIE) {
+        for pair in cookie_pairs(value) {
+            match classify_name(cookie_name(pair)) {
+                Name::Credential => credentials = true,
+                Name::ApiKey | Name::ApiKeyLookalike | Name::MethodOverride => {
+                    return Err(BadRequest::Malformed(
+                        "a cookie named like `api_key` or `_method` is refused: some servers read cookies as request parameters",
+                    ));
+                }
+                Name::Other => {}
+            }
+        }
+    }
+    Ok(credentials)
+}
+
+/// Rewrites the `Cookie` headers without their credential pairs; a header left empty goes.
+fn strip_cookie_credentials(headers: &mut HeaderMap) {
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let pairs: Vec<&[u8]> = cookie_pairs(value)
+                .filter(|pair| classify_name(cookie_name(pair)) != Name::Credential)
+                .collect();
+            // Parts of a valid header value, joined by "; ": still a valid header value.
+            (!pairs.is_empty())
+                .then(|| HeaderValue::from_bytes(&pairs.join(&b"; "[..])).ok())
+                .flatten()
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
 }
 
 /// Appends the client's address to `x-forwarded-for`.
@@ -193,6 +323,13 @@ mod tests {
         assert_eq!(left, ["api_key", "branch"]);
     }
 
+    /// Screens and strips `h` as the request path does.
+    fn prepare(h: &mut HeaderMap, mode: ClientCredentials) -> Result<(), ProxyError> {
+        let found = screen_request(h, mode)?;
+        strip_request(h, found);
+        Ok(())
+    }
+
     #[test]
     fn strips_client_credentials_and_profile_header() {
         let mut h = map(&[
@@ -203,42 +340,120 @@ mod tests {
             ("expect", "100-continue"),
             ("organization_uid", "org1"),
         ]);
-        prepare_request(&mut h, ClientCredentials::Strip).unwrap();
+        prepare(&mut h, ClientCredentials::Strip).unwrap();
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["organization_uid"]);
     }
 
     #[test]
     fn reject_mode_refuses_credentials() {
-        for name in ["authtoken", "authorization"] {
-            let mut h = map(&[(name, "x")]);
-            assert!(matches!(
-                prepare_request(&mut h, ClientCredentials::Reject),
-                Err(ProxyError::ClientCredentialsRejected)
-            ));
+        for (name, value) in [
+            ("authtoken", "x"),
+            ("authorization", "x"),
+            ("cookie", "a=1; authtoken=x"),
+            ("cookie", "AuthToken=x"),
+        ] {
+            let mut h = map(&[(name, value)]);
+            assert!(
+                matches!(
+                    prepare(&mut h, ClientCredentials::Reject),
+                    Err(ProxyError::ClientCredentialsRejected)
+                ),
+                "{name}: {value}"
+            );
         }
-        let mut h = map(&[("api_key", "x")]);
-        assert!(prepare_request(&mut h, ClientCredentials::Reject).is_ok());
+        let mut h = map(&[("api_key", "x"), ("cookie", "a=1")]);
+        assert!(prepare(&mut h, ClientCredentials::Reject).is_ok());
     }
 
     #[test]
     fn in_reject_mode_credentials_are_refused_before_a_method_override() {
         let mut h = map(&[("x-http-method-override", "DELETE"), ("authtoken", "x")]);
         assert!(matches!(
-            prepare_request(&mut h, ClientCredentials::Reject),
+            prepare(&mut h, ClientCredentials::Reject),
             Err(ProxyError::ClientCredentialsRejected)
         ));
     }
 
     #[test]
-    fn method_override_headers_are_refused() {
-        for name in METHOD_OVERRIDES {
+    fn overrides_and_misspelled_headers_are_refused() {
+        for name in [
+            "x-http-method-override",
+            "x_http_method_override",
+            "x-http-method",
+            "x_http-method",
+            "x-method-override",
+            "x_method_override",
+            "x-original-url",
+            "x_original_url",
+            "x-rewrite-url",
+            "x_rewrite_url",
+            // Headers the proxy acts on, spelled so some servers read them as those headers.
+            "api-key",
+            "x_cma_profile",
+            "transfer_encoding",
+            "content_length",
+            "keep_alive",
+            "proxy_connection",
+            "x_forwarded_for",
+        ] {
             let mut h = map(&[(name, "DELETE")]);
-            assert!(matches!(
-                prepare_request(&mut h, ClientCredentials::Strip),
-                Err(ProxyError::BadRequest(_))
-            ));
+            assert!(
+                matches!(
+                    prepare(&mut h, ClientCredentials::Strip),
+                    Err(ProxyError::BadRequest(_))
+                ),
+                "{name}"
+            );
         }
+        for name in [
+            "api_key",
+            "x-api-key",
+            "x-cma-profile",
+            "x_custom",
+            "branch",
+        ] {
+            let mut h = map(&[(name, "x")]);
+            assert!(prepare(&mut h, ClientCredentials::Strip).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn cookie_credentials_are_stripped_pair_by_pair() {
+        let mut h = map(&[
+            ("cookie", "theme=dark; authtoken=x;Lang=en ;AUTHTOKEN=y"),
+            ("cookie", "authorization=z"),
+            ("cookie", "b=2"),
+        ]);
+        prepare(&mut h, ClientCredentials::Strip).unwrap();
+        let cookies: Vec<_> = h.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["theme=dark; Lang=en", "b=2"]);
+        // Cookies without credentials are left as they came.
+        let mut h = map(&[("cookie", "a=1;b=2")]);
+        prepare(&mut h, ClientCredentials::Strip).unwrap();
+        assert_eq!(h["cookie"], "a=1;b=2");
+        for cookie in ["api_key=blt1", "API-KEY=blt1", "_method=DELETE"] {
+            let mut h = map(&[("cookie", cookie)]);
+            assert!(
+                matches!(
+                    prepare(&mut h, ClientCredentials::Strip),
+                    Err(ProxyError::BadRequest(_))
+                ),
+                "{cookie}"
+            );
+        }
+    }
+
+    #[test]
+    fn responses_lose_hop_by_hop_headers_and_the_proxys_error_header() {
+        let mut h = map(&[
+            ("x-cma-auth-proxy-error", "policy_denied"),
+            ("connection", "close"),
+            ("content-type", "application/json"),
+        ]);
+        prepare_response(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["content-type"]);
     }
 
     #[test]
@@ -260,7 +475,7 @@ mod tests {
     fn headers_with_nothing_to_drop_are_left_as_they_are() {
         let mut h = map(&[("api_key", "blt1"), ("accept", "application/json")]);
         let before = h.clone();
-        prepare_request(&mut h, ClientCredentials::Reject).unwrap();
+        prepare(&mut h, ClientCredentials::Reject).unwrap();
         assert_eq!(h, before);
         remove_hop_by_hop(&mut h);
         assert_eq!(h, before);
@@ -274,7 +489,7 @@ mod tests {
             ("close", "named too"),
             ("api_key", "b"),
         ]);
-        prepare_request(&mut h, ClientCredentials::Strip).unwrap();
+        remove_hop_by_hop(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["api_key"]);
     }

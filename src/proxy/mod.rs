@@ -1,10 +1,13 @@
-//! The request path (SPEC §4), read top to bottom in [`Proxy::forward`]: admission, normalization,
-//! policy, profile, client credentials, token, forward, and the one replay after a token eviction.
+//! The request path (SPEC §4), read top to bottom in [`Proxy::forward`]: admission, hop-by-hop
+//! removal, judging the target (normalized method, path and query: what the policy checks is what is
+//! sent, see [`target`]), policy, header screening, profile, client credentials, token, forward, and
+//! the one replay after a token eviction.
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response, and never logs a header value or a body.
 pub mod body;
 pub mod headers;
+pub mod target;
 pub mod upstream;
 
 use std::net::IpAddr;
@@ -21,11 +24,12 @@ use hyper::body::Incoming;
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::error::{BadRequest, ProxyError};
 use crate::metrics::{Metrics, RequestLabels, Trigger};
-use crate::policy::{self, Denial};
+use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenManager, Validity, login};
 use body::{Relay, RequestBody, TooLarge};
 use headers::PROFILE_HEADER;
+use target::Target;
 use upstream::UpstreamClients;
 
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
@@ -167,7 +171,16 @@ impl Proxy {
                 if e.status().is_server_error() {
                     tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error::error_chain_text(&e));
                 }
-                e.to_response().map(Relay::full)
+                // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
+                // sends it over HTTP/2, where clients take it as a protocol error.
+                let head = method.as_str().eq_ignore_ascii_case("HEAD");
+                e.to_response().map(|body| {
+                    if head {
+                        Relay::empty()
+                    } else {
+                        Relay::full(body)
+                    }
+                })
             }
         };
         self.metrics.in_flight.dec();
@@ -210,18 +223,23 @@ impl Proxy {
     ) -> Result<Response<Relay>, ProxyError> {
         let config = self.config.load_full();
         let (mut parts, body) = req.into_parts();
-        let uri = admit(&parts, &config)?;
-        let path = policy::normalize(parts.uri.path()).map_err(BadRequest::Path)?;
+        let mode = config.policy.client_credentials;
+        let target = target::judge(&parts.method, &parts.uri, mode)?;
+        admit(&parts, &config)?;
+        // Before anything reads a header: what is not forwarded must not decide anything either.
+        headers::remove_hop_by_hop(&mut parts.headers);
         config
             .policy
-            .check(&parts.method, &path)
+            .check(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
-        let profile = select_profile(&parts.headers, &config)?;
+        let removals = headers::screen_request(&parts.headers, mode)?;
+        let profile = select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
         trace.profile = Some(profile.name.clone());
-        headers::prepare_request(&mut parts.headers, config.policy.client_credentials)?;
+        headers::strip_request(&mut parts.headers, removals);
         if let Some(peer) = peer {
             headers::append_forwarded_for(&mut parts.headers, peer);
         }
+        let uri = upstream_uri(&target, &config)?;
         let content_length = content_length(&parts.headers)?;
         let body = body::take_request_body(
             body,
@@ -231,7 +249,7 @@ impl Proxy {
         )
         .await?;
         let outbound = Outbound {
-            method: parts.method,
+            method: target.method,
             uri,
             headers: parts.headers,
             timeout: config.server.request_timeout,
@@ -425,20 +443,13 @@ fn relay_response(response: Response<Incoming>) -> Response<Relay> {
 }
 
 fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<Relay> {
-    headers::remove_hop_by_hop(&mut parts.headers);
+    headers::prepare_response(&mut parts.headers);
     Response::from_parts(parts, body)
 }
 
-/// Step 1: origin-form targets go to the upstream; an HTTP/1 absolute-form target only when it names
-/// the upstream itself. The `Host` header and HTTP/2 `:authority` never choose where a request goes.
-fn admit(parts: &Parts, config: &Config) -> Result<Uri, ProxyError> {
-    // CONNECT would make an open tunnel; TRACE (and IIS's TRACK) would echo the injected token back.
-    if parts.method == Method::CONNECT
-        || parts.method == Method::TRACE
-        || parts.method.as_str().eq_ignore_ascii_case("TRACK")
-    {
-        return Err(ProxyError::MethodNotAllowed(parts.method.clone()));
-    }
+/// Origin-form targets go to the upstream; an HTTP/1 absolute-form target only when it names the
+/// upstream itself. The `Host` header and HTTP/2 `:authority` never choose where a request goes.
+fn admit(parts: &Parts, config: &Config) -> Result<(), ProxyError> {
     let upstream = &config.upstream;
     if parts.version < Version::HTTP_2
         && let Some(authority) = parts.uri.authority()
@@ -457,15 +468,15 @@ fn admit(parts: &Parts, config: &Config) -> Result<Uri, ProxyError> {
             return Err(BadRequest::ForeignAuthority(authority.to_string()).into());
         }
     }
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .filter(|pq| pq.path().starts_with('/'))
-        .ok_or(BadRequest::Malformed("the request target must be a path"))?;
+    Ok(())
+}
+
+/// The upstream's address with the target as it was judged.
+fn upstream_uri(target: &Target<'_>, config: &Config) -> Result<Uri, ProxyError> {
     Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(path_and_query.clone())
+        .scheme(config.upstream.scheme.clone())
+        .authority(config.upstream.authority.clone())
+        .path_and_query(target.path_and_query()?)
         .build()
         .map_err(|_| BadRequest::Malformed("the request target is not a valid URI").into())
 }
@@ -492,11 +503,13 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
 
 /// Profile routing (SPEC §3): `x-cma-profile`, else the profile listing the request's `api_key`,
 /// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
+/// `query_api_key` is the target's `api_key` query parameter.
 fn select_profile<'c>(
     headers: &HeaderMap,
+    query_api_key: Option<&str>,
     config: &'c Config,
 ) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
-    let api_key = api_key(headers)?;
+    let api_key = stack_key(headers, query_api_key)?;
     let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
     let profile = if let Some(value) = headers.get(PROFILE_HEADER) {
         let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
@@ -524,22 +537,29 @@ fn select_profile<'c>(
     Ok(profile)
 }
 
-/// The request's stack key. Ambiguous forms are refused rather than guessed at: two `api_key`
-/// headers, a value that is not text, or `api-key`, which some servers read as the same header.
-fn api_key(headers: &HeaderMap) -> Result<Option<&str>, BadRequest> {
-    if headers.contains_key("api-key") {
-        return Err(BadRequest::Malformed(
-            "send the stack key as `api_key`; `api-key` is read as the same header by some servers",
-        ));
-    }
+/// The request's stack key: the `api_key` header, or the `api_key` query parameter, which the
+/// upstream reads too. Ambiguous forms are refused rather than guessed at: two `api_key` headers,
+/// a value that is not text, or a header and a query parameter that disagree. (Other spellings of
+/// the name are refused earlier, by [`headers::screen_request`] and [`target::judge`].)
+fn stack_key<'a>(
+    headers: &'a HeaderMap,
+    query: Option<&'a str>,
+) -> Result<Option<&'a str>, BadRequest> {
     let mut values = headers.get_all("api_key").iter();
-    match (values.next(), values.next()) {
-        (None, _) => Ok(None),
-        (Some(value), None) => value
-            .to_str()
-            .map(Some)
-            .map_err(|_| BadRequest::Malformed("the api_key header is not valid text")),
-        (Some(_), Some(_)) => Err(BadRequest::Malformed("more than one api_key header")),
+    let header = match (values.next(), values.next()) {
+        (None, _) => None,
+        (Some(value), None) => Some(
+            value
+                .to_str()
+                .map_err(|_| BadRequest::Malformed("the api_key header is not valid text"))?,
+        ),
+        (Some(_), Some(_)) => return Err(BadRequest::Malformed("more than one api_key header")),
+    };
+    match (header, query) {
+        (Some(header), Some(query)) if header != query => Err(BadRequest::Malformed(
+            "the api_key header and the api_key query parameter name different stacks",
+        )),
+        (header, query) => Ok(header.or(query)),
     }
 }
 
@@ -604,7 +624,16 @@ mod tests {
                 HeaderValue::from_str(v).unwrap(),
             );
         }
-        select_profile(&headers, config)
+        route_with_query(config, &headers, None)
+    }
+
+    fn route_with_query(
+        config: &Config,
+        headers: &HeaderMap,
+        query_api_key: Option<&str>,
+    ) -> Result<String, String> {
+        headers::screen_request(headers, config.policy.client_credentials)
+            .and_then(|_| select_profile(headers, query_api_key, config))
             .map(|p| p.name.to_string())
             .map_err(|e| e.reason().to_owned())
     }
@@ -641,14 +670,27 @@ mod tests {
         let mut two = HeaderMap::new();
         two.append("api_key", HeaderValue::from_static("blt_other"));
         two.append("api_key", HeaderValue::from_static("blt_blog"));
-        assert_eq!(
-            select_profile(&two, &c).unwrap_err().reason(),
-            "bad_request"
-        );
+        assert_eq!(route_with_query(&c, &two, None).unwrap_err(), "bad_request");
         let mut binary = HeaderMap::new();
         binary.insert("api_key", HeaderValue::from_bytes(b"blt\xff").unwrap());
         assert_eq!(
-            select_profile(&binary, &c).unwrap_err().reason(),
+            route_with_query(&c, &binary, None).unwrap_err(),
+            "bad_request"
+        );
+        // The query's api_key routes like the header; the two must agree.
+        let none = HeaderMap::new();
+        assert_eq!(
+            route_with_query(&c, &none, Some("blt_blog")).unwrap(),
+            "blog"
+        );
+        let mut blog = HeaderMap::new();
+        blog.insert("api_key", HeaderValue::from_static("blt_blog"));
+        assert_eq!(
+            route_with_query(&c, &blog, Some("blt_blog")).unwrap(),
+            "blog"
+        );
+        assert_eq!(
+            route_with_query(&c, &blog, Some("blt_other")).unwrap_err(),
             "bad_request"
         );
     }
@@ -682,6 +724,7 @@ mod tests {
         assert_eq!(route(&c, &[]).unwrap(), "svc");
     }
 
+    /// The URI the upstream would be sent, or the reason for refusing.
     fn admit_uri(target: &str, version: Version, method: Method) -> Result<String, String> {
         let c = config(
             "[upstream]\nurl = \"https://eu-api.contentstack.com\"\n[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n",
@@ -690,7 +733,9 @@ mod tests {
         parts.uri = target.parse().unwrap();
         parts.version = version;
         parts.method = method;
-        admit(&parts, &c)
+        target::judge(&parts.method, &parts.uri, c.policy.client_credentials)
+            .and_then(|t| admit(&parts, &c).map(|()| t))
+            .and_then(|t| upstream_uri(&t, &c))
             .map(|u| u.to_string())
             .map_err(|e| e.reason().to_owned())
     }
@@ -701,6 +746,10 @@ mod tests {
         assert_eq!(
             admit_uri("/v3/user?x=1", v1, Method::GET).unwrap(),
             "https://eu-api.contentstack.com/v3/user?x=1"
+        );
+        assert_eq!(
+            admit_uri("//x/v3/./user/?x=1", v1, Method::GET).unwrap(),
+            "https://eu-api.contentstack.com/x/v3/user?x=1"
         );
         assert_eq!(
             admit_uri("https://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap(),
@@ -719,14 +768,18 @@ mod tests {
             admit_uri("eu-api.contentstack.com:443", v1, Method::CONNECT).unwrap_err(),
             "method_not_allowed"
         );
-        assert_eq!(
-            admit_uri("/v3/user", v1, Method::TRACE).unwrap_err(),
-            "method_not_allowed"
-        );
-        assert_eq!(
-            admit_uri("/v3/user", v1, Method::from_bytes(b"TRACK").unwrap()).unwrap_err(),
-            "method_not_allowed"
-        );
+        for method in ["TRACE", "trace", "TRACK", "Track"] {
+            assert_eq!(
+                admit_uri(
+                    "/v3/user",
+                    v1,
+                    Method::from_bytes(method.as_bytes()).unwrap()
+                )
+                .unwrap_err(),
+                "method_not_allowed",
+                "{method}"
+            );
+        }
         // HTTP/2 always carries :authority; it is the Host, and never picks the destination.
         assert_eq!(
             admit_uri(
