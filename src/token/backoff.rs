@@ -64,7 +64,6 @@ mod tests {
         let r = LoginFailure::Rejected {
             http_status: 422,
             error_code: Some(104),
-            message: String::new(),
         };
         for n in [1, 2, 10] {
             assert_eq!(delay(&p, &r, n, 0.0), Duration::from_secs(300));

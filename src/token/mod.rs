@@ -89,11 +89,14 @@ pub fn fingerprint(secret: &[u8]) -> String {
         .collect()
 }
 
-/// Why a request cannot have a token now; becomes a 503 with `Retry-After`.
+/// Why a request cannot have a token now; becomes a 503 with `Retry-After`. Its text names the
+/// failure down to its cause (a refused connection, a certificate error), as logs and clients
+/// need it; the failure stays its source too.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("profile {profile:?}: {failure}; next login attempt in {}s{}", retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
+#[error("profile {profile:?}: {}; next login attempt in {}s{}", crate::error::error_chain_text(&**failure), retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
 pub struct LoginError {
     pub profile: Arc<str>,
+    #[source]
     pub failure: Arc<LoginFailure>,
     pub retry_after: Duration,
 }
@@ -466,6 +469,7 @@ impl TokenManager {
                     LoginFailure::Transient(_) => Outcome::Transient,
                 };
                 self.inner.metrics.login(name, outcome.as_str());
+                // The text carries the whole cause chain, e.g. the refused connection.
                 tracing::warn!(profile = %name, retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&error));
                 Err(error)
             }
