@@ -121,6 +121,8 @@ struct State {
     login_echo: Option<(StatusCode, i64)>,
     /// (status, base URL) the session endpoints redirect to.
     session_redirect: Option<(StatusCode, String)>,
+    /// Every authtoken is answered 401/105, however fresh.
+    reject_tokens: bool,
     rate_limit: bool,
     /// (org, is_write) → request instants in the last second
     rate_windows: HashMap<(String, bool), VecDeque<Instant>>,
@@ -321,6 +323,13 @@ impl FakeCma {
     /// redirect status and `Location: <base URL><same path>`, which Contentstack never does.
     pub fn set_session_redirect(&self, redirect: Option<(StatusCode, String)>) {
         self.state().session_redirect = redirect;
+    }
+
+    /// While set, every request with an authtoken is answered 401/105, even with a token issued a
+    /// moment ago (as when something else ends each session at once, or the upstream does not
+    /// accept the account's sessions). Logins still succeed.
+    pub fn set_reject_tokens(&self, reject: bool) {
+        self.state().reject_tokens = reject;
     }
 
     /// `POST /v3/user-session` requests received, counted on arrival (also those whose client
@@ -580,7 +589,11 @@ impl Sim {
 
     fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
         let token = headers.get("authtoken")?.to_str().ok()?;
-        self.state().sessions.get(token).cloned()
+        let state = self.state();
+        if state.reject_tokens {
+            return None;
+        }
+        state.sessions.get(token).cloned()
     }
 
     fn session_redirect(

@@ -61,6 +61,12 @@ pub enum TransientCause {
     TooLarge(usize),
     #[error("{0}")]
     Redirect(Redirect),
+    /// Logging in works, but the tokens do not: see `backoff::RejectionStreak`.
+    #[error(
+        "Contentstack rejected {count} tokens in a row (error_code 105) less than {}s after their login; something ends this account's sessions at once (20 other logins?) or refuses them, and logging in again would only end more",
+        within.as_secs()
+    )]
+    TokensRejected { count: u32, within: Duration },
     #[error("the profile was removed by a configuration reload")]
     ProfileRemoved,
     #[error("another replica's login failed: {0}")]

@@ -1,6 +1,7 @@
 //! Session tokens: one cached `authtoken` per login profile, obtained by a single login no matter how
 //! many requests need it, dropped only by compare-then-invalidate, and guarded by the login
-//! discipline of SPEC §5 (refused credentials wait `rejected_retry`; transient failures back off).
+//! discipline of SPEC §5 (refused credentials wait `rejected_retry`; transient failures back off;
+//! so do tokens rejected right after their login, see `backoff::RejectionStreak`).
 //!
 //! This module decides *when* to log in; `login.rs` performs the calls. It never logs a token, only
 //! its fingerprint. Management-token profiles never come here: they have nothing to log in for.
@@ -150,6 +151,9 @@ struct LoginStatus {
     last_failure: Option<Arc<LoginFailure>>,
     last_totp_step: Option<u64>,
     last_attempt: Option<(SystemTime, Outcome)>,
+    /// Tokens rejected in a row soon after their login; unlike the failures above, a successful
+    /// login does not end it.
+    rejections: backoff::RejectionStreak,
 }
 
 /// One login profile's state. Replaced as a whole when its credentials change, which clears the
@@ -251,6 +255,25 @@ impl ProfileState {
         status.retry_at = None;
         status.last_failure = None;
         status.last_attempt = Some((SystemTime::now(), Outcome::Success));
+    }
+
+    /// Contentstack rejected `token` (401/105). When it is one more young token rejected in a row,
+    /// the next login is held back like a failing one; returns the error requests then get.
+    fn record_rejection(&self, token: &Token) -> Option<LoginError> {
+        let mut status = self.status();
+        let count = status.rejections.rejected(token.age())?;
+        let delay = backoff::rejection_delay(&self.config.load(), count, rand::random::<f64>());
+        let failure = Arc::new(LoginFailure::Transient(TransientCause::TokensRejected {
+            count,
+            within: backoff::YOUNG_TOKEN,
+        }));
+        status.retry_at = Some(Instant::now() + delay);
+        status.last_failure = Some(failure.clone());
+        Some(LoginError {
+            profile: self.name(),
+            failure,
+            retry_after: delay,
+        })
     }
 
     fn record_failure(&self, failure: LoginFailure) -> LoginError {
@@ -514,17 +537,19 @@ impl TokenManager {
             let token = self.inner.cache.get(&name).await;
             let status = state.status();
             let now = Instant::now();
+            let retry_in = status.retry_at.filter(|at| *at > now).map(|at| at - now);
             out.push(ProfileStatus {
                 name,
                 token_age: token.as_ref().map(|t| t.age()),
                 ever_logged_in: status.ever_logged_in,
-                failing: status.consecutive_failures > 0,
+                // Failed logins, or logins held back because fresh tokens were rejected.
+                failing: status.consecutive_failures > 0 || retry_in.is_some(),
                 last_attempt: status.last_attempt,
                 last_error: status
                     .last_failure
                     .as_ref()
                     .map(|f| crate::error::error_chain_text(&**f)),
-                retry_in: status.retry_at.filter(|at| *at > now).map(|at| at - now),
+                retry_in,
             });
         }
         out
@@ -536,10 +561,13 @@ impl TokenManager {
     }
 
     /// Drops `stale` if it is still the profile's cached token; a newer token is kept.
-    /// Returns whether it was dropped (and counts the re-authentication under `trigger`).
+    /// Returns whether it was dropped (and counts the re-authentication under `trigger`). The
+    /// re-login that follows is immediate, unless fresh tokens keep being rejected: then it is held
+    /// back (see `backoff::RejectionStreak`), and said so once per backoff.
     pub async fn invalidate(&self, profile: &str, stale: &Arc<Token>, trigger: Trigger) -> bool {
         use moka::ops::compute::{CompResult, Op};
-        if let Some(state) = self.state(profile) {
+        let state = self.state(profile);
+        if let Some(state) = &state {
             state.mark_dead(stale);
             // Fleet-wide compare-then-invalidate, before the local one so that nothing re-reads
             // the dead token from the store into the cache: a newer token another replica
@@ -564,11 +592,20 @@ impl TokenManager {
             })
             .await;
         let dropped = matches!(result, CompResult::Removed(_));
-        if dropped {
-            self.inner.metrics.reauth(profile, trigger);
-            tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
+        if !dropped {
+            return false;
         }
-        dropped
+        self.inner.metrics.reauth(profile, trigger);
+        match state.and_then(|s| s.record_rejection(stale)) {
+            None => {
+                tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
+            }
+            Some(held) => {
+                self.inner.metrics.reauth_backoff(profile, trigger);
+                tracing::warn!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), retry_after_ms = held.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&held));
+            }
+        }
+        true
     }
 
     /// Applies a reloaded configuration. A profile whose credentials changed gets a fresh state
@@ -794,6 +831,7 @@ async fn care_for(
         let Some(token) = this.inner.cache.get(&name).await else {
             continue;
         };
+        state.status().rejections.alive(token.age());
         if config.max_token_age.is_some_and(|max| token.age() >= max) {
             this.refresh(&state, token, Trigger::MaxAge).await;
             continue;
