@@ -8,6 +8,7 @@
 pub mod backoff;
 mod fleet;
 pub mod login;
+mod retire;
 pub mod store;
 pub mod totp;
 
@@ -22,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, Credentials, ProfileConfig};
 use crate::metrics::{Metrics, Trigger};
 pub use login::{AuthClient, LoginFailure, TransientCause, Validity};
+pub use retire::TokenLease;
 
 /// A live `authtoken`. `Debug` and logs show only a fingerprint.
 pub struct Token {
@@ -29,6 +31,8 @@ pub struct Token {
     fingerprint: String,
     obtained: Instant,
     obtained_at: SystemTime,
+    /// The requests using it, which a retiring session waits for.
+    in_flight: retire::InFlight,
 }
 
 impl Token {
@@ -39,6 +43,7 @@ impl Token {
             header,
             obtained: Instant::now(),
             obtained_at: SystemTime::now(),
+            in_flight: Default::default(),
         }
     }
 
@@ -54,6 +59,7 @@ impl Token {
             header,
             obtained: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             obtained_at,
+            in_flight: Default::default(),
         }
     }
 
@@ -314,6 +320,7 @@ struct Inner {
     /// The fleet store, with `token_store.kind = "redis"`.
     store: Option<Arc<store::RedisStore>>,
     base_url: String,
+    retirements: retire::Retirements,
 }
 
 impl Drop for Inner {
@@ -334,10 +341,6 @@ impl Drop for Inner {
 pub struct TokenManager {
     inner: Arc<Inner>,
 }
-
-/// A session that is no longer wanted is logged out once the requests still using it are done, or
-/// after this long.
-const RETIRE_WAIT: Duration = Duration::from_secs(30);
 
 impl TokenManager {
     pub fn new(
@@ -371,6 +374,7 @@ impl TokenManager {
                 metrics,
                 store,
                 base_url,
+                retirements: Default::default(),
             }),
         })
     }
@@ -404,11 +408,12 @@ impl TokenManager {
             .is_some_and(|current| Arc::ptr_eq(&current, state))
     }
 
-    /// The profile's token: from the cache, else from the one login in flight (started here if none).
-    pub async fn token(&self, profile: &str) -> Result<Arc<Token>, LoginError> {
+    /// The profile's token, leased for one request: from the cache, else from the one login in
+    /// flight (started here if none).
+    pub async fn token(&self, profile: &str) -> Result<TokenLease, LoginError> {
         loop {
             if let Some(token) = self.inner.cache.get(profile).await {
-                return Ok(token);
+                return Ok(TokenLease::new(token));
             }
             let Some(state) = self.state(profile) else {
                 return Err(LoginError {
@@ -420,7 +425,7 @@ impl TokenManager {
             state.check_blocked()?;
             let guard = state.login_lock.clone().lock_owned().await;
             if let Some(token) = self.inner.cache.get(profile).await {
-                return Ok(token);
+                return Ok(TokenLease::new(token));
             }
             if !self.is_current(&state) {
                 // The credentials changed while we queued: queue behind the new ones instead.
@@ -433,7 +438,9 @@ impl TokenManager {
             let this = self.clone();
             let login = tokio::spawn(async move {
                 let _single_flight = guard;
-                this.obtain(&state).await
+                // Leased before the lock is released: a token from a login that a rotation
+                // overtook is retired once the lock is free, and must find this request's lease.
+                this.obtain(&state).await.map(TokenLease::new)
             });
             return match login.await {
                 Ok(result) => result,
@@ -479,9 +486,12 @@ impl TokenManager {
                     self.inner.cache.insert(name.clone(), token.clone()).await;
                     self.inner.token_cached.notify_waiters();
                 } else {
-                    // The credentials were rotated during this login: serve the waiting requests,
-                    // then let the session go.
-                    self.retire(name.clone(), state.account.clone(), token.clone());
+                    // The credentials were rotated during this login: serve the request waiting
+                    // for it, then let the session go. Every login runs under the login lock,
+                    // and that request leases the token before it lets go of the lock.
+                    let login_lock = state.login_lock.clone();
+                    let leased = async move { drop(login_lock.lock().await) };
+                    self.retire_after(leased, name.clone(), state.account.clone(), token.clone());
                 }
                 Ok(token)
             }
@@ -555,9 +565,9 @@ impl TokenManager {
         out
     }
 
-    /// The cached token, without logging in.
-    pub async fn cached(&self, profile: &str) -> Option<Arc<Token>> {
-        self.inner.cache.get(profile).await
+    /// The cached token, leased for one request, without logging in.
+    pub async fn cached(&self, profile: &str) -> Option<TokenLease> {
+        self.inner.cache.get(profile).await.map(TokenLease::new)
     }
 
     /// Drops `stale` if it is still the profile's cached token; a newer token is kept.
@@ -662,18 +672,33 @@ impl TokenManager {
         self.start_care();
     }
 
-    /// Logs a session out in the background once no request holds it any more (first taking it
-    /// out of the fleet store, if it is still there).
+    /// Logs a session out in the background once no request uses it any more (first taking it
+    /// out of the fleet store, if it is still there); at shutdown, at once.
     fn retire(&self, profile: Arc<str>, account: String, token: Arc<Token>) {
+        self.retire_after(std::future::ready(()), profile, account, token);
+    }
+
+    /// [`Self::retire`], once `ready` has completed (the users-to-be of `token` hold their leases).
+    fn retire_after(
+        &self,
+        ready: impl Future<Output = ()> + Send + 'static,
+        profile: Arc<str>,
+        account: String,
+        token: Arc<Token>,
+    ) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.retirements.spawn(async move {
+            ready.await;
             if let Some(store) = &this.inner.store {
                 let _ = store.remove_if(&account, &token).await;
             }
-            let deadline = Instant::now() + RETIRE_WAIT;
-            // Requests in flight hold clones; the retiring task holds the last one.
-            while Arc::strong_count(&token) > 1 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let ended = this
+                .inner
+                .retirements
+                .unused(&token, retire::RETIRE_WAIT)
+                .await;
+            if ended == retire::Ended::WaitedTooLong {
+                tracing::info!(profile = %profile, token = %token.fingerprint(), wait_s = retire::RETIRE_WAIT.as_secs(), "a request still uses the retiring session; logging it out anyway");
             }
             this.logout(&profile, &token).await;
         });
@@ -691,7 +716,8 @@ impl TokenManager {
         }
     }
 
-    /// Logs out every cached session of profiles with `logout_on_shutdown`, concurrently.
+    /// Logs out every cached session of profiles with `logout_on_shutdown`, and every retiring
+    /// session (those were to be logged out anyway), concurrently.
     pub async fn logout_all(&self) {
         self.stop_care();
         let states: Vec<_> = self
@@ -714,7 +740,11 @@ impl TokenManager {
                 self.logout(&name, &token).await;
             }
         });
-        futures_util::future::join_all(logouts).await;
+        futures_util::future::join(
+            futures_util::future::join_all(logouts),
+            self.inner.retirements.finish(),
+        )
+        .await;
     }
 
     /// (Re)starts one background task per login profile for `validate_interval` and `max_token_age`.
