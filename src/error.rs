@@ -220,7 +220,6 @@ mod tests {
                 LoginFailure::Rejected {
                     http_status: 422,
                     error_code: Some(104),
-                    message: "Looks like your email or password is invalid.".into(),
                 },
                 Duration::from_millis(299_500),
             ),

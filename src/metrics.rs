@@ -103,6 +103,7 @@ pub struct Metrics {
     pub logouts: Family<ProfileLabels, Counter>,
     pub token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub reauth: Family<ReauthLabels, Counter>,
+    pub reauth_backoffs: Family<ReauthLabels, Counter>,
     pub replays: Family<OutcomeLabels, Counter>,
     pub denied: Family<ReasonLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
@@ -158,6 +159,12 @@ impl Metrics {
             "reauth",
             "Tokens replaced, by trigger (401, validate, max_age, rotate)",
             reauth.clone(),
+        );
+        let reauth_backoffs = Family::<ReauthLabels, Counter>::default();
+        registry.register(
+            "reauth_backoffs",
+            "Re-logins held back because fresh tokens kept being rejected, by trigger (401, validate)",
+            reauth_backoffs.clone(),
         );
         let replays = Family::<OutcomeLabels, Counter>::default();
         registry.register(
@@ -223,6 +230,7 @@ impl Metrics {
             logouts,
             token_age,
             reauth,
+            reauth_backoffs,
             replays,
             denied,
             config_reloads,
@@ -236,6 +244,16 @@ impl Metrics {
 
     pub fn reauth(&self, profile: &str, trigger: Trigger) {
         self.reauth
+            .get_or_create(&ReauthLabels {
+                profile: profile.to_owned(),
+                trigger: trigger.as_str(),
+            })
+            .inc();
+    }
+
+    /// The re-login after a `trigger` was held back (see `token::backoff::RejectionStreak`).
+    pub fn reauth_backoff(&self, profile: &str, trigger: Trigger) {
+        self.reauth_backoffs
             .get_or_create(&ReauthLabels {
                 profile: profile.to_owned(),
                 trigger: trigger.as_str(),
@@ -324,6 +342,7 @@ mod tests {
         m.login("default", "success");
         m.logout("default");
         m.reauth("default", Trigger::Unauthorized);
+        m.reauth_backoff("default", Trigger::Validate);
         m.replay("replayed");
         m.denied
             .get_or_create(&ReasonLabels {
@@ -345,6 +364,7 @@ mod tests {
             r#"cma_auth_proxy_logouts_total{profile="default"} 1"#,
             r#"cma_auth_proxy_token_age_seconds{profile="default"} 1.5"#,
             r#"cma_auth_proxy_reauth_total{profile="default",trigger="401"} 1"#,
+            r#"cma_auth_proxy_reauth_backoffs_total{profile="default",trigger="validate"} 1"#,
             r#"cma_auth_proxy_replays_total{outcome="replayed"} 1"#,
             r#"cma_auth_proxy_denied_total{reason="policy_denied"} 1"#,
             r#"cma_auth_proxy_config_reloads_total{outcome="success"} 1"#,

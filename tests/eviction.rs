@@ -161,3 +161,83 @@ async fn other_401s_pass_through_and_keep_the_token() {
     assert!(response.headers().get("x-cma-auth-proxy-error").is_none());
     assert!(fake.login_attempts().is_empty());
 }
+
+#[tokio::test]
+async fn tokens_rejected_right_after_their_login_back_off_instead_of_a_login_per_request() {
+    let fake = fake().await;
+    // Every token is refused at once: something else is wrong, and each login would evict one of
+    // the account's 20 sessions.
+    fake.set_reject_tokens(true);
+    let proxy = proxy(
+        &fake,
+        "",
+        &profile(PASSWORD, "min_backoff = \"1m\"\nmax_backoff = \"5m\""),
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let response = proxy.get("/v3/user").send().await.unwrap();
+        let status = response.status().as_u16();
+        if status == 503 {
+            assert_eq!(
+                response.headers()["x-cma-auth-proxy-error"],
+                "login_unavailable"
+            );
+            let retry_after: u64 = response.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry_after), "{retry_after}");
+        }
+        statuses.push(status);
+    }
+    // The first rejection could be a one-off eviction: one immediate re-login (its replay meets the
+    // 401 again). The second token rejected at once starts the backoff; the rest wait it out.
+    assert_eq!(statuses[0], 401, "{statuses:?}");
+    assert!(statuses[1..].iter().all(|s| *s == 503), "{statuses:?}");
+    assert_eq!(fake.logins(), 2, "{:?}", fake.login_attempts());
+
+    let status = proxy.status_json().await;
+    let profile = &status["profiles"]["default"];
+    assert_eq!(profile["ready"], false, "{status}");
+    assert!(profile["backoff_remaining_seconds"].as_f64().unwrap() > 1.0);
+    let cause = profile["last_error"].as_str().unwrap();
+    assert!(cause.contains("error_code 105"), "{cause}");
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_reauth_backoffs_total{profile="default",trigger="401"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn background_validation_that_finds_fresh_tokens_dead_backs_off_too() {
+    let fake = fake().await;
+    fake.set_reject_tokens(true);
+    let proxy = proxy(
+        &fake,
+        "",
+        &profile(
+            PASSWORD,
+            "validate_interval = \"50ms\"\nmin_backoff = \"1m\"\nmax_backoff = \"5m\"",
+        ),
+    )
+    .await;
+    eventually(10, "validation backs off", || async {
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_reauth_backoffs_total{profile="default",trigger="validate"}"#,
+        )
+        .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(fake.logins(), 2, "{:?}", fake.login_attempts());
+    let response = proxy.get("/v3/user").send().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert_eq!(fake.logins(), 2);
+}

@@ -5,8 +5,10 @@
 //! at most 20 live sessions per user (the 21st login silently evicts the oldest), 401 with
 //! `error_code` 105 for dead tokens, and per-organization rate limits answered with 429 and
 //! `X-RateLimit-*` headers. Stack content lives in [`content`]. Test controls (outages, evictions,
-//! the request log) are methods on [`FakeCma`]. Nothing here is used by `run`.
+//! misbehaving session endpoints, the request log) are methods on [`FakeCma`]; an upstream whose
+//! answers never end is [`endless`]. Nothing here is used by `run`.
 pub mod content;
+pub mod endless;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::Write;
@@ -115,6 +117,12 @@ struct State {
     log: VecDeque<Recorded>,
     login_outage: Option<StatusCode>,
     login_delay: Option<Duration>,
+    /// (status, error_code) of logins that echo the request body in `error_message`.
+    login_echo: Option<(StatusCode, i64)>,
+    /// (status, base URL) the session endpoints redirect to.
+    session_redirect: Option<(StatusCode, String)>,
+    /// Every authtoken is answered 401/105, however fresh.
+    reject_tokens: bool,
     rate_limit: bool,
     /// (org, is_write) → request instants in the last second
     rate_windows: HashMap<(String, bool), VecDeque<Instant>>,
@@ -305,6 +313,25 @@ impl FakeCma {
         self.state().login_delay = delay;
     }
 
+    /// While set, logins answer with this status and `error_code`, and an `error_message` that
+    /// echoes the request body (password included), as some gateways and debugging stubs do.
+    pub fn set_login_echo(&self, answer: Option<(StatusCode, i64)>) {
+        self.state().login_echo = answer;
+    }
+
+    /// While set, the session endpoints (`/v3/user-session`, `GET /v3/user`) answer with this
+    /// redirect status and `Location: <base URL><same path>`, which Contentstack never does.
+    pub fn set_session_redirect(&self, redirect: Option<(StatusCode, String)>) {
+        self.state().session_redirect = redirect;
+    }
+
+    /// While set, every request with an authtoken is answered 401/105, even with a token issued a
+    /// moment ago (as when something else ends each session at once, or the upstream does not
+    /// accept the account's sessions). Logins still succeed.
+    pub fn set_reject_tokens(&self, reject: bool) {
+        self.state().reject_tokens = reject;
+    }
+
     /// `POST /v3/user-session` requests received, counted on arrival (also those whose client
     /// went away before the answer).
     pub fn login_requests(&self) -> usize {
@@ -476,6 +503,10 @@ impl Sim {
                 headers: parts.headers.clone(),
             });
         }
+        if let Some(redirect) = self.session_redirect(&parts.method, &path) {
+            discard(body).await;
+            return redirect;
+        }
         if path == "/v3/user-session" {
             let body = match read_body(body).await {
                 Ok(b) => b,
@@ -558,7 +589,31 @@ impl Sim {
 
     fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
         let token = headers.get("authtoken")?.to_str().ok()?;
-        self.state().sessions.get(token).cloned()
+        let state = self.state();
+        if state.reject_tokens {
+            return None;
+        }
+        state.sessions.get(token).cloned()
+    }
+
+    fn session_redirect(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Option<(StatusCode, HeaderMap, Answer)> {
+        let session_call =
+            path == "/v3/user-session" || (method == Method::GET && path == "/v3/user");
+        let (status, base) = self
+            .state()
+            .session_redirect
+            .clone()
+            .filter(|_| session_call)?;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::LOCATION,
+            HeaderValue::from_str(&format!("{base}{path}")).expect("a URL is a valid header"),
+        );
+        Some((status, headers, Answer::Json(json!({ "notice": "moved" }))))
     }
 
     fn login(&self, body: &[u8]) -> (StatusCode, HeaderMap, Answer) {
@@ -567,8 +622,17 @@ impl Sim {
         let user = &request["user"];
         let email = user["email"].as_str().unwrap_or_default().to_owned();
         let tfa = user["tfa_token"].as_str().map(str::to_owned);
-        let (answer, error_code) = match state.login_outage {
-            Some(status) => (
+        let (answer, error_code) = match (state.login_echo, state.login_outage) {
+            (Some((status, code)), _) => (
+                error(
+                    status.as_u16(),
+                    code,
+                    &String::from_utf8_lossy(body),
+                    json!({ "request": request.clone() }),
+                ),
+                Some(code),
+            ),
+            (None, Some(status)) => (
                 (
                     status,
                     HeaderMap::new(),
@@ -579,7 +643,7 @@ impl Sim {
                 ),
                 None,
             ),
-            None => {
+            (None, None) => {
                 let password = user["password"].as_str().unwrap_or_default();
                 let (answer, code) = judge_login(&mut state, &email, password, tfa.as_deref());
                 (answer, code)

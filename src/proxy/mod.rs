@@ -26,7 +26,7 @@ use crate::error::{BadRequest, ProxyError};
 use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
-use crate::token::{Token, TokenManager, Validity, login};
+use crate::token::{Token, TokenLease, TokenManager, Validity, login};
 use body::{Relay, RequestBody, TooLarge};
 use headers::PROFILE_HEADER;
 use target::Target;
@@ -339,7 +339,7 @@ impl Proxy {
         Ok(relay_response(response))
     }
 
-    async fn token(&self, profile: &ProfileConfig) -> Result<Arc<Token>, ProxyError> {
+    async fn token(&self, profile: &ProfileConfig) -> Result<TokenLease, ProxyError> {
         if !self.draining.load(Ordering::Relaxed) {
             return Ok(self.tokens.token(&profile.name).await?);
         }

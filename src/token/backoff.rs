@@ -1,4 +1,5 @@
-//! How long a profile waits after a failed login (SPEC §5). Pure.
+//! How long a profile waits after a failed login (SPEC §5), and when tokens that Contentstack
+//! rejects right after their login hold the next login back the same way. Pure.
 use std::time::Duration;
 
 use crate::config::ProfileConfig;
@@ -28,6 +29,54 @@ pub fn delay(
             profile.min_backoff + span.mul_f64(jitter.clamp(0.0, 1.0))
         }
     }
+}
+
+/// A token rejected (401/105) younger than this did not die of the usual cause. Contentstack
+/// tokens do not expire; one ends when 20 later logins on the account push it out. For that to
+/// happen within a minute of our login, something is logging in to the account in a loop, or the
+/// upstream refuses every token (wrong account or region, an IP allow-list): either way logging in
+/// again at once only ends one more session. A real eviction of a token that lived longer is
+/// answered by one immediate re-login, as always.
+pub const YOUNG_TOKEN: Duration = Duration::from_secs(60);
+
+/// Counts the tokens rejected in a row while still young, to bound the logins that 401s cause.
+/// One young rejection is forgiven (a single eviction can follow a login closely); from the second
+/// in a row, the next login waits as after a failing login: `min_backoff`, doubling, up to
+/// `max_backoff`. A token seen to live past [`YOUNG_TOKEN`] ends the streak.
+#[derive(Debug, Default)]
+pub struct RejectionStreak {
+    young: u32,
+}
+
+impl RejectionStreak {
+    /// Contentstack rejected a token `age` after its login. Returns how many young tokens in a
+    /// row it has rejected when that calls for a backoff (2 or more), else `None`.
+    pub fn rejected(&mut self, age: Duration) -> Option<u32> {
+        if age >= YOUNG_TOKEN {
+            self.young = 0;
+            return None;
+        }
+        self.young = self.young.saturating_add(1);
+        (self.young >= 2).then_some(self.young)
+    }
+
+    /// The current token has lived `age`: past [`YOUNG_TOKEN`], whatever rejected the earlier
+    /// ones has stopped.
+    pub fn alive(&mut self, age: Duration) {
+        if age >= YOUNG_TOKEN {
+            self.young = 0;
+        }
+    }
+}
+
+/// The wait after `count` young tokens were rejected in a row ([`RejectionStreak::rejected`]):
+/// the transient-failure backoff, the second rejection counting as the first failure.
+pub fn rejection_delay(profile: &ProfileConfig, count: u32, jitter: f64) -> Duration {
+    let failure = LoginFailure::Transient(super::TransientCause::TokensRejected {
+        count,
+        within: YOUNG_TOKEN,
+    });
+    delay(profile, &failure, count.saturating_sub(1), jitter)
 }
 
 #[cfg(test)]
@@ -64,10 +113,43 @@ mod tests {
         let r = LoginFailure::Rejected {
             http_status: 422,
             error_code: Some(104),
-            message: String::new(),
         };
         for n in [1, 2, 10] {
             assert_eq!(delay(&p, &r, n, 0.0), Duration::from_secs(300));
         }
+    }
+
+    #[test]
+    fn one_young_rejection_is_forgiven_and_a_second_in_a_row_backs_off() {
+        let young = Duration::from_secs(2);
+        let mut streak = RejectionStreak::default();
+        assert_eq!(streak.rejected(young), None);
+        assert_eq!(streak.rejected(young), Some(2));
+        assert_eq!(streak.rejected(young), Some(3));
+        // A real eviction of a token that lived: re-login at once, and the count starts over.
+        assert_eq!(streak.rejected(YOUNG_TOKEN), None);
+        assert_eq!(streak.rejected(young), None);
+        assert_eq!(streak.rejected(young), Some(2));
+    }
+
+    #[test]
+    fn a_token_that_lives_ends_the_streak() {
+        let mut streak = RejectionStreak::default();
+        streak.rejected(Duration::ZERO);
+        streak.rejected(Duration::ZERO);
+        streak.alive(Duration::from_secs(59));
+        assert_eq!(streak.rejected(Duration::ZERO), Some(3));
+        streak.alive(YOUNG_TOKEN);
+        assert_eq!(streak.rejected(Duration::ZERO), None);
+    }
+
+    #[test]
+    fn rejection_backoff_starts_at_min_backoff_and_doubles_to_max_backoff() {
+        let p = profile();
+        assert_eq!(rejection_delay(&p, 2, 1.0), Duration::from_secs(1));
+        assert_eq!(rejection_delay(&p, 3, 1.0), Duration::from_secs(2));
+        assert_eq!(rejection_delay(&p, 4, 1.0), Duration::from_secs(4));
+        assert_eq!(rejection_delay(&p, 40, 1.0), Duration::from_secs(60));
+        assert_eq!(rejection_delay(&p, 4, 0.0), Duration::from_secs(1));
     }
 }

@@ -243,8 +243,7 @@ impl SharedFailure {
             LoginFailure::Rejected {
                 http_status,
                 error_code,
-                message,
-            } => (true, *http_status, *error_code, message.clone()),
+            } => (true, *http_status, *error_code, String::new()),
             LoginFailure::Transient(cause) => (false, 0, None, cause.to_string()),
         };
         SharedFailure {
@@ -265,7 +264,6 @@ impl ProfileState {
             LoginFailure::Rejected {
                 http_status: shared.http_status,
                 error_code: shared.error_code,
-                message: shared.message.clone(),
             }
         } else {
             LoginFailure::Transient(TransientCause::Fleet(shared.message.clone()))

@@ -2,9 +2,13 @@
 //!
 //! Owns the classification of login failures (SPEC §5): refused credentials vs. transient trouble,
 //! decided by `error_code` first and HTTP status second, because Contentstack reports 2FA errors
-//! with odd statuses. Bodies are parsed here and never logged.
+//! with odd statuses. These calls carry the password or the token, so they trust the answer as
+//! little as possible: no redirect is followed, only a bounded part of a body is read, and no text
+//! of the answer is kept (only its status and `error_code`): a reply that echoes the request would
+//! otherwise carry the password into client errors, `/status` and logs.
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -13,6 +17,14 @@ use super::Token;
 
 /// Every session call gives up after this long; a login that hangs must not hold requests forever.
 pub const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most read of a successful login answer. It holds the user object (organizations, roles,
+/// settings): a few KiB for a service account, so 1 MiB is generous and still bounds the memory a
+/// broken or hostile upstream can make the proxy hold.
+pub const LOGIN_BODY_LIMIT: usize = 1 << 20;
+/// The most read of any other answer the proxy looks into (error bodies): only `error_code` is
+/// wanted from them.
+pub const ERROR_BODY_LIMIT: usize = 64 << 10;
 
 /// Contentstack `error_code`s that mean "these credentials are refused".
 const INVALID_CREDENTIALS: i64 = 104;
@@ -24,12 +36,11 @@ pub const TOKEN_INVALID: i64 = 105;
 #[derive(Debug, thiserror::Error)]
 pub enum LoginFailure {
     /// Credentials refused: not retried until `rejected_retry` passes or the credentials change.
-    #[error("{}", rejected_text(*.http_status, *.error_code, .message))]
+    /// Only the status and code are kept: Contentstack's `error_message` is text from upstream.
+    #[error("{}", rejected_text(*.http_status, *.error_code))]
     Rejected {
         http_status: u16,
         error_code: Option<i64>,
-        /// Contentstack's `error_message`, which names no secret.
-        message: String,
     },
     /// Retried with exponential backoff.
     #[error("login failing transiently: {0}")]
@@ -46,6 +57,16 @@ pub enum TransientCause {
     Timeout(Duration),
     #[error("Contentstack answered 200 without an authtoken")]
     NoToken,
+    #[error("the login answer is larger than {0} bytes; it was not read")]
+    TooLarge(usize),
+    #[error("{0}")]
+    Redirect(Redirect),
+    /// Logging in works, but the tokens do not: see `backoff::RejectionStreak`.
+    #[error(
+        "Contentstack rejected {count} tokens in a row (error_code 105) less than {}s after their login; something ends this account's sessions at once (20 other logins?) or refuses them, and logging in again would only end more",
+        within.as_secs()
+    )]
+    TokensRejected { count: u32, within: Duration },
     #[error("the profile was removed by a configuration reload")]
     ProfileRemoved,
     #[error("another replica's login failed: {0}")]
@@ -54,7 +75,43 @@ pub enum TransientCause {
     Cancelled,
 }
 
-fn rejected_text(status: u16, code: Option<i64>, message: &str) -> String {
+/// A session call answered with a redirect. Contentstack's session and user endpoints never
+/// redirect, and following one would send the password or the token to wherever it points; so it
+/// is not followed, and it is reported by its status and the host it named (never its path or
+/// query, which are free text from upstream).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "Contentstack answered HTTP {status}, a redirect to {}; session endpoints never redirect, so it was not followed: check upstream.url",
+    to.as_deref().unwrap_or("an unreadable location")
+)]
+pub struct Redirect {
+    pub status: u16,
+    /// `host[:port]` of the `Location`, resolved against the request URL.
+    pub to: Option<String>,
+}
+
+impl Redirect {
+    fn of(response: &reqwest::Response) -> Redirect {
+        let to = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|l| l.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .and_then(|url| {
+                let host = url.host_str()?;
+                Some(match url.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                })
+            });
+        Redirect {
+            status: response.status().as_u16(),
+            to,
+        }
+    }
+}
+
+fn rejected_text(status: u16, code: Option<i64>) -> String {
     let cause = match code {
         Some(INVALID_CREDENTIALS) => {
             "email or password invalid (error_code 104); rotate the credentials".to_owned()
@@ -68,19 +125,17 @@ fn rejected_text(status: u16, code: Option<i64>, message: &str) -> String {
                 .to_owned()
         }
         Some(code) => format!(
-            "HTTP {status}, error_code {code} ({message}); check the account (SSO-only accounts cannot log in with a password)"
+            "HTTP {status}, error_code {code}; check the account (SSO-only accounts cannot log in with a password)"
         ),
         None => format!("HTTP {status}; check the account and upstream settings"),
     };
     format!("login rejected by Contentstack: {cause}")
 }
 
-/// Contentstack's error body; only the fields the proxy reads.
+/// Contentstack's error body; only the field the proxy reads (its text never is).
 #[derive(Deserialize)]
-pub struct ErrorBody {
-    pub error_code: Option<i64>,
-    #[serde(default)]
-    pub error_message: String,
+struct ErrorBody {
+    error_code: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -106,6 +161,10 @@ pub enum CallError {
     Network(#[source] reqwest::Error),
     #[error("session call answered HTTP {0}")]
     Status(u16),
+    #[error("session call answered more than {0} bytes; it was not read")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Redirect(Redirect),
 }
 
 #[derive(Clone)]
@@ -124,6 +183,7 @@ impl AuthClient {
             .use_preconfigured_tls(tls)
             .connect_timeout(connect_timeout)
             .timeout(AUTH_CALL_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("cma-auth-proxy/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self {
@@ -153,9 +213,21 @@ impl AuthClient {
             .send()
             .await
             .map_err(transient)?;
+        // Transient, not a refusal: the credentials were not judged, so a retry (with backoff)
+        // cannot lock the account, and an edge that redirects during an outage recovers.
+        if response.status().is_redirection() {
+            return Err(LoginFailure::Transient(TransientCause::Redirect(
+                Redirect::of(&response),
+            )));
+        }
         let status = response.status().as_u16();
-        let body = response.bytes().await.map_err(transient)?;
-        classify_login(status, &body)
+        let limit = if response.status().is_success() {
+            LOGIN_BODY_LIMIT
+        } else {
+            ERROR_BODY_LIMIT
+        };
+        let body = read_capped(response, limit).await.map_err(transient)?;
+        classify_login(status, body.as_deref())
     }
 
     pub async fn logout(&self, token: &Token) -> Result<(), CallError> {
@@ -166,9 +238,11 @@ impl AuthClient {
             .send()
             .await
             .map_err(CallError::Network)?;
+        // The answer's body is never read: its status says it all.
         match response.status().as_u16() {
             // A token that is already dead is as logged out as it gets.
             200..=299 | 401 => Ok(()),
+            300..=399 => Err(CallError::Redirect(Redirect::of(&response))),
             status => Err(CallError::Status(status)),
         }
     }
@@ -182,15 +256,21 @@ impl AuthClient {
             .send()
             .await
             .map_err(CallError::Network)?;
-        let status = response.status().as_u16();
-        if (200..300).contains(&status) {
-            return Ok(Validity::Valid);
-        }
-        let body = response.bytes().await.map_err(CallError::Network)?;
-        if status == 401 && error_code(&body) == Some(TOKEN_INVALID) {
-            Ok(Validity::Dead)
-        } else {
-            Err(CallError::Status(status))
+        // Only a 401's body is read, for its `error_code`.
+        match response.status().as_u16() {
+            200..=299 => Ok(Validity::Valid),
+            300..=399 => Err(CallError::Redirect(Redirect::of(&response))),
+            401 => {
+                let body = read_capped(response, ERROR_BODY_LIMIT)
+                    .await
+                    .map_err(CallError::Network)?
+                    .ok_or(CallError::TooLarge(ERROR_BODY_LIMIT))?;
+                match error_code(&body) {
+                    Some(TOKEN_INVALID) => Ok(Validity::Dead),
+                    _ => Err(CallError::Status(401)),
+                }
+            }
+            status => Err(CallError::Status(status)),
         }
     }
 }
@@ -203,27 +283,51 @@ fn transient(e: reqwest::Error) -> LoginFailure {
     })
 }
 
+/// Reads an answer's body chunk by chunk, up to `limit` bytes; `None` when it is longer (the rest is
+/// left unread and the connection dropped), so an endless or huge answer costs at most `limit`.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> reqwest::Result<Option<Bytes>> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit as u64)
+    {
+        return Ok(None);
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
+}
+
 pub fn error_code(body: &[u8]) -> Option<i64> {
     serde_json::from_slice::<ErrorBody>(body)
         .ok()
         .and_then(|b| b.error_code)
 }
 
-/// Decides what a login answer means. Refusals are recognised by `error_code` whatever the status;
-/// unknown 4xx answers count as refusals too, because retrying them quickly could lock the account.
-fn classify_login(status: u16, body: &[u8]) -> Result<Token, LoginFailure> {
-    let error = serde_json::from_slice::<ErrorBody>(body).ok();
-    let code = error.as_ref().and_then(|e| e.error_code);
-    let rejected = |message: String| LoginFailure::Rejected {
+/// Decides what a login answer means; `body` is `None` when it was larger than its cap. Refusals are
+/// recognised by `error_code` whatever the status; unknown 4xx answers count as refusals too (also
+/// when their body was too large to read), because retrying them quickly could lock the account.
+fn classify_login(status: u16, body: Option<&[u8]>) -> Result<Token, LoginFailure> {
+    let code = body.and_then(error_code);
+    let rejected = LoginFailure::Rejected {
         http_status: status,
         error_code: code,
-        message,
     };
     if let Some(INVALID_CREDENTIALS | TFA_REQUIRED | TFA_INVALID) = code {
-        return Err(rejected(error.map(|e| e.error_message).unwrap_or_default()));
+        return Err(rejected);
     }
     match status {
         200..=299 => {
+            let body = body.ok_or(LoginFailure::Transient(TransientCause::TooLarge(
+                LOGIN_BODY_LIMIT,
+            )))?;
             let token = serde_json::from_slice::<LoginResponse>(body)
                 .ok()
                 .and_then(|r| r.user.authtoken)
@@ -233,7 +337,7 @@ fn classify_login(status: u16, body: &[u8]) -> Result<Token, LoginFailure> {
             Ok(Token::new(token))
         }
         408 | 429 | 500..=599 => Err(LoginFailure::Transient(TransientCause::Status(status))),
-        _ => Err(rejected(error.map(|e| e.error_message).unwrap_or_default())),
+        _ => Err(rejected),
     }
 }
 
@@ -242,7 +346,7 @@ mod tests {
     use super::*;
 
     fn kind(status: u16, body: &str) -> &'static str {
-        match classify_login(status, body.as_bytes()) {
+        match classify_login(status, Some(body.as_bytes())) {
             Ok(_) => "ok",
             Err(LoginFailure::Rejected { .. }) => "rejected",
             Err(LoginFailure::Transient(_)) => "transient",
@@ -294,12 +398,82 @@ mod tests {
 
     #[test]
     fn rejected_message_names_cause_and_fix_but_no_secret() {
-        let e = classify_login(422, br#"{"error_message":"Looks like your email or password is invalid.","error_code":104}"#)
+        let e = classify_login(422, Some(br#"{"error_message":"Looks like your email or password is invalid.","error_code":104}"#))
             .unwrap_err()
             .to_string();
         assert!(
             e.contains("error_code 104") && e.contains("rotate the credentials"),
             "{e}"
         );
+    }
+
+    fn client(url: &str) -> AuthClient {
+        let config = crate::Config::from_toml(
+            &format!("[upstream]\nurl = \"{url}\"\n[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\n"),
+            Vec::new(),
+            None,
+        )
+        .unwrap();
+        let tls = crate::proxy::upstream::tls_config(&config.upstream).unwrap();
+        AuthClient::new(&config.upstream.base_url, tls, Duration::from_secs(5)).unwrap()
+    }
+
+    /// An answer `status` whose body goes on for 64 MiB; returns the upstream once it gave up.
+    async fn endless(status: u16) -> crate::dev::endless::EndlessUpstream {
+        crate::dev::endless::EndlessUpstream::start(status, 64 << 20)
+            .await
+            .unwrap()
+    }
+
+    async fn read_at_most_a_little(upstream: &crate::dev::endless::EndlessUpstream) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while upstream.finished() == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the answer never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The cap plus what the loopback socket buffers held when the client hung up.
+        assert!(upstream.written() < 24 << 20, "{}", upstream.written());
+    }
+
+    #[tokio::test]
+    async fn validation_reads_an_error_answer_only_up_to_its_cap() {
+        let upstream = endless(401).await;
+        let token = Token::new(HeaderValue::from_static("t"));
+        let result = client(&upstream.url()).validate(&token).await;
+        assert!(
+            matches!(result, Err(CallError::TooLarge(ERROR_BODY_LIMIT))),
+            "{result:?}"
+        );
+        read_at_most_a_little(&upstream).await;
+    }
+
+    #[tokio::test]
+    async fn logout_reads_no_body_at_all() {
+        let upstream = endless(200).await;
+        let token = Token::new(HeaderValue::from_static("t"));
+        client(&upstream.url()).logout(&token).await.unwrap();
+        read_at_most_a_little(&upstream).await;
+    }
+
+    #[tokio::test]
+    async fn a_refusal_too_large_to_read_is_judged_by_its_status() {
+        let upstream = endless(422).await;
+        let result = client(&upstream.url())
+            .login("a@b.c", &SecretString::from("x"), None)
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(LoginFailure::Rejected {
+                    http_status: 422,
+                    error_code: None
+                })
+            ),
+            "{result:?}"
+        );
+        read_at_most_a_little(&upstream).await;
     }
 }

@@ -1,12 +1,14 @@
 //! Session tokens: one cached `authtoken` per login profile, obtained by a single login no matter how
 //! many requests need it, dropped only by compare-then-invalidate, and guarded by the login
-//! discipline of SPEC §5 (refused credentials wait `rejected_retry`; transient failures back off).
+//! discipline of SPEC §5 (refused credentials wait `rejected_retry`; transient failures back off;
+//! so do tokens rejected right after their login, see `backoff::RejectionStreak`).
 //!
 //! This module decides *when* to log in; `login.rs` performs the calls. It never logs a token, only
 //! its fingerprint. Management-token profiles never come here: they have nothing to log in for.
 pub mod backoff;
 mod fleet;
 pub mod login;
+mod retire;
 pub mod store;
 pub mod totp;
 
@@ -21,6 +23,7 @@ use sha2::{Digest, Sha256};
 use crate::config::{Config, Credentials, ProfileConfig};
 use crate::metrics::{Metrics, Trigger};
 pub use login::{AuthClient, LoginFailure, TransientCause, Validity};
+pub use retire::TokenLease;
 
 /// A live `authtoken`. `Debug` and logs show only a fingerprint.
 pub struct Token {
@@ -28,6 +31,8 @@ pub struct Token {
     fingerprint: String,
     obtained: Instant,
     obtained_at: SystemTime,
+    /// The requests using it, which a retiring session waits for.
+    in_flight: retire::InFlight,
 }
 
 impl Token {
@@ -38,6 +43,7 @@ impl Token {
             header,
             obtained: Instant::now(),
             obtained_at: SystemTime::now(),
+            in_flight: Default::default(),
         }
     }
 
@@ -53,6 +59,7 @@ impl Token {
             header,
             obtained: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
             obtained_at,
+            in_flight: Default::default(),
         }
     }
 
@@ -89,11 +96,14 @@ pub fn fingerprint(secret: &[u8]) -> String {
         .collect()
 }
 
-/// Why a request cannot have a token now; becomes a 503 with `Retry-After`.
+/// Why a request cannot have a token now; becomes a 503 with `Retry-After`. Its text names the
+/// failure down to its cause (a refused connection, a certificate error), as logs and clients
+/// need it; the failure stays its source too.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("profile {profile:?}: {failure}; next login attempt in {}s{}", retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
+#[error("profile {profile:?}: {}; next login attempt in {}s{}", crate::error::error_chain_text(&**failure), retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
 pub struct LoginError {
     pub profile: Arc<str>,
+    #[source]
     pub failure: Arc<LoginFailure>,
     pub retry_after: Duration,
 }
@@ -147,6 +157,9 @@ struct LoginStatus {
     last_failure: Option<Arc<LoginFailure>>,
     last_totp_step: Option<u64>,
     last_attempt: Option<(SystemTime, Outcome)>,
+    /// Tokens rejected in a row soon after their login; unlike the failures above, a successful
+    /// login does not end it.
+    rejections: backoff::RejectionStreak,
 }
 
 /// One login profile's state. Replaced as a whole when its credentials change, which clears the
@@ -250,6 +263,25 @@ impl ProfileState {
         status.last_attempt = Some((SystemTime::now(), Outcome::Success));
     }
 
+    /// Contentstack rejected `token` (401/105). When it is one more young token rejected in a row,
+    /// the next login is held back like a failing one; returns the error requests then get.
+    fn record_rejection(&self, token: &Token) -> Option<LoginError> {
+        let mut status = self.status();
+        let count = status.rejections.rejected(token.age())?;
+        let delay = backoff::rejection_delay(&self.config.load(), count, rand::random::<f64>());
+        let failure = Arc::new(LoginFailure::Transient(TransientCause::TokensRejected {
+            count,
+            within: backoff::YOUNG_TOKEN,
+        }));
+        status.retry_at = Some(Instant::now() + delay);
+        status.last_failure = Some(failure.clone());
+        Some(LoginError {
+            profile: self.name(),
+            failure,
+            retry_after: delay,
+        })
+    }
+
     fn record_failure(&self, failure: LoginFailure) -> LoginError {
         let mut status = self.status();
         status.consecutive_failures = status.consecutive_failures.saturating_add(1);
@@ -288,6 +320,7 @@ struct Inner {
     /// The fleet store, with `token_store.kind = "redis"`.
     store: Option<Arc<store::RedisStore>>,
     base_url: String,
+    retirements: retire::Retirements,
 }
 
 impl Drop for Inner {
@@ -308,10 +341,6 @@ impl Drop for Inner {
 pub struct TokenManager {
     inner: Arc<Inner>,
 }
-
-/// A session that is no longer wanted is logged out once the requests still using it are done, or
-/// after this long.
-const RETIRE_WAIT: Duration = Duration::from_secs(30);
 
 impl TokenManager {
     pub fn new(
@@ -345,6 +374,7 @@ impl TokenManager {
                 metrics,
                 store,
                 base_url,
+                retirements: Default::default(),
             }),
         })
     }
@@ -378,11 +408,12 @@ impl TokenManager {
             .is_some_and(|current| Arc::ptr_eq(&current, state))
     }
 
-    /// The profile's token: from the cache, else from the one login in flight (started here if none).
-    pub async fn token(&self, profile: &str) -> Result<Arc<Token>, LoginError> {
+    /// The profile's token, leased for one request: from the cache, else from the one login in
+    /// flight (started here if none).
+    pub async fn token(&self, profile: &str) -> Result<TokenLease, LoginError> {
         loop {
             if let Some(token) = self.inner.cache.get(profile).await {
-                return Ok(token);
+                return Ok(TokenLease::new(token));
             }
             let Some(state) = self.state(profile) else {
                 return Err(LoginError {
@@ -394,7 +425,7 @@ impl TokenManager {
             state.check_blocked()?;
             let guard = state.login_lock.clone().lock_owned().await;
             if let Some(token) = self.inner.cache.get(profile).await {
-                return Ok(token);
+                return Ok(TokenLease::new(token));
             }
             if !self.is_current(&state) {
                 // The credentials changed while we queued: queue behind the new ones instead.
@@ -407,7 +438,9 @@ impl TokenManager {
             let this = self.clone();
             let login = tokio::spawn(async move {
                 let _single_flight = guard;
-                this.obtain(&state).await
+                // Leased before the lock is released: a token from a login that a rotation
+                // overtook is retired once the lock is free, and must find this request's lease.
+                this.obtain(&state).await.map(TokenLease::new)
             });
             return match login.await {
                 Ok(result) => result,
@@ -453,9 +486,12 @@ impl TokenManager {
                     self.inner.cache.insert(name.clone(), token.clone()).await;
                     self.inner.token_cached.notify_waiters();
                 } else {
-                    // The credentials were rotated during this login: serve the waiting requests,
-                    // then let the session go.
-                    self.retire(name.clone(), state.account.clone(), token.clone());
+                    // The credentials were rotated during this login: serve the request waiting
+                    // for it, then let the session go. Every login runs under the login lock,
+                    // and that request leases the token before it lets go of the lock.
+                    let login_lock = state.login_lock.clone();
+                    let leased = async move { drop(login_lock.lock().await) };
+                    self.retire_after(leased, name.clone(), state.account.clone(), token.clone());
                 }
                 Ok(token)
             }
@@ -466,6 +502,7 @@ impl TokenManager {
                     LoginFailure::Transient(_) => Outcome::Transient,
                 };
                 self.inner.metrics.login(name, outcome.as_str());
+                // The text carries the whole cause chain, e.g. the refused connection.
                 tracing::warn!(profile = %name, retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&error));
                 Err(error)
             }
@@ -510,32 +547,37 @@ impl TokenManager {
             let token = self.inner.cache.get(&name).await;
             let status = state.status();
             let now = Instant::now();
+            let retry_in = status.retry_at.filter(|at| *at > now).map(|at| at - now);
             out.push(ProfileStatus {
                 name,
                 token_age: token.as_ref().map(|t| t.age()),
                 ever_logged_in: status.ever_logged_in,
-                failing: status.consecutive_failures > 0,
+                // Failed logins, or logins held back because fresh tokens were rejected.
+                failing: status.consecutive_failures > 0 || retry_in.is_some(),
                 last_attempt: status.last_attempt,
                 last_error: status
                     .last_failure
                     .as_ref()
                     .map(|f| crate::error::error_chain_text(&**f)),
-                retry_in: status.retry_at.filter(|at| *at > now).map(|at| at - now),
+                retry_in,
             });
         }
         out
     }
 
-    /// The cached token, without logging in.
-    pub async fn cached(&self, profile: &str) -> Option<Arc<Token>> {
-        self.inner.cache.get(profile).await
+    /// The cached token, leased for one request, without logging in.
+    pub async fn cached(&self, profile: &str) -> Option<TokenLease> {
+        self.inner.cache.get(profile).await.map(TokenLease::new)
     }
 
     /// Drops `stale` if it is still the profile's cached token; a newer token is kept.
-    /// Returns whether it was dropped (and counts the re-authentication under `trigger`).
+    /// Returns whether it was dropped (and counts the re-authentication under `trigger`). The
+    /// re-login that follows is immediate, unless fresh tokens keep being rejected: then it is held
+    /// back (see `backoff::RejectionStreak`), and said so once per backoff.
     pub async fn invalidate(&self, profile: &str, stale: &Arc<Token>, trigger: Trigger) -> bool {
         use moka::ops::compute::{CompResult, Op};
-        if let Some(state) = self.state(profile) {
+        let state = self.state(profile);
+        if let Some(state) = &state {
             state.mark_dead(stale);
             // Fleet-wide compare-then-invalidate, before the local one so that nothing re-reads
             // the dead token from the store into the cache: a newer token another replica
@@ -560,11 +602,20 @@ impl TokenManager {
             })
             .await;
         let dropped = matches!(result, CompResult::Removed(_));
-        if dropped {
-            self.inner.metrics.reauth(profile, trigger);
-            tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
+        if !dropped {
+            return false;
         }
-        dropped
+        self.inner.metrics.reauth(profile, trigger);
+        match state.and_then(|s| s.record_rejection(stale)) {
+            None => {
+                tracing::info!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), "token rejected by Contentstack (error_code 105); logging in again");
+            }
+            Some(held) => {
+                self.inner.metrics.reauth_backoff(profile, trigger);
+                tracing::warn!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), retry_after_ms = held.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&held));
+            }
+        }
+        true
     }
 
     /// Applies a reloaded configuration. A profile whose credentials changed gets a fresh state
@@ -621,18 +672,33 @@ impl TokenManager {
         self.start_care();
     }
 
-    /// Logs a session out in the background once no request holds it any more (first taking it
-    /// out of the fleet store, if it is still there).
+    /// Logs a session out in the background once no request uses it any more (first taking it
+    /// out of the fleet store, if it is still there); at shutdown, at once.
     fn retire(&self, profile: Arc<str>, account: String, token: Arc<Token>) {
+        self.retire_after(std::future::ready(()), profile, account, token);
+    }
+
+    /// [`Self::retire`], once `ready` has completed (the users-to-be of `token` hold their leases).
+    fn retire_after(
+        &self,
+        ready: impl Future<Output = ()> + Send + 'static,
+        profile: Arc<str>,
+        account: String,
+        token: Arc<Token>,
+    ) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.inner.retirements.spawn(async move {
+            ready.await;
             if let Some(store) = &this.inner.store {
                 let _ = store.remove_if(&account, &token).await;
             }
-            let deadline = Instant::now() + RETIRE_WAIT;
-            // Requests in flight hold clones; the retiring task holds the last one.
-            while Arc::strong_count(&token) > 1 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let ended = this
+                .inner
+                .retirements
+                .unused(&token, retire::RETIRE_WAIT)
+                .await;
+            if ended == retire::Ended::WaitedTooLong {
+                tracing::info!(profile = %profile, token = %token.fingerprint(), wait_s = retire::RETIRE_WAIT.as_secs(), "a request still uses the retiring session; logging it out anyway");
             }
             this.logout(&profile, &token).await;
         });
@@ -650,7 +716,8 @@ impl TokenManager {
         }
     }
 
-    /// Logs out every cached session of profiles with `logout_on_shutdown`, concurrently.
+    /// Logs out every cached session of profiles with `logout_on_shutdown`, and every retiring
+    /// session (those were to be logged out anyway), concurrently.
     pub async fn logout_all(&self) {
         self.stop_care();
         let states: Vec<_> = self
@@ -673,7 +740,11 @@ impl TokenManager {
                 self.logout(&name, &token).await;
             }
         });
-        futures_util::future::join_all(logouts).await;
+        futures_util::future::join(
+            futures_util::future::join_all(logouts),
+            self.inner.retirements.finish(),
+        )
+        .await;
     }
 
     /// (Re)starts one background task per login profile for `validate_interval` and `max_token_age`.
@@ -790,6 +861,7 @@ async fn care_for(
         let Some(token) = this.inner.cache.get(&name).await else {
             continue;
         };
+        state.status().rejections.alive(token.age());
         if config.max_token_age.is_some_and(|max| token.age() >= max) {
             this.refresh(&state, token, Trigger::MaxAge).await;
             continue;
