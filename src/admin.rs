@@ -109,11 +109,20 @@ impl Admin {
             );
         }
         debug_assert_eq!(snapshot.len(), login_profiles);
+        let token_store = self.proxy.tokens().store_status().map(|s| {
+            serde_json::json!({
+                "state": s.state,
+                "since": unix(s.since),
+                "last_error": s.last_error,
+                "next_probe_in_seconds": s.next_probe_in.map(secs),
+            })
+        });
         let body = serde_json::json!({
             "version": env!("CARGO_PKG_VERSION"),
             "draining": self.proxy.is_draining(),
             "config": { "version": config.version, "loaded_at": unix(config.loaded_at) },
             "profiles": profiles,
+            "token_store": token_store,
         });
         let mut response = Response::new(Bytes::from(body.to_string()));
         response.headers_mut().insert(

@@ -262,6 +262,7 @@ struct FileTokenStore {
     url: Option<String>,
     key_prefix: Option<String>,
     encryption_key_file: Option<PathBuf>,
+    allow_plaintext: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
@@ -276,6 +277,7 @@ impl Default for FileTokenStore {
             url: None,
             key_prefix: None,
             encryption_key_file: None,
+            allow_plaintext: None,
             timeout: None,
             lock_ttl: None,
             ca_file: None,
@@ -556,7 +558,8 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// The fleet login lock expires after this, should its holder die mid-login.
     pub lock_ttl: Duration,
-    /// 32-byte key sealing tokens at rest (XChaCha20-Poly1305).
+    /// 32-byte key sealing what the store holds (XChaCha20-Poly1305) and keying the credentials
+    /// tag; `None` only with `allow_plaintext = true`.
     pub encryption_key: Option<EncryptionKey>,
     /// `ca_file`: the roots a `rediss://` server is verified against instead of the public ones.
     pub roots_pem: Option<Vec<u8>>,
@@ -580,6 +583,12 @@ impl std::fmt::Debug for RedisConfig {
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncryptionKey(pub [u8; 32]);
+
+/// How to make the fleet's sealing key, for error and warning text.
+const MAKE_A_KEY: &str = "generate one with `openssl rand -base64 32 > store-key`, give every replica the same file (e.g. from one Kubernetes Secret) and set encryption_key_file";
+
+/// Logged by `run` (and worth showing by `check`) when a fleet store holds tokens in the clear.
+pub const PLAINTEXT_STORE_WARNING: &str = "token_store.allow_plaintext = true: the shared session token is stored in Redis in the clear and nothing read back can be authenticated; anyone who can read Redis holds the service account's session, and anyone who can write to it can make every replica use a token of their choosing. To seal it, generate a key with `openssl rand -base64 32 > store-key`, set encryption_key_file on every replica and remove allow_plaintext";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
@@ -730,13 +739,14 @@ fn validate_token_store(
             if store.url.is_some()
                 || store.key_prefix.is_some()
                 || store.encryption_key_file.is_some()
+                || store.allow_plaintext.is_some()
                 || store.timeout.is_some()
                 || store.lock_ttl.is_some()
                 || store.ca_file.is_some()
             {
                 return Err(invalid(
                     "token_store",
-                    "`url`, `key_prefix`, `encryption_key_file`, `timeout`, `lock_ttl` and `ca_file` apply only to kind = \"redis\"",
+                    "`url`, `key_prefix`, `encryption_key_file`, `allow_plaintext`, `timeout`, `lock_ttl` and `ca_file` apply only to kind = \"redis\"",
                 ));
             }
             Ok(TokenStoreConfig::Memory)
@@ -757,19 +767,43 @@ fn validate_token_store(
                 .encryption_key_file
                 .map(|path| {
                     let path = resolve(base_dir, &path);
-                    let bytes = sources.read(&path).map_err(|source| ConfigError::SecretFile {
-                        key: "token_store.encryption_key_file".into(),
-                        path: path.clone(),
-                        source,
-                    })?;
+                    let bytes = sources
+                        .read(&path)
+                        .map_err(|source| ConfigError::SecretFile {
+                            key: "token_store.encryption_key_file".into(),
+                            path: path.clone(),
+                            source,
+                        })?;
                     parse_key(&bytes).ok_or_else(|| {
                         invalid(
                             "token_store.encryption_key_file",
-                            "must hold a 32-byte key as 64 hex digits or base64 (e.g. `openssl rand -base64 32`)",
+                            format!(
+                                "must hold a 32-byte key as 64 hex digits or base64: {MAKE_A_KEY}"
+                            ),
                         )
                     })
                 })
                 .transpose()?;
+            // Whoever can write to Redis could otherwise plant the token every replica uses and
+            // the failure records that stop them logging in: sealing is the default, and going
+            // without takes an explicit, logged opt-out.
+            match (&encryption_key, store.allow_plaintext.unwrap_or(false)) {
+                (None, false) => {
+                    return Err(invalid(
+                        "token_store.encryption_key_file",
+                        format!(
+                            "kind = \"redis\" needs a key to seal what the replicas share: {MAKE_A_KEY} (or set allow_plaintext = true to store the token in the clear, so that anyone who can write to Redis can steer the fleet)"
+                        ),
+                    ));
+                }
+                (Some(_), true) => {
+                    return Err(invalid(
+                        "token_store.allow_plaintext",
+                        "contradicts encryption_key_file; remove allow_plaintext",
+                    ));
+                }
+                _ => {}
+            }
             let roots_pem = match store.ca_file {
                 None => None,
                 Some(_) if !url.starts_with("rediss://") => {
@@ -1420,12 +1454,51 @@ mod tests {
     }
 
     #[test]
+    fn redis_needs_a_sealing_key_unless_plaintext_is_asked_for_explicitly() {
+        let dir = tempdir();
+        std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
+        let store = |extra: &str| {
+            Config::from_toml(
+                &format!(
+                    "[token_store]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1\"\n{extra}\n{MINIMAL}"
+                ),
+                no_env(),
+                Some(&dir),
+            )
+        };
+        let e = store("").unwrap_err().to_string();
+        assert!(
+            e.contains("token_store.encryption_key_file")
+                && e.contains("openssl rand -base64 32")
+                && e.contains("allow_plaintext = true"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let c = store("allow_plaintext = true").unwrap();
+        let TokenStoreConfig::Redis(r) = &c.token_store else {
+            panic!()
+        };
+        assert!(r.encryption_key.is_none());
+        assert!(store("encryption_key_file = \"key\"").is_ok());
+        let e = store("encryption_key_file = \"key\"\nallow_plaintext = true")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_store.allow_plaintext"), "{e}");
+        // Leaving sealing on is not an opt-out.
+        assert!(store("allow_plaintext = false").is_err());
+        assert!(
+            error_of(&format!("[token_store]\nallow_plaintext = true\n{MINIMAL}"))
+                .contains("only to kind")
+        );
+    }
+
+    #[test]
     fn redis_ca_file_needs_rediss_and_a_pem_certificate() {
         let dir = tempdir();
         let store = |url: &str, ca: &str| {
             Config::from_toml(
                 &format!(
-                    "[token_store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{ca}\"\n{MINIMAL}"
+                    "[token_store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{ca}\"\nallow_plaintext = true\n{MINIMAL}"
                 ),
                 no_env(),
                 Some(&dir),

@@ -66,6 +66,11 @@ pub struct EventLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct VersionLabels {
     pub version: &'static str,
 }
@@ -111,6 +116,7 @@ pub struct Metrics {
     pub open_connections: Family<ListenerLabels, Gauge>,
     pub rate_limit_waits: Family<ProfileLabels, Counter>,
     pub store_events: Family<EventLabels, Counter>,
+    pub store_state: Family<StateLabels, Gauge>,
     pub connection_limits: Family<ReasonLabels, Counter>,
 }
 
@@ -211,8 +217,14 @@ impl Metrics {
         let store_events = Family::<EventLabels, Counter>::default();
         registry.register(
             "token_store",
-            "Fleet store events: hit, miss, lock_wait, fleet_login, adopt, publish, error",
+            "Fleet store events: hit, miss, lock_wait, fleet_login, adopt, publish, error, invalid",
             store_events.clone(),
+        );
+        let store_state = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "token_store_state",
+            "Fleet store state, 1 for the current one: connecting, up, down (skipped after a failure), probing",
+            store_state.clone(),
         );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
@@ -238,6 +250,7 @@ impl Metrics {
             open_connections,
             rate_limit_waits,
             store_events,
+            store_state,
             connection_limits,
         })
     }
@@ -292,6 +305,15 @@ impl Metrics {
         self.store_events
             .get_or_create(&EventLabels { event })
             .inc();
+    }
+
+    /// The fleet store is now in `current` state (one of `connecting`, `up`, `down`, `probing`).
+    pub fn store_state(&self, current: &'static str) {
+        for state in ["connecting", "up", "down", "probing"] {
+            self.store_state
+                .get_or_create(&StateLabels { state })
+                .set(i64::from(state == current));
+        }
     }
 
     pub fn config_reload(&self, outcome: &'static str) {

@@ -5,14 +5,14 @@
 //!
 //! GCRA (a token bucket kept as one "theoretical arrival time" per bucket): O(1), no timers.
 //! With a fleet store the buckets live in Redis and every replica draws on the same budget; if the
-//! store fails, the replica falls back to its own buckets.
+//! store fails, or is skipped after a failure, the replica uses its own buckets at once.
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::RateLimitConfig;
-use crate::token::store::RedisStore;
+use crate::token::store::{RateCall, RedisStore};
 
 /// How far an upstream 429 pushes the budget back: Contentstack's window is one second.
 const PUSHBACK: Duration = Duration::from_secs(1);
@@ -115,17 +115,8 @@ impl RateLimiter {
     /// fails) on this process's.
     pub async fn acquire(&self, kind: Kind) -> Decision {
         if let Some((store, account)) = &self.shared {
-            let bucket = self.bucket(kind);
-            match store
-                .rate(
-                    account,
-                    kind.as_str(),
-                    bucket.interval,
-                    bucket.tolerance,
-                    self.max_wait,
-                )
-                .await
-            {
+            let call = self.shared_call(kind, Duration::ZERO);
+            match store.rate(account, kind.as_str(), &call).await {
                 Ok(Ok(wait)) if wait.is_zero() => return Decision::Now,
                 Ok(Ok(wait)) => return Decision::After(wait),
                 Ok(Err(wait)) => return Decision::Refuse(wait),
@@ -135,6 +126,28 @@ impl RateLimiter {
             }
         }
         self.decide(kind, Instant::now())
+    }
+
+    /// A call to the shared bucket of `kind`. Its reach, the furthest ahead any call reserves (a
+    /// wait up to `max_wait` plus the slot, or a pushback), bounds what is read back from Redis,
+    /// where anyone with write access could have put a time years ahead.
+    fn shared_call(&self, kind: Kind, pushback: Duration) -> RateCall {
+        let bucket = self.bucket(kind);
+        RateCall {
+            interval: if pushback.is_zero() {
+                bucket.interval
+            } else {
+                Duration::ZERO
+            },
+            tolerance: bucket.tolerance,
+            max_wait: if pushback.is_zero() {
+                self.max_wait
+            } else {
+                Duration::ZERO
+            },
+            pushback,
+            reach: bucket.tolerance + bucket.interval + self.max_wait.max(PUSHBACK),
+        }
     }
 
     fn bucket(&self, kind: Kind) -> &Bucket {
@@ -153,9 +166,8 @@ impl RateLimiter {
         let bucket = self.bucket(kind);
         bucket.push_back(Instant::now());
         if let Some((store, account)) = &self.shared {
-            let _ = store
-                .rate_pushback(account, kind.as_str(), bucket.tolerance, PUSHBACK)
-                .await;
+            let call = self.shared_call(kind, PUSHBACK);
+            let _ = store.rate(account, kind.as_str(), &call).await;
         }
     }
 }

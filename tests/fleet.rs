@@ -1,16 +1,34 @@
 //! Fleet mode (`[token_store] kind = "redis"`): several sidecar processes on one Redis share one
 //! Contentstack session, log in once per eviction fleet-wide, survive Redis outages and converge
-//! again, share one request budget, and never store a plaintext token when encryption is on.
+//! again, share one request budget, seal what they store unless told not to, skip a
+//! failing Redis at once, and trust nothing they read from it beyond what they can check.
 mod common;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use cma_auth_proxy::dev::FakeCma;
 use common::*;
 
-/// Writes a replica's config (with its password file) and starts the binary.
+/// A replica sealing what it stores with the fleet's key (the `key` file written beside its config).
 fn replica(fake: &FakeCma, redis: &RedisServer, store_extra: &str, profile_extra: &str) -> Binary {
+    replica_at(
+        fake,
+        &redis.url(),
+        &format!("encryption_key_file = \"key\"\n{store_extra}"),
+        profile_extra,
+    )
+}
+
+/// A replica that opted out of sealing.
+fn plaintext_replica(fake: &FakeCma, redis: &RedisServer, profile_extra: &str) -> Binary {
+    replica_at(fake, &redis.url(), "allow_plaintext = true", profile_extra)
+}
+
+/// Writes a replica's config for the store at `url` (with its password and key files) and starts
+/// the binary.
+fn replica_at(fake: &FakeCma, url: &str, store: &str, profile_extra: &str) -> Binary {
     let dir = tempdir();
     std::fs::write(dir.join("password"), PASSWORD).unwrap();
     std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
@@ -20,11 +38,10 @@ fn replica(fake: &FakeCma, redis: &RedisServer, store_extra: &str, profile_extra
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{}\"\n{store_extra}\n\
+             [token_store]\nkind = \"redis\"\nurl = \"{url}\"\n{store}\n\
              [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\nvalidate_interval = \"0s\"\n{profile_extra}\n\
              [log]\nlevel = \"info\"\n",
             fake.url(),
-            redis.url()
         ),
     )
     .unwrap();
@@ -269,10 +286,10 @@ async fn eight_replicas_share_the_organization_budget_and_draw_no_429() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tokens_at_rest_are_sealed_when_encryption_is_on() {
+async fn tokens_at_rest_are_sealed() {
     let fake = fake().await;
     let redis = RedisServer::start();
-    let r = replica(&fake, &redis, "encryption_key_file = \"key\"", "");
+    let r = replica(&fake, &redis, "", "");
     assert_eq!(get(&reqwest::Client::new(), &r.url).await, 200);
     let keys = redis.cli(&["--scan", "--pattern", "cma-auth-proxy:token:*"]);
     let key = keys.lines().next().expect("the shared token is stored");
@@ -284,9 +301,9 @@ async fn tokens_at_rest_are_sealed_when_encryption_is_on() {
         "plaintext token in Redis: {dump}"
     );
     assert!(!dump.contains(EMAIL), "no e-mail in key names");
-    assert!(value.contains(":x:"), "sealed: {value}");
+    assert!(value.contains(":s:"), "sealed: {value}");
     // A second replica with the same key reads it: no second login.
-    let second = replica(&fake, &redis, "encryption_key_file = \"key\"", "");
+    let second = replica(&fake, &redis, "", "");
     assert_eq!(get(&reqwest::Client::new(), &second.url).await, 200);
     assert_eq!(fake.logins(), 1);
 }
@@ -348,4 +365,578 @@ async fn a_rediss_server_the_ca_file_does_not_vouch_for_is_not_trusted() {
             .count(),
         0
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A failing store: skipped at once after the first failure, used again once it answers.
+// ---------------------------------------------------------------------------------------------
+
+/// A budget loose enough that no request waits for it, so that every request still asks the store.
+const LOOSE_BUDGET: &str =
+    "[profiles.default.rate_limit]\nreads_per_second = 1000\nburst = 1000\nmax_wait = \"1s\"";
+
+/// The store `timeout` of the failure tests.
+const STORE_TIMEOUT: &str = "timeout = \"3s\"";
+
+/// How long a burst may take once the store is known to fail: a third of [`STORE_TIMEOUT`]. Without
+/// the breaker each request paid the timeout (or a reconnect) in turn: 20 requests took seconds.
+const UNHELD: Duration = Duration::from_secs(1);
+
+async fn status(admin: &str) -> serde_json::Value {
+    reqwest::get(format!("{admin}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// `n` concurrent GETs to one replica, which must all be answered within [`UNHELD`].
+async fn unheld_burst(replica: &Binary, n: usize) {
+    let statuses = tokio::time::timeout(UNHELD, burst(std::slice::from_ref(replica), n))
+        .await
+        .expect("requests are not held back by a store known to fail");
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+}
+
+/// A port that takes connections but is no working Redis: it never answers, or it answers
+/// every read with bytes that are not RESP. Counts the connections it accepted.
+async fn broken_redis(garbage: bool) -> (String, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = socket.read(&mut buf).await {
+                    if n == 0
+                        || (garbage
+                            && socket
+                                .write_all(b"<html>no redis</html>\r\n")
+                                .await
+                                .is_err())
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, accepted)
+}
+
+/// A TCP relay in front of a Redis that can stop passing bytes either way, as a partition does:
+/// the connection stays open and nothing answers.
+struct Relay {
+    url: String,
+    paused: Arc<AtomicBool>,
+}
+
+impl Relay {
+    async fn start(port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let paused = Arc::new(AtomicBool::new(false));
+        let paused_flag = paused.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pass(client_read, server_write, paused_flag.clone()));
+                tokio::spawn(Self::pass(server_read, client_write, paused_flag.clone()));
+            }
+        });
+        Relay { url, paused }
+    }
+
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        paused: Arc<AtomicBool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+            if !paused.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn pause(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
+}
+
+/// A store that takes connections but does not work costs the first request at most one store
+/// `timeout`; after that, requests skip it and use this replica's own budget at once, and the
+/// broken server sees no connection per request.
+async fn a_broken_store_is_skipped(garbage: bool) {
+    let fake = fake().await;
+    let (url, accepted) = broken_redis(garbage).await;
+    let store = format!("encryption_key_file = \"key\"\n{STORE_TIMEOUT}");
+    let replica = replica_at(&fake, &url, &store, LOOSE_BUDGET);
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &replica.url).await, 200);
+    let connections = accepted.load(Ordering::SeqCst);
+    unheld_burst(&replica, 20).await;
+    assert!(
+        accepted.load(Ordering::SeqCst) <= connections + 1,
+        "no connection attempt per request (one probe at most)"
+    );
+    let store = &status(&replica.admin).await["token_store"];
+    assert_ne!(store["state"], "up", "{store}");
+    assert!(
+        store["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{store}"
+    );
+    let m = metrics(&replica.admin).await;
+    assert_eq!(
+        m[r#"cma_auth_proxy_token_store_state{state="up"}"#], 0.0,
+        "{m:?}"
+    );
+    assert!(m[r#"cma_auth_proxy_token_store_total{event="error"}"#] >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blackholed_store_is_skipped_after_its_first_timeout() {
+    a_broken_store_is_skipped(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_answering_garbage_is_skipped() {
+    a_broken_store_is_skipped(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_refusing_connections_is_skipped_and_used_again_once_it_is_back() {
+    let fake = fake().await;
+    let mut redis = RedisServer::start();
+    redis.stop();
+    let replica = replica(&fake, &redis, STORE_TIMEOUT, LOOSE_BUDGET);
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &replica.url).await, 200);
+    unheld_burst(&replica, 20).await;
+    let store = &status(&replica.admin).await["token_store"];
+    assert_ne!(store["state"], "up", "{store}");
+    assert!(
+        store["last_error"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("refused")),
+        "{store}"
+    );
+    assert!(store["since"].as_u64().is_some(), "{store}");
+
+    redis.restart();
+    eventually(30, "the replica uses the store again", || async {
+        status(&replica.admin).await["token_store"]["state"] == "up"
+    })
+    .await;
+    // It publishes the session it made alone, so that the fleet converges on it.
+    eventually(10, "the replica's session is shared", || async {
+        redis
+            .cli(&["--scan", "--pattern", "cma-auth-proxy:token:*"])
+            .lines()
+            .count()
+            == 1
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &replica.admin,
+            r#"cma_auth_proxy_token_store_state{state="up"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_stops_answering_is_skipped_until_it_answers_again() {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let relay = Relay::start(redis.port).await;
+    let store = format!("encryption_key_file = \"key\"\n{STORE_TIMEOUT}");
+    let replica = replica_at(&fake, &relay.url, &store, LOOSE_BUDGET);
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &replica.url).await, 200);
+    assert_eq!(
+        redis
+            .cli(&["--scan", "--pattern", "cma-auth-proxy:token:*"])
+            .lines()
+            .count(),
+        1,
+        "the session went through the relay"
+    );
+
+    relay.pause(true);
+    // The requests in flight when the store falls silent wait for it (at most `timeout`, together).
+    let statuses = burst(std::slice::from_ref(&replica), 20).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Later ones do not wait at all.
+    unheld_burst(&replica, 20).await;
+    assert_ne!(status(&replica.admin).await["token_store"]["state"], "up");
+
+    relay.pause(false);
+    eventually(30, "the replica uses the store again", || async {
+        status(&replica.admin).await["token_store"]["state"] == "up"
+    })
+    .await;
+    assert_eq!(get(&client, &replica.url).await, 200);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What a replica reads from the store: checked, bounded, and never derived from the password.
+// ---------------------------------------------------------------------------------------------
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A key of the account the replicas of these tests log in with.
+fn store_key(kind: &str, fake: &FakeCma) -> String {
+    let account = cma_auth_proxy::token::store::account_key(&fake.url(), EMAIL);
+    format!("cma-auth-proxy:{kind}:{account}")
+}
+
+/// A token as a replica without a key stores it: `{sha256 hex}:{obtained ms}:p:{token}`.
+fn plaintext_token(token: &str, obtained_ms: u64) -> String {
+    format!(
+        "{}:{obtained_ms}:p:{token}",
+        cma_auth_proxy::dev::sha256_hex(token.as_bytes())
+    )
+}
+
+/// The unkeyed digest of the credentials that earlier builds stored in the failure record.
+fn unkeyed_credentials_digest(email: &str, password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"cma-auth-proxy credentials v1\0");
+    h.update(email.as_bytes());
+    h.update(b"\0");
+    h.update(password.as_bytes());
+    h.update(b"\0");
+    h.finalize()
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A failure record as someone with write access to Redis could write it: refused credentials,
+/// try again in 73 years.
+fn forged_failure() -> String {
+    serde_json::json!({
+        "rejected": true,
+        "http_status": 422,
+        "error_code": 104,
+        "message": "forged",
+        "credentials": unkeyed_credentials_digest(EMAIL, PASSWORD),
+        "failed_at_ms": now_ms(),
+        "retry_at_ms": now_ms() + 2_306_489_079_000,
+    })
+    .to_string()
+}
+
+/// Everything in the store: every key and, for strings, its value.
+fn dump(redis: &RedisServer) -> String {
+    let mut out = String::new();
+    for key in redis.cli(&["--scan"]).lines() {
+        out.push_str(key);
+        out.push('\n');
+        out.push_str(&redis.cli(&["GET", key]));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tokens_planted_in_the_store_are_refused_when_sealed() {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let key = store_key("token", &fake);
+    let client = reqwest::Client::new();
+    // Stored in the clear by someone without the key.
+    redis.cli(&["SET", &key, &plaintext_token("blt-planted", now_ms())]);
+    let first = replica(&fake, &redis, "", "");
+    assert_eq!(get(&client, &first.url).await, 200);
+    assert_eq!(fake.logins(), 1, "the replica logged in itself");
+    assert!(
+        fake.requests().iter().all(|r| r
+            .headers
+            .get("authtoken")
+            .is_none_or(|t| t != "blt-planted")),
+        "the planted token went upstream"
+    );
+    // A sealed token with another date (an old one forces replicas with max_token_age to log in
+    // again; a future one keeps them from ever refreshing): the seal covers the date too.
+    let sealed = redis.cli(&["GET", &key]).trim().to_owned();
+    let mut fields: Vec<String> = sealed.splitn(4, ':').map(str::to_owned).collect();
+    assert_eq!(fields.len(), 4, "{sealed}");
+    let obtained: u64 = fields[1].parse().unwrap();
+    fields[1] = (obtained - 3_600_000).to_string();
+    redis.cli(&["SET", &key, &fields.join(":")]);
+    let second = replica(&fake, &redis, "", "");
+    assert_eq!(get(&client, &second.url).await, 200);
+    assert_eq!(fake.logins(), 2, "the redated token was refused");
+    for replica in [&first, &second] {
+        assert!(
+            metric(
+                &replica.admin,
+                r#"cma_auth_proxy_token_store_total{event="invalid"}"#
+            )
+            .await
+                >= 1.0
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_key_a_token_dated_in_the_future_is_refused_and_the_opt_out_is_loud() {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let tomorrow = now_ms() + 86_400_000;
+    redis.cli(&[
+        "SET",
+        &store_key("token", &fake),
+        &plaintext_token("blt-planted", tomorrow),
+    ]);
+    let replica = plaintext_replica(&fake, &redis, "");
+    assert_eq!(get(&reqwest::Client::new(), &replica.url).await, 200);
+    assert_eq!(fake.logins(), 1, "the replica logged in itself");
+    assert!(
+        fake.requests().iter().all(|r| r
+            .headers
+            .get("authtoken")
+            .is_none_or(|t| t != "blt-planted")),
+        "the planted token went upstream"
+    );
+    let log = replica.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains("allow_plaintext")),
+        "{log}"
+    );
+}
+
+/// Starts a replica, lets it log in, plants [`forged_failure`], evicts the session and asks
+/// again: the re-login reads the forged record.
+async fn relogin_after_a_forged_failure(sealed: bool) -> (FakeCma, Binary, reqwest::Response) {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let profile = "rejected_retry = \"3s\"";
+    let replica = if sealed {
+        replica(&fake, &redis, "", profile)
+    } else {
+        plaintext_replica(&fake, &redis, profile)
+    };
+    let client = reqwest::Client::new();
+    assert_eq!(get(&client, &replica.url).await, 200);
+    redis.cli(&["SET", &store_key("fail", &fake), &forged_failure()]);
+    fake.evict_sessions(EMAIL);
+    let response = client
+        .get(format!("{}/v3/user", replica.url))
+        .send()
+        .await
+        .unwrap();
+    (fake, replica, response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_failure_record_is_refused_when_sealed() {
+    let (fake, _replica, response) = relogin_after_a_forged_failure(true).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(fake.logins(), 2, "{:?}", fake.login_attempts());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_key_a_forged_failure_record_holds_logins_back_no_longer_than_our_settings() {
+    let (fake, replica, response) = relogin_after_a_forged_failure(false).await;
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        retry_after <= 3,
+        "Retry-After {retry_after} beyond rejected_retry"
+    );
+    let client = reqwest::Client::new();
+    eventually(10, "the replica logs in again", || async {
+        get(&client, &replica.url).await == 200
+    })
+    .await;
+    assert_eq!(fake.logins(), 2, "{:?}", fake.login_attempts());
+}
+
+/// A login lock someone planted (`SET` with `extra` expiry arguments) before the replica starts.
+async fn a_planted_lock_expires(extra: &[&str]) {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let mut set = vec![
+        "SET".to_owned(),
+        store_key("lock", &fake),
+        "planted".to_owned(),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    redis.cli(&set.iter().map(String::as_str).collect::<Vec<_>>());
+    let replica = replica(&fake, &redis, "lock_ttl = \"1s\"", "");
+    // A live holder may keep the lock for a whole login (about a minute): a planted lock must
+    // not get that long.
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        get(&reqwest::Client::new(), &replica.url),
+    )
+    .await
+    .expect("the planted lock expired within lock_ttl");
+    assert_eq!(status, 200);
+    assert_eq!(
+        metric(
+            &replica.admin,
+            r#"cma_auth_proxy_token_store_total{event="fleet_login"}"#
+        )
+        .await,
+        1.0,
+        "it logged in for the fleet, under the lock"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_lock_planted_without_expiry_gets_one() {
+    a_planted_lock_expires(&[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_login_lock_planted_with_a_long_expiry_gets_lock_ttl() {
+    a_planted_lock_expires(&["EX", "86400"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_holds_nothing_derived_from_the_password_and_no_upstream_text() {
+    for sealed in [true, false] {
+        let fake = fake().await;
+        let redis = RedisServer::start();
+        // The replica's password is refused: its failure is shared through the store.
+        fake.set_password(EMAIL, "another password");
+        let _replica = if sealed {
+            replica(&fake, &redis, "", "")
+        } else {
+            plaintext_replica(&fake, &redis, "")
+        };
+        eventually(10, "the refused login is shared", || async {
+            redis
+                .cli(&["--scan", "--pattern", "cma-auth-proxy:fail:*"])
+                .lines()
+                .count()
+                == 1
+        })
+        .await;
+        let dump = dump(&redis);
+        for (what, needle) in [
+            (
+                "an unkeyed digest of the password",
+                unkeyed_credentials_digest(EMAIL, PASSWORD).as_str(),
+            ),
+            ("the upstream's message", "email or password is invalid"),
+            ("the password", PASSWORD),
+            ("the e-mail", EMAIL),
+        ] {
+            assert!(
+                !dump.contains(needle),
+                "{what} in the store (sealed: {sealed}): {dump}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_oversized_value_in_the_store_is_not_read() {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    // 64 MiB under the token and the failure key (SETRANGE makes them inside Redis at once).
+    for kind in ["token", "fail"] {
+        redis.cli(&["SETRANGE", &store_key(kind, &fake), "67108863", "x"]);
+    }
+    let sent = || {
+        let info = redis.cli(&["INFO", "stats"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("total_net_output_bytes:"))
+            .expect("INFO stats")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = sent();
+    let replica = replica(&fake, &redis, "", "");
+    assert_eq!(get(&reqwest::Client::new(), &replica.url).await, 200);
+    assert_eq!(fake.logins(), 1);
+    let read = sent() - before;
+    assert!(
+        read < 1 << 20,
+        "Redis sent {read} bytes: a value was read whole"
+    );
+    assert!(
+        metric(
+            &replica.admin,
+            r#"cma_auth_proxy_token_store_total{event="invalid"}"#
+        )
+        .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_value_of_another_type_in_the_store_is_replaced_by_the_fleet_login() {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let key = store_key("token", &fake);
+    redis.cli(&["HSET", &key, "token", "blt-planted"]);
+    let replica = replica(&fake, &redis, "", "");
+    assert_eq!(get(&reqwest::Client::new(), &replica.url).await, 200);
+    assert_eq!(
+        redis.cli(&["TYPE", &key]).trim(),
+        "string",
+        "the fleet shares again"
+    );
+    assert_eq!(
+        metric(
+            &replica.admin,
+            r#"cma_auth_proxy_token_store_total{event="fleet_login"}"#
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_planted_rate_state_does_not_hold_requests_back() {
+    let fake = fake().await;
+    let redis = RedisServer::start();
+    let account = cma_auth_proxy::token::store::account_key(&fake.url(), EMAIL);
+    // The next slot in 30 years.
+    redis.cli(&[
+        "SET",
+        &format!("cma-auth-proxy:rate:read:{account}"),
+        &(now_ms() + 1_000_000_000_000).to_string(),
+    ]);
+    let replica = replica(
+        &fake,
+        &redis,
+        "",
+        "[profiles.default.rate_limit]\nreads_per_second = 9\nburst = 1\nmax_wait = \"2s\"",
+    );
+    assert_eq!(get(&reqwest::Client::new(), &replica.url).await, 200);
 }

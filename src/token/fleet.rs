@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::store::{Lock, RedisStore, SharedFailure, StoreError, unix_ms};
+use super::store::{Lock, RedisStore, SharedFailure, StoreError, Stored, unix_ms};
 use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
 
 /// How often a waiting replica looks for the token the lock holder publishes.
@@ -75,29 +75,34 @@ impl TokenManager {
         state: &Arc<ProfileState>,
     ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
         let account = &state.account;
+        let credentials = store.credentials_tag(&state.config.load().credentials);
         // A holder that died leaves its lock for `lock_ttl`; a live one renews it for as long as
         // its login can take.
         let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
         let deadline = Instant::now() + patience;
         let mut waited = false;
         loop {
-            if let Some(token) = store.get(account).await?
+            if let Some(token) = store.get(account).await?.valid()
                 && let Some(token) = self.adopt(state, token).await
             {
                 self.inner.metrics.store_event("hit");
                 return Ok(Ok(token));
             }
             if let Some(failure) = store.failure(account).await?
-                && failure.credentials == state.credentials
-                && failure.retry_at_ms > unix_ms(SystemTime::now())
+                && let Some(hold) = failure.hold(
+                    credentials.as_deref(),
+                    state.loaded_at,
+                    &state.config.load(),
+                    SystemTime::now(),
+                )
             {
-                return Ok(Err(state.record_shared_failure(&failure)));
+                return Ok(Err(state.record_shared_failure(&failure, hold)));
             }
             if let Some(lock) = store.lock(account).await? {
                 self.inner.metrics.store_event("miss");
                 // Someone may have published between our look and our lock.
                 let published = match store.get(account).await {
-                    Ok(Some(token)) => self.adopt(state, token).await,
+                    Ok(Stored::Valid(token)) => self.adopt(state, token).await,
                     _ => None,
                 };
                 let result = match published {
@@ -132,7 +137,8 @@ impl TokenManager {
                 Err(e) => Err(e),
             },
             Err(error) => {
-                let shared = SharedFailure::new(error, &state.credentials);
+                let credentials = store.credentials_tag(&state.config.load().credentials);
+                let shared = SharedFailure::new(error, credentials);
                 store
                     .set_failure(&state.account, &shared, error.retry_after)
                     .await
@@ -161,7 +167,8 @@ impl TokenManager {
     }
 
     /// Max age with a fleet: one replica logs in under the fleet lock and publishes; the others
-    /// adopt the newer token when they sync. Returns whether this replica refreshed.
+    /// adopt the newer token when they sync. While the store is unavailable the replica refreshes
+    /// on its own. Returns whether this replica refreshed.
     pub(super) async fn refresh_shared(
         &self,
         store: &RedisStore,
@@ -169,11 +176,21 @@ impl TokenManager {
         old: &Token,
     ) -> bool {
         let account = &state.account;
-        let Ok(Some(lock)) = store.lock(account).await else {
-            return false;
+        let lock = match store.lock(account).await {
+            Ok(Some(lock)) => lock,
+            // Another replica is logging in for the fleet.
+            Ok(None) => return false,
+            Err(e) => {
+                self.store_unavailable(&e);
+                let refreshed = self.login(state).await.is_ok();
+                if refreshed {
+                    state.local_only.store(true, Ordering::Relaxed);
+                }
+                return refreshed;
+            }
         };
         let still_shared =
-            matches!(store.get(account).await, Ok(Some(t)) if t.header() == old.header());
+            matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header() == old.header());
         let refreshed = still_shared
             && held(store, account, &lock, self.login_for_fleet(store, state))
                 .await
@@ -183,7 +200,8 @@ impl TokenManager {
     }
 
     /// Keeps this replica on the fleet's session: adopts a newer shared token, gives up a session
-    /// made while the store was down in favour of the shared one, or publishes it when there is none.
+    /// made while the store was down in favour of the shared one, or publishes it when there is none
+    /// (or only a value no replica can use).
     pub(super) async fn sync(&self, state: &Arc<ProfileState>) {
         let Some(store) = self.inner.store.clone() else {
             return;
@@ -193,7 +211,7 @@ impl TokenManager {
         let local_only = state.local_only.load(Ordering::Relaxed);
         match store.get(&state.account).await {
             Err(e) => self.store_unavailable(&e),
-            Ok(Some(shared)) => {
+            Ok(Stored::Valid(shared)) => {
                 let same = local
                     .as_ref()
                     .is_some_and(|l| l.header() == shared.header());
@@ -207,9 +225,15 @@ impl TokenManager {
                     }
                 }
             }
-            Ok(None) => {
+            Ok(stored @ (Stored::Absent | Stored::Invalid)) => {
                 if let (true, Some(own)) = (local_only, local) {
-                    match store.put_if_absent(&state.account, &own).await {
+                    // An unreadable value is replaced: left alone it would keep the whole fleet
+                    // from sharing again until every replica's own session died.
+                    let published = match stored {
+                        Stored::Invalid => store.put(&state.account, &own).await.map(|()| true),
+                        _ => store.put_if_absent(&state.account, &own).await,
+                    };
+                    match published {
                         Ok(true) => {
                             self.inner.metrics.store_event("publish");
                             state.local_only.store(false, Ordering::Relaxed);
@@ -222,57 +246,67 @@ impl TokenManager {
         }
     }
 
-    /// The store failed: this replica carries on alone. Logged at most once every 30 s.
+    /// The store failed: this replica carries on alone. A failed call was counted and logged by
+    /// the store (and a failing store is skipped until it answers again); a lock that never came
+    /// free is counted and logged here.
     pub(super) fn store_unavailable(&self, error: &StoreError) {
-        static LAST_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-        self.inner.metrics.store_event("error");
-        let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
-        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
-            *last = Some(Instant::now());
-            tracing::warn!(
-                "fleet token store unavailable, working with this replica's own session: {}",
-                crate::error::error_chain_text(error)
-            );
+        match error {
+            StoreError::LockHeld(_) => {
+                self.inner.metrics.store_event("error");
+                tracing::warn!("{}", crate::error::error_chain_text(error));
+            }
+            StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Unavailable => {
+                tracing::debug!(
+                    "working without the fleet token store: {}",
+                    crate::error::error_chain_text(error)
+                );
+            }
         }
     }
 }
 
 impl SharedFailure {
-    fn new(error: &LoginError, credentials: &str) -> SharedFailure {
-        let (rejected, http_status, error_code, message) = match &*error.failure {
+    /// What the fleet learns of a failed login: status and `error_code`, never Contentstack's
+    /// text (which may echo what was sent).
+    fn new(error: &LoginError, credentials: Option<String>) -> SharedFailure {
+        let (rejected, http_status, error_code) = match &*error.failure {
             LoginFailure::Rejected {
                 http_status,
                 error_code,
-            } => (true, *http_status, *error_code, String::new()),
-            LoginFailure::Transient(cause) => (false, 0, None, cause.to_string()),
+            } => (true, *http_status, *error_code),
+            LoginFailure::Transient(TransientCause::Status(status)) => (false, *status, None),
+            LoginFailure::Transient(_) => (false, 0, None),
         };
+        let now = SystemTime::now();
         SharedFailure {
             rejected,
             http_status,
             error_code,
-            message,
-            credentials: credentials.to_owned(),
-            retry_at_ms: unix_ms(SystemTime::now() + error.retry_after),
+            failed_at_ms: unix_ms(now),
+            retry_at_ms: unix_ms(now + error.retry_after),
+            credentials,
         }
     }
 }
 
 impl ProfileState {
-    /// Another replica's login with these credentials failed: wait as it waits.
-    fn record_shared_failure(&self, shared: &SharedFailure) -> LoginError {
+    /// Another replica's login with these credentials failed: wait `hold`, as it waits.
+    fn record_shared_failure(&self, shared: &SharedFailure, retry_after: Duration) -> LoginError {
         let failure = if shared.rejected {
             LoginFailure::Rejected {
                 http_status: shared.http_status,
                 error_code: shared.error_code,
             }
+        } else if shared.http_status != 0 {
+            LoginFailure::Transient(TransientCause::Fleet(format!(
+                "Contentstack answered HTTP {}",
+                shared.http_status
+            )))
         } else {
-            LoginFailure::Transient(TransientCause::Fleet(shared.message.clone()))
+            LoginFailure::Transient(TransientCause::Fleet(
+                "Contentstack could not be reached or did not answer".to_owned(),
+            ))
         };
-        let retry_after = Duration::from_millis(
-            shared
-                .retry_at_ms
-                .saturating_sub(unix_ms(SystemTime::now())),
-        );
         let failure = Arc::new(failure);
         let mut status = self.status();
         status.consecutive_failures = status.consecutive_failures.max(1);

@@ -171,8 +171,9 @@ struct ProfileState {
     status: Mutex<LoginStatus>,
     /// The account's name in the fleet store.
     account: String,
-    /// A salted digest of the credentials, to match failures shared by other replicas.
-    credentials: String,
+    /// When these credentials were loaded: without a fleet key, failures other replicas shared
+    /// count only if they happened after this.
+    loaded_at: SystemTime,
     /// The cached token was obtained while the fleet store was unavailable, and is not shared.
     local_only: std::sync::atomic::AtomicBool,
     /// Fingerprints of the last tokens Contentstack rejected here: never taken from the fleet
@@ -182,19 +183,8 @@ struct ProfileState {
 
 impl ProfileState {
     fn new(config: Arc<ProfileConfig>, base_url: &str) -> Self {
-        let (account, credentials) = match &config.credentials {
-            Credentials::Login {
-                email,
-                password,
-                totp_secret,
-            } => (
-                store::account_key(base_url, email),
-                store::credentials_digest(
-                    email,
-                    secrecy::ExposeSecret::expose_secret(password),
-                    totp_secret.as_ref().map(|t| t.bytes()),
-                ),
-            ),
+        let account = match &config.credentials {
+            Credentials::Login { email, .. } => store::account_key(base_url, email),
             Credentials::ManagementToken(_) => unreachable!("only login profiles have a state"),
         };
         Self {
@@ -202,7 +192,7 @@ impl ProfileState {
             login_lock: Arc::default(),
             status: Mutex::default(),
             account,
-            credentials,
+            loaded_at: SystemTime::now(),
             local_only: Default::default(),
             dead: Mutex::default(),
         }
@@ -361,7 +351,7 @@ impl TokenManager {
         let store = match &config.token_store {
             crate::config::TokenStoreConfig::Memory => None,
             crate::config::TokenStoreConfig::Redis(redis) => {
-                Some(Arc::new(store::RedisStore::new(redis)?))
+                Some(Arc::new(store::RedisStore::new(redis, metrics.clone())?))
             }
         };
         Ok(Self {
@@ -392,6 +382,11 @@ impl TokenManager {
         let store = self.inner.store.clone()?;
         let state = self.state(&profile.name)?;
         Some((store, state.account.clone()))
+    }
+
+    /// The fleet store's state, for `/status` (`None` without a store).
+    pub fn store_status(&self) -> Option<store::LinkStatus> {
+        self.inner.store.as_ref().map(|store| store.status())
     }
 
     fn state(&self, profile: &str) -> Option<Arc<ProfileState>> {

@@ -4,27 +4,31 @@
 //!
 //! Keys, under `key_prefix`, per account (a digest of upstream and e-mail, so replicas with
 //! different profile names still share):
-//! - `token:{acct}`: `{sha256 of the token, hex}:{obtained unix ms}:{p|x}:{token or sealed token}`
+//! - `token:{acct}`: `{sha256 of the token, hex}:{obtained unix ms}:{p|s}:{token | sealed token}`
 //! - `lock:{acct}`: the login lock, `SET NX PX` with a random fencing value, released by its holder
-//! - `fail:{acct}`: the last failed login, expiring when the next attempt is due
-//! - `rate:{acct}:{read|write}`: the GCRA state of the shared budget
+//! - `fail:{acct}`: the last failed login (status and `error_code`, when, until when, and a keyed
+//!   tag of the credentials), sealed; expiring when the next attempt is due
+//! - `rate:{read|write}:{acct}`: the GCRA state of the shared budget (a unix ms time)
 //!
-//! Every call has a timeout; an error means "the store is unavailable" and the caller falls back
-//! to its own cache and logins. Tokens at rest are sealed with XChaCha20-Poly1305 when
-//! `encryption_key_file` is set. Nothing here logs a token or a key.
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+//! Redis is not trusted beyond what a replica can check (see `record.rs`): values are read at most
+//! [`record::MAX_VALUE`] bytes at a time, sealed with the fleet key (`encryption_key_file`) unless
+//! the operator opted out with `allow_plaintext`, and dates and waits are bounded by this replica's
+//! own settings; the login lock always expires. Every call has a timeout, and after a failure the
+//! store is skipped until a probe reaches it (`link.rs`): an error means "the store is
+//! unavailable" and the caller falls back to its own cache, logins and budget. Nothing here logs a
+//! token or a key.
+mod link;
+mod record;
 
-use base64::Engine;
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use http::HeaderValue;
-use redis::aio::ConnectionManager;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::Token;
-use crate::config::RedisConfig;
+use crate::config::{Credentials, RedisConfig};
+use crate::metrics::Metrics;
+pub use link::LinkStatus;
+use record::{Codec, Invalid, MAX_VALUE};
+pub use record::{SharedFailure, unix_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,27 +36,43 @@ pub enum StoreError {
     Redis(#[source] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the fleet store is skipped after a failure until a probe reaches it again")]
+    Unavailable,
     #[error("the fleet login lock stayed taken for {0:?}; logging in without the fleet")]
     LockHeld(Duration),
 }
 
-/// A login failure as the fleet shares it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SharedFailure {
-    pub rejected: bool,
-    pub http_status: u16,
-    pub error_code: Option<i64>,
-    pub message: String,
-    /// Which credentials failed (a salted digest): a replica with other credentials ignores it.
-    pub credentials: String,
-    /// Unix ms when the next attempt is allowed.
-    pub retry_at_ms: u64,
+/// A value read from the store: absent, present but refused (too large, forged, from another
+/// setting), or valid.
+pub enum Stored<T> {
+    Absent,
+    Invalid,
+    Valid(T),
+}
+
+impl<T> Stored<T> {
+    pub fn valid(self) -> Option<T> {
+        match self {
+            Stored::Valid(v) => Some(v),
+            Stored::Absent | Stored::Invalid => None,
+        }
+    }
 }
 
 /// The login lock, held by this replica.
 pub struct Lock {
     fence: String,
 }
+
+/// Takes the lock if free. A lock without an expiry, or with a longer one than ours, gets ours:
+/// only replicas write the lock, and they always set `lock_ttl`, so such a lock was planted (or
+/// left by a replica with other settings) and must not hold logins back for longer.
+const LOCK: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
 
 /// Releases the lock only if this holder still has it (it may have expired and been taken).
 const UNLOCK: &str = r#"
@@ -71,12 +91,14 @@ if v and string.sub(v, 1, 64) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 "#;
 
 /// GCRA on the server's clock: returns the wait in ms (0 = go now), or -wait when refused.
+/// No replica reserves further ahead than `reach`: a stored time beyond it was not written by
+/// one, and is treated as no reservation rather than holding requests back.
 const RATE: &str = r#"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local interval, tolerance, max_wait, pushback = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
+local interval, tolerance, max_wait, pushback, reach = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now or tat > now + reach then tat = now end
 if pushback > 0 then
   local pushed = now + pushback + tolerance
   if pushed > tat then tat = pushed end
@@ -91,13 +113,25 @@ redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 1000)
 return wait
 "#;
 
+/// One call to the shared budget (see `ratelimit.rs`).
+pub struct RateCall {
+    pub interval: Duration,
+    pub tolerance: Duration,
+    pub max_wait: Duration,
+    /// Non-zero: an upstream 429, push the budget back this far instead of taking a slot.
+    pub pushback: Duration,
+    /// The furthest ahead any call of this budget reserves: bounds what is read back.
+    pub reach: Duration,
+}
+
 pub struct RedisStore {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<ConnectionManager>>,
+    link: Arc<link::Link>,
+    codec: Codec,
     prefix: String,
     timeout: Duration,
     lock_ttl: Duration,
-    seal: Option<Arc<XChaCha20Poly1305>>,
+    metrics: Arc<Metrics>,
+    lock: redis::Script,
     unlock: redis::Script,
     extend: redis::Script,
     delete_if: redis::Script,
@@ -105,7 +139,7 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    pub fn new(config: &RedisConfig) -> Result<RedisStore, StoreError> {
+    pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<RedisStore, StoreError> {
         let client = match &config.roots_pem {
             None => redis::Client::open(config.url.as_str()),
             Some(roots) => redis::Client::build_with_tls(
@@ -117,16 +151,17 @@ impl RedisStore {
             ),
         }
         .map_err(StoreError::Redis)?;
-        let seal = config.encryption_key.as_ref().map(|key| {
-            Arc::new(XChaCha20Poly1305::new_from_slice(&key.0).expect("validated as 32 bytes"))
-        });
+        if config.encryption_key.is_none() {
+            tracing::warn!("{}", crate::config::PLAINTEXT_STORE_WARNING);
+        }
         Ok(RedisStore {
-            client,
-            conn: tokio::sync::Mutex::new(None),
+            link: link::Link::new(client, &config.url, config.timeout, metrics.clone()),
+            codec: Codec::new(config.encryption_key.as_ref()),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,
             lock_ttl: config.lock_ttl,
-            seal,
+            metrics,
+            lock: redis::Script::new(LOCK),
             unlock: redis::Script::new(UNLOCK),
             extend: redis::Script::new(EXTEND),
             delete_if: redis::Script::new(DELETE_IF),
@@ -138,25 +173,46 @@ impl RedisStore {
         self.lock_ttl
     }
 
+    /// Whether the store is in use, skipped or being probed, for `/status`.
+    pub fn status(&self) -> LinkStatus {
+        self.link.status()
+    }
+
+    /// The tag under which a failure of `credentials` is shared (`None` without the fleet key).
+    pub fn credentials_tag(&self, credentials: &Credentials) -> Option<String> {
+        match credentials {
+            Credentials::Login {
+                email,
+                password,
+                totp_secret,
+            } => self.codec.credentials_tag(
+                email,
+                secrecy::ExposeSecret::expose_secret(password),
+                totp_secret.as_ref().map(|t| t.bytes()),
+            ),
+            Credentials::ManagementToken(_) => None,
+        }
+    }
+
     fn key(&self, kind: &str, account: &str) -> String {
         format!("{}{kind}:{account}", self.prefix)
     }
 
-    /// A connection, made on first use so that Redis may be down at start; reconnects by itself.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout))
-            .set_number_of_retries(1);
-        let conn = self
-            .bounded(self.client.get_connection_manager_with_config(config))
-            .await?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+    /// Runs one command, within `timeout`.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, StoreError> {
+        let (mut conn, generation) = self.link.conn().await?;
+        let result = self.bounded(cmd.query_async(&mut conn)).await;
+        self.link.outcome(generation, result)
+    }
+
+    /// Runs one script, within `timeout`.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        let (mut conn, generation) = self.link.conn().await?;
+        let result = self.bounded(script.invoke_async(&mut conn)).await;
+        self.link.outcome(generation, result)
     }
 
     async fn bounded<T>(
@@ -169,45 +225,78 @@ impl RedisStore {
             .map_err(StoreError::Redis)
     }
 
-    async fn get_value(&self, kind: &str, account: &str) -> Result<Option<String>, StoreError> {
-        let mut conn = self.conn().await?;
-        self.bounded(
-            redis::cmd("GET")
-                .arg(self.key(kind, account))
-                .query_async(&mut conn),
-        )
-        .await
+    /// At most [`MAX_VALUE`] + 1 bytes of a value: enough to tell that it is too large, without
+    /// reading a planted giant.
+    async fn read(&self, kind: &str, account: &str) -> Result<Stored<Vec<u8>>, StoreError> {
+        let read = self
+            .query::<Vec<u8>>(
+                redis::cmd("GETRANGE")
+                    .arg(self.key(kind, account))
+                    .arg(0)
+                    .arg(MAX_VALUE),
+            )
+            .await;
+        match read {
+            // GETRANGE answers "" for a missing key.
+            Ok(value) if value.is_empty() => Ok(Stored::Absent),
+            Ok(value) => Ok(Stored::Valid(value)),
+            // Not a string: planted.
+            Err(StoreError::Redis(e)) if e.code() == Some("WRONGTYPE") => {
+                self.refuse(kind, Invalid::Malformed);
+                Ok(Stored::Invalid)
+            }
+            Err(e) => Err(e),
+        }
     }
 
-    pub async fn get(&self, account: &str) -> Result<Option<Token>, StoreError> {
-        let value = self.get_value("token", account).await?;
-        Ok(value.and_then(|v| self.open(account, &v)))
+    /// A value this replica cannot use counts as absent; counted, and logged now and then.
+    fn refuse(&self, kind: &str, why: Invalid) {
+        static LAST_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+        self.metrics.store_event("invalid");
+        let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
+            *last = Some(Instant::now());
+            tracing::warn!("ignoring the fleet store's {kind} value: {why}");
+        }
+    }
+
+    pub async fn get(&self, account: &str) -> Result<Stored<Token>, StoreError> {
+        Ok(match self.read("token", account).await? {
+            Stored::Valid(value) => {
+                match self
+                    .codec
+                    .open_token(account, &value, std::time::SystemTime::now())
+                {
+                    Ok(token) => Stored::Valid(token),
+                    Err(why) => {
+                        self.refuse("token", why);
+                        Stored::Invalid
+                    }
+                }
+            }
+            Stored::Absent => Stored::Absent,
+            Stored::Invalid => Stored::Invalid,
+        })
     }
 
     /// Publishes `token` as the account's session, replacing whatever was there.
     pub async fn put(&self, account: &str, token: &Token) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let value = self.seal_token(account, token);
-        self.bounded(
+        self.query(
             redis::cmd("SET")
                 .arg(self.key("token", account))
-                .arg(value)
-                .query_async::<()>(&mut conn),
+                .arg(self.codec.token(account, token)),
         )
         .await
     }
 
     /// Publishes `token` unless the account already has one; returns whether it was published.
     pub async fn put_if_absent(&self, account: &str, token: &Token) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let value = self.seal_token(account, token);
         let set: Option<String> = self
-            .bounded(
+            .query(
                 redis::cmd("SET")
                     .arg(self.key("token", account))
-                    .arg(value)
-                    .arg("NX")
-                    .query_async(&mut conn),
+                    .arg(self.codec.token(account, token))
+                    .arg("NX"),
             )
             .await?;
         Ok(set.is_some())
@@ -215,80 +304,71 @@ impl RedisStore {
 
     /// Deletes the account's token if it is still `token`; a newer one is kept.
     pub async fn remove_if(&self, account: &str, token: &Token) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
         let removed: i64 = self
-            .bounded(
+            .invoke(
                 self.delete_if
                     .key(self.key("token", account))
-                    .arg(digest_hex(token.header().as_bytes()))
-                    .invoke_async(&mut conn),
+                    .arg(record::digest_hex(token.header().as_bytes())),
             )
             .await?;
         Ok(removed == 1)
     }
 
     pub async fn lock(&self, account: &str) -> Result<Option<Lock>, StoreError> {
-        let mut conn = self.conn().await?;
         let fence = format!(
             "{:016x}{:016x}",
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        let set: Option<String> = self
-            .bounded(
-                redis::cmd("SET")
-                    .arg(self.key("lock", account))
+        let taken: i64 = self
+            .invoke(
+                self.lock
+                    .key(self.key("lock", account))
                     .arg(&fence)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(self.lock_ttl.as_millis() as u64)
-                    .query_async(&mut conn),
+                    .arg(self.lock_ttl.as_millis() as u64),
             )
             .await?;
-        Ok(set.map(|_| Lock { fence }))
+        Ok((taken == 1).then_some(Lock { fence }))
     }
 
     pub async fn unlock(&self, account: &str, lock: Lock) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        self.bounded(
-            self.unlock
-                .key(self.key("lock", account))
-                .arg(lock.fence)
-                .invoke_async::<i64>(&mut conn),
-        )
-        .await
-        .map(drop)
+        self.invoke::<i64>(self.unlock.key(self.key("lock", account)).arg(lock.fence))
+            .await
+            .map(drop)
     }
 
     /// Gives a lock this replica holds another `lock_ttl`. `false`: the lock is no longer ours
     /// (it expired, or Redis lost it).
     pub async fn extend(&self, account: &str, lock: &Lock) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        let extended = self
-            .bounded(
+        let extended: i64 = self
+            .invoke(
                 self.extend
                     .key(self.key("lock", account))
                     .arg(&lock.fence)
-                    .arg(self.lock_ttl.as_millis() as u64)
-                    .invoke_async::<i64>(&mut conn),
+                    .arg(self.lock_ttl.as_millis() as u64),
             )
             .await?;
         Ok(extended == 1)
     }
 
-    pub async fn is_locked(&self, account: &str) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        self.bounded(
-            redis::cmd("EXISTS")
-                .arg(self.key("lock", account))
-                .query_async(&mut conn),
-        )
-        .await
-    }
-
+    /// The last failed login of the account, if readable (see [`SharedFailure::hold`] for
+    /// whether it concerns the caller).
     pub async fn failure(&self, account: &str) -> Result<Option<SharedFailure>, StoreError> {
-        let value = self.get_value("fail", account).await?;
-        Ok(value.and_then(|v| serde_json::from_str(&v).ok()))
+        Ok(match self.read("fail", account).await? {
+            Stored::Valid(value) => {
+                match self
+                    .codec
+                    .open_failure(account, &value, std::time::SystemTime::now())
+                {
+                    Ok(failure) => Some(failure),
+                    Err(why) => {
+                        self.refuse("fail", why);
+                        None
+                    }
+                }
+            }
+            Stored::Absent | Stored::Invalid => None,
+        })
     }
 
     pub async fn set_failure(
@@ -297,190 +377,52 @@ impl RedisStore {
         failure: &SharedFailure,
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let text = serde_json::to_string(failure).expect("serializable");
-        self.bounded(
+        self.query(
             redis::cmd("SET")
                 .arg(self.key("fail", account))
-                .arg(text)
+                .arg(self.codec.failure(account, failure))
                 .arg("PX")
-                .arg(ttl.as_millis().max(1) as u64)
-                .query_async::<()>(&mut conn),
+                .arg(ttl.as_millis().max(1) as u64),
         )
         .await
     }
 
     pub async fn clear_failure(&self, account: &str) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        self.bounded(
-            redis::cmd("DEL")
-                .arg(self.key("fail", account))
-                .query_async::<()>(&mut conn),
-        )
-        .await
+        self.query(redis::cmd("DEL").arg(self.key("fail", account)))
+            .await
     }
 
-    /// The shared budget: `Ok(wait)` to go after `wait`, `Err(wait)` when refused.
+    /// The shared budget of `kind` (`read`/`write`): `Ok(wait)` to go after `wait`, `Err(wait)`
+    /// when refused; with `pushback`, always `Ok(0)`. Waits are never longer than `reach`.
     pub async fn rate(
         &self,
         account: &str,
         kind: &str,
-        interval: Duration,
-        tolerance: Duration,
-        max_wait: Duration,
+        call: &RateCall,
     ) -> Result<Result<Duration, Duration>, StoreError> {
-        self.rate_call(account, kind, interval, tolerance, max_wait, Duration::ZERO)
-            .await
-    }
-
-    /// An upstream 429: push the shared budget of this kind back.
-    pub async fn rate_pushback(
-        &self,
-        account: &str,
-        kind: &str,
-        tolerance: Duration,
-        pushback: Duration,
-    ) -> Result<(), StoreError> {
-        self.rate_call(
-            account,
-            kind,
-            Duration::ZERO,
-            tolerance,
-            Duration::ZERO,
-            pushback,
-        )
-        .await
-        .map(drop)
-    }
-
-    async fn rate_call(
-        &self,
-        account: &str,
-        kind: &str,
-        interval: Duration,
-        tolerance: Duration,
-        max_wait: Duration,
-        pushback: Duration,
-    ) -> Result<Result<Duration, Duration>, StoreError> {
-        let mut conn = self.conn().await?;
         let ms = |d: Duration| d.as_millis() as u64;
         let wait: i64 = self
-            .bounded(
+            .invoke(
                 self.rate
                     .key(self.key(&format!("rate:{kind}"), account))
-                    .arg(ms(interval))
-                    .arg(ms(tolerance))
-                    .arg(ms(max_wait))
-                    .arg(ms(pushback))
-                    .invoke_async(&mut conn),
+                    .arg(ms(call.interval))
+                    .arg(ms(call.tolerance))
+                    .arg(ms(call.max_wait))
+                    .arg(ms(call.pushback))
+                    .arg(ms(call.reach)),
             )
             .await?;
+        let bounded = |w: u64| Duration::from_millis(w).min(call.reach);
         Ok(if wait < 0 {
-            Err(Duration::from_millis(wait.unsigned_abs()))
+            Err(bounded(wait.unsigned_abs()))
         } else {
-            Ok(Duration::from_millis(wait as u64))
+            Ok(bounded(wait as u64))
         })
     }
-
-    fn seal_token(&self, account: &str, token: &Token) -> String {
-        let secret = token.header().as_bytes();
-        let obtained = token
-            .obtained_at()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        let body = match &self.seal {
-            None => format!("p:{}", String::from_utf8_lossy(secret)),
-            Some(cipher) => {
-                let nonce_bytes: [u8; 24] = rand::random();
-                let nonce = XNonce::from(nonce_bytes);
-                let sealed = cipher
-                    .encrypt(
-                        &nonce,
-                        Payload {
-                            msg: secret,
-                            aad: account.as_bytes(),
-                        },
-                    )
-                    .expect("XChaCha20-Poly1305 seals any message");
-                let mut out = nonce_bytes.to_vec();
-                out.extend_from_slice(&sealed);
-                format!(
-                    "x:{}",
-                    base64::engine::general_purpose::STANDARD.encode(out)
-                )
-            }
-        };
-        format!("{}:{obtained}:{body}", digest_hex(secret))
-    }
-
-    /// Reads a stored token; a value this replica cannot open (other key, corrupt) counts as absent.
-    fn open(&self, account: &str, value: &str) -> Option<Token> {
-        let mut parts = value.splitn(4, ':');
-        let (_digest, obtained, mode, body) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let obtained = UNIX_EPOCH + Duration::from_millis(obtained.parse().ok()?);
-        let secret = match (mode, &self.seal) {
-            ("p", None) => body.as_bytes().to_vec(),
-            ("x", Some(cipher)) => {
-                let raw = base64::engine::general_purpose::STANDARD
-                    .decode(body)
-                    .ok()?;
-                if raw.len() < 24 {
-                    return None;
-                }
-                let (nonce, sealed) = raw.split_at(24);
-                let nonce = XNonce::try_from(nonce).ok()?;
-                cipher
-                    .decrypt(
-                        &nonce,
-                        Payload {
-                            msg: sealed,
-                            aad: account.as_bytes(),
-                        },
-                    )
-                    .ok()?
-            }
-            _ => {
-                tracing::warn!(
-                    "the shared token is stored with another encryption setting; ignoring it"
-                );
-                return None;
-            }
-        };
-        let header = HeaderValue::from_bytes(&secret).ok()?;
-        Some(Token::restored(header, obtained))
-    }
-}
-
-fn digest_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// The store's name for an account: upstream and e-mail, hashed (no e-mail in key names).
 pub fn account_key(base_url: &str, email: &str) -> String {
-    digest_hex(format!("{base_url}\n{}", email.to_ascii_lowercase()).as_bytes())[..24].to_owned()
-}
-
-/// A salted digest of credentials, to tell whether a shared failure concerns ours.
-pub fn credentials_digest(email: &str, password: &str, totp: Option<&[u8]>) -> String {
-    let mut h = Sha256::new();
-    h.update(b"cma-auth-proxy credentials v1\0");
-    h.update(email.as_bytes());
-    h.update(b"\0");
-    h.update(password.as_bytes());
-    h.update(b"\0");
-    h.update(totp.unwrap_or_default());
-    h.finalize()
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-pub fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    record::digest_hex(format!("{base_url}\n{}", email.to_ascii_lowercase()).as_bytes())[..24]
+        .to_owned()
 }

@@ -1,0 +1,563 @@
+//! The values the fleet store holds, as text, and how a replica checks them on the way back in.
+//!
+//! Whoever can write to Redis can write anything under our keys, so nothing read back is taken on
+//! trust: a value is at most [`MAX_VALUE`] bytes, dates are no later than this replica's clock
+//! allows, and with the fleet key everything is sealed (XChaCha20-Poly1305) over all the fields a
+//! reader acts on, so a value not written by a holder of the key is refused. Without the key
+//! (`allow_plaintext`) a planted token cannot be told from a real one: that is the opt-out's cost.
+//!
+//! Nothing stored is derived from the password without the fleet key, and no upstream text is
+//! stored: a failure is shared as its status and `error_code` only.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hmac::{Hmac, Mac};
+use http::HeaderValue;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::config::{EncryptionKey, ProfileConfig};
+use crate::token::Token;
+
+/// The most a replica reads of one value. A token value is about 150 bytes, a failure record
+/// about 250: anything near this is not ours, and is not read further.
+pub const MAX_VALUE: usize = 8 * 1024;
+
+/// How far ahead of this replica's clock another replica's may be. A date later than that was
+/// not written by a replica, and would make a planted token look newest or a failure last forever.
+pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Why a value read from the store was refused (for the log; the value then counts as absent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    #[error("larger than {MAX_VALUE} bytes")]
+    TooLarge,
+    #[error("not in the format this version writes")]
+    Malformed,
+    #[error(
+        "written with another encryption setting (a replica with another or no encryption_key_file?)"
+    )]
+    OtherSetting,
+    #[error("not sealed with this replica's encryption key (planted, or another key)")]
+    NotSealedByUs,
+    #[error("dated later than this replica's clock allows")]
+    FromTheFuture,
+}
+
+/// Keys derived from the operator's `encryption_key_file`, one per use, so that no use can
+/// reveal another's.
+struct Keys {
+    seal: XChaCha20Poly1305,
+    credentials: [u8; 32],
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn keyed_digest(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes a key of any length");
+    for part in parts {
+        // Length-prefixed, so that no two lists of parts feed the same bytes.
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
+    }
+    mac.finalize().into_bytes().into()
+}
+
+impl Keys {
+    fn derive(key: &EncryptionKey) -> Keys {
+        let seal = keyed_digest(&key.0, &[b"cma-auth-proxy fleet store: seal v2"]);
+        Keys {
+            seal: XChaCha20Poly1305::new_from_slice(&seal).expect("a 32-byte key"),
+            credentials: keyed_digest(&key.0, &[b"cma-auth-proxy fleet store: credentials v2"]),
+        }
+    }
+
+    /// `base64(nonce ‖ ciphertext)`, authenticated together with `context`.
+    fn seal(&self, context: &[u8], message: &[u8]) -> String {
+        let nonce: [u8; 24] = rand::random();
+        let sealed = self
+            .seal
+            .encrypt(
+                &XNonce::from(nonce),
+                Payload {
+                    msg: message,
+                    aad: context,
+                },
+            )
+            .expect("XChaCha20-Poly1305 seals any message");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&sealed);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    fn open(&self, context: &[u8], sealed: &[u8]) -> Result<Vec<u8>, Invalid> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| Invalid::Malformed)?;
+        if raw.len() < 24 {
+            return Err(Invalid::Malformed);
+        }
+        let (nonce, sealed) = raw.split_at(24);
+        let nonce = XNonce::try_from(nonce).map_err(|_| Invalid::Malformed)?;
+        self.seal
+            .decrypt(
+                &nonce,
+                Payload {
+                    msg: sealed,
+                    aad: context,
+                },
+            )
+            .map_err(|_| Invalid::NotSealedByUs)
+    }
+}
+
+/// Writes and reads the store's values, sealed when the fleet has a key.
+pub struct Codec {
+    keys: Option<Keys>,
+}
+
+impl Codec {
+    pub fn new(key: Option<&EncryptionKey>) -> Codec {
+        Codec {
+            keys: key.map(Keys::derive),
+        }
+    }
+
+    /// `{sha256 of the token, hex}:{obtained unix ms}:{p|s}:{token | sealed token}`. The digest
+    /// lets a Lua script compare-and-delete without the key; the seal covers digest and date.
+    pub fn token(&self, account: &str, token: &Token) -> String {
+        let secret = token.header().as_bytes();
+        let digest = digest_hex(secret);
+        let obtained = unix_ms(token.obtained_at());
+        match &self.keys {
+            None => format!("{digest}:{obtained}:p:{}", String::from_utf8_lossy(secret)),
+            Some(keys) => {
+                let sealed = keys.seal(&token_context(account, &digest, obtained), secret);
+                format!("{digest}:{obtained}:s:{sealed}")
+            }
+        }
+    }
+
+    pub fn open_token(
+        &self,
+        account: &str,
+        value: &[u8],
+        now: SystemTime,
+    ) -> Result<Token, Invalid> {
+        let text = bounded_text(value)?;
+        let mut fields = text.splitn(4, ':');
+        let (Some(digest), Some(obtained), Some(mode), Some(body)) =
+            (fields.next(), fields.next(), fields.next(), fields.next())
+        else {
+            return Err(Invalid::Malformed);
+        };
+        let obtained: u64 = obtained.parse().map_err(|_| Invalid::Malformed)?;
+        not_after(obtained, now)?;
+        let secret = match (mode, &self.keys) {
+            ("p", None) => body.as_bytes().to_vec(),
+            ("s", Some(keys)) => {
+                keys.open(&token_context(account, digest, obtained), body.as_bytes())?
+            }
+            ("p" | "s", _) => return Err(Invalid::OtherSetting),
+            _ => return Err(Invalid::Malformed),
+        };
+        // Without a seal the digest is the only thing tying the value together: a token whose
+        // digest does not match could never be compare-and-deleted once it dies.
+        if digest_hex(&secret) != digest {
+            return Err(Invalid::Malformed);
+        }
+        let header = HeaderValue::from_bytes(&secret).map_err(|_| Invalid::Malformed)?;
+        Ok(Token::restored(
+            header,
+            UNIX_EPOCH + Duration::from_millis(obtained),
+        ))
+    }
+
+    /// JSON without the key; `s:{sealed JSON}` with it.
+    pub fn failure(&self, account: &str, failure: &SharedFailure) -> String {
+        let json = serde_json::to_string(failure).expect("serializable");
+        match &self.keys {
+            None => json,
+            Some(keys) => format!(
+                "s:{}",
+                keys.seal(&failure_context(account), json.as_bytes())
+            ),
+        }
+    }
+
+    pub fn open_failure(
+        &self,
+        account: &str,
+        value: &[u8],
+        now: SystemTime,
+    ) -> Result<SharedFailure, Invalid> {
+        let text = bounded_text(value)?;
+        let json = match (text.strip_prefix("s:"), &self.keys) {
+            (Some(sealed), Some(keys)) => {
+                keys.open(&failure_context(account), sealed.as_bytes())?
+            }
+            (None, None) => text.as_bytes().to_vec(),
+            _ => return Err(Invalid::OtherSetting),
+        };
+        let failure: SharedFailure =
+            serde_json::from_slice(&json).map_err(|_| Invalid::Malformed)?;
+        not_after(failure.failed_at_ms, now)?;
+        Ok(failure)
+    }
+
+    /// Which credentials a shared failure concerns, keyed with the fleet key: equal for replicas
+    /// with the same credentials, and of no use to anyone guessing the password without the key.
+    /// Without a key there is none (see [`SharedFailure::hold`]).
+    pub fn credentials_tag(
+        &self,
+        email: &str,
+        password: &str,
+        totp_secret: Option<&[u8]>,
+    ) -> Option<String> {
+        let keys = self.keys.as_ref()?;
+        let tag = keyed_digest(
+            &keys.credentials,
+            &[
+                email.as_bytes(),
+                password.as_bytes(),
+                totp_secret.unwrap_or_default(),
+            ],
+        );
+        Some(hex(&tag[..16]))
+    }
+}
+
+fn token_context(account: &str, digest: &str, obtained: u64) -> Vec<u8> {
+    format!("token\0{account}\0{digest}\0{obtained}").into_bytes()
+}
+
+fn failure_context(account: &str) -> Vec<u8> {
+    format!("fail\0{account}").into_bytes()
+}
+
+fn bounded_text(value: &[u8]) -> Result<&str, Invalid> {
+    if value.len() > MAX_VALUE {
+        return Err(Invalid::TooLarge);
+    }
+    std::str::from_utf8(value).map_err(|_| Invalid::Malformed)
+}
+
+fn not_after(at_ms: u64, now: SystemTime) -> Result<(), Invalid> {
+    let latest = unix_ms(now).saturating_add(MAX_CLOCK_SKEW.as_millis() as u64);
+    if at_ms > latest {
+        Err(Invalid::FromTheFuture)
+    } else {
+        Ok(())
+    }
+}
+
+/// A login failure as the fleet shares it: what happened and when, never the upstream's text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SharedFailure {
+    pub rejected: bool,
+    /// Contentstack's HTTP status (0 when it did not answer).
+    pub http_status: u16,
+    pub error_code: Option<i64>,
+    /// Unix ms when the login failed, on the writer's clock.
+    pub failed_at_ms: u64,
+    /// Unix ms when the writer allows the next attempt.
+    pub retry_at_ms: u64,
+    /// [`Codec::credentials_tag`] of the credentials that failed; none without the fleet key.
+    pub credentials: Option<String>,
+}
+
+impl SharedFailure {
+    /// How much longer this failure holds back a login with credentials tagged `ours` (or, without
+    /// a key, loaded at `loaded_at`) under `profile`'s settings; `None` if it does not concern them
+    /// or is over.
+    ///
+    /// The writer's retry time counts only up to what this replica's own settings allow after the
+    /// failure (`rejected_retry` for refused credentials, `max_backoff` otherwise): a record from a
+    /// replica with longer settings, or a forged one, holds logins back no longer than ours would.
+    /// Without a key there is no tag to compare, so a replica heeds only failures that happened
+    /// after it loaded its credentials: one whose credentials were just rotated tries at once.
+    pub fn hold(
+        &self,
+        ours: Option<&str>,
+        loaded_at: SystemTime,
+        profile: &ProfileConfig,
+        now: SystemTime,
+    ) -> Option<Duration> {
+        let concerns_us = match ours {
+            Some(tag) => self.credentials.as_deref() == Some(tag),
+            None => self.failed_at_ms >= unix_ms(loaded_at),
+        };
+        if !concerns_us {
+            return None;
+        }
+        let window = if self.rejected {
+            profile.rejected_retry
+        } else {
+            profile.max_backoff
+        };
+        let until = self
+            .retry_at_ms
+            .min(self.failed_at_ms.saturating_add(window.as_millis() as u64));
+        let left = Duration::from_millis(until.checked_sub(unix_ms(now))?);
+        (!left.is_zero()).then_some(left.min(window))
+    }
+}
+
+pub fn digest_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACCOUNT: &str = "acct";
+
+    fn sealed() -> Codec {
+        Codec::new(Some(&EncryptionKey([7; 32])))
+    }
+
+    fn token(obtained: SystemTime) -> Token {
+        Token::restored(HeaderValue::from_static("blt-token"), obtained)
+    }
+
+    fn profile() -> ProfileConfig {
+        let c = crate::config::Config::from_toml(
+            "[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\nrejected_retry = \"5m\"\nmax_backoff = \"1m\"\n",
+            Vec::new(),
+            None,
+        )
+        .unwrap();
+        (*c.profiles[0]).clone()
+    }
+
+    fn failure(rejected: bool, failed_at: SystemTime, retry_in: Duration) -> SharedFailure {
+        SharedFailure {
+            rejected,
+            http_status: 422,
+            error_code: Some(104),
+            failed_at_ms: unix_ms(failed_at),
+            retry_at_ms: unix_ms(failed_at + retry_in),
+            credentials: Some("tag".into()),
+        }
+    }
+
+    #[test]
+    fn a_sealed_token_round_trips_and_shows_nothing() {
+        let now = SystemTime::now();
+        let codec = sealed();
+        let value = codec.token(ACCOUNT, &token(now));
+        assert!(!value.contains("blt-token"), "{value}");
+        let back = codec.open_token(ACCOUNT, value.as_bytes(), now).unwrap();
+        assert_eq!(back.header(), "blt-token");
+        assert_eq!(unix_ms(back.obtained_at()), unix_ms(now));
+        // Another account's value, another key, no key: refused.
+        assert_eq!(
+            codec
+                .open_token("other", value.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::NotSealedByUs
+        );
+        let other_key = Codec::new(Some(&EncryptionKey([8; 32])));
+        assert_eq!(
+            other_key
+                .open_token(ACCOUNT, value.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::NotSealedByUs
+        );
+        assert_eq!(
+            Codec::new(None)
+                .open_token(ACCOUNT, value.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::OtherSetting
+        );
+    }
+
+    #[test]
+    fn the_seal_covers_the_date_and_the_digest() {
+        let now = SystemTime::now();
+        let codec = sealed();
+        let value = codec.token(ACCOUNT, &token(now));
+        let fields: Vec<&str> = value.splitn(4, ':').collect();
+        let redated = format!(
+            "{}:{}:{}:{}",
+            fields[0],
+            unix_ms(now) - 3_600_000,
+            fields[2],
+            fields[3]
+        );
+        assert_eq!(
+            codec
+                .open_token(ACCOUNT, redated.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::NotSealedByUs
+        );
+        let other_digest = format!(
+            "{}:{}:{}:{}",
+            digest_hex(b"another"),
+            fields[1],
+            fields[2],
+            fields[3]
+        );
+        assert_eq!(
+            codec
+                .open_token(ACCOUNT, other_digest.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::NotSealedByUs
+        );
+    }
+
+    #[test]
+    fn a_plaintext_token_is_read_only_without_a_key_and_only_if_consistent() {
+        let now = SystemTime::now();
+        let plain = Codec::new(None);
+        let value = plain.token(ACCOUNT, &token(now));
+        assert!(value.ends_with(":p:blt-token"), "{value}");
+        assert!(plain.open_token(ACCOUNT, value.as_bytes(), now).is_ok());
+        assert_eq!(
+            sealed()
+                .open_token(ACCOUNT, value.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::OtherSetting
+        );
+        let mismatched = value.replace(":p:blt-token", ":p:blt-other");
+        assert_eq!(
+            plain
+                .open_token(ACCOUNT, mismatched.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::Malformed
+        );
+    }
+
+    #[test]
+    fn values_from_the_future_or_too_large_are_refused() {
+        let now = SystemTime::now();
+        let plain = Codec::new(None);
+        let soon = plain.token(ACCOUNT, &token(now + MAX_CLOCK_SKEW / 2));
+        assert!(plain.open_token(ACCOUNT, soon.as_bytes(), now).is_ok());
+        let tomorrow = plain.token(ACCOUNT, &token(now + Duration::from_secs(86_400)));
+        assert_eq!(
+            plain
+                .open_token(ACCOUNT, tomorrow.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::FromTheFuture
+        );
+        let huge = vec![b'a'; MAX_VALUE + 1];
+        assert_eq!(
+            plain.open_token(ACCOUNT, &huge, now).unwrap_err(),
+            Invalid::TooLarge
+        );
+        assert_eq!(
+            plain.open_failure(ACCOUNT, &huge, now).unwrap_err(),
+            Invalid::TooLarge
+        );
+        let late = failure(true, now + Duration::from_secs(86_400), Duration::ZERO);
+        let value = plain.failure(ACCOUNT, &late);
+        assert_eq!(
+            plain
+                .open_failure(ACCOUNT, value.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::FromTheFuture
+        );
+    }
+
+    #[test]
+    fn a_failure_round_trips_sealed_and_a_forged_one_is_refused() {
+        let now = SystemTime::now();
+        let codec = sealed();
+        let f = failure(true, now, Duration::from_secs(300));
+        let value = codec.failure(ACCOUNT, &f);
+        assert!(value.starts_with("s:") && !value.contains("422"), "{value}");
+        assert_eq!(
+            codec.open_failure(ACCOUNT, value.as_bytes(), now),
+            Ok(f.clone())
+        );
+        let forged = Codec::new(None).failure(ACCOUNT, &f);
+        assert_eq!(
+            codec
+                .open_failure(ACCOUNT, forged.as_bytes(), now)
+                .unwrap_err(),
+            Invalid::OtherSetting
+        );
+        let mut altered = value.into_bytes();
+        let middle = altered.len() / 2;
+        altered[middle] = if altered[middle] == b'A' { b'B' } else { b'A' };
+        assert!(codec.open_failure(ACCOUNT, &altered, now).is_err());
+    }
+
+    #[test]
+    fn a_failure_holds_back_no_longer_than_our_own_settings() {
+        let p = profile();
+        let now = SystemTime::now();
+        let ours = Some("tag");
+        let loaded = now - Duration::from_secs(3600);
+        // A refused login: at most rejected_retry (5m) after it happened.
+        let forever = failure(true, now, Duration::from_secs(2_306_489_079));
+        assert_eq!(
+            forever.hold(ours, loaded, &p, now),
+            Some(Duration::from_secs(300))
+        );
+        // A transient one: at most max_backoff (1m).
+        let transient = failure(false, now, Duration::from_secs(3600));
+        assert_eq!(
+            transient.hold(ours, loaded, &p, now),
+            Some(Duration::from_secs(60))
+        );
+        // Counted from the failure, not from the read: an old record is over.
+        let old = failure(
+            true,
+            now - Duration::from_secs(301),
+            Duration::from_secs(3600),
+        );
+        assert_eq!(old.hold(ours, loaded, &p, now), None);
+        // Shorter than ours: the writer's time counts.
+        let short = failure(true, now, Duration::from_secs(10));
+        assert_eq!(
+            short.hold(ours, loaded, &p, now),
+            Some(Duration::from_secs(10))
+        );
+        // Other credentials: none of our business.
+        assert_eq!(forever.hold(Some("other"), loaded, &p, now), None);
+    }
+
+    #[test]
+    fn without_a_key_only_failures_after_our_credentials_were_loaded_count() {
+        let p = profile();
+        let now = SystemTime::now();
+        let f = failure(
+            true,
+            now - Duration::from_secs(10),
+            Duration::from_secs(300),
+        );
+        let before = now - Duration::from_secs(60);
+        assert!(f.hold(None, before, &p, now).is_some());
+        // Loaded (rotated) after the failure: these credentials have not failed yet.
+        assert_eq!(f.hold(None, now, &p, now), None);
+    }
+
+    #[test]
+    fn the_credentials_tag_needs_the_key_and_tells_credentials_apart() {
+        let codec = sealed();
+        let a = codec.credentials_tag("a@b.c", "pw", None).unwrap();
+        assert_eq!(codec.credentials_tag("a@b.c", "pw", None).unwrap(), a);
+        assert_ne!(codec.credentials_tag("a@b.c", "pw2", None).unwrap(), a);
+        assert_ne!(codec.credentials_tag("a@b.cp", "w", None).unwrap(), a);
+        assert_ne!(
+            codec.credentials_tag("a@b.c", "pw", Some(b"totp")).unwrap(),
+            a
+        );
+        let other_key = Codec::new(Some(&EncryptionKey([8; 32])));
+        assert_ne!(other_key.credentials_tag("a@b.c", "pw", None).unwrap(), a);
+        assert_eq!(Codec::new(None).credentials_tag("a@b.c", "pw", None), None);
+    }
+}
