@@ -65,6 +65,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            for warning in &c.warnings {
+                eprintln!("warning: {warning}");
+            }
             let names: Vec<_> = c.profiles.iter().map(|p| &*p.name).collect();
             println!(
                 "{}: configuration valid ({} profile{}: {})",
@@ -86,6 +89,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(config.log.format, &config.log.level);
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             runtime().block_on(async {
                 match cma_auth_proxy::start(config).await {
                     Ok(mut running) => {

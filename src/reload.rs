@@ -113,7 +113,14 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
     let metrics = proxy.metrics();
     let old = proxy.config();
     let mut new = match Config::load(path, std::env::vars()) {
-        Ok(config) => config,
+        Ok(config) => {
+            // Even when nothing changed: a file's mode may have, and the warning stays true until
+            // it is fixed.
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
         Err(e) => {
             metrics.config_reload("error");
             tracing::error!(

@@ -188,3 +188,74 @@ async fn sighup_reloads_the_binary() {
         1.0
     );
 }
+
+/// A config line that breaks the TOML syntax while holding a secret: the reload fails, and neither
+/// the line nor the secret reaches the log (the parser's own messages quote the source line).
+#[tokio::test]
+async fn a_failed_reload_logs_where_the_error_is_but_never_the_secret() {
+    const SECRET: &str = "unterminated-s3cret-in-config";
+    let fake = fake().await;
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), PASSWORD).unwrap();
+    let config = dir.join("config.toml");
+    let good = config_text(&fake.url(), &dir.join("password"), "");
+    std::fs::write(&config, &good).unwrap();
+    let mut binary = Binary::start(&config, &[]);
+    binary.wait_for_line("live reload on");
+
+    for broken in [
+        format!("password = \"{SECRET}\n"),
+        format!("password = {SECRET}\n"),
+        format!("password = [\"{SECRET}\", 12]\n"),
+        format!("management_token = 1{SECRET}\n"),
+    ] {
+        let broken_config = good.replace("password_file = ", &format!("{broken}password_file = "));
+        std::fs::write(&config, broken_config).unwrap();
+        let line = binary.wait_for_line("configuration reload failed");
+        assert!(line.contains("line 8"), "{line}");
+    }
+    std::fs::write(&config, &good).unwrap();
+    binary.wait_for_line("configuration reloaded");
+    let log = binary.log_text();
+    assert!(!log.contains("s3cret"), "{log}");
+}
+
+/// Secret files open to other users are named in the log at start and after every reload, until
+/// they are fixed.
+#[tokio::test]
+async fn file_mode_warnings_are_logged_at_start_and_after_every_reload() {
+    use std::os::unix::fs::PermissionsExt;
+    let fake = fake().await;
+    let dir = tempdir();
+    let password = dir.join("password");
+    std::fs::write(&password, PASSWORD).unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, config_text(&fake.url(), &password, "")).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut binary = Binary::start(&config, &[]);
+    let warning = format!(
+        "{} (mode 0644) is readable by every user",
+        password.display()
+    );
+    let warnings = |binary: &Binary| {
+        binary
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains(&warning))
+            .count()
+    };
+    binary.wait_for_line("live reload on");
+    assert_eq!(warnings(&binary), 1, "{}", binary.log_text());
+
+    binary.signal("HUP");
+    binary.wait_for_line("configuration reloaded");
+    assert_eq!(warnings(&binary), 2, "{}", binary.log_text());
+
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    binary.signal("HUP");
+    binary.wait_for_line("configuration reloaded");
+    assert_eq!(warnings(&binary), 2, "{}", binary.log_text());
+}
