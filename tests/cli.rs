@@ -173,3 +173,180 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+fn run_check(path: &std::path::Path, env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Every way a secret's line can be wrong: `check` says where (line, or environment variable) and
+/// what was expected, and never prints the line or the value.
+#[test]
+fn check_errors_point_at_the_line_or_variable_and_never_print_a_secret() {
+    const SECRET: &str = "s3cret-value-7781";
+    let profile = "[profiles.default]\nemail = \"a@b.c\"\n";
+    // (config, environment variable set to the secret, what the message must hold)
+    let cases: Vec<(String, Option<&str>, &str)> = vec![
+        (format!("{profile}password = \"{SECRET}\n"), None, "line 3"),
+        (format!("{profile}password = '{SECRET}\n"), None, "line 3"),
+        // Unterminated, a multi-line string runs to the end of the file.
+        (
+            format!("{profile}password = \"\"\"{SECRET}\n"),
+            None,
+            "line 4, column 1",
+        ),
+        (
+            format!("{profile}password = \"{SECRET}\\q\"\n"),
+            None,
+            "line 3",
+        ),
+        (format!("{profile}password = {SECRET}\n"), None, "line 3"),
+        (
+            format!("{profile}password = \"{SECRET}\" \"x\"\n"),
+            None,
+            "line 3",
+        ),
+        (format!("{profile}password = 77811234\n"), None, "line 3"),
+        (
+            format!("{profile}password = [\"{SECRET}\"]\n"),
+            None,
+            "line 3",
+        ),
+        (
+            format!("{profile}totp_secret = {{ s = \"{SECRET}\" }}\npassword = \"x\"\n"),
+            None,
+            "line 3",
+        ),
+        (
+            format!("{profile}management_token = 7781.5\n"),
+            None,
+            "line 3",
+        ),
+        (
+            format!(
+                "[token_store]\nkind = \"redis\"\nurl = [\"redis://:{SECRET}@h\"]\n{profile}password = \"x\"\n"
+            ),
+            None,
+            "line 3",
+        ),
+        (
+            format!("{profile}password_file = \"p\"\n"),
+            Some("CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__X"),
+            "CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__X",
+        ),
+        (
+            format!("{profile}password_file = \"p\"\n"),
+            Some("CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS"),
+            "CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS",
+        ),
+    ];
+    for (config, var, needle) in cases {
+        let env: Vec<(&str, &str)> = var.into_iter().map(|var| (var, SECRET)).collect();
+        let (code, out) = check(&config, &env);
+        assert_eq!(code, 64, "{config}: {out}");
+        assert!(out.contains(needle), "{needle} not in: {out}");
+        assert!(
+            !out.contains("s3cret") && !out.contains("7781"),
+            "{config}: {out}"
+        );
+    }
+}
+
+/// A secret file is read with a bound: a device, a pipe or a huge file is refused at once rather
+/// than read until memory runs out.
+#[test]
+fn check_refuses_secret_files_that_are_too_large_or_not_files() {
+    let dir = tempdir();
+    std::fs::write(dir.join("huge"), vec![b'a'; 65 * 1024]).unwrap();
+    for (file, needle) in [
+        (dir.join("huge"), "larger than 64 KiB"),
+        ("/dev/zero".into(), "not a regular file"),
+        (dir.clone(), "not a regular file"),
+    ] {
+        let config = dir.join("config.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n",
+                file.display()
+            ),
+        )
+        .unwrap();
+        let (code, stdout, stderr) = run_check(&config, &[]);
+        assert_eq!(code, 64, "{stdout}{stderr}");
+        assert!(
+            stderr.contains("profiles.default.password_file") && stderr.contains(needle),
+            "{stderr}"
+        );
+    }
+}
+
+/// `check` says what `run` would warn about: secret and config files other users can read,
+/// secrets written inline or passed in the environment, a plain listener beyond loopback.
+#[test]
+fn check_warns_about_open_files_inline_secrets_and_a_plain_listener_beyond_loopback() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(dir.join("password"), "pw-in-a-file\n").unwrap();
+    std::fs::set_permissions(dir.join("password"), std::fs::Permissions::from_mode(0o604)).unwrap();
+    std::fs::write(
+        &config,
+        "[server]\nlisten = \"0.0.0.0:8080\"\n\
+         [profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n\
+         [profiles.inline]\nemail = \"i@b.c\"\npassword = \"inline-pw-1234\"\n\
+         [profiles.env]\nemail = \"e@b.c\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, stdout, stderr) = run_check(
+        &config,
+        &[("CMA_AUTH_PROXY_PROFILES__ENV__PASSWORD", "env-pw-5678")],
+    );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    let expect = [
+        format!("{} (mode 0604) is readable by every user", dir.join("password").display()),
+        format!("{} (mode 0644) is readable by every user", config.display()),
+        "`profiles.inline.password` is written in the configuration file (line 8".to_owned(),
+        "`profiles.env.password` comes from the environment variable CMA_AUTH_PROXY_PROFILES__ENV__PASSWORD".to_owned(),
+        "`server.listen` 0.0.0.0:8080 reaches beyond loopback without TLS".to_owned(),
+    ];
+    for e in &expect {
+        assert!(
+            warnings.iter().any(|w| w.contains(e.as_str())),
+            "{e:?} not in {warnings:#?}"
+        );
+    }
+    assert_eq!(warnings.len(), expect.len(), "{warnings:#?}");
+    for secret in ["pw-in-a-file", "inline-pw-1234", "env-pw-5678"] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+
+    // Fixed: private files (a group-readable one too, when the group is one of this process's, as
+    // a Kubernetes Secret volume with `defaultMode: 0440` and the Pod's `fsGroup` gives), secrets
+    // in files, loopback. No warning is left.
+    std::fs::set_permissions(dir.join("password"), std::fs::Permissions::from_mode(0o440)).unwrap();
+    std::fs::write(
+        &config,
+        "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, stdout, stderr) = run_check(&config, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+    assert!(stdout.contains("configuration valid"), "{stdout}");
+}

@@ -141,13 +141,26 @@ where
     }
 }
 
-/// The real binary, `run` with a config file, its stderr collected line by line.
+/// The real binary, `run` with a config file, its stderr collected line by line (or written to a
+/// file of the test's choosing, see [`Binary::start_logging_to`]).
 pub struct Binary {
     pub child: std::process::Child,
     pub url: String,
     pub admin: String,
-    lines: std::sync::mpsc::Receiver<String>,
+    lines: LogLines,
+    /// Every line read so far (piped stderr only; a log file is read with [`Binary::log_text`]).
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+enum LogLines {
+    Piped(std::sync::mpsc::Receiver<String>),
+    /// The process writes its stderr into this file; `offset` is how far `wait_for_line` has read.
+    File {
+        path: std::path::PathBuf,
+        offset: u64,
+        partial: Vec<u8>,
+        complete: std::collections::VecDeque<String>,
+    },
 }
 
 impl Binary {
@@ -155,11 +168,7 @@ impl Binary {
     /// the bound addresses (the config should listen on port 0).
     pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Binary {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"))
-            .args(["run", "--config"])
-            .arg(config)
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
+        let mut child = Self::command(config, env)
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -174,6 +183,42 @@ impl Binary {
                 let _ = tx.send(line);
             }
         });
+        Self::started(child, LogLines::Piped(lines), log)
+    }
+
+    /// Like [`Binary::start`], but the process writes its log straight into `log_file` (created or
+    /// truncated), as `run ... 2>>proxy.log` does; nothing of it is held in memory.
+    pub fn start_logging_to(
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+        log_file: &std::path::Path,
+    ) -> Binary {
+        let file = std::fs::File::create(log_file).unwrap();
+        let child = Self::command(config, env).stderr(file).spawn().unwrap();
+        let lines = LogLines::File {
+            path: log_file.to_owned(),
+            offset: 0,
+            partial: Vec::new(),
+            complete: Default::default(),
+        };
+        Self::started(child, lines, Arc::default())
+    }
+
+    fn command(config: &std::path::Path, env: &[(&str, &str)]) -> std::process::Command {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"));
+        command
+            .args(["run", "--config"])
+            .arg(config)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null());
+        command
+    }
+
+    fn started(
+        child: std::process::Child,
+        lines: LogLines,
+        log: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> Binary {
         let mut binary = Binary {
             child,
             url: String::new(),
@@ -189,20 +234,39 @@ impl Binary {
 
     /// Waits (at most 30 s) for a log line containing `needle`.
     pub fn wait_for_line(&mut self, needle: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
-            let line = self
-                .lines
-                .recv_timeout(std::time::Duration::from_secs(30))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "no log line with {needle:?}; log: {:?}",
-                        self.log.lock().unwrap()
-                    )
-                });
+            let line = match &mut self.lines {
+                LogLines::Piped(lines) => lines
+                    .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+                    .ok(),
+                LogLines::File {
+                    path,
+                    offset,
+                    partial,
+                    complete,
+                } => next_line_of_file(path, offset, partial, complete, deadline),
+            };
+            let Some(line) = line else {
+                panic!(
+                    "no log line with {needle:?} within 30 s; log: {}",
+                    self.log_tail()
+                )
+            };
             if line.contains(needle) {
                 return line;
             }
         }
+    }
+
+    /// The end of the log, for failure messages (a runaway log file can be huge).
+    fn log_tail(&self) -> String {
+        let text = self.log_text();
+        let start = text.len().saturating_sub(16 * 1024);
+        let start = (start..text.len())
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(text.len());
+        text[start..].to_owned()
     }
 
     pub fn signal(&self, signal: &str) {
@@ -214,7 +278,49 @@ impl Binary {
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        match &self.lines {
+            LogLines::Piped(_) => self.log.lock().unwrap().join("\n"),
+            LogLines::File { path, .. } => {
+                String::from_utf8_lossy(&std::fs::read(path).unwrap_or_default()).into_owned()
+            }
+        }
+    }
+}
+
+/// The next complete line of a log file another process appends to, read from `offset` in bounded
+/// chunks; `None` once `deadline` has passed.
+fn next_line_of_file(
+    path: &std::path::Path,
+    offset: &mut u64,
+    partial: &mut Vec<u8>,
+    complete: &mut std::collections::VecDeque<String>,
+    deadline: std::time::Instant,
+) -> Option<String> {
+    use std::io::{Read, Seek};
+    loop {
+        if let Some(line) = complete.pop_front() {
+            return Some(line);
+        }
+        let mut file = std::fs::File::open(path).unwrap();
+        file.seek(std::io::SeekFrom::Start(*offset)).unwrap();
+        let mut chunk = Vec::new();
+        let read = file.take(1 << 20).read_to_end(&mut chunk).unwrap();
+        *offset += read as u64;
+        partial.extend_from_slice(&chunk);
+        if let Some(end) = partial.iter().rposition(|b| *b == b'\n') {
+            let rest = partial.split_off(end + 1);
+            complete.extend(
+                String::from_utf8_lossy(&partial[..end])
+                    .split('\n')
+                    .map(str::to_owned),
+            );
+            *partial = rest;
+        } else if read == 0 {
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 }
 
