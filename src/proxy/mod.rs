@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::{self, Denial};
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenManager, Validity, login};
-use body::{Relay, RequestBody, TooLarge};
+use body::{BodyTimeout, Relay, RequestBody, TooLarge};
 use headers::PROFILE_HEADER;
 use upstream::UpstreamClients;
 
@@ -228,6 +228,7 @@ impl Proxy {
             content_length,
             config.server.replay_body_limit,
             config.server.max_body,
+            config.server.body_pace,
         )
         .await?;
         let outbound = Outbound {
@@ -381,9 +382,13 @@ impl Proxy {
         trace.upstream = Some(trace.upstream.unwrap_or_default() + started.elapsed());
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
-            Ok(Err(e)) => Err(match find_source::<TooLarge>(&e) {
-                Some(TooLarge(limit)) => ProxyError::BodyTooLarge { limit: *limit },
-                None => ProxyError::UpstreamUnreachable(e),
+            // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
+            Ok(Err(e)) => Err(if let Some(TooLarge(limit)) = find_source(&e) {
+                ProxyError::BodyTooLarge { limit: *limit }
+            } else if let Some(timeout) = find_source::<BodyTimeout>(&e) {
+                ProxyError::BodyTimeout(*timeout)
+            } else {
+                ProxyError::UpstreamUnreachable(e)
             }),
             Ok(Ok(response)) => {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
