@@ -380,7 +380,7 @@ pub struct ServerConfig {
 /// Per-connection limits of both listeners.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// To receive a request head (slowloris); HTTP/1 keep-alive waits count too.
+    /// From accepting a connection to its first request, and for each later HTTP/1 request head.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,

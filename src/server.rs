@@ -6,7 +6,7 @@ use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -260,6 +260,7 @@ pub async fn serve<H: Handler>(
         let connection = Connection {
             handler: handler.clone(),
             peer,
+            accepted_at: Instant::now(),
             builder: builder.clone(),
             options: options.clone(),
             stop: stop.clone(),
@@ -323,6 +324,7 @@ async fn refuse(io: Io, tls: bool) {
 struct Connection<H> {
     handler: Arc<H>,
     peer: Option<IpAddr>,
+    accepted_at: Instant,
     builder: Arc<auto::Builder<TokioExecutor>>,
     options: ServeOptions,
     stop: watch::Receiver<bool>,
@@ -337,10 +339,8 @@ impl<H: Handler> Connection<H> {
                 None => self.serve(stream).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-                    let handshake = tokio::time::timeout(
-                        self.options.limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout_at(self.first_request_by(), acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => self.serve(stream).await,
                         _ => {
@@ -355,18 +355,29 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Serves one connection until it ends; asks it to finish gracefully at shutdown, or when it
-    /// has had no request in flight for `idle_timeout` (a response still streaming is not cut).
+    /// A connection must begin its first request (after its TLS handshake, if any) within
+    /// `header_read_timeout` of being accepted. hyper's own header timer starts only once it has
+    /// told HTTP/1 from HTTP/2 by the first bytes, and HTTP/2 has none: a client that sends
+    /// nothing, or only the HTTP/2 preface, would otherwise hold its slot until `idle_timeout`.
+    fn first_request_by(&self) -> Instant {
+        self.accepted_at + self.options.limits.header_read_timeout
+    }
+
+    /// Serves one connection until it ends; closes it when no request has begun by
+    /// [`Self::first_request_by`]; asks it to finish gracefully at shutdown, or when it has had no
+    /// request in flight for `idle_timeout` (a response still streaming is not cut).
     async fn serve<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let first_request_by = self.first_request_by();
         let Connection {
             handler,
             peer,
             builder,
             options,
             mut stop,
+            ..
         } = self;
         let activity = Arc::new(Activity::new());
         let service = {
@@ -392,6 +403,13 @@ impl<H: Handler> Connection<H> {
             let idle_at = activity.idle_deadline(idle_timeout);
             tokio::select! {
                 result = connection.as_mut() => break result,
+                _ = tokio::time::sleep_until(first_request_by), if !activity.has_begun() => {
+                    if !activity.has_begun() {
+                        options.metrics.connection_limit("header_read_timeout");
+                        tracing::debug!(reason = "header_read_timeout", "connection closed by a limit");
+                        break Ok(());
+                    }
+                }
                 _ = stop.changed(), if !finishing => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
@@ -431,6 +449,8 @@ impl<H: Handler> Connection<H> {
 
 /// Whether a connection has a request in flight, and since when it has had none.
 struct Activity {
+    /// Whether any request has begun on the connection.
+    begun: AtomicBool,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` of the last request's end.
     last_ms: AtomicU64,
@@ -442,6 +462,7 @@ struct Busy(Arc<Activity>);
 impl Activity {
     fn new() -> Self {
         Self {
+            begun: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             born: Instant::now(),
@@ -449,8 +470,13 @@ impl Activity {
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
+        self.begun.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Relaxed)
     }
 
     fn idle_for(&self) -> Duration {

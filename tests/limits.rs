@@ -1,6 +1,6 @@
 //! Limits on what a client can make the proxy hold (issue 4): body size (before and during the
 //! stream), header size and count, slow headers, idle connections, connection count; and (issue 10)
-//! request bodies that stall or trickle. Each produces its
+//! request bodies that stall or trickle, connections that never begin a request. Each produces its
 //! error and its metric, and other clients are not affected.
 mod common;
 
@@ -388,4 +388,28 @@ async fn an_http2_stream_whose_body_stalls_gets_408_and_the_connection_serves_on
         1.0,
         "one HTTP/2 connection served all three streams"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_begins_a_request_is_closed_after_header_read_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut silent = TcpStream::connect(addr(&proxy)).await.unwrap();
+    // An HTTP/2 client that sends the connection preface and its SETTINGS, but never a request.
+    let mut h2 = TcpStream::connect(addr(&proxy)).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut h2] {
+        // Long before idle_timeout.
+        closed_within(conn, 5)
+            .await
+            .expect("the connection is closed");
+    }
+    expect_limit_count(&proxy, "header_read_timeout", 2.0).await;
 }
