@@ -1,6 +1,12 @@
 //! Listeners and connections: TCP (optionally TLS) or Unix sockets, HTTP/1.1 and HTTP/2 on one port,
 //! the per-connection limits (connection count, header size and count, header-read and idle
 //! timeouts), and draining at shutdown. Knows nothing of CMA semantics.
+//!
+//! Each address is bound once ([`bind`]); an [`Acceptor`] accepts on it and hands connections to
+//! workers, each serving its [`Inbox`] with [`serve`] on its own runtime.
+mod accept;
+mod bind;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -14,13 +20,16 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionLimits, ListenAddr};
+pub use accept::{Acceptor, Inbox, WorkerLink, worker_channel};
+pub use bind::{BindError, Bound, SocketFile, StdListener, bind};
+
+use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::proxy::body::Relay;
 
@@ -31,11 +40,6 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         peer: Option<IpAddr>,
     ) -> impl Future<Output = Response<Relay>> + Send;
-}
-
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
 }
 
 /// The address a listener really got (port 0 resolved).
@@ -62,72 +66,6 @@ impl BoundAddr {
             BoundAddr::Unix(_) => None,
         }
     }
-}
-
-/// A bound socket not yet tied to a runtime: each worker runtime turns its own into a [`Listener`].
-pub enum StdListener {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener),
-}
-
-impl StdListener {
-    /// Registers the socket with the current tokio runtime.
-    pub fn into_listener(self) -> std::io::Result<Listener> {
-        Ok(match self {
-            StdListener::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
-            StdListener::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
-        })
-    }
-}
-
-/// Binds `addr` `count` times, one socket per worker runtime: TCP sockets share the port with
-/// `SO_REUSEPORT`, so the kernel spreads connections over the workers; a unix socket is shared.
-/// A unix socket gets `mode` (e.g. 0o660) so that only its owner and group connect.
-pub fn bind(
-    addr: &ListenAddr,
-    mode: Option<u32>,
-    count: usize,
-) -> std::io::Result<(Vec<StdListener>, BoundAddr)> {
-    match addr {
-        ListenAddr::Tcp(addr) => {
-            let first = tcp_socket(*addr)?;
-            let bound = first.local_addr()?;
-            let mut listeners = vec![StdListener::Tcp(first)];
-            for _ in 1..count {
-                listeners.push(StdListener::Tcp(tcp_socket(bound)?));
-            }
-            Ok((listeners, BoundAddr::Tcp(bound)))
-        }
-        ListenAddr::Unix(path) => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-            // A socket file left by a previous run would make bind fail; only sockets are removed.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(path)?;
-            }
-            let listener = std::os::unix::net::UnixListener::bind(path)?;
-            listener.set_nonblocking(true)?;
-            if let Some(mode) = mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-            }
-            let mut listeners = Vec::with_capacity(count);
-            for _ in 1..count {
-                listeners.push(StdListener::Unix(listener.try_clone()?));
-            }
-            listeners.push(StdListener::Unix(listener));
-            Ok((listeners, BoundAddr::Unix(path.clone())))
-        }
-    }
-}
-
-fn tcp_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +112,7 @@ pub struct ServeOptions {
     /// Inbound TLS, swapped on reload when the certificate files change.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     pub metrics: Arc<Metrics>,
-    /// `max_connections` slots, shared by every worker serving the same address.
+    /// `max_connections` slots, taken by the acceptor, held by each connection until it ends.
     pub slots: Arc<Semaphore>,
     /// The listener's name in metrics: `proxy` or `admin`.
     pub name: &'static str,
@@ -227,50 +165,43 @@ fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts connections until `stop` turns true, then returns the connections still open, for the
-/// caller to drain under its deadline. Each connection is told to finish gracefully at `stop`.
+/// Serves the connections handed to `inbox` on the current runtime until the acceptor stops, then
+/// returns those still open, for the caller to drain under its deadline. Each connection is told
+/// to finish gracefully at `stop`.
 pub async fn serve<H: Handler>(
-    listener: Listener,
+    mut inbox: Inbox,
     handler: Arc<H>,
     options: ServeOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Connections {
     let tracker = TaskTracker::new();
-    let slots = options.slots.clone();
     let builder = Arc::new(builder(&options.limits));
-    loop {
-        let accepted = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            _ = stop.wait_for(|stop| *stop) => break,
-        };
-        let (io, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and similar: do not spin, do not die.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            options.metrics.connection_limit("too_many_connections");
-            tracker.spawn(refuse(io, options.tls.is_some()));
-            continue;
-        };
+    while let Some(accepted) = inbox.0.recv().await {
         let connection = Connection {
             handler: handler.clone(),
-            peer,
-            accepted_at: Instant::now(),
+            peer: accepted.peer,
+            accepted_at: accepted.accepted_at,
             builder: builder.clone(),
             options: options.clone(),
             stop: stop.clone(),
         };
-        tracker.spawn(async move {
-            let _slot = slot;
-            connection.run(io).await;
-        });
+        tracker.spawn(connection.run(accepted));
     }
     Connections(tracker)
+}
+
+/// A listener served entirely on the current runtime, acceptor and connections (the admin
+/// listener, the simulator). The task ends with the connections still open after `stop`.
+pub fn serve_here<H: Handler>(
+    listener: StdListener,
+    handler: Arc<H>,
+    options: ServeOptions,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<Connections>> {
+    let acceptor = Acceptor::new(listener)?;
+    let (link, inbox) = worker_channel(0);
+    tokio::spawn(acceptor.run(vec![link], options.clone(), stop.clone()));
+    Ok(tokio::spawn(serve(inbox, handler, options, stop)))
 }
 
 /// Waits for open connections to finish, at most `grace`. Returns whether they all finished.
@@ -286,41 +217,6 @@ enum Io {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<IpAddr>)> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (stream, peer) = l.accept().await?;
-            stream.set_nodelay(true)?;
-            Ok((Io::Tcp(stream), Some(peer.ip())))
-        }
-        Listener::Unix(l) => {
-            let (stream, _) = l.accept().await?;
-            Ok((Io::Unix(stream), None))
-        }
-    }
-}
-
-/// Over `max_connections`: a plain-HTTP client gets a 503 in the proxy's error shape, then the
-/// connection closes without reading the request. (A TLS client just sees the close.)
-async fn refuse(io: Io, tls: bool) {
-    const BODY: &str = r#"{"error_message":"too many connections to the proxy (server.max_connections); retry shortly","error_code":911,"errors":{"cma_auth_proxy":["too_many_connections"]}}"#;
-    let Io::Tcp(mut stream) = io else { return };
-    if !tls {
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-             x-cma-auth-proxy-error: too_many_connections\r\nretry-after: 1\r\n\
-             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.write_all(response.as_bytes()),
-        )
-        .await;
-    }
-    let _ = stream.shutdown().await;
-}
-
 struct Connection<H> {
     handler: Arc<H>,
     peer: Option<IpAddr>,
@@ -331,7 +227,16 @@ struct Connection<H> {
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, io: Io) {
+    async fn run(self, accepted: accept::Accepted) {
+        // Held until the connection ends: its `max_connections` slot and its worker's count.
+        let _held = (accepted.slot, accepted.load);
+        let io = match accepted.stream.register() {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!("cannot serve an accepted connection: {e}");
+                return;
+            }
+        };
         self.options.open_connections().inc();
         match io {
             Io::Unix(stream) => self.serve(stream).await,
