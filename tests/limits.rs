@@ -417,3 +417,92 @@ async fn a_connection_that_never_begins_a_request_is_closed_after_header_read_ti
     }
     expect_limit_count(&proxy, "header_read_timeout", 2.0).await;
 }
+
+/// An upstream that speaks HTTP/2 over TLS (chosen by ALPN, as Contentstack's edge does) and reads
+/// each request body to its end before answering. Returns its URL, the CA file that trusts it, and
+/// whether it has seen an HTTP/2 request.
+async fn http2_upstream() -> (
+    String,
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use http_body_util::BodyExt;
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let ca = tempdir().join("upstream-ca.pem");
+    std::fs::write(&ca, key.cert.pem()).unwrap();
+    let tls = cma_auth_proxy::server::tls_server_config(
+        key.cert.pem().as_bytes(),
+        key.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let saw_http2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = saw_http2.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        if req.version() == http::Version::HTTP_2 {
+                            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (url, ca, saw_http2)
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stalls_or_grows_too_large_is_the_clients_fault_over_an_http2_upstream()
+ {
+    let (url, ca, saw_http2) = http2_upstream().await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         replay_body_limit = \"1KiB\"\nmax_body = \"64KiB\"\nbody_idle_timeout = \"300ms\"\n\
+         [upstream]\nurl = \"{url}\"\nca_file = \"{}\"\n\
+         [profiles.default]\nmanagement_token = \"cs-management-token\"\n",
+        ca.display()
+    );
+    let config = cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap();
+    let running = cma_auth_proxy::start(config).await.unwrap();
+    let proxy = running.proxy_addr().tcp().unwrap();
+    let head = "POST /v3/assets HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    // Past replay_body_limit (so it streams), then silence.
+    let mut stalled = TcpStream::connect(proxy).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(b"800\r\n").await.unwrap();
+    stalled.write_all(&[b'x'; 0x800]).await.unwrap();
+    stalled.write_all(b"\r\n").await.unwrap();
+    let answer = closed_within(&mut stalled, 5).await.expect("answered");
+    assert!(
+        saw_http2.load(std::sync::atomic::Ordering::SeqCst),
+        "the upstream spoke HTTP/2"
+    );
+    assert_body_timeout(&answer);
+    // Past max_body while streaming.
+    let mut large = TcpStream::connect(proxy).await.unwrap();
+    large.write_all(head.as_bytes()).await.unwrap();
+    large.write_all(b"20000\r\n").await.unwrap();
+    let _ = large.write_all(&[b'x'; 0x20000]).await;
+    let answer = closed_within(&mut large, 5).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    running.shutdown().await;
+}

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -138,6 +139,44 @@ async fn next_client_frame(
     std::future::poll_fn(|cx| poll_client_frame(body, watch, cx)).await
 }
 
+/// Why a client's request body failed while it was being sent upstream. HTTP/1 hands a body's
+/// error back in the request's error, but HTTP/2 only resets the stream and the cause is lost; so
+/// the relay records it here, and the forwarder answers with the client's error (413, 408) instead
+/// of blaming Contentstack (502), whichever protocol the upstream speaks.
+#[derive(Clone, Default)]
+pub struct BodyFault(Arc<OnceLock<ClientFault>>);
+
+#[derive(Debug, Clone, Copy)]
+enum ClientFault {
+    TooLarge(u64),
+    Stalled(BodyTimeout),
+}
+
+impl BodyFault {
+    /// The client's error, if its body failed.
+    pub fn error(&self) -> Option<ProxyError> {
+        self.0.get().map(|fault| match *fault {
+            ClientFault::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+            ClientFault::Stalled(timeout) => ProxyError::BodyTimeout(timeout),
+        })
+    }
+
+    /// Records `fault` and returns it as the body's error, for the upstream client.
+    fn record(&self, fault: ClientFault) -> BoxError {
+        let _ = self.0.set(fault);
+        match fault {
+            ClientFault::TooLarge(limit) => TooLarge(limit).into(),
+            ClientFault::Stalled(timeout) => timeout.into(),
+        }
+    }
+}
+
+/// What a client's request body carries besides its bytes: its pace and where its failure goes.
+pub struct ClientBody {
+    watch: BodyWatch,
+    fault: BodyFault,
+}
+
 pub enum Relay {
     Full(Option<Bytes>),
     /// Chunks already read, then the rest of a body, counted against `limit`.
@@ -147,9 +186,9 @@ pub enum Relay {
         rest: Option<Incoming>,
         seen: u64,
         limit: u64,
-        /// Only for a client's request body: its pace. Dropped unfinished, such a body is drained
-        /// for a while (see [`linger`]).
-        watch: Option<Box<BodyWatch>>,
+        /// Only for a client's request body. Dropped unfinished, such a body is drained for a
+        /// while (see [`linger`]).
+        client: Option<Box<ClientBody>>,
     },
 }
 
@@ -160,10 +199,10 @@ pub enum Relay {
 const LINGER_BYTES: u64 = 64 << 20;
 const LINGER_TIME: Duration = Duration::from_secs(10);
 
-async fn linger(mut body: Incoming, mut watch: Box<BodyWatch>) {
+async fn linger(mut body: Incoming, mut client: Box<ClientBody>) {
     let drain = async {
         let mut read = 0u64;
-        while let Ok(Some(Ok(frame))) = next_client_frame(&mut body, &mut watch).await {
+        while let Ok(Some(Ok(frame))) = next_client_frame(&mut body, &mut client.watch).await {
             read += frame.data_ref().map_or(0, |d| d.len() as u64);
             if read > LINGER_BYTES {
                 break;
@@ -175,12 +214,12 @@ async fn linger(mut body: Incoming, mut watch: Box<BodyWatch>) {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if let Relay::Stream { rest, watch, .. } = self
-            && let (Some(body), Some(watch)) = (rest.take(), watch.take())
+        if let Relay::Stream { rest, client, .. } = self
+            && let (Some(body), Some(client)) = (rest.take(), client.take())
             && !body.is_end_stream()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(linger(body, watch));
+            runtime.spawn(linger(body, client));
         }
     }
 }
@@ -207,14 +246,18 @@ impl Relay {
         max_body: u64,
         watch: BodyWatch,
     ) -> Relay {
-        Self::stream(prefix, rest, max_body, Some(Box::new(watch)))
+        let client = ClientBody {
+            watch,
+            fault: BodyFault::default(),
+        };
+        Self::stream(prefix, rest, max_body, Some(Box::new(client)))
     }
 
     fn stream(
         prefix: VecDeque<Bytes>,
         rest: Incoming,
         limit: u64,
-        watch: Option<Box<BodyWatch>>,
+        client: Option<Box<ClientBody>>,
     ) -> Relay {
         let seen = prefix.iter().map(|b| b.len() as u64).sum();
         Relay::Stream {
@@ -222,7 +265,18 @@ impl Relay {
             rest: Some(rest),
             seen,
             limit,
-            watch,
+            client,
+        }
+    }
+
+    /// Where a client's streamed request body records why it failed; `None` for other bodies.
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self {
+            Relay::Stream {
+                client: Some(client),
+                ..
+            } => Some(client.fault.clone()),
+            _ => None,
         }
     }
 }
@@ -242,7 +296,7 @@ impl Body for Relay {
                 rest,
                 seen,
                 limit,
-                watch,
+                client,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -250,23 +304,32 @@ impl Body for Relay {
                 let Some(body) = rest else {
                     return Poll::Ready(None);
                 };
-                let frame = match watch {
+                let frame = match client {
                     None => std::task::ready!(Pin::new(body).poll_frame(cx)),
-                    Some(watch) => match std::task::ready!(poll_client_frame(body, watch, cx)) {
-                        Ok(frame) => frame,
-                        Err(timeout) => {
-                            // Abandoned: nothing left to drain on drop.
-                            *rest = None;
-                            return Poll::Ready(Some(Err(timeout.into())));
+                    Some(client) => {
+                        match std::task::ready!(poll_client_frame(body, &mut client.watch, cx)) {
+                            Ok(frame) => frame,
+                            Err(timeout) => {
+                                // Abandoned: nothing left to drain on drop.
+                                *rest = None;
+                                let error = client.fault.record(ClientFault::Stalled(timeout));
+                                return Poll::Ready(Some(Err(error)));
+                            }
                         }
-                    },
+                    }
                 };
                 match frame {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             *seen += data.len() as u64;
                             if *seen > *limit {
-                                return Poll::Ready(Some(Err(TooLarge(*limit).into())));
+                                let error = match client {
+                                    Some(client) => {
+                                        client.fault.record(ClientFault::TooLarge(*limit))
+                                    }
+                                    None => TooLarge(*limit).into(),
+                                };
+                                return Poll::Ready(Some(Err(error)));
                             }
                         }
                         Poll::Ready(Some(Ok(frame)))

@@ -24,7 +24,7 @@ use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::{self, Denial};
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenManager, Validity, login};
-use body::{BodyTimeout, Relay, RequestBody, TooLarge};
+use body::{Relay, RequestBody};
 use headers::PROFILE_HEADER;
 use upstream::UpstreamClients;
 
@@ -371,6 +371,7 @@ impl Proxy {
                 Decision::Refuse(wait) => return Err(ProxyError::RateLimited(wait)),
             }
         }
+        let fault = body.fault();
         let mut request = Request::new(body);
         *request.method_mut() = outbound.method.clone();
         *request.uri_mut() = outbound.uri.clone();
@@ -383,13 +384,9 @@ impl Proxy {
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
-            Ok(Err(e)) => Err(if let Some(TooLarge(limit)) = find_source(&e) {
-                ProxyError::BodyTooLarge { limit: *limit }
-            } else if let Some(timeout) = find_source::<BodyTimeout>(&e) {
-                ProxyError::BodyTimeout(*timeout)
-            } else {
-                ProxyError::UpstreamUnreachable(e)
-            }),
+            Ok(Err(e)) => Err(fault
+                .and_then(|fault| fault.error())
+                .unwrap_or(ProxyError::UpstreamUnreachable(e))),
             Ok(Ok(response)) => {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
                     && let Some(limiter) = &outbound.limiter
@@ -577,19 +574,6 @@ fn decode(headers: &HeaderMap, raw: &[u8]) -> Option<Vec<u8>> {
         _ => false,
     };
     ok.then_some(out)
-}
-
-fn find_source<'e, E: std::error::Error + 'static>(
-    e: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e E> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(found) = err.downcast_ref::<E>() {
-            return Some(found);
-        }
-        current = err.source();
-    }
-    None
 }
 
 #[cfg(test)]
