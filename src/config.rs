@@ -137,6 +137,9 @@ struct FileServer {
     header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    body_idle_timeout: Duration,
+    body_min_rate: String,
     max_connections: usize,
     max_header_bytes: String,
     max_headers: usize,
@@ -157,6 +160,8 @@ impl Default for FileServer {
             replay_body_limit: "1MiB".into(),
             header_read_timeout: ConnectionLimits::default().header_read_timeout,
             idle_timeout: ConnectionLimits::default().idle_timeout,
+            body_idle_timeout: BodyPace::default().idle_timeout,
+            body_min_rate: BodyPace::default().min_rate.to_string(),
             max_connections: ConnectionLimits::default().max_connections,
             max_header_bytes: "64KiB".into(),
             max_headers: ConnectionLimits::default().max_headers,
@@ -389,6 +394,8 @@ pub struct ServerConfig {
     pub max_body: u64,
     pub replay_body_limit: u64,
     pub limits: ConnectionLimits,
+    /// How steadily a client must deliver a request body.
+    pub body_pace: BodyPace,
     /// File mode of a unix-socket `listen`, e.g. 0o660.
     pub listen_mode: Option<u32>,
     /// Inbound TLS on `listen`: certificate chain and key, PEM, already read.
@@ -400,7 +407,7 @@ pub struct ServerConfig {
 /// Per-connection limits of both listeners.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// To receive a request head (slowloris); HTTP/1 keep-alive waits count too.
+    /// From accepting a connection to its first request, and for each later HTTP/1 request head.
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
@@ -417,6 +424,26 @@ impl Default for ConnectionLimits {
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
+        }
+    }
+}
+
+/// A request body that stops coming, or comes too slowly, is abandoned: waiting for it must not
+/// hold a connection slot for as long as the client likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    /// Longest wait for the next bytes of a request body.
+    pub idle_timeout: Duration,
+    /// Bytes per second a body must average, counted from its start, once `idle_timeout` has
+    /// passed; 0 = no minimum.
+    pub min_rate: u64,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(10),
+            min_rate: 1024,
         }
     }
 }
@@ -959,6 +986,7 @@ fn validate_server(
         ));
     }
     let max_header_bytes = parse_size("server.max_header_bytes", &s.max_header_bytes)?;
+    let body_min_rate = parse_size("server.body_min_rate", &s.body_min_rate)?;
     // hyper's smallest read buffer; a request head never needs less.
     if max_header_bytes < 8192 {
         return Err(invalid("server.max_header_bytes", "must be at least 8KiB"));
@@ -966,6 +994,7 @@ fn validate_server(
     for (key, value) in [
         ("server.header_read_timeout", s.header_read_timeout),
         ("server.idle_timeout", s.idle_timeout),
+        ("server.body_idle_timeout", s.body_idle_timeout),
     ] {
         if value.is_zero() {
             return Err(invalid(key, "must be more than 0s"));
@@ -1026,6 +1055,10 @@ fn validate_server(
             max_connections: s.max_connections,
             max_header_bytes: max_header_bytes as usize,
             max_headers: s.max_headers,
+        },
+        body_pace: BodyPace {
+            idle_timeout: s.body_idle_timeout,
+            min_rate: body_min_rate,
         },
         listen_mode,
         tls,
@@ -1420,6 +1453,33 @@ mod tests {
         assert!(e.contains("soon") || e.contains("shutdown_grace"), "{e}");
         let e = error_of(&format!("[server]\nmax_body = \"lots\"\n{MINIMAL}"));
         assert!(e.contains("server.max_body"), "{e}");
+    }
+
+    #[test]
+    fn body_pace_defaults_and_validation() {
+        let c = Config::from_toml(MINIMAL, no_env(), None).unwrap();
+        assert_eq!(
+            c.server.body_pace,
+            BodyPace {
+                idle_timeout: Duration::from_secs(10),
+                min_rate: 1024
+            }
+        );
+        let c = Config::from_toml(
+            &format!("[server]\nbody_idle_timeout = \"2s\"\nbody_min_rate = \"0\"\n{MINIMAL}"),
+            no_env(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.server.body_pace.idle_timeout, Duration::from_secs(2));
+        assert_eq!(
+            c.server.body_pace.min_rate, 0,
+            "0 turns the minimum rate off"
+        );
+        let e = error_of(&format!("[server]\nbody_idle_timeout = \"0s\"\n{MINIMAL}"));
+        assert!(e.contains("server.body_idle_timeout"), "{e}");
+        let e = error_of(&format!("[server]\nbody_min_rate = \"fast\"\n{MINIMAL}"));
+        assert!(e.contains("server.body_min_rate"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
 use crate::policy::{Denial, PathError};
+use crate::proxy::body::BodyTimeout;
 use crate::token::{LoginError, LoginFailure};
 
 /// Header that marks a response as the proxy's own.
@@ -51,6 +52,8 @@ pub enum ProxyError {
     MethodNotAllowed(http::Method),
     #[error("the request body exceeds server.max_body ({limit} bytes)")]
     BodyTooLarge { limit: u64 },
+    #[error("gave up waiting for the request body: {0}; send the body without pausing")]
+    BodyTimeout(#[from] BodyTimeout),
     #[error("cannot reach Contentstack: {0}")]
     UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
     #[error("Contentstack's response broke off: {0}")]
@@ -120,6 +123,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge { .. } => {
                 shape(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", 907)
             }
+            ProxyError::BodyTimeout(_) => shape(StatusCode::REQUEST_TIMEOUT, "body_timeout", 913),
             ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
                 shape(StatusCode::BAD_GATEWAY, "upstream_unreachable", 908)
             }
@@ -293,6 +297,26 @@ mod tests {
             ProxyError::BodyTooLarge { limit: 10 },
             413,
             "body_too_large",
+        );
+    }
+
+    #[test]
+    fn body_timeout() {
+        let r = check(
+            ProxyError::BodyTimeout(BodyTimeout::Idle(Duration::from_secs(10))),
+            408,
+            "body_timeout",
+        );
+        let text = String::from_utf8(r.body().to_vec()).unwrap();
+        assert!(text.contains("server.body_idle_timeout"), "{text}");
+        assert!(text.contains(r#""error_code":913"#), "{text}");
+        let slow = body_of(&ProxyError::BodyTimeout(BodyTimeout::TooSlow(1024)));
+        assert!(
+            slow["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("server.body_min_rate (1024 bytes/s)"),
+            "{slow}"
         );
     }
 

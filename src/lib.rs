@@ -36,6 +36,12 @@ pub enum StartError {
     Bind {
         addr: String,
         #[source]
+        source: server::BindError,
+    },
+    #[error("cannot start the {thread} thread: {source}")]
+    Thread {
+        thread: String,
+        #[source]
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -59,6 +65,8 @@ pub struct Running {
     proxy_workers: Vec<oneshot::Receiver<bool>>,
     admin_server: JoinHandle<server::Connections>,
     stop_reload: watch::Sender<bool>,
+    /// Unix socket files bound, removed after the listeners have drained.
+    socket_files: Vec<server::SocketFile>,
 }
 
 /// Builds the proxy from `config`, binds both listeners and starts serving. Login profiles log in
@@ -86,22 +94,19 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     )?);
 
     let server_config = &config.server;
-    let bind = |addr: &config::ListenAddr, mode, count| {
-        server::bind(addr, mode, count).map_err(|source| StartError::Bind {
+    let bind = |addr: &config::ListenAddr, mode| {
+        server::bind(addr, mode).map_err(|source| StartError::Bind {
             addr: addr.to_string(),
             source,
         })
     };
-    let (proxy_listeners, proxy_addr) =
-        bind(&server_config.listen, server_config.listen_mode, workers)?;
-    let (mut admin_listeners, admin_addr) = bind(&server_config.admin_listen, None, 1)?;
-    let admin_listener = admin_listeners
-        .remove(0)
-        .into_listener()
-        .map_err(|source| StartError::Bind {
-            addr: server_config.admin_listen.to_string(),
-            source,
-        })?;
+    let proxy_bound = bind(&server_config.listen, server_config.listen_mode)?;
+    let admin_bound = bind(&server_config.admin_listen, None)?;
+    let (proxy_addr, admin_addr) = (proxy_bound.addr, admin_bound.addr);
+    let socket_files = [proxy_bound.socket_file, admin_bound.socket_file]
+        .into_iter()
+        .flatten()
+        .collect();
     let metrics = proxy.metrics().clone();
     let proxy_options = server::ServeOptions::new(
         "proxy",
@@ -112,29 +117,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let admin_options = server::ServeOptions::new("admin", server_config.limits, None, metrics);
     let (stop_proxy, proxy_stop) = watch::channel(false);
     let (stop_admin, admin_stop) = watch::channel(false);
-    let proxy_workers = proxy_listeners
-        .into_iter()
-        .enumerate()
-        .map(|(index, listener)| {
-            spawn_worker(
-                index,
-                listener,
-                proxy.clone(),
-                proxy_options.clone(),
-                proxy_stop.clone(),
-            )
-            .map_err(|source| StartError::Bind {
-                addr: server_config.listen.to_string(),
-                source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let admin_server = tokio::spawn(server::serve(
-        admin_listener,
+    let proxy_workers =
+        serve_proxy(proxy_bound.listener, &proxy, proxy_options, proxy_stop).await?;
+    let admin_server = server::serve_here(
+        admin_bound.listener,
         Arc::new(admin::Admin::new(proxy.clone())),
         admin_options,
         admin_stop,
-    ));
+    )
+    .map_err(|source| StartError::Bind {
+        addr: admin_addr.to_string(),
+        source: source.into(),
+    })?;
     tokens.start_care();
     for profile in config.profiles.iter().filter(|p| p.is_login()) {
         let tokens = tokens.clone();
@@ -158,48 +152,89 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         proxy_workers,
         admin_server,
         stop_reload: watch::channel(false).0,
+        socket_files,
     })
 }
 
-/// A thread with a runtime of its own serving one listener socket until `stop`, then draining its
-/// connections within `shutdown_grace`. Requests never hop between threads.
-fn spawn_worker(
-    index: usize,
+/// The proxy listener: an acceptor thread hands each connection to the least busy of
+/// `server.workers` worker threads. Each thread has a single-threaded runtime of its own, and each
+/// worker its own upstream pool: a request, its upstream connection and that connection's task
+/// stay on one thread. Returns, per worker, whether its connections drained within
+/// `shutdown_grace` once `stop` turned true.
+async fn serve_proxy(
     listener: server::StdListener,
-    proxy: Arc<Proxy>,
+    proxy: &Arc<Proxy>,
     options: server::ServeOptions,
     stop: watch::Receiver<bool>,
-) -> std::io::Result<oneshot::Receiver<bool>> {
-    let (done, drained) = oneshot::channel();
-    std::thread::Builder::new()
-        .name(format!("cma-proxy-{index}"))
-        .spawn(move || {
+) -> Result<Vec<oneshot::Receiver<bool>>, StartError> {
+    let mut links = Vec::new();
+    let mut drained = Vec::new();
+    for index in 0..proxy.config().server.workers {
+        let (link, inbox) = server::worker_channel(index);
+        let (done, worker_drained) = oneshot::channel();
+        let (proxy, options, stop) = (proxy.clone(), options.clone(), stop.clone());
+        spawn_with_runtime(format!("cma-proxy-{index}"), move || {
             proxy::upstream::set_worker(index);
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    tracing::error!("worker {index} cannot start its runtime: {e}");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let listener = match listener.into_listener() {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!("worker {index} cannot listen: {e}");
-                        return;
-                    }
-                };
+            Ok(async move {
                 tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));
-                let connections = server::serve(listener, proxy.clone(), options, stop).await;
+                let connections = server::serve(inbox, proxy.clone(), options, stop).await;
                 let grace = proxy.config().server.shutdown_grace;
                 let _ = done.send(server::drain(connections, grace).await);
-            });
-        })?;
+            })
+        })
+        .await?;
+        links.push(link);
+        drained.push(worker_drained);
+    }
+    spawn_with_runtime("cma-accept".to_owned(), move || {
+        let acceptor = server::Acceptor::new(listener)?;
+        Ok(acceptor.run(links, options, stop))
+    })
+    .await?;
     Ok(drained)
+}
+
+/// Starts a thread named `name` with a single-threaded runtime, makes its task with `setup` inside
+/// that runtime, and runs the task to its end. Returns once `setup` has worked or failed, so that a
+/// thread that cannot start fails `start` rather than leaving a listener unserved.
+async fn spawn_with_runtime<F, T>(name: String, setup: F) -> Result<(), StartError>
+where
+    F: FnOnce() -> std::io::Result<T> + Send + 'static,
+    T: std::future::Future<Output = ()> + 'static,
+{
+    let (ready, started) = oneshot::channel();
+    let thread = name.clone();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let task = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    let task = {
+                        let _inside = runtime.enter();
+                        setup()?
+                    };
+                    Ok((runtime, task))
+                });
+            match task {
+                Ok((runtime, task)) => {
+                    let _ = ready.send(Ok(()));
+                    runtime.block_on(task);
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                }
+            }
+        })
+        .map_err(|source| StartError::Thread {
+            thread: name,
+            source,
+        })?;
+    let outcome = started
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the thread ended before it started")));
+    outcome.map_err(|source| StartError::Thread { thread, source })
 }
 
 /// hyper re-arms a header-read timer for every request on a connection. tokio's timer wakes its
@@ -275,6 +310,7 @@ impl Running {
         if let Ok(connections) = self.admin_server.await {
             server::drain(connections, Duration::from_secs(1)).await;
         }
+        drop(self.socket_files);
         drained
     }
 }

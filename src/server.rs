@@ -1,12 +1,18 @@
 //! Listeners and connections: TCP (optionally TLS) or Unix sockets, HTTP/1.1 and HTTP/2 on one port,
 //! the per-connection limits (connection count, header size and count, header-read and idle
 //! timeouts), and draining at shutdown. Knows nothing of CMA semantics.
+//!
+//! Each address is bound once ([`bind`]); an [`Acceptor`] accepts on it and hands connections to
+//! workers, each serving its [`Inbox`] with [`serve`] on its own runtime.
+mod accept;
+mod bind;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -14,13 +20,16 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, UnixListener};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConnectionLimits, ListenAddr};
+pub use accept::{Acceptor, Inbox, WorkerLink, worker_channel};
+pub use bind::{BindError, Bound, SocketFile, StdListener, bind};
+
+use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::proxy::body::Relay;
 
@@ -31,11 +40,6 @@ pub trait Handler: Send + Sync + 'static {
         req: Request<Incoming>,
         peer: Option<IpAddr>,
     ) -> impl Future<Output = Response<Relay>> + Send;
-}
-
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
 }
 
 /// The address a listener really got (port 0 resolved).
@@ -62,72 +66,6 @@ impl BoundAddr {
             BoundAddr::Unix(_) => None,
         }
     }
-}
-
-/// A bound socket not yet tied to a runtime: each worker runtime turns its own into a [`Listener`].
-pub enum StdListener {
-    Tcp(std::net::TcpListener),
-    Unix(std::os::unix::net::UnixListener),
-}
-
-impl StdListener {
-    /// Registers the socket with the current tokio runtime.
-    pub fn into_listener(self) -> std::io::Result<Listener> {
-        Ok(match self {
-            StdListener::Tcp(l) => Listener::Tcp(TcpListener::from_std(l)?),
-            StdListener::Unix(l) => Listener::Unix(UnixListener::from_std(l)?),
-        })
-    }
-}
-
-/// Binds `addr` `count` times, one socket per worker runtime: TCP sockets share the port with
-/// `SO_REUSEPORT`, so the kernel spreads connections over the workers; a unix socket is shared.
-/// A unix socket gets `mode` (e.g. 0o660) so that only its owner and group connect.
-pub fn bind(
-    addr: &ListenAddr,
-    mode: Option<u32>,
-    count: usize,
-) -> std::io::Result<(Vec<StdListener>, BoundAddr)> {
-    match addr {
-        ListenAddr::Tcp(addr) => {
-            let first = tcp_socket(*addr)?;
-            let bound = first.local_addr()?;
-            let mut listeners = vec![StdListener::Tcp(first)];
-            for _ in 1..count {
-                listeners.push(StdListener::Tcp(tcp_socket(bound)?));
-            }
-            Ok((listeners, BoundAddr::Tcp(bound)))
-        }
-        ListenAddr::Unix(path) => {
-            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-            // A socket file left by a previous run would make bind fail; only sockets are removed.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-                std::fs::remove_file(path)?;
-            }
-            let listener = std::os::unix::net::UnixListener::bind(path)?;
-            listener.set_nonblocking(true)?;
-            if let Some(mode) = mode {
-                std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-            }
-            let mut listeners = Vec::with_capacity(count);
-            for _ in 1..count {
-                listeners.push(StdListener::Unix(listener.try_clone()?));
-            }
-            listeners.push(StdListener::Unix(listener));
-            Ok((listeners, BoundAddr::Unix(path.clone())))
-        }
-    }
-}
-
-fn tcp_socket(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(1024)?;
-    Ok(socket.into())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,7 +112,7 @@ pub struct ServeOptions {
     /// Inbound TLS, swapped on reload when the certificate files change.
     pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     pub metrics: Arc<Metrics>,
-    /// `max_connections` slots, shared by every worker serving the same address.
+    /// `max_connections` slots, taken by the acceptor, held by each connection until it ends.
     pub slots: Arc<Semaphore>,
     /// The listener's name in metrics: `proxy` or `admin`.
     pub name: &'static str,
@@ -227,49 +165,43 @@ fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts connections until `stop` turns true, then returns the connections still open, for the
-/// caller to drain under its deadline. Each connection is told to finish gracefully at `stop`.
+/// Serves the connections handed to `inbox` on the current runtime until the acceptor stops, then
+/// returns those still open, for the caller to drain under its deadline. Each connection is told
+/// to finish gracefully at `stop`.
 pub async fn serve<H: Handler>(
-    listener: Listener,
+    mut inbox: Inbox,
     handler: Arc<H>,
     options: ServeOptions,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> Connections {
     let tracker = TaskTracker::new();
-    let slots = options.slots.clone();
     let builder = Arc::new(builder(&options.limits));
-    loop {
-        let accepted = tokio::select! {
-            accepted = accept(&listener) => accepted,
-            _ = stop.wait_for(|stop| *stop) => break,
-        };
-        let (io, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors and similar: do not spin, do not die.
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            options.metrics.connection_limit("too_many_connections");
-            tracker.spawn(refuse(io, options.tls.is_some()));
-            continue;
-        };
+    while let Some(accepted) = inbox.0.recv().await {
         let connection = Connection {
             handler: handler.clone(),
-            peer,
+            peer: accepted.peer,
+            accepted_at: accepted.accepted_at,
             builder: builder.clone(),
             options: options.clone(),
             stop: stop.clone(),
         };
-        tracker.spawn(async move {
-            let _slot = slot;
-            connection.run(io).await;
-        });
+        tracker.spawn(connection.run(accepted));
     }
     Connections(tracker)
+}
+
+/// A listener served entirely on the current runtime, acceptor and connections (the admin
+/// listener, the simulator). The task ends with the connections still open after `stop`.
+pub fn serve_here<H: Handler>(
+    listener: StdListener,
+    handler: Arc<H>,
+    options: ServeOptions,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<JoinHandle<Connections>> {
+    let acceptor = Acceptor::new(listener)?;
+    let (link, inbox) = worker_channel(0);
+    tokio::spawn(acceptor.run(vec![link], options.clone(), stop.clone()));
+    Ok(tokio::spawn(serve(inbox, handler, options, stop)))
 }
 
 /// Waits for open connections to finish, at most `grace`. Returns whether they all finished.
@@ -285,51 +217,26 @@ enum Io {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &Listener) -> std::io::Result<(Io, Option<IpAddr>)> {
-    match listener {
-        Listener::Tcp(l) => {
-            let (stream, peer) = l.accept().await?;
-            stream.set_nodelay(true)?;
-            Ok((Io::Tcp(stream), Some(peer.ip())))
-        }
-        Listener::Unix(l) => {
-            let (stream, _) = l.accept().await?;
-            Ok((Io::Unix(stream), None))
-        }
-    }
-}
-
-/// Over `max_connections`: a plain-HTTP client gets a 503 in the proxy's error shape, then the
-/// connection closes without reading the request. (A TLS client just sees the close.)
-async fn refuse(io: Io, tls: bool) {
-    const BODY: &str = r#"{"error_message":"too many connections to the proxy (server.max_connections); retry shortly","error_code":911,"errors":{"cma_auth_proxy":["too_many_connections"]}}"#;
-    let Io::Tcp(mut stream) = io else { return };
-    if !tls {
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-             x-cma-auth-proxy-error: too_many_connections\r\nretry-after: 1\r\n\
-             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.write_all(response.as_bytes()),
-        )
-        .await;
-    }
-    let _ = stream.shutdown().await;
-}
-
 struct Connection<H> {
     handler: Arc<H>,
     peer: Option<IpAddr>,
+    accepted_at: Instant,
     builder: Arc<auto::Builder<TokioExecutor>>,
     options: ServeOptions,
     stop: watch::Receiver<bool>,
 }
 
 impl<H: Handler> Connection<H> {
-    async fn run(self, io: Io) {
+    async fn run(self, accepted: accept::Accepted) {
+        // Held until the connection ends: its `max_connections` slot and its worker's count.
+        let _held = (accepted.slot, accepted.load);
+        let io = match accepted.stream.register() {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!("cannot serve an accepted connection: {e}");
+                return;
+            }
+        };
         self.options.open_connections().inc();
         match io {
             Io::Unix(stream) => self.serve(stream).await,
@@ -337,10 +244,8 @@ impl<H: Handler> Connection<H> {
                 None => self.serve(stream).await,
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
-                    let handshake = tokio::time::timeout(
-                        self.options.limits.header_read_timeout,
-                        acceptor.accept(stream),
-                    );
+                    let handshake =
+                        tokio::time::timeout_at(self.first_request_by(), acceptor.accept(stream));
                     match handshake.await {
                         Ok(Ok(stream)) => self.serve(stream).await,
                         _ => {
@@ -355,18 +260,29 @@ impl<H: Handler> Connection<H> {
         }
     }
 
-    /// Serves one connection until it ends; asks it to finish gracefully at shutdown, or when it
-    /// has had no request in flight for `idle_timeout` (a response still streaming is not cut).
+    /// A connection must begin its first request (after its TLS handshake, if any) within
+    /// `header_read_timeout` of being accepted. hyper's own header timer starts only once it has
+    /// told HTTP/1 from HTTP/2 by the first bytes, and HTTP/2 has none: a client that sends
+    /// nothing, or only the HTTP/2 preface, would otherwise hold its slot until `idle_timeout`.
+    fn first_request_by(&self) -> Instant {
+        self.accepted_at + self.options.limits.header_read_timeout
+    }
+
+    /// Serves one connection until it ends; closes it when no request has begun by
+    /// [`Self::first_request_by`]; asks it to finish gracefully at shutdown, or when it has had no
+    /// request in flight for `idle_timeout` (a response still streaming is not cut).
     async fn serve<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        let first_request_by = self.first_request_by();
         let Connection {
             handler,
             peer,
             builder,
             options,
             mut stop,
+            ..
         } = self;
         let activity = Arc::new(Activity::new());
         let service = {
@@ -392,6 +308,13 @@ impl<H: Handler> Connection<H> {
             let idle_at = activity.idle_deadline(idle_timeout);
             tokio::select! {
                 result = connection.as_mut() => break result,
+                _ = tokio::time::sleep_until(first_request_by), if !activity.has_begun() => {
+                    if !activity.has_begun() {
+                        options.metrics.connection_limit("header_read_timeout");
+                        tracing::debug!(reason = "header_read_timeout", "connection closed by a limit");
+                        break Ok(());
+                    }
+                }
                 _ = stop.changed(), if !finishing => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
@@ -431,6 +354,8 @@ impl<H: Handler> Connection<H> {
 
 /// Whether a connection has a request in flight, and since when it has had none.
 struct Activity {
+    /// Whether any request has begun on the connection.
+    begun: AtomicBool,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` of the last request's end.
     last_ms: AtomicU64,
@@ -442,6 +367,7 @@ struct Busy(Arc<Activity>);
 impl Activity {
     fn new() -> Self {
         Self {
+            begun: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             born: Instant::now(),
@@ -449,8 +375,13 @@ impl Activity {
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
+        self.begun.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    fn has_begun(&self) -> bool {
+        self.begun.load(Ordering::Relaxed)
     }
 
     fn idle_for(&self) -> Duration {

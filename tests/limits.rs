@@ -1,6 +1,7 @@
 //! Limits on what a client can make the proxy hold (issue 4): body size (before and during the
-//! stream), header size and count, slow headers, idle connections, connection count. Each produces
-//! its error and its metric, and other clients are not affected.
+//! stream), header size and count, slow headers, idle connections, connection count; and (issue 10)
+//! request bodies that stall or trickle, connections that never begin a request. Each produces its
+//! error and its metric, and other clients are not affected.
 mod common;
 
 use std::time::Duration;
@@ -51,8 +52,12 @@ async fn a_chunked_body_growing_past_max_body_gets_413_mid_stream() {
         response.headers()["x-cma-auth-proxy-error"],
         "body_too_large"
     );
-    // The upstream saw the upload start but never a complete one.
-    assert!(fake.requests().iter().any(|r| r.path == "/v3/_sim/upload"));
+    // The upstream saw the upload start (the simulator records it on the test's runtime, possibly
+    // after the client has its answer) but never a complete one.
+    eventually(5, "the upstream saw the upload start", || async {
+        fake.requests().iter().any(|r| r.path == "/v3/_sim/upload")
+    })
+    .await;
     // Other requests are unaffected.
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let m = metrics(&proxy.admin).await;
@@ -149,7 +154,7 @@ async fn connections_over_max_connections_get_a_503_and_others_keep_working() {
         TcpStream::connect(addr(&proxy)).await.unwrap(),
         TcpStream::connect(addr(&proxy)).await.unwrap(),
     ];
-    // Each worker thread accepts on its own; wait until both connections hold their slots.
+    // The acceptor hands each to a worker thread; wait until both connections hold their slots.
     eventually(5, "two connections are open", || async {
         metrics(&proxy.admin)
             .await
@@ -185,4 +190,319 @@ async fn connections_over_max_connections_get_a_503_and_others_keep_working() {
             .is_ok_and(|r| r.status() == 200)
     })
     .await;
+}
+
+/// A client connection that has sent a request head announcing a body, and part of that body.
+async fn body_then_silence(proxy: &Proxy, head: &str, body: &[u8]) -> TcpStream {
+    let mut conn = TcpStream::connect(addr(proxy)).await.unwrap();
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body).await.unwrap();
+    conn
+}
+
+/// Whether the proxy closes `stream` within `secs` (reading and discarding what it sends).
+async fn closed_within(stream: &mut TcpStream, secs: u64) -> Option<String> {
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(secs), stream.read_to_end(&mut out))
+        .await
+        .ok()
+        .map(|_| String::from_utf8_lossy(&out).into_owned())
+}
+
+fn assert_body_timeout(answer: &str) {
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("x-cma-auth-proxy-error: body_timeout"),
+        "{answer}"
+    );
+    assert!(answer.contains(r#""error_code":913"#), "{answer}");
+}
+
+#[tokio::test]
+async fn stalled_request_bodies_get_408_and_give_their_connections_back() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "max_connections = 4\nreplay_body_limit = \"64KiB\"\nbody_idle_timeout = \"300ms\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let head =
+        |length: &str| format!("POST /v3/_sim/upload HTTP/1.1\r\nhost: x\r\n{length}\r\n\r\n");
+    let mut chunk = b"19000\r\n".to_vec();
+    chunk.extend(vec![b'x'; 0x19000]);
+    // Every connection slot is taken by a client that stops sending its body: one the proxy buffers
+    // (within replay_body_limit), one it streams from the start (Content-Length above it), one it
+    // starts buffering and then streams (chunked, past replay_body_limit), one that never starts.
+    let mut stalled = vec![
+        body_then_silence(&proxy, &head("content-length: 1000"), b"{\"partial\":").await,
+        body_then_silence(&proxy, &head("content-length: 104857600"), &[b'x'; 4096]).await,
+        body_then_silence(&proxy, &head("transfer-encoding: chunked"), &chunk).await,
+        body_then_silence(&proxy, &head("content-length: 1000"), b"").await,
+    ];
+    for conn in &mut stalled {
+        let answer = closed_within(conn, 5)
+            .await
+            .expect("the stalled connection is answered and closed");
+        assert_body_timeout(&answer);
+    }
+    eventually(
+        5,
+        "the stalled connections give their slots back",
+        || async {
+            metrics(&proxy.admin)
+                .await
+                .get(r#"cma_auth_proxy_open_connections{listener="proxy"}"#)
+                == Some(&0.0)
+        },
+    )
+    .await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_denied_total{reason="body_timeout"}"#
+        )
+        .await,
+        4.0
+    );
+}
+
+#[tokio::test]
+async fn a_body_trickling_below_body_min_rate_is_cut_off() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "body_idle_timeout = \"500ms\"\nbody_min_rate = \"1KiB\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut conn = body_then_silence(
+        &proxy,
+        "POST /v3/_sim/upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1000000\r\n\r\n",
+        b"",
+    )
+    .await;
+    // A byte every 100 ms: never silent for body_idle_timeout, but far below 1 KiB/s.
+    let (mut reader, mut writer) = conn.split();
+    let mut first = [0u8; 1];
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                read = reader.read(&mut first) => break read.unwrap() == 1,
+                _ = pace.tick() => {
+                    if writer.write_all(b"x").await.is_err() {
+                        break false;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert_eq!(answered, Ok(true), "the trickling body is answered");
+    let rest = closed_within(&mut conn, 5).await.expect("closed");
+    let answer = format!("{}{rest}", first[0] as char);
+    assert_body_timeout(&answer);
+    assert!(answer.contains("body_min_rate"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_early_answer_reads_the_rest_of_a_body_only_while_it_keeps_coming() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "max_body = \"64KiB\"\nreplay_body_limit = \"1KiB\"\nbody_idle_timeout = \"300ms\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // A chunked body that grows past max_body (the proxy answers 413 mid-stream and goes on reading
+    // so that the client sees the answer), and then stops without ending.
+    let mut chunk = b"20000\r\n".to_vec();
+    chunk.extend(vec![b'x'; 0x20000]);
+    let mut conn = body_then_silence(
+        &proxy,
+        "POST /v3/_sim/upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+        &chunk,
+    )
+    .await;
+    // Well within the 10 s that the drain allows a body that keeps coming.
+    let answer = closed_within(&mut conn, 5)
+        .await
+        .expect("the drain stops when the body stalls");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    eventually(5, "the connection gives its slot back", || async {
+        metrics(&proxy.admin)
+            .await
+            .get(r#"cma_auth_proxy_open_connections{listener="proxy"}"#)
+            == Some(&0.0)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_body_stalls_gets_408_and_the_connection_serves_on() {
+    use futures_util::StreamExt;
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "replay_body_limit = \"64KiB\"\nbody_idle_timeout = \"300ms\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let stalled = || {
+        let start = futures_util::stream::iter([Ok::<_, std::io::Error>(
+            bytes::Bytes::from_static(b"{\"partial\":"),
+        )]);
+        reqwest::Body::wrap_stream(start.chain(futures_util::stream::pending()))
+    };
+    let url = format!("{}/v3/_sim/upload", proxy.url);
+    // Buffered (no length, so the proxy reads up to replay_body_limit), then streamed.
+    for request in [
+        h2.post(&url).body(stalled()),
+        h2.post(&url)
+            .header("content-length", "1000000")
+            .body(stalled()),
+    ] {
+        let response = tokio::time::timeout(Duration::from_secs(5), request.send())
+            .await
+            .expect("the stalled stream is answered")
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(response.status(), 408);
+        assert_eq!(response.headers()["x-cma-auth-proxy-error"], "body_timeout");
+    }
+    // The connection's other streams carry on.
+    let response = h2
+        .get(format!("{}/v3/user", proxy.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_open_connections{listener="proxy"}"#
+        )
+        .await,
+        1.0,
+        "one HTTP/2 connection served all three streams"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_never_begins_a_request_is_closed_after_header_read_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut silent = TcpStream::connect(addr(&proxy)).await.unwrap();
+    // An HTTP/2 client that sends the connection preface and its SETTINGS, but never a request.
+    let mut h2 = TcpStream::connect(addr(&proxy)).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    for conn in [&mut silent, &mut h2] {
+        // Long before idle_timeout.
+        closed_within(conn, 5)
+            .await
+            .expect("the connection is closed");
+    }
+    expect_limit_count(&proxy, "header_read_timeout", 2.0).await;
+}
+
+/// An upstream that speaks HTTP/2 over TLS (chosen by ALPN, as Contentstack's edge does) and reads
+/// each request body to its end before answering. Returns its URL, the CA file that trusts it, and
+/// whether it has seen an HTTP/2 request.
+async fn http2_upstream() -> (
+    String,
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use http_body_util::BodyExt;
+    let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let ca = tempdir().join("upstream-ca.pem");
+    std::fs::write(&ca, key.cert.pem()).unwrap();
+    let tls = cma_auth_proxy::server::tls_server_config(
+        key.cert.pem().as_bytes(),
+        key.signing_key.serialize_pem().as_bytes(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let saw_http2 = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = saw_http2.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        if req.version() == http::Version::HTTP_2 {
+                            seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        async move {
+                            let _ = req.into_body().collect().await;
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
+                            ))
+                        }
+                    });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+            });
+        }
+    });
+    (url, ca, saw_http2)
+}
+
+#[tokio::test]
+async fn a_streamed_body_that_stalls_or_grows_too_large_is_the_clients_fault_over_an_http2_upstream()
+ {
+    let (url, ca, saw_http2) = http2_upstream().await;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         replay_body_limit = \"1KiB\"\nmax_body = \"64KiB\"\nbody_idle_timeout = \"300ms\"\n\
+         [upstream]\nurl = \"{url}\"\nca_file = \"{}\"\n\
+         [profiles.default]\nmanagement_token = \"cs-management-token\"\n",
+        ca.display()
+    );
+    let config = cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap();
+    let running = cma_auth_proxy::start(config).await.unwrap();
+    let proxy = running.proxy_addr().tcp().unwrap();
+    let head = "POST /v3/assets HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n";
+    // Past replay_body_limit (so it streams), then silence.
+    let mut stalled = TcpStream::connect(proxy).await.unwrap();
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.write_all(b"800\r\n").await.unwrap();
+    stalled.write_all(&[b'x'; 0x800]).await.unwrap();
+    stalled.write_all(b"\r\n").await.unwrap();
+    let answer = closed_within(&mut stalled, 5).await.expect("answered");
+    assert!(
+        saw_http2.load(std::sync::atomic::Ordering::SeqCst),
+        "the upstream spoke HTTP/2"
+    );
+    assert_body_timeout(&answer);
+    // Past max_body while streaming.
+    let mut large = TcpStream::connect(proxy).await.unwrap();
+    large.write_all(head.as_bytes()).await.unwrap();
+    large.write_all(b"20000\r\n").await.unwrap();
+    let _ = large.write_all(&[b'x'; 0x20000]).await;
+    let answer = closed_within(&mut large, 5).await.expect("answered");
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    running.shutdown().await;
 }

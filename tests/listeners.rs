@@ -1,5 +1,6 @@
 //! Listeners beyond loopback TCP (issue 4): a unix socket with a file mode, and inbound TLS whose
-//! certificate files are reloaded on change.
+//! certificate files are reloaded on change; a unix socket that a second instance cannot take over,
+//! removed when the proxy exits (issue 10).
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
@@ -105,4 +106,77 @@ async fn inbound_tls_serves_https_and_picks_up_a_new_certificate() {
         1.0,
     )
     .await;
+}
+
+fn unix_config(socket: &std::path::Path, fake_url: &str) -> cma_auth_proxy::Config {
+    let toml = format!(
+        "[server]\nlisten = \"unix:{}\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{fake_url}\"\n{}",
+        socket.display(),
+        profile(PASSWORD, "")
+    );
+    cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap()
+}
+
+async fn get_user_over(socket: &std::path::Path) -> String {
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    stream
+        .write_all(b"GET /v3/user HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+fn start_error(result: Result<cma_auth_proxy::Running, cma_auth_proxy::StartError>) -> String {
+    match result {
+        Ok(_) => panic!("a second instance started on the same socket"),
+        Err(e) => cma_auth_proxy::error::error_chain_text(&e),
+    }
+}
+
+#[tokio::test]
+async fn a_live_unix_socket_is_not_taken_over_and_ours_is_removed_on_exit() {
+    let fake = fake().await;
+    let dir = tempdir();
+    let socket = dir.join("proxy.sock");
+    let first = cma_auth_proxy::start(unix_config(&socket, &fake.url()))
+        .await
+        .unwrap();
+
+    let refused = start_error(cma_auth_proxy::start(unix_config(&socket, &fake.url())).await);
+    assert!(refused.contains("another cma-auth-proxy?"), "{refused}");
+    assert!(refused.contains(&socket.display().to_string()), "{refused}");
+    assert!(get_user_over(&socket).await.starts_with("HTTP/1.1 200 OK"));
+
+    first.shutdown().await;
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind after shutdown: {left:?}");
+
+    // A socket file nobody accepts on (a crashed instance's) is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let next = cma_auth_proxy::start(unix_config(&socket, &fake.url()))
+        .await
+        .unwrap();
+    assert!(get_user_over(&socket).await.starts_with("HTTP/1.1 200 OK"));
+    next.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_running_instance_keeps_its_socket_path_even_when_the_file_is_gone() {
+    let fake = fake().await;
+    let dir = tempdir();
+    let socket = dir.join("proxy.sock");
+    let first = cma_auth_proxy::start(unix_config(&socket, &fake.url()))
+        .await
+        .unwrap();
+    // The moment between another starter's "nobody accepts here" and its bind: no socket file, but
+    // the first instance still runs. The path stays the first instance's.
+    std::fs::remove_file(&socket).unwrap();
+    let refused = start_error(cma_auth_proxy::start(unix_config(&socket, &fake.url())).await);
+    assert!(refused.contains("another cma-auth-proxy?"), "{refused}");
+    first.shutdown().await;
 }

@@ -206,10 +206,9 @@ impl FakeCmaBuilder {
             ..State::default()
         };
         let state = Arc::new(Mutex::new(state));
-        let (mut listeners, bound) =
-            server::bind(&crate::config::ListenAddr::Tcp(self.addr), None, 1)?;
-        let listener = listeners.remove(0).into_listener()?;
-        let addr = bound.tcp().expect("bound a TCP address");
+        let bound = server::bind(&crate::config::ListenAddr::Tcp(self.addr), None)
+            .map_err(std::io::Error::other)?;
+        let addr = bound.addr.tcp().expect("bound a TCP address");
         let (stop, stop_rx) = watch::channel(false);
         let handler = Arc::new(Sim {
             state: state.clone(),
@@ -220,7 +219,7 @@ impl FakeCmaBuilder {
         };
         let options =
             server::ServeOptions::new("simulator", limits, None, crate::metrics::Metrics::new());
-        let server = tokio::spawn(server::serve(listener, handler, options, stop_rx));
+        let server = server::serve_here(bound.listener, handler, options, stop_rx)?;
         Ok(FakeCma {
             state,
             addr,

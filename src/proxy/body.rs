@@ -1,14 +1,20 @@
 //! Bodies on the request path: [`Relay`], the one body type sent upstream and returned to clients,
 //! and [`take_request_body`], which keeps small request bodies so they can be replayed after a
-//! re-login and streams large ones. Every buffer here has a bound.
+//! re-login and streams large ones. Every buffer here has a bound, and every wait for a client's
+//! body a deadline ([`BodyWatch`]).
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
 
+use crate::config::BodyPace;
 use crate::error::ProxyError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -18,30 +24,185 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 #[error("body exceeds {0} bytes")]
 pub struct TooLarge(pub u64);
 
+/// A client's request body was abandoned because the client kept the proxy waiting for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyTimeout {
+    #[error("no bytes of the request body for server.body_idle_timeout ({0:?})")]
+    Idle(Duration),
+    #[error("the request body came slower than server.body_min_rate ({0} bytes/s)")]
+    TooSlow(u64),
+}
+
+/// Keeps a client's request body to its [`BodyPace`]. Only time spent waiting for the client counts:
+/// while the proxy is busy elsewhere (a login, a slow upstream) the body is not being read, and
+/// that is not the client's fault. Each wait may last at most `idle_timeout`; in all, the client
+/// may keep the proxy waiting `idle_timeout` plus one second per `min_rate` bytes it delivered, so
+/// a byte every few seconds cannot hold a connection for long.
+///
+/// One timer per body, made on its first wait and moved only when it fires: a body flowing
+/// steadily costs a clock read per wait, not a timer update per chunk.
+pub struct BodyWatch {
+    pace: BodyPace,
+    received: u64,
+    /// Time spent waiting for the client in waits that have ended.
+    waited: Duration,
+    /// When the current wait began; `None` while bytes are coming.
+    waiting_since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl BodyWatch {
+    pub fn new(pace: BodyPace) -> Self {
+        Self {
+            pace,
+            received: 0,
+            waited: Duration::ZERO,
+            waiting_since: None,
+            timer: None,
+        }
+    }
+
+    fn progress(&mut self, bytes: u64) {
+        self.received += bytes;
+        if let Some(since) = self.waiting_since.take() {
+            self.waited += since.elapsed();
+        }
+    }
+
+    /// When the wait that began at `since` must end, and what to say then. Deadlines only move
+    /// later: a new wait starts later, and bytes received earn time.
+    fn deadline(&self, since: Instant) -> (Instant, BodyTimeout) {
+        let idle = self.pace.idle_timeout;
+        if let Some(per_ms) = self
+            .received
+            .saturating_mul(1000)
+            .checked_div(self.pace.min_rate)
+        {
+            let earned = Duration::from_millis(per_ms);
+            let left = (idle + earned).saturating_sub(self.waited);
+            if left < idle {
+                return (since + left, BodyTimeout::TooSlow(self.pace.min_rate));
+            }
+        }
+        (since + idle, BodyTimeout::Idle(idle))
+    }
+
+    /// Called when the body has nothing to read: ready once the client has kept us waiting past
+    /// its deadline.
+    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<BodyTimeout> {
+        let now = Instant::now();
+        let since = *self.waiting_since.get_or_insert(now);
+        let (deadline, timeout) = self.deadline(since);
+        if now >= deadline {
+            return Poll::Ready(timeout);
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            match timer.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if timer.deadline() >= deadline => return Poll::Ready(timeout),
+                // Set for an earlier wait's deadline: move it to this one.
+                Poll::Ready(()) => timer.as_mut().reset(deadline),
+            }
+        }
+    }
+}
+
+/// A frame of a body as `Incoming` gives it: `None` at the end.
+type NextFrame = Option<Result<Frame<Bytes>, hyper::Error>>;
+
+/// The next frame of a client's request body, or the timeout when the client stalls.
+fn poll_client_frame(
+    body: &mut Incoming,
+    watch: &mut BodyWatch,
+    cx: &mut Context<'_>,
+) -> Poll<Result<NextFrame, BodyTimeout>> {
+    match Pin::new(body).poll_frame(cx) {
+        Poll::Ready(frame) => {
+            let bytes = match &frame {
+                Some(Ok(frame)) => frame.data_ref().map_or(0, |d| d.len() as u64),
+                _ => 0,
+            };
+            watch.progress(bytes);
+            Poll::Ready(Ok(frame))
+        }
+        Poll::Pending => watch.poll_stalled(cx).map(Err),
+    }
+}
+
+async fn next_client_frame(
+    body: &mut Incoming,
+    watch: &mut BodyWatch,
+) -> Result<NextFrame, BodyTimeout> {
+    std::future::poll_fn(|cx| poll_client_frame(body, watch, cx)).await
+}
+
+/// Why a client's request body failed while it was being sent upstream. HTTP/1 hands a body's
+/// error back in the request's error, but HTTP/2 only resets the stream and the cause is lost; so
+/// the relay records it here, and the forwarder answers with the client's error (413, 408) instead
+/// of blaming Contentstack (502), whichever protocol the upstream speaks.
+#[derive(Clone, Default)]
+pub struct BodyFault(Arc<OnceLock<ClientFault>>);
+
+#[derive(Debug, Clone, Copy)]
+enum ClientFault {
+    TooLarge(u64),
+    Stalled(BodyTimeout),
+}
+
+impl BodyFault {
+    /// The client's error, if its body failed.
+    pub fn error(&self) -> Option<ProxyError> {
+        self.0.get().map(|fault| match *fault {
+            ClientFault::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
+            ClientFault::Stalled(timeout) => ProxyError::BodyTimeout(timeout),
+        })
+    }
+
+    /// Records `fault` and returns it as the body's error, for the upstream client.
+    fn record(&self, fault: ClientFault) -> BoxError {
+        let _ = self.0.set(fault);
+        match fault {
+            ClientFault::TooLarge(limit) => TooLarge(limit).into(),
+            ClientFault::Stalled(timeout) => timeout.into(),
+        }
+    }
+}
+
+/// What a client's request body carries besides its bytes: its pace and where its failure goes.
+pub struct ClientBody {
+    watch: BodyWatch,
+    fault: BodyFault,
+}
+
 pub enum Relay {
     Full(Option<Bytes>),
     /// Chunks already read, then the rest of a body, counted against `limit`.
     Stream {
         prefix: VecDeque<Bytes>,
-        /// `None` only once a request body was handed to [`linger`] on drop.
+        /// `None` once a request body was abandoned or handed to [`linger`] on drop.
         rest: Option<Incoming>,
         seen: u64,
         limit: u64,
-        /// A client's request body: dropped unfinished, it is drained for a while (see [`linger`]).
-        request: bool,
+        /// Only for a client's request body. Dropped unfinished, such a body is drained for a
+        /// while (see [`linger`]).
+        client: Option<Box<ClientBody>>,
     },
 }
 
 /// A request body the proxy stopped reading because its answer came early (413 mid-stream, 502,
 /// 503) is read and thrown away for a while, so the client finishes sending and reads the answer
-/// instead of a reset connection. Bounded in bytes and time.
+/// instead of a reset connection. Bounded in bytes and time, and by the body's pace: a client that
+/// stops sending does not hold its connection through the drain.
 const LINGER_BYTES: u64 = 64 << 20;
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+const LINGER_TIME: Duration = Duration::from_secs(10);
 
-async fn linger(mut body: Incoming) {
+async fn linger(mut body: Incoming, mut client: Box<ClientBody>) {
     let drain = async {
         let mut read = 0u64;
-        while let Some(Ok(frame)) = body.frame().await {
+        while let Ok(Some(Ok(frame))) = next_client_frame(&mut body, &mut client.watch).await {
             read += frame.data_ref().map_or(0, |d| d.len() as u64);
             if read > LINGER_BYTES {
                 break;
@@ -53,16 +214,12 @@ async fn linger(mut body: Incoming) {
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if let Relay::Stream {
-            rest,
-            request: true,
-            ..
-        } = self
-            && let Some(body) = rest.take()
+        if let Relay::Stream { rest, client, .. } = self
+            && let (Some(body), Some(client)) = (rest.take(), client.take())
             && !body.is_end_stream()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            runtime.spawn(linger(body));
+            runtime.spawn(linger(body, client));
         }
     }
 }
@@ -78,22 +235,48 @@ impl Relay {
 
     /// An upstream response body, after the chunks already read.
     pub fn response(prefix: VecDeque<Bytes>, rest: Incoming) -> Relay {
-        Self::stream(prefix, rest, u64::MAX, false)
+        Self::stream(prefix, rest, u64::MAX, None)
     }
 
-    /// A client's request body, after the chunks already read, limited to `max_body` in all.
-    pub fn request(prefix: VecDeque<Bytes>, rest: Incoming, max_body: u64) -> Relay {
-        Self::stream(prefix, rest, max_body, true)
+    /// A client's request body, after the chunks already read, limited to `max_body` in all and
+    /// kept to its pace by `watch`.
+    pub fn request(
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+        max_body: u64,
+        watch: BodyWatch,
+    ) -> Relay {
+        let client = ClientBody {
+            watch,
+            fault: BodyFault::default(),
+        };
+        Self::stream(prefix, rest, max_body, Some(Box::new(client)))
     }
 
-    fn stream(prefix: VecDeque<Bytes>, rest: Incoming, limit: u64, request: bool) -> Relay {
+    fn stream(
+        prefix: VecDeque<Bytes>,
+        rest: Incoming,
+        limit: u64,
+        client: Option<Box<ClientBody>>,
+    ) -> Relay {
         let seen = prefix.iter().map(|b| b.len() as u64).sum();
         Relay::Stream {
             prefix,
             rest: Some(rest),
             seen,
             limit,
-            request,
+            client,
+        }
+    }
+
+    /// Where a client's streamed request body records why it failed; `None` for other bodies.
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self {
+            Relay::Stream {
+                client: Some(client),
+                ..
+            } => Some(client.fault.clone()),
+            _ => None,
         }
     }
 }
@@ -113,20 +296,40 @@ impl Body for Relay {
                 rest,
                 seen,
                 limit,
-                ..
+                client,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                let Some(rest) = rest else {
+                let Some(body) = rest else {
                     return Poll::Ready(None);
                 };
-                match std::task::ready!(Pin::new(rest).poll_frame(cx)) {
+                let frame = match client {
+                    None => std::task::ready!(Pin::new(body).poll_frame(cx)),
+                    Some(client) => {
+                        match std::task::ready!(poll_client_frame(body, &mut client.watch, cx)) {
+                            Ok(frame) => frame,
+                            Err(timeout) => {
+                                // Abandoned: nothing left to drain on drop.
+                                *rest = None;
+                                let error = client.fault.record(ClientFault::Stalled(timeout));
+                                return Poll::Ready(Some(Err(error)));
+                            }
+                        }
+                    }
+                };
+                match frame {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             *seen += data.len() as u64;
                             if *seen > *limit {
-                                return Poll::Ready(Some(Err(TooLarge(*limit).into())));
+                                let error = match client {
+                                    Some(client) => {
+                                        client.fault.record(ClientFault::TooLarge(*limit))
+                                    }
+                                    None => TooLarge(*limit).into(),
+                                };
+                                return Poll::Ready(Some(Err(error)));
                             }
                         }
                         Poll::Ready(Some(Ok(frame)))
@@ -174,12 +377,13 @@ pub enum RequestBody {
 
 /// Reads up to `replay_limit` bytes of `body`. A body that ends within the limit is kept whole;
 /// a longer one continues as a stream behind what was read. `Content-Length` above `max_body`
-/// is refused before anything is read.
+/// is refused before anything is read; a body that does not keep `pace` is abandoned.
 pub async fn take_request_body(
     mut body: Incoming,
     content_length: Option<u64>,
     replay_limit: u64,
     max_body: u64,
+    pace: BodyPace,
 ) -> Result<RequestBody, ProxyError> {
     if content_length.is_some_and(|n| n > max_body) {
         return Err(ProxyError::BodyTooLarge { limit: max_body });
@@ -187,17 +391,19 @@ pub async fn take_request_body(
     if body.is_end_stream() {
         return Ok(RequestBody::Replayable(Bytes::new()));
     }
+    let mut watch = BodyWatch::new(pace);
     if content_length.is_some_and(|n| n > replay_limit) {
         return Ok(RequestBody::Streaming(Relay::request(
             VecDeque::new(),
             body,
             max_body,
+            watch,
         )));
     }
     let mut chunks = VecDeque::new();
     let mut read = 0u64;
     while read <= replay_limit {
-        match body.frame().await {
+        match next_client_frame(&mut body, &mut watch).await? {
             Some(Ok(frame)) => {
                 // Trailers are dropped: the CMA uses none.
                 if let Ok(data) = frame.into_data() {
@@ -214,7 +420,7 @@ pub async fn take_request_body(
         }
     }
     Ok(RequestBody::Streaming(Relay::request(
-        chunks, body, max_body,
+        chunks, body, max_body, watch,
     )))
 }
 
@@ -254,4 +460,48 @@ pub async fn read_prefix(
 pub fn concat_all(chunks: &VecDeque<Bytes>) -> Bytes {
     let len = chunks.iter().map(|c| c.len() as u64).sum();
     concat(chunks.clone(), len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    #[test]
+    fn the_waiting_allowance_is_idle_timeout_plus_a_second_per_min_rate_bytes() {
+        let mut watch = BodyWatch::new(BodyPace {
+            idle_timeout: S(10),
+            min_rate: 1000,
+        });
+        let now = Instant::now();
+        assert_eq!(watch.deadline(now), (now + S(10), BodyTimeout::Idle(S(10))));
+        // A byte after 9 s of waiting earns 1 ms: the next wait may last 1.001 s, not 10 s.
+        watch.waited = S(9);
+        watch.received = 1;
+        assert_eq!(
+            watch.deadline(now),
+            (
+                now + Duration::from_millis(1001),
+                BodyTimeout::TooSlow(1000)
+            )
+        );
+        // 20 kB earn 20 s: one wait is again bounded by idle_timeout.
+        watch.received = 20_000;
+        assert_eq!(watch.deadline(now), (now + S(10), BodyTimeout::Idle(S(10))));
+        // Past its allowance, a body's next wait ends at once.
+        watch.waited = S(60);
+        assert_eq!(watch.deadline(now), (now, BodyTimeout::TooSlow(1000)));
+    }
+
+    #[test]
+    fn without_min_rate_only_each_wait_is_bounded() {
+        let mut watch = BodyWatch::new(BodyPace {
+            idle_timeout: S(10),
+            min_rate: 0,
+        });
+        watch.waited = S(3600);
+        let now = Instant::now();
+        assert_eq!(watch.deadline(now), (now + S(10), BodyTimeout::Idle(S(10))));
+    }
 }

@@ -27,7 +27,7 @@ use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenLease, TokenManager, Validity, login};
-use body::{Relay, RequestBody, TooLarge};
+use body::{Relay, RequestBody};
 use headers::PROFILE_HEADER;
 use target::Target;
 use upstream::UpstreamClients;
@@ -246,6 +246,7 @@ impl Proxy {
             content_length,
             config.server.replay_body_limit,
             config.server.max_body,
+            config.server.body_pace,
         )
         .await?;
         let outbound = Outbound {
@@ -388,6 +389,7 @@ impl Proxy {
                 Decision::Refuse(wait) => return Err(ProxyError::RateLimited(wait)),
             }
         }
+        let fault = body.fault();
         let mut request = Request::new(body);
         *request.method_mut() = outbound.method.clone();
         *request.uri_mut() = outbound.uri.clone();
@@ -399,10 +401,10 @@ impl Proxy {
         trace.upstream = Some(trace.upstream.unwrap_or_default() + started.elapsed());
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
-            Ok(Err(e)) => Err(match find_source::<TooLarge>(&e) {
-                Some(TooLarge(limit)) => ProxyError::BodyTooLarge { limit: *limit },
-                None => ProxyError::UpstreamUnreachable(e),
-            }),
+            // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
+            Ok(Err(e)) => Err(fault
+                .and_then(|fault| fault.error())
+                .unwrap_or(ProxyError::UpstreamUnreachable(e))),
             Ok(Ok(response)) => {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
                     && let Some(limiter) = &outbound.limiter
@@ -592,19 +594,6 @@ fn decode(headers: &HeaderMap, raw: &[u8]) -> Option<Vec<u8>> {
         _ => false,
     };
     ok.then_some(out)
-}
-
-fn find_source<'e, E: std::error::Error + 'static>(
-    e: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e E> {
-    let mut current = Some(e);
-    while let Some(err) = current {
-        if let Some(found) = err.downcast_ref::<E>() {
-            return Some(found);
-        }
-        current = err.source();
-    }
-    None
 }
 
 #[cfg(test)]

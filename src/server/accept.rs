@@ -1,0 +1,248 @@
+//! The acceptor: one task accepts on a listener's only socket, enforces `max_connections`, and hands
+//! each connection, as a plain std socket, to the worker with the fewest open connections, which
+//! registers it with its own runtime. One socket per address is what keeps a second process off
+//! the port (see `bind`); choosing the worker here, rather than letting the kernel spread
+//! connections over per-worker sockets, keeps long-lived connections evenly spread too.
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
+
+use super::bind::StdListener;
+use super::{Io, ServeOptions};
+
+/// An accepted socket, not yet registered with a runtime (already in non-blocking mode).
+pub(super) enum StdStream {
+    Tcp(std::net::TcpStream),
+    Unix(std::os::unix::net::UnixStream),
+}
+
+impl StdStream {
+    /// Registers the socket with the current runtime.
+    pub(super) fn register(self) -> std::io::Result<Io> {
+        Ok(match self {
+            StdStream::Tcp(stream) => {
+                stream.set_nodelay(true)?;
+                Io::Tcp(tokio::net::TcpStream::from_std(stream)?)
+            }
+            StdStream::Unix(stream) => Io::Unix(tokio::net::UnixStream::from_std(stream)?),
+        })
+    }
+}
+
+/// A connection on its way from the acceptor to a worker. It holds its `max_connections` slot and
+/// counts in its worker's load until the connection ends.
+pub(super) struct Accepted {
+    pub(super) stream: StdStream,
+    pub(super) peer: Option<IpAddr>,
+    pub(super) accepted_at: Instant,
+    pub(super) slot: OwnedSemaphorePermit,
+    pub(super) load: Option<Load>,
+}
+
+/// One open connection counted in a worker's load.
+pub(super) struct Load(Arc<AtomicUsize>);
+
+impl Load {
+    fn on(open: &Arc<AtomicUsize>) -> Load {
+        open.fetch_add(1, Ordering::Relaxed);
+        Load(open.clone())
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The acceptor's end of a worker: where its connections go, and how many it has open.
+pub struct WorkerLink {
+    index: usize,
+    sender: mpsc::UnboundedSender<Accepted>,
+    open: Arc<AtomicUsize>,
+}
+
+/// A worker's end: the connections handed to it. It ends when the acceptor has stopped. (Unbounded,
+/// yet bounded: every connection in it holds one of the listener's `max_connections` slots.)
+pub struct Inbox(pub(super) mpsc::UnboundedReceiver<Accepted>);
+
+/// The two ends for worker `index`.
+pub fn worker_channel(index: usize) -> (WorkerLink, Inbox) {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let link = WorkerLink {
+        index,
+        sender,
+        open: Arc::new(AtomicUsize::new(0)),
+    };
+    (link, Inbox(receiver))
+}
+
+/// A listening socket registered with the runtime that accepts on it.
+pub enum Acceptor {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+impl Acceptor {
+    /// Registers `listener` with the current runtime, which must be the one that runs
+    /// [`Acceptor::run`].
+    pub fn new(listener: StdListener) -> std::io::Result<Acceptor> {
+        Ok(match listener {
+            StdListener::Tcp(l) => Acceptor::Tcp(tokio::net::TcpListener::from_std(l)?),
+            StdListener::Unix(l) => Acceptor::Unix(tokio::net::UnixListener::from_std(l)?),
+        })
+    }
+
+    /// Accepts until `stop` turns true, then closes the socket and lets go of the workers, whose
+    /// inboxes then end. Over `max_connections` a connection is refused here.
+    pub async fn run(
+        self,
+        mut workers: Vec<WorkerLink>,
+        options: ServeOptions,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let refusals = TaskTracker::new();
+        let mut next = 0;
+        while !workers.is_empty() {
+            let accepted = tokio::select! {
+                accepted = self.accept() => accepted,
+                _ = stop.wait_for(|stop| *stop) => break,
+            };
+            let (stream, peer) = match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and similar: do not spin, do not die.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = options.slots.clone().try_acquire_owned() else {
+                options.metrics.connection_limit("too_many_connections");
+                refusals.spawn(refuse(stream, options.tls.is_some()));
+                continue;
+            };
+            let accepted = Accepted {
+                stream,
+                peer,
+                accepted_at: Instant::now(),
+                slot,
+                load: None,
+            };
+            hand_off(&mut workers, &mut next, accepted, options.name);
+        }
+        drop(self);
+        drop(workers);
+        refusals.close();
+        refusals.wait().await;
+    }
+
+    /// The accepted socket leaves this runtime at once (`into_std`): its worker registers it with
+    /// its own. (Two `epoll_ctl` calls per connection; tokio offers no safe way to accept without
+    /// registering.)
+    async fn accept(&self) -> std::io::Result<(StdStream, Option<IpAddr>)> {
+        match self {
+            Acceptor::Tcp(l) => {
+                let (stream, peer) = l.accept().await?;
+                Ok((StdStream::Tcp(stream.into_std()?), Some(peer.ip())))
+            }
+            Acceptor::Unix(l) => {
+                let (stream, _) = l.accept().await?;
+                Ok((StdStream::Unix(stream.into_std()?), None))
+            }
+        }
+    }
+}
+
+/// Gives `accepted` to the worker with the fewest open connections. A worker that has stopped (its
+/// thread died) is dropped from the list, and the connection goes to the next one.
+fn hand_off(workers: &mut Vec<WorkerLink>, next: &mut usize, mut accepted: Accepted, name: &str) {
+    while !workers.is_empty() {
+        let i = least_loaded(workers.len(), *next, |i| {
+            workers[i].open.load(Ordering::Relaxed)
+        });
+        *next = (i + 1) % workers.len();
+        let worker = &workers[i];
+        accepted.load = Some(Load::on(&worker.open));
+        match worker.sender.send(accepted) {
+            Ok(()) => {
+                tracing::debug!(
+                    listener = name,
+                    worker = worker.index,
+                    open = worker.open.load(Ordering::Relaxed),
+                    "connection handed to worker"
+                );
+                return;
+            }
+            Err(mpsc::error::SendError(back)) => {
+                tracing::error!(
+                    listener = name,
+                    worker = worker.index,
+                    "worker has stopped; its share of connections goes to the others"
+                );
+                workers.remove(i);
+                accepted = back;
+            }
+        }
+    }
+}
+
+/// The index below `n` with the smallest `load`; ties go to the first from `start` on, so that
+/// workers with equal loads take connections in turn.
+fn least_loaded(n: usize, start: usize, load: impl Fn(usize) -> usize) -> usize {
+    (0..n)
+        .map(|k| (start + k) % n)
+        .min_by_key(|&i| load(i))
+        .unwrap_or(0)
+}
+
+/// Over `max_connections`: a plain-HTTP client gets a 503 in the proxy's error shape, then the
+/// connection closes without reading the request. (A TLS client just sees the close.)
+async fn refuse(stream: StdStream, tls: bool) {
+    const BODY: &str = r#"{"error_message":"too many connections to the proxy (server.max_connections); retry shortly","error_code":911,"errors":{"cma_auth_proxy":["too_many_connections"]}}"#;
+    let Ok(Io::Tcp(mut stream)) = stream.register() else {
+        return;
+    };
+    if !tls {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+             x-cma-auth-proxy-error: too_many_connections\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.write_all(response.as_bytes()),
+        )
+        .await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_loaded_worker_gets_the_connection_and_ties_take_turns() {
+        let loads = [3, 1, 2, 1];
+        assert_eq!(least_loaded(4, 0, |i| loads[i]), 1);
+        assert_eq!(least_loaded(4, 2, |i| loads[i]), 3);
+        let even = [0; 3];
+        let mut next = 0;
+        let order: Vec<_> = (0..4)
+            .map(|_| {
+                let i = least_loaded(3, next, |i| even[i]);
+                next = (i + 1) % 3;
+                i
+            })
+            .collect();
+        assert_eq!(order, [0, 1, 2, 0]);
+    }
+}
