@@ -639,9 +639,6 @@ pub struct EncryptionKey(pub [u8; 32]);
 /// How to make the fleet's sealing key, for error and warning text.
 const MAKE_A_KEY: &str = "generate one with `openssl rand -base64 32 > store-key`, give every replica the same file (e.g. from one Kubernetes Secret) and set encryption_key_file";
 
-/// Logged by `run` (and worth showing by `check`) when a fleet store holds tokens in the clear.
-pub const PLAINTEXT_STORE_WARNING: &str = "token_store.allow_plaintext = true: the shared session token is stored in Redis in the clear and nothing read back can be authenticated; anyone who can read Redis holds the service account's session, and anyone who can write to it can make every replica use a token of their choosing. To seal it, generate a key with `openssl rand -base64 32 > store-key`, set encryption_key_file on every replica and remove allow_plaintext";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -764,6 +761,11 @@ fn validate(
     }
     let mut warnings = sources.warnings;
     warnings.extend(listener_warnings(&server));
+    if let TokenStoreConfig::Redis(redis) = &token_store
+        && redis.encryption_key.is_none()
+    {
+        warnings.push(ConfigWarning::PlaintextStore);
+    }
     Ok(Config {
         server,
         upstream,

@@ -136,12 +136,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // Failures are logged and remembered by the token manager; requests see them as 503s.
         tokio::spawn(async move { tokens.token(&name).await.ok() });
     }
-    if let BoundAddr::Tcp(addr) = &proxy_addr
-        && !addr.ip().is_loopback()
-        && config.server.tls.is_none()
-    {
-        tracing::warn!(listen = %addr, "the proxy listens beyond loopback without TLS: anything that can connect acts as the service account");
-    }
     tracing::info!(listen = %proxy_addr, admin = %admin_addr, upstream = %config.upstream.base_url, profiles = config.profiles.len(), "cma-auth-proxy started");
     Ok(Running {
         proxy,

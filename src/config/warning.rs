@@ -22,6 +22,8 @@ pub enum ConfigWarning {
     InlineSecret { key: String, at: Origin },
     /// `server.listen` reaches beyond loopback and serves plain HTTP.
     ListenWithoutTls { listen: SocketAddr },
+    /// `token_store.allow_plaintext = true`: the fleet's token sits in Redis in the clear.
+    PlaintextStore,
 }
 
 /// What a file holds, which decides who may read it.
@@ -113,6 +115,14 @@ impl fmt::Display for ConfigWarning {
                 "`server.listen` {listen} reaches beyond loopback without TLS: anything that can \
                  connect acts as the service account; listen on 127.0.0.1 or a unix socket, or set \
                  `server.tls_cert_file` and `server.tls_key_file`"
+            ),
+            ConfigWarning::PlaintextStore => f.write_str(
+                "token_store.allow_plaintext = true: the shared session token is stored in Redis in \
+                 the clear and nothing read back can be authenticated; anyone who can read Redis \
+                 holds the service account's session, and anyone who can write to it can make every \
+                 replica use a token of their choosing. To seal it, generate a key with \
+                 `openssl rand -base64 32 > store-key`, set encryption_key_file on every replica and \
+                 remove allow_plaintext",
             ),
         }
     }

@@ -151,9 +151,6 @@ impl RedisStore {
             ),
         }
         .map_err(StoreError::Redis)?;
-        if config.encryption_key.is_none() {
-            tracing::warn!("{}", crate::config::PLAINTEXT_STORE_WARNING);
-        }
         Ok(RedisStore {
             link: link::Link::new(client, &config.url, config.timeout, metrics.clone()),
             codec: Codec::new(config.encryption_key.as_ref()),
