@@ -1,6 +1,6 @@
 //! Stack content of the simulated CMA: the stack itself, content types, entries and assets.
 //!
-//! The session layer (`dev/mod.rs`) authenticates the request first; this module only sees requests
+//! The session layer (`session.rs`) authenticates the request first; this module only sees requests
 //! whose `authtoken` was valid, and answers them from an in-memory store. It owns `GET /v3/stacks` and
 //! everything under `/v3/content_types` and `/v3/assets`, with the paths, bodies, response shapes and
 //! error bodies of the real CMA as far as the official SDKs rely on them (checked against
@@ -625,7 +625,7 @@ impl CmaError {
         errors.insert(invalid.field, json!([invalid.reason]));
         SimResponse {
             status,
-            body: json!({ "error_message": message, "error_code": code, "errors": errors }),
+            body: crate::reply::error_body(code, &message, errors.into()),
         }
     }
 }
