@@ -5,10 +5,15 @@
 //! It behaves like the real service where the proxy's design depends on it: logins with error codes
 //! 104/294/295, single-use TOTP codes, account lockout after repeated bad passwords, at most 20 live
 //! sessions per user (the 21st login silently evicts the oldest), 401 with `error_code` 105 for dead
-//! tokens, and per-organization rate limits answered with 429 and `X-RateLimit-*` headers. The
-//! session layer is [`session`]; stack content lives in `content`. Test controls (outages,
-//! evictions, misbehaving session endpoints, the request log) are methods on [`FakeCma`]; an
-//! upstream whose answers never end is [`endless`].
+//! tokens, and per-organization rate limits answered with 429 and `X-RateLimit-*` headers.
+//!
+//! Where things are: the test controls (outages, evictions, misbehaving session endpoints, the
+//! request log) are methods on [`FakeCma`], here; the session layer and the `/v3/_sim/*` endpoints
+//! are in `session.rs`, stack content in `content/`, the listener in `server.rs`, and responses
+//! with the one function that writes Contentstack's error shape in `reply.rs`. An upstream whose
+//! answers never end is [`endless`]. Nothing here is used by the proxy's `run`.
+#![forbid(unsafe_code)]
+
 mod content;
 pub mod endless;
 mod reply;
