@@ -63,3 +63,51 @@ pub(crate) async fn serve(listener: TcpListener, sim: Arc<Sim>, mut stop: watch:
     let _ = tokio::time::timeout(DRAIN, drained).await;
     // Dropping the set aborts the connections still open.
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use http::{Request, StatusCode, Version};
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::net::TcpStream;
+
+    use crate::FakeCma;
+
+    /// `GET /v3/user` without an authtoken: answered 401/105 by the session layer.
+    fn request(fake: &FakeCma) -> Request<Empty<Bytes>> {
+        Request::get(format!("{}/v3/user", fake.url()))
+            .body(Empty::new())
+            .unwrap()
+    }
+
+    async fn error_code(response: http::Response<hyper::body::Incoming>) -> serde_json::Value {
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["error_code"].clone()
+    }
+
+    /// One port serves HTTP/1.1 and HTTP/2 with prior knowledge, as the proxy's listener does, so
+    /// the proxy's upstream client may use either.
+    #[tokio::test]
+    async fn one_port_serves_http1_and_http2_with_prior_knowledge() {
+        let fake = FakeCma::builder().start().await.unwrap();
+
+        let io = TokioIo::new(TcpStream::connect(fake.addr()).await.unwrap());
+        let (mut h1, connection) = hyper::client::conn::http1::handshake(io).await.unwrap();
+        tokio::spawn(connection);
+        let response = h1.send_request(request(&fake)).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_11);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(response).await, 105);
+
+        let io = TokioIo::new(TcpStream::connect(fake.addr()).await.unwrap());
+        let (mut h2, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let response = h2.send_request(request(&fake)).await.unwrap();
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(error_code(response).await, 105);
+    }
+}
