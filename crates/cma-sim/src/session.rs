@@ -52,10 +52,6 @@ fn dead_token() -> Reply {
     )
 }
 
-fn ok(value: Value) -> Reply {
-    Reply::ok(value)
-}
-
 /// The key of a base32 TOTP secret, read as leniently as authenticator apps read it (spaces,
 /// dashes, padding and lower case allowed).
 fn totp_secret(base32: &str) -> Vec<u8> {
@@ -179,9 +175,9 @@ impl Sim {
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
-                ok(json!({ "slept_ms": ms }))
+                Reply::ok(json!({ "slept_ms": ms }))
             }
-            (Method::GET, "/v3/_sim/echo") => ok(json!({
+            (Method::GET, "/v3/_sim/echo") => Reply::ok(json!({
                 "headers": parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("<binary>")))).collect::<serde_json::Map<_, _>>(),
                 "query": parts.uri.query(),
             })),
@@ -287,7 +283,7 @@ impl Sim {
             a.sessions.retain(|t| *t != token);
         }
         state.logouts.push(token);
-        ok(json!({ "notice": "You've logged out successfully!" }))
+        Reply::ok(json!({ "notice": "You've logged out successfully!" }))
     }
 
     fn user(&self, email: &str) -> Reply {
@@ -297,7 +293,7 @@ impl Sim {
             .get(email)
             .map(|a| a.account.org_uid.clone())
             .unwrap_or_default();
-        ok(json!({ "user": user_json(email, &org) }))
+        Reply::ok(json!({ "user": user_json(email, &org) }))
     }
 
     /// Contentstack's budget: 10 reads/s and 10 writes/s per organization.
@@ -427,7 +423,7 @@ fn judge_login(
     let mut user = user_json(email, &org);
     user["authtoken"] = token.into();
     (
-        ok(json!({ "notice": "Login Successful.", "user": user })),
+        Reply::ok(json!({ "notice": "Login Successful.", "user": user })),
         None,
     )
 }
@@ -465,5 +461,5 @@ async fn upload(mut body: Incoming) -> Reply {
             Err(_) => return error(400, 400, "The upload was cut short.", json!({})),
         }
     }
-    ok(json!({ "bytes": bytes, "sha256": hex(&hasher.finalize()) }))
+    Reply::ok(json!({ "bytes": bytes, "sha256": hex(&hasher.finalize()) }))
 }
