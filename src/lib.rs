@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod error;
 pub mod metrics;

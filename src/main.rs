@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use cma_auth_proxy::config::{self, Config, ListenAddr, LogFormat};
+use cma_auth_proxy::config::{self, Config, LogFormat};
 
 const EXIT_USAGE: u8 = 64;
 
@@ -38,11 +38,12 @@ enum Command {
         login: bool,
     },
     /// Serve in front of a built-in simulated CMA with a demo account.
+    #[cfg(feature = "dev")]
     Dev {
         #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: ListenAddr,
+        listen: config::ListenAddr,
         #[arg(long, default_value = "127.0.0.1:9901")]
-        admin_listen: ListenAddr,
+        admin_listen: config::ListenAddr,
     },
 }
 
@@ -107,6 +108,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        #[cfg(feature = "dev")]
         Command::Dev {
             listen,
             admin_listen,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cma_auth_proxy::dev::FakeCma;
+use cma_sim::FakeCma;
 use common::*;
 
 /// A replica sealing what it stores with the fleet's key (the `key` file written beside its config).
@@ -616,7 +616,7 @@ fn store_key(kind: &str, fake: &FakeCma) -> String {
 fn plaintext_token(token: &str, obtained_ms: u64) -> String {
     format!(
         "{}:{obtained_ms}:p:{token}",
-        cma_auth_proxy::dev::sha256_hex(token.as_bytes())
+        cma_sim::sha256_hex(token.as_bytes())
     )
 }
 

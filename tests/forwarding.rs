@@ -162,8 +162,8 @@ const MIB: usize = 1 << 20;
 async fn hundred_mib_upload_streams_through_intact() {
     let fake = fake().await;
     let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
-    let data = cma_auth_proxy::dev::sim_bytes(100 * MIB);
-    let expected = cma_auth_proxy::dev::sha256_hex(&data);
+    let data = cma_sim::sim_bytes(100 * MIB);
+    let expected = cma_sim::sha256_hex(&data);
     let response = proxy
         .request(Method::POST, "/v3/_sim/upload")
         .body(streamed(data))
@@ -202,10 +202,7 @@ async fn hundred_mib_download_streams_through_intact() {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    assert_eq!(
-        got,
-        cma_auth_proxy::dev::sha256_hex(&cma_auth_proxy::dev::sim_bytes(n))
-    );
+    assert_eq!(got, cma_sim::sha256_hex(&cma_sim::sim_bytes(n)));
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 //! issued are then searched for in everything the process wrote.
 mod common;
 
-use cma_auth_proxy::dev::{Account, FakeCma};
+use cma_sim::{Account, FakeCma};
 use common::*;
 
 const TOTP_SECRET: &str = "KRUGS4ZANFZSAYJAORSXG5BAONSWG4TFOQ";

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use cma_auth_proxy::dev::{Account, DEMO_API_KEY, FakeCma, Recorded};
+use cma_sim::{Account, DEMO_API_KEY, FakeCma, Recorded};
 use common::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -138,7 +138,7 @@ async fn seed_blog(fake: &FakeCma, api_key: &str) {
     assert_eq!(created.status(), 201);
 }
 
-fn simulator(stacks: &[&str], accounts: Vec<Account>) -> cma_auth_proxy::dev::FakeCmaBuilder {
+fn simulator(stacks: &[&str], accounts: Vec<Account>) -> cma_sim::FakeCmaBuilder {
     let mut builder = FakeCma::builder()
         .account(Account::new(SEED_EMAIL, SEED_PASSWORD))
         .without_rate_limit();

@@ -3,7 +3,7 @@
 //! upstream 429s pass through untouched and push the local budget back.
 mod common;
 
-use cma_auth_proxy::dev::FakeCma;
+use cma_sim::FakeCma;
 use common::*;
 
 /// The simulator with Contentstack's 10 reads/s + 10 writes/s per organization.

@@ -16,7 +16,7 @@ fn config_text(fake_url: &str, password_file: &std::path::Path, server: &str) ->
 }
 
 /// Changes the password in the simulator and in the mounted Secret, and waits for the login with it.
-async fn rotate(fake: &cma_auth_proxy::dev::FakeCma, secret: &mut SecretVolume) {
+async fn rotate(fake: &cma_sim::FakeCma, secret: &mut SecretVolume) {
     fake.set_password(EMAIL, NEW_PASSWORD);
     secret.update(&[("password", NEW_PASSWORD)]);
     eventually(15, "the login with the new password", || async {

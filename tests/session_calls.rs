@@ -3,8 +3,8 @@
 //! client, `/status` or the log, and a failed login names its cause.
 mod common;
 
-use cma_auth_proxy::dev::FakeCma;
-use cma_auth_proxy::dev::endless::EndlessUpstream;
+use cma_sim::FakeCma;
+use cma_sim::endless::EndlessUpstream;
 use common::*;
 use http::StatusCode;
 

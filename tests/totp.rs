@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cma_auth_proxy::dev::{Account, FakeCma};
+use cma_sim::{Account, FakeCma};
 use common::*;
 
 const SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";

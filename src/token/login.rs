@@ -419,13 +419,13 @@ mod tests {
     }
 
     /// An answer `status` whose body goes on for 64 MiB; returns the upstream once it gave up.
-    async fn endless(status: u16) -> crate::dev::endless::EndlessUpstream {
-        crate::dev::endless::EndlessUpstream::start(status, 64 << 20)
+    async fn endless(status: u16) -> cma_sim::endless::EndlessUpstream {
+        cma_sim::endless::EndlessUpstream::start(status, 64 << 20)
             .await
             .unwrap()
     }
 
-    async fn read_at_most_a_little(upstream: &crate::dev::endless::EndlessUpstream) {
+    async fn read_at_most_a_little(upstream: &cma_sim::endless::EndlessUpstream) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while upstream.finished() == 0 {
             assert!(

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use cma_auth_proxy::dev::{Account, FakeCma, FakeCmaBuilder};
 use cma_auth_proxy::{Config, Running};
+use cma_sim::{Account, FakeCma, FakeCmaBuilder};
 
 pub const EMAIL: &str = "svc@example.com";
 pub const PASSWORD: &str = "correct horse battery staple";
