@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::error_text::error_chain_text;
 use crate::policy::{Denial, PathError};
 use crate::proxy::body::BodyTimeout;
 use crate::token::{LoginError, LoginFailure};
@@ -169,21 +170,6 @@ impl ProxyError {
         }
         response
     }
-}
-
-/// The error and its sources, joined: "cannot reach Contentstack: client error (Connect): ...".
-pub fn error_chain_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

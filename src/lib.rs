@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod error_text;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
@@ -265,7 +266,7 @@ impl Running {
         let proxy = self.proxy.clone();
         tokio::spawn(async move {
             if let Err(e) = reload::watch(path, proxy, stopped).await {
-                tracing::error!("live reload is off: {}", error::error_chain_text(&e));
+                tracing::error!("live reload is off: {}", error_text::error_chain_text(&e));
             }
         });
     }
@@ -367,7 +368,7 @@ async fn check_one(
     let token = auth
         .login(email, password, code)
         .await
-        .map_err(|e| error::error_chain_text(&e))?;
+        .map_err(|e| error_text::error_chain_text(&e))?;
     let validity = auth.validate(&token).await;
     let logout = auth.logout(&token).await;
     match (validity, logout) {
@@ -379,11 +380,11 @@ async fn check_one(
         ),
         (Err(e), _) => Err(format!(
             "logged in, but validating the token failed: {}",
-            error::error_chain_text(&e)
+            error_text::error_chain_text(&e)
         )),
         (Ok(token::Validity::Valid), Err(e)) => Err(format!(
             "logged in and validated, but logging out failed: {}",
-            error::error_chain_text(&e)
+            error_text::error_chain_text(&e)
         )),
     }
 }

@@ -130,7 +130,7 @@ pub async fn watch(
         if reload(&path, &proxy).is_ok()
             && let Err(e) = rewatch(&mut watcher, &watched, &proxy.config())
         {
-            tracing::warn!("{}", crate::error::error_chain_text(&e));
+            tracing::warn!("{}", crate::error_text::error_chain_text(&e));
         }
     }
 }

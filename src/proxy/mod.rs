@@ -169,7 +169,7 @@ impl Proxy {
                         .inc();
                 }
                 if e.status().is_server_error() {
-                    tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error::error_chain_text(&e));
+                    tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error_text::error_chain_text(&e));
                 }
                 // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
                 // sends it over HTTP/2, where clients take it as a protocol error.

@@ -253,12 +253,12 @@ impl TokenManager {
         match error {
             StoreError::LockHeld(_) => {
                 self.inner.metrics.store_event("error");
-                tracing::warn!("{}", crate::error::error_chain_text(error));
+                tracing::warn!("{}", crate::error_text::error_chain_text(error));
             }
             StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Unavailable => {
                 tracing::debug!(
                     "working without the fleet token store: {}",
-                    crate::error::error_chain_text(error)
+                    crate::error_text::error_chain_text(error)
                 );
             }
         }

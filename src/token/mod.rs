@@ -100,7 +100,7 @@ pub fn fingerprint(secret: &[u8]) -> String {
 /// failure down to its cause (a refused connection, a certificate error), as logs and clients
 /// need it; the failure stays its source too.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("profile {profile:?}: {}; next login attempt in {}s{}", crate::error::error_chain_text(&**failure), retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
+#[error("profile {profile:?}: {}; next login attempt in {}s{}", crate::error_text::error_chain_text(&**failure), retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
 pub struct LoginError {
     pub profile: Arc<str>,
     #[source]
@@ -498,7 +498,7 @@ impl TokenManager {
                 };
                 self.inner.metrics.login(name, outcome.as_str());
                 // The text carries the whole cause chain, e.g. the refused connection.
-                tracing::warn!(profile = %name, retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&error));
+                tracing::warn!(profile = %name, retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error_text::error_chain_text(&error));
                 Err(error)
             }
         }
@@ -553,7 +553,7 @@ impl TokenManager {
                 last_error: status
                     .last_failure
                     .as_ref()
-                    .map(|f| crate::error::error_chain_text(&**f)),
+                    .map(|f| crate::error_text::error_chain_text(&**f)),
                 retry_in,
             });
         }
@@ -607,7 +607,7 @@ impl TokenManager {
             }
             Some(held) => {
                 self.inner.metrics.reauth_backoff(profile, trigger);
-                tracing::warn!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), retry_after_ms = held.retry_after.as_millis() as u64, "{}", crate::error::error_chain_text(&held));
+                tracing::warn!(profile, token = %stale.fingerprint(), trigger = trigger.as_str(), retry_after_ms = held.retry_after.as_millis() as u64, "{}", crate::error_text::error_chain_text(&held));
             }
         }
         true
@@ -706,7 +706,7 @@ impl TokenManager {
                 tracing::info!(profile, token = %token.fingerprint(), "logged out");
             }
             Err(e) => {
-                tracing::warn!(profile, token = %token.fingerprint(), "logout failed: {}", crate::error::error_chain_text(&e))
+                tracing::warn!(profile, token = %token.fingerprint(), "logout failed: {}", crate::error_text::error_chain_text(&e))
             }
         }
     }
@@ -875,7 +875,7 @@ async fn care_for(
                 }
                 Ok(Validity::Valid) => {}
                 Err(e) => {
-                    tracing::debug!(profile = %name, "token validation inconclusive: {}", crate::error::error_chain_text(&e))
+                    tracing::debug!(profile = %name, "token validation inconclusive: {}", crate::error_text::error_chain_text(&e))
                 }
             }
         }

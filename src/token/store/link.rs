@@ -300,7 +300,7 @@ impl Link {
     }
 
     fn describe(&self, error: &StoreError) -> String {
-        let mut text = crate::error::error_chain_text(error);
+        let mut text = crate::error_text::error_chain_text(error);
         if let Some(secret) = &self.url_secret {
             text = text.replace(secret.as_str(), "[REDACTED]");
         }
