@@ -930,9 +930,8 @@ fn read_pem_roots(key: &str, path: &Path, sources: &mut Sources) -> Result<Vec<u
         path: path.to_path_buf(),
         source,
     })?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| invalid(key, format!("not PEM: {e}")))?;
+    let certs =
+        crate::tls::certificates(&pem).map_err(|e| invalid(key, format!("not PEM: {e}")))?;
     if certs.is_empty() {
         return Err(invalid(
             key,
@@ -1093,17 +1092,14 @@ fn read_tls_files(
             source,
         })?;
     // The PEM reader's errors may quote a line of the file: say only that the key is unusable.
-    if !matches!(
-        rustls_pemfile::private_key(&mut key_pem.as_slice()),
-        Ok(Some(_))
-    ) {
+    if !crate::tls::has_private_key(&key_pem) {
         return Err(invalid(
             "server.tls_key_file",
             "holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
         ));
     }
     // Parse now, so a bad file is a configuration error and not a failed handshake later.
-    crate::server::tls_server_config(&cert_chain_pem, &key_pem)
+    crate::tls::server_config(&cert_chain_pem, &key_pem)
         .map_err(|e| invalid("server.tls_cert_file", e.to_string()))?;
     Ok(TlsFiles {
         cert_chain_pem: Arc::new(cert_chain_pem),

@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod tls;
 pub mod token;
 
 use std::sync::Arc;
@@ -46,11 +47,11 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Tls(#[from] proxy::upstream::TlsError),
+    Tls(#[from] tls::ClientTlsError),
     #[error("cannot build the session client")]
     Client(#[source] reqwest::Error),
     #[error("inbound TLS: {0}")]
-    InboundTls(#[from] server::TlsServerError),
+    InboundTls(#[from] tls::ServerTlsError),
     #[error("token_store: {0}")]
     Store(#[from] token::store::StoreError),
 }
@@ -74,7 +75,13 @@ pub struct Running {
 /// right away in the background, so the first request usually finds a token.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let tls = proxy::upstream::tls_config(&config.upstream)?;
+    let tls = tls::client_config(
+        config
+            .upstream
+            .extra_roots_pem
+            .as_deref()
+            .map(Vec::as_slice),
+    )?;
     let mut session_tls = tls.clone();
     session_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let auth = token::AuthClient::new(
@@ -319,7 +326,13 @@ pub struct ProfileCheck {
 /// `check --login`: for every login profile, log in once, validate the token with `GET /v3/user`,
 /// and log out. Management-token profiles are reported as not checked (they need a stack).
 pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartError> {
-    let mut tls = proxy::upstream::tls_config(&config.upstream)?;
+    let mut tls = tls::client_config(
+        config
+            .upstream
+            .extra_roots_pem
+            .as_deref()
+            .map(Vec::as_slice),
+    )?;
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let auth = token::AuthClient::new(
         &config.upstream.base_url,

@@ -68,43 +68,6 @@ impl BoundAddr {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TlsServerError {
-    #[error("no certificate in tls_cert_file")]
-    NoCertificate,
-    #[error("no private key in tls_key_file")]
-    NoKey,
-    #[error("cannot parse PEM: {0}")]
-    Pem(#[source] std::io::Error),
-    #[error("certificate and key do not form a usable TLS configuration: {0}")]
-    Rustls(#[source] rustls::Error),
-}
-
-/// Builds the inbound TLS configuration (HTTP/2 and HTTP/1.1 by ALPN).
-pub fn tls_server_config(
-    cert_chain_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<rustls::ServerConfig, TlsServerError> {
-    let certs = rustls_pemfile::certs(&mut &*cert_chain_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(TlsServerError::Pem)?;
-    if certs.is_empty() {
-        return Err(TlsServerError::NoCertificate);
-    }
-    let key = rustls_pemfile::private_key(&mut &*key_pem)
-        .map_err(TlsServerError::Pem)?
-        .ok_or(TlsServerError::NoKey)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsServerError::Rustls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsServerError::Rustls)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// How a listener serves its connections.
 #[derive(Clone)]
 pub struct ServeOptions {

@@ -430,7 +430,7 @@ async fn http2_upstream() -> (
     let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let ca = tempdir().join("upstream-ca.pem");
     std::fs::write(&ca, key.cert.pem()).unwrap();
-    let tls = cma_auth_proxy::server::tls_server_config(
+    let tls = cma_auth_proxy::tls::server_config(
         key.cert.pem().as_bytes(),
         key.signing_key.serialize_pem().as_bytes(),
     )

@@ -82,13 +82,13 @@ impl Proxy {
         tokens: TokenManager,
         clients: UpstreamClients,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::server::TlsServerError> {
+    ) -> Result<Self, crate::tls::ServerTlsError> {
         let inbound_tls = config
             .server
             .tls
             .as_ref()
             .map(|tls| {
-                crate::server::tls_server_config(&tls.cert_chain_pem, &tls.key_pem.0)
+                crate::tls::server_config(&tls.cert_chain_pem, &tls.key_pem.0)
                     .map(|c| Arc::new(ArcSwap::from_pointee(c)))
             })
             .transpose()?;
@@ -116,7 +116,7 @@ impl Proxy {
     pub fn replace_config(&self, config: Arc<Config>) {
         match (&self.inbound_tls, &config.server.tls) {
             (Some(current), Some(files)) => {
-                match crate::server::tls_server_config(&files.cert_chain_pem, &files.key_pem.0) {
+                match crate::tls::server_config(&files.cert_chain_pem, &files.key_pem.0) {
                     Ok(tls) => current.store(Arc::new(tls)),
                     Err(e) => tracing::error!("inbound TLS unchanged: {e}"),
                 }

@@ -414,7 +414,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let tls = crate::proxy::upstream::tls_config(&config.upstream).unwrap();
+        let tls = crate::tls::client_config(None).unwrap();
         AuthClient::new(&config.upstream.base_url, tls, Duration::from_secs(5)).unwrap()
     }
 
