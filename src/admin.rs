@@ -8,8 +8,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::body::Relay;
 use crate::proxy::Proxy;
-use crate::proxy::body::Relay;
 use crate::server::Handler;
 
 pub struct Admin {

@@ -23,6 +23,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use sha2::Digest;
 
+use crate::body::BodyPace;
 use crate::policy::{Policy, PolicyError};
 use files::Sources;
 pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
@@ -424,26 +425,6 @@ impl Default for ConnectionLimits {
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
-        }
-    }
-}
-
-/// A request body that stops coming, or comes too slowly, is abandoned: waiting for it must not
-/// hold a connection slot for as long as the client likes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BodyPace {
-    /// Longest wait for the next bytes of a request body.
-    pub idle_timeout: Duration,
-    /// Bytes per second a body must average, counted from its start, once `idle_timeout` has
-    /// passed; 0 = no minimum.
-    pub min_rate: u64,
-}
-
-impl Default for BodyPace {
-    fn default() -> Self {
-        Self {
-            idle_timeout: Duration::from_secs(10),
-            min_rate: 1024,
         }
     }
 }

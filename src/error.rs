@@ -8,9 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::body::{BodyError, BodyTimeout};
 use crate::error_text::error_chain_text;
 use crate::policy::{Denial, PathError};
-use crate::proxy::body::BodyTimeout;
 use crate::token::{LoginError, LoginFailure};
 
 /// Header that marks a response as the proxy's own.
@@ -67,6 +67,16 @@ pub enum ProxyError {
         "the organization's request budget (profiles.*.rate_limit) would make this request wait {0:?}, longer than max_wait; retry later"
     )]
     RateLimited(Duration),
+}
+
+impl From<BodyError> for ProxyError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
+            BodyError::Timeout(timeout) => ProxyError::BodyTimeout(timeout),
+            BodyError::Cut => BadRequest::Malformed("the request body ended abruptly").into(),
+        }
+    }
 }
 
 fn denial_text(d: Denial) -> &'static str {

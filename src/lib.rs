@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod config;
 pub mod dev;
 pub mod error;

@@ -29,9 +29,9 @@ use tokio_util::task::TaskTracker;
 pub use accept::{Acceptor, Inbox, WorkerLink, worker_channel};
 pub use bind::{BindError, Bound, SocketFile, StdListener, bind};
 
+use crate::body::Relay;
 use crate::config::ConnectionLimits;
 use crate::metrics::Metrics;
-use crate::proxy::body::Relay;
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {

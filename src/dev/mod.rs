@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
+use crate::body::Relay;
 use crate::config::TotpSecret;
-use crate::proxy::body::Relay;
 use crate::server::{self, Handler};
 use crate::token::totp;
 

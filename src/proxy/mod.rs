@@ -5,7 +5,6 @@
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response, and never logs a header value or a body.
-pub mod body;
 pub mod headers;
 pub mod target;
 pub mod upstream;
@@ -21,13 +20,13 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 
+use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::error::{BadRequest, ProxyError};
 use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenLease, TokenManager, Validity, login};
-use body::{Relay, RequestBody};
 use headers::PROFILE_HEADER;
 use target::Target;
 use upstream::UpstreamClients;
@@ -305,7 +304,7 @@ impl Proxy {
             return Ok(relay_response(response));
         }
         let (parts, mut rest) = response.into_parts();
-        let (chunks, complete) = body::read_prefix(&mut rest, ERROR_PEEK_LIMIT)
+        let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
             .await
             .map_err(ProxyError::UpstreamBroken)?;
         if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
@@ -316,10 +315,7 @@ impl Proxy {
             .await;
         let Some(bytes) = replay else {
             self.metrics.replay("not_replayable");
-            return Ok(upstream_response(
-                parts,
-                Relay::full(body::concat_all(&chunks)),
-            ));
+            return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
         };
         let token = match self.token(profile).await {
             Ok(token) => token,
@@ -359,7 +355,7 @@ impl Proxy {
         chunks: &std::collections::VecDeque<Bytes>,
         token: &Token,
     ) -> bool {
-        let raw = body::concat_all(chunks);
+        let raw = body::concat(chunks.clone());
         match decode(headers, &raw) {
             Some(decoded) => login::error_code(&decoded) == Some(login::TOKEN_INVALID),
             None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
@@ -404,7 +400,7 @@ impl Proxy {
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
             Ok(Err(e)) => Err(fault
                 .and_then(|fault| fault.error())
-                .unwrap_or(ProxyError::UpstreamUnreachable(e))),
+                .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from)),
             Ok(Ok(response)) => {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
                     && let Some(limiter) = &outbound.limiter

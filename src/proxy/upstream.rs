@@ -7,7 +7,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::Relay;
+use crate::body::Relay;
 use crate::config::UpstreamConfig;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Relay>;

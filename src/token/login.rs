@@ -8,7 +8,7 @@
 //! otherwise carry the password into client errors, `/status` and logs.
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -295,14 +295,17 @@ async fn read_capped(
     {
         return Ok(None);
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
+    let (chunks, ended) = crate::body::read_up_to(&mut response, limit as u64).await?;
+    Ok(ended.then(|| crate::body::concat(chunks)))
+}
+
+/// A session answer's body, read with the same bound as every other body.
+impl crate::body::Chunks for reqwest::Response {
+    type Error = reqwest::Error;
+
+    async fn next_chunk(&mut self) -> reqwest::Result<Option<Bytes>> {
+        self.chunk().await
     }
-    Ok(Some(body.freeze()))
 }
 
 pub fn error_code(body: &[u8]) -> Option<i64> {

@@ -1,7 +1,9 @@
-//! Bodies on the request path: [`Relay`], the one body type sent upstream and returned to clients,
+//! Bodies: [`Relay`], the one body type the listeners answer with and the forwarder sends upstream,
 //! and [`take_request_body`], which keeps small request bodies so they can be replayed after a
 //! re-login and streams large ones. Every buffer here has a bound, and every wait for a client's
-//! body a deadline ([`BodyWatch`]).
+//! body a deadline ([`BodyWatch`]); [`read_up_to`] is the one loop that reads a body up to a bound.
+//! A leaf: it knows nothing of configuration or of the proxy's errors ([`BodyError`] says what
+//! went wrong, the forwarder decides the answer).
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -14,15 +16,41 @@ use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::time::{Instant, Sleep};
 
-use crate::config::BodyPace;
-use crate::error::ProxyError;
-
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A streamed body grew past `server.max_body`.
+/// A request body that stops coming, or comes too slowly, is abandoned: waiting for it must not
+/// hold a connection slot for as long as the client likes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPace {
+    /// Longest wait for the next bytes of a request body.
+    pub idle_timeout: Duration,
+    /// Bytes per second a body must average, counted from its start, once `idle_timeout` has
+    /// passed; 0 = no minimum.
+    pub min_rate: u64,
+}
+
+impl Default for BodyPace {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(10),
+            min_rate: 1024,
+        }
+    }
+}
+
+/// Why a client's request body could not be read (the forwarder answers each with the client's
+/// error: 413, 408 or 400).
 #[derive(Debug, thiserror::Error)]
-#[error("body exceeds {0} bytes")]
-pub struct TooLarge(pub u64);
+pub enum BodyError {
+    /// Longer than `server.max_body`, by its `Content-Length` or as it streamed.
+    #[error("body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Timeout(#[from] BodyTimeout),
+    /// The client's stream broke off in the middle of the body.
+    #[error("the request body ended abruptly")]
+    Cut,
+}
 
 /// A client's request body was abandoned because the client kept the proxy waiting for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -154,10 +182,10 @@ enum ClientFault {
 
 impl BodyFault {
     /// The client's error, if its body failed.
-    pub fn error(&self) -> Option<ProxyError> {
+    pub fn error(&self) -> Option<BodyError> {
         self.0.get().map(|fault| match *fault {
-            ClientFault::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
-            ClientFault::Stalled(timeout) => ProxyError::BodyTimeout(timeout),
+            ClientFault::TooLarge(limit) => BodyError::TooLarge { limit },
+            ClientFault::Stalled(timeout) => BodyError::Timeout(timeout),
         })
     }
 
@@ -165,7 +193,7 @@ impl BodyFault {
     fn record(&self, fault: ClientFault) -> BoxError {
         let _ = self.0.set(fault);
         match fault {
-            ClientFault::TooLarge(limit) => TooLarge(limit).into(),
+            ClientFault::TooLarge(limit) => BodyError::TooLarge { limit }.into(),
             ClientFault::Stalled(timeout) => timeout.into(),
         }
     }
@@ -327,7 +355,7 @@ impl Body for Relay {
                                     Some(client) => {
                                         client.fault.record(ClientFault::TooLarge(*limit))
                                     }
-                                    None => TooLarge(*limit).into(),
+                                    None => BodyError::TooLarge { limit: *limit }.into(),
                                 };
                                 return Poll::Ready(Some(Err(error)));
                             }
@@ -384,9 +412,9 @@ pub async fn take_request_body(
     replay_limit: u64,
     max_body: u64,
     pace: BodyPace,
-) -> Result<RequestBody, ProxyError> {
+) -> Result<RequestBody, BodyError> {
     if content_length.is_some_and(|n| n > max_body) {
-        return Err(ProxyError::BodyTooLarge { limit: max_body });
+        return Err(BodyError::TooLarge { limit: max_body });
     }
     if body.is_end_stream() {
         return Ok(RequestBody::Replayable(Bytes::new()));
@@ -400,56 +428,79 @@ pub async fn take_request_body(
             watch,
         )));
     }
-    let mut chunks = VecDeque::new();
-    let mut read = 0u64;
-    while read <= replay_limit {
-        match next_client_frame(&mut body, &mut watch).await? {
-            Some(Ok(frame)) => {
-                // Trailers are dropped: the CMA uses none.
-                if let Ok(data) = frame.into_data() {
-                    read += data.len() as u64;
-                    chunks.push_back(data);
+    let mut client = ClientChunks {
+        body: &mut body,
+        watch: &mut watch,
+    };
+    let (chunks, ended) = read_up_to(&mut client, replay_limit).await?;
+    Ok(if ended {
+        RequestBody::Replayable(concat(chunks))
+    } else {
+        RequestBody::Streaming(Relay::request(chunks, body, max_body, watch))
+    })
+}
+
+/// Where [`read_up_to`] reads from: the data of a body, chunk by chunk. Non-data frames
+/// (trailers) are skipped: the CMA uses none.
+pub trait Chunks {
+    type Error;
+
+    /// The next chunk of data; `None` at the end of the body.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, Self::Error>>;
+}
+
+/// An upstream response body.
+impl Chunks for Incoming {
+    type Error = hyper::Error;
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, hyper::Error> {
+        while let Some(frame) = self.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A client's request body, kept to its pace.
+struct ClientChunks<'a> {
+    body: &'a mut Incoming,
+    watch: &'a mut BodyWatch,
+}
+
+impl Chunks for ClientChunks<'_> {
+    type Error = BodyError;
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        loop {
+            match next_client_frame(self.body, self.watch).await? {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
                 }
+                Some(Err(_)) => return Err(BodyError::Cut),
+                None => return Ok(None),
             }
-            Some(Err(_)) => {
-                return Err(
-                    crate::error::BadRequest::Malformed("the request body ended abruptly").into(),
-                );
-            }
-            None => return Ok(RequestBody::Replayable(concat(chunks, read))),
         }
     }
-    Ok(RequestBody::Streaming(Relay::request(
-        chunks, body, max_body, watch,
-    )))
 }
 
-fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {
-    if chunks.len() <= 1 {
-        return chunks.pop_front().unwrap_or_default();
-    }
-    let mut out = BytesMut::with_capacity(len as usize);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk);
-    }
-    out.freeze()
-}
-
-/// Reads at most `limit` bytes of a (small) upstream body. Returns the bytes and whether the body
-/// ended; when it did not, the caller sends the chunks followed by the rest.
-pub async fn read_prefix(
-    body: &mut Incoming,
-    limit: usize,
-) -> Result<(VecDeque<Bytes>, bool), hyper::Error> {
+/// The one bounded reader: reads `body` until it ends or more than `limit` bytes are in. Returns
+/// the chunks and whether the body ended; it holds at most `limit` bytes plus one chunk. When the
+/// body did not end, the caller sends the chunks followed by the rest, or gives up on it.
+pub async fn read_up_to<C: Chunks>(
+    body: &mut C,
+    limit: u64,
+) -> Result<(VecDeque<Bytes>, bool), C::Error> {
     let mut chunks = VecDeque::new();
-    let mut read = 0;
+    let mut read = 0u64;
     while read <= limit {
-        match body.frame().await {
-            Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
-                    read += data.len();
-                    chunks.push_back(data);
-                }
+        match body.next_chunk().await? {
+            Some(data) => {
+                read += data.len() as u64;
+                chunks.push_back(data);
             }
             None => return Ok((chunks, true)),
         }
@@ -457,9 +508,17 @@ pub async fn read_prefix(
     Ok((chunks, false))
 }
 
-pub fn concat_all(chunks: &VecDeque<Bytes>) -> Bytes {
-    let len = chunks.iter().map(|c| c.len() as u64).sum();
-    concat(chunks.clone(), len)
+/// The chunks as one `Bytes`; a single chunk is passed on without a copy.
+pub fn concat(mut chunks: VecDeque<Bytes>) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop_front().unwrap_or_default();
+    }
+    let len = chunks.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
+    }
+    out.freeze()
 }
 
 #[cfg(test)]
