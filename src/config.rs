@@ -461,55 +461,50 @@ pub struct UpstreamConfig {
     pub connect_timeout: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Credentials {
-    Login {
-        email: String,
-        password: SecretString,
-        totp_secret: Option<TotpSecret>,
-    },
+    /// Logs in as a user: `POST /v3/user-session`.
+    Login(Arc<LoginCredentials>),
     /// Injected as `authorization: <token>`; never logs in.
-    ManagementToken(HeaderValue),
+    ManagementToken(ManagementToken),
 }
 
-impl std::fmt::Debug for Credentials {
+/// What a login sends. `Debug` shows only the e-mail; two are equal when every field is, secrets
+/// compared by value (a reload that changes none of them keeps the session).
+#[derive(Clone)]
+pub struct LoginCredentials {
+    pub email: String,
+    pub password: SecretString,
+    pub totp_secret: Option<TotpSecret>,
+}
+
+impl std::fmt::Debug for LoginCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Credentials::Login {
-                email, totp_secret, ..
-            } => f
-                .debug_struct("Login")
-                .field("email", email)
-                .field("password", &"[REDACTED]")
-                .field("totp", &totp_secret.as_ref().map(|_| "[REDACTED]"))
-                .finish(),
-            Credentials::ManagementToken(_) => f.write_str("ManagementToken([REDACTED])"),
-        }
+        f.debug_struct("LoginCredentials")
+            .field("email", &self.email)
+            .field("password", &"[REDACTED]")
+            .field("totp", &self.totp_secret.as_ref().map(|_| "[REDACTED]"))
+            .finish()
     }
 }
 
-impl PartialEq for Credentials {
+impl PartialEq for LoginCredentials {
     fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (
-                Credentials::Login {
-                    email: e1,
-                    password: p1,
-                    totp_secret: t1,
-                },
-                Credentials::Login {
-                    email: e2,
-                    password: p2,
-                    totp_secret: t2,
-                },
-            ) => {
-                e1 == e2
-                    && p1.expose_secret() == p2.expose_secret()
-                    && t1.as_ref().map(TotpSecret::bytes) == t2.as_ref().map(TotpSecret::bytes)
-            }
-            (Credentials::ManagementToken(a), Credentials::ManagementToken(b)) => a == b,
-            _ => false,
-        }
+        self.email == other.email
+            && self.password.expose_secret() == other.password.expose_secret()
+            && self.totp_secret.as_ref().map(TotpSecret::bytes)
+                == other.totp_secret.as_ref().map(TotpSecret::bytes)
+    }
+}
+
+/// A management token, as the `authorization` header value (marked sensitive). `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq)]
+pub struct ManagementToken(pub HeaderValue);
+
+impl std::fmt::Debug for ManagementToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
     }
 }
 
@@ -570,7 +565,15 @@ pub struct RateLimitConfig {
 
 impl ProfileConfig {
     pub fn is_login(&self) -> bool {
-        matches!(self.credentials, Credentials::Login { .. })
+        self.login().is_some()
+    }
+
+    /// The credentials of a login profile; `None` for a management-token profile.
+    pub fn login(&self) -> Option<&Arc<LoginCredentials>> {
+        match &self.credentials {
+            Credentials::Login(login) => Some(login),
+            Credentials::ManagementToken(_) => None,
+        }
     }
 }
 
@@ -1263,7 +1266,7 @@ fn validate_profile(
                 return Err(invalid(format!("{key}.management_token"), "is empty"));
             }
             value.set_sensitive(true);
-            Credentials::ManagementToken(value)
+            Credentials::ManagementToken(ManagementToken(value))
         }
         (None, Some(password)) => {
             let email = p
@@ -1283,11 +1286,11 @@ fn validate_profile(
                     })
                 })
                 .transpose()?;
-            Credentials::Login {
+            Credentials::Login(Arc::new(LoginCredentials {
                 email,
                 password,
                 totp_secret,
-            }
+            }))
         }
         (None, None) => {
             return Err(invalid(
@@ -1396,7 +1399,7 @@ mod tests {
         let c = Config::from_toml(MINIMAL, env, None).unwrap();
         assert_eq!(c.upstream.base_url, "http://127.0.0.1:1234");
         match &c.profiles[0].credentials {
-            Credentials::Login { email, .. } => assert_eq!(email, "other@example.com"),
+            Credentials::Login(login) => assert_eq!(login.email, "other@example.com"),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -1490,8 +1493,8 @@ mod tests {
         )
         .unwrap();
         match &c.profiles[0].credentials {
-            Credentials::Login { password, .. } => {
-                assert_eq!(password.expose_secret(), "s3cret-pw")
+            Credentials::Login(login) => {
+                assert_eq!(login.password.expose_secret(), "s3cret-pw")
             }
             other => panic!("unexpected {other:?}"),
         }

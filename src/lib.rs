@@ -21,7 +21,7 @@ pub mod tls;
 pub mod token;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -76,21 +76,8 @@ pub struct Running {
 /// right away in the background, so the first request usually finds a token.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let tls = tls::client_config(
-        config
-            .upstream
-            .extra_roots_pem
-            .as_deref()
-            .map(Vec::as_slice),
-    )?;
-    let mut session_tls = tls.clone();
-    session_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let auth = token::AuthClient::new(
-        &config.upstream.base_url,
-        session_tls,
-        config.upstream.connect_timeout,
-    )
-    .map_err(StartError::Client)?;
+    let tls = upstream_tls(&config)?;
+    let auth = session_client(&config, tls.clone())?;
     let metrics = metrics::Metrics::new();
     let tokens = token::TokenManager::new(&config, auth, metrics.clone())?;
     let workers = config.server.workers;
@@ -327,42 +314,18 @@ pub struct ProfileCheck {
 /// `check --login`: for every login profile, log in once, validate the token with `GET /v3/user`,
 /// and log out. Management-token profiles are reported as not checked (they need a stack).
 pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartError> {
-    let mut tls = tls::client_config(
-        config
-            .upstream
-            .extra_roots_pem
-            .as_deref()
-            .map(Vec::as_slice),
-    )?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let auth = token::AuthClient::new(
-        &config.upstream.base_url,
-        tls,
-        config.upstream.connect_timeout,
-    )
-    .map_err(StartError::Client)?;
+    let auth = session_client(config, upstream_tls(config)?)?;
     let mut out = Vec::new();
     for profile in &config.profiles {
-        let outcome = match &profile.credentials {
-            config::Credentials::ManagementToken(_) => Ok(
+        let outcome = match profile.login() {
+            None => Ok(
                 "management token: not checked (no login; it is validated per stack)".to_owned(),
             ),
-            config::Credentials::Login {
-                email,
-                password,
-                totp_secret,
-            } => {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64;
-                let code = totp_secret
-                    .as_ref()
-                    .map(|s| match token::totp::next(s, now_ms, None) {
-                        token::totp::Next::Code { code, .. } => code,
-                        token::totp::Next::WaitFor(_) => unreachable!("no step used yet"),
-                    });
-                check_one(&auth, email, password, code.as_deref()).await
+            Some(login) => {
+                let code = login.totp_secret.as_ref().map(|secret| {
+                    token::totp::code_at(secret, token::totp::step_at(SystemTime::now()))
+                });
+                check_one(&auth, &login.email, &login.password, code.as_deref()).await
             }
         };
         out.push(ProfileCheck {
@@ -371,6 +334,30 @@ pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartErro
         });
     }
     Ok(out)
+}
+
+/// The TLS configuration towards Contentstack, shared by the forwarder and the session client.
+fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
+    Ok(tls::client_config(
+        config
+            .upstream
+            .extra_roots_pem
+            .as_deref()
+            .map(Vec::as_slice),
+    )?)
+}
+
+/// The session client (login, logout, validation).
+fn session_client(
+    config: &Config,
+    tls: rustls::ClientConfig,
+) -> Result<token::AuthClient, StartError> {
+    token::AuthClient::new(
+        &config.upstream.base_url,
+        tls,
+        config.upstream.connect_timeout,
+    )
+    .map_err(StartError::Client)
 }
 
 async fn check_one(

@@ -261,9 +261,9 @@ impl Proxy {
             profile: profile.name.clone(),
         };
         match &profile.credentials {
-            Credentials::ManagementToken(value) => {
+            Credentials::ManagementToken(token) => {
                 let mut headers = outbound.headers.clone();
-                headers.insert(header::AUTHORIZATION, value.clone());
+                headers.insert(header::AUTHORIZATION, token.0.clone());
                 let body = match body {
                     RequestBody::Replayable(bytes) => Relay::full(bytes),
                     RequestBody::Streaming(relay) => relay,
@@ -271,7 +271,7 @@ impl Proxy {
                 let response = self.send(&outbound, headers, body, trace).await?;
                 Ok(relay_response(response))
             }
-            Credentials::Login { .. } => {
+            Credentials::Login(_) => {
                 self.forward_with_session(profile, outbound, body, trace)
                     .await
             }

@@ -75,7 +75,7 @@ impl TokenManager {
         state: &Arc<ProfileState>,
     ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
         let account = &state.account;
-        let credentials = store.credentials_tag(&state.config.load().credentials);
+        let credentials = store.credentials_tag(&state.login);
         // A holder that died leaves its lock for `lock_ttl`; a live one renews it for as long as
         // its login can take.
         let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
@@ -137,7 +137,7 @@ impl TokenManager {
                 Err(e) => Err(e),
             },
             Err(error) => {
-                let credentials = store.credentials_tag(&state.config.load().credentials);
+                let credentials = store.credentials_tag(&state.login);
                 let shared = SharedFailure::new(error, credentials);
                 store
                     .set_failure(&state.account, &shared, error.retry_after)

@@ -174,11 +174,15 @@ pub struct AuthClient {
 }
 
 impl AuthClient {
+    /// A client of `base_url` that trusts what `tls` trusts (the forwarder's roots).
     pub fn new(
         base_url: &str,
-        tls: rustls::ClientConfig,
+        mut tls: rustls::ClientConfig,
         connect_timeout: Duration,
     ) -> reqwest::Result<Self> {
+        // This client speaks HTTP/1.1 only (reqwest is built without HTTP/2): offering h2 by ALPN
+        // would let a server pick a protocol the client cannot speak.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(connect_timeout)

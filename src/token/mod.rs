@@ -20,7 +20,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 use sha2::{Digest, Sha256};
 
-use crate::config::{Config, Credentials, ProfileConfig};
+use crate::config::{Config, LoginCredentials, ProfileConfig};
 use crate::metrics::{Metrics, Trigger};
 pub use login::{AuthClient, LoginFailure, TransientCause, Validity};
 pub use retire::TokenLease;
@@ -165,7 +165,10 @@ struct LoginStatus {
 /// One login profile's state. Replaced as a whole when its credentials change, which clears the
 /// backoff and the TOTP history with it; other setting changes keep it.
 struct ProfileState {
+    /// The profile's settings; replaced in place by a reload that keeps the credentials.
     config: ArcSwap<ProfileConfig>,
+    /// What this state logs in with: fixed for its life (other credentials, another state).
+    login: Arc<LoginCredentials>,
     /// Held by the one login in flight; waiters queue here, then find the token in the cache.
     login_lock: Arc<tokio::sync::Mutex<()>>,
     status: Mutex<LoginStatus>,
@@ -182,16 +185,13 @@ struct ProfileState {
 }
 
 impl ProfileState {
-    fn new(config: Arc<ProfileConfig>, base_url: &str) -> Self {
-        let account = match &config.credentials {
-            Credentials::Login { email, .. } => store::account_key(base_url, email),
-            Credentials::ManagementToken(_) => unreachable!("only login profiles have a state"),
-        };
+    fn new(config: Arc<ProfileConfig>, login: Arc<LoginCredentials>, base_url: &str) -> Self {
         Self {
+            account: store::account_key(base_url, &login.email),
+            login,
             config: ArcSwap::new(config),
             login_lock: Arc::default(),
             status: Mutex::default(),
-            account,
             loaded_at: SystemTime::now(),
             local_only: Default::default(),
             dead: Mutex::default(),
@@ -342,10 +342,9 @@ impl TokenManager {
         let profiles = config
             .profiles
             .iter()
-            .filter(|p| p.is_login())
-            .map(|p| {
-                let state = ProfileState::new(p.clone(), &base_url);
-                (p.name.clone(), Arc::new(state))
+            .filter_map(|p| {
+                let state = ProfileState::new(p.clone(), p.login()?.clone(), &base_url);
+                Some((p.name.clone(), Arc::new(state)))
             })
             .collect();
         let store = match &config.token_store {
@@ -453,14 +452,11 @@ impl TokenManager {
     /// Logs in with the state's credentials and caches the token. Call with the login lock held.
     async fn login(&self, state: &Arc<ProfileState>) -> Result<Arc<Token>, LoginError> {
         let config = state.config.load_full();
-        let Credentials::Login {
+        let LoginCredentials {
             email,
             password,
             totp_secret,
-        } = &config.credentials
-        else {
-            unreachable!("only login profiles have a ProfileState")
-        };
+        } = &*state.login;
         let name = &config.name;
         let code = match totp_secret {
             Some(secret) => Some(self.totp_code(state, secret).await),
@@ -507,12 +503,8 @@ impl TokenManager {
     /// A code for a time step this profile has not used yet, waiting for the next step if needed.
     async fn totp_code(&self, state: &ProfileState, secret: &crate::config::TotpSecret) -> String {
         loop {
-            let now_ms = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis() as u64;
             let last = state.status().last_totp_step;
-            match totp::next(secret, now_ms, last) {
+            match totp::next(secret, SystemTime::now(), last) {
                 totp::Next::Code { step, code } => {
                     state.status().last_totp_step = Some(step);
                     return code;
@@ -626,9 +618,10 @@ impl TokenManager {
                 .write()
                 .unwrap_or_else(|e| e.into_inner());
             let mut next = HashMap::new();
-            for p in config.profiles.iter().filter(|p| p.is_login()) {
+            for p in &config.profiles {
+                let Some(login) = p.login() else { continue };
                 let state = match profiles.remove(&p.name) {
-                    Some(old) if old.config.load().credentials == p.credentials => {
+                    Some(old) if *old.login == **login => {
                         old.config.store(p.clone());
                         old
                     }
@@ -637,11 +630,19 @@ impl TokenManager {
                         retired.push((p.name.clone(), old.account.clone()));
                         relogin.push(p.name.clone());
                         self.inner.metrics.reauth(&p.name, Trigger::Rotate);
-                        Arc::new(ProfileState::new(p.clone(), &self.inner.base_url))
+                        Arc::new(ProfileState::new(
+                            p.clone(),
+                            login.clone(),
+                            &self.inner.base_url,
+                        ))
                     }
                     None => {
                         relogin.push(p.name.clone());
-                        Arc::new(ProfileState::new(p.clone(), &self.inner.base_url))
+                        Arc::new(ProfileState::new(
+                            p.clone(),
+                            login.clone(),
+                            &self.inner.base_url,
+                        ))
                     }
                 };
                 next.insert(p.name.clone(), state);

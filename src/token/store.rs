@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::Token;
-use crate::config::{Credentials, RedisConfig};
+use crate::config::{LoginCredentials, RedisConfig};
 use crate::metrics::Metrics;
 pub use link::LinkStatus;
 use record::{Codec, Invalid, MAX_VALUE};
@@ -176,19 +176,12 @@ impl RedisStore {
     }
 
     /// The tag under which a failure of `credentials` is shared (`None` without the fleet key).
-    pub fn credentials_tag(&self, credentials: &Credentials) -> Option<String> {
-        match credentials {
-            Credentials::Login {
-                email,
-                password,
-                totp_secret,
-            } => self.codec.credentials_tag(
-                email,
-                secrecy::ExposeSecret::expose_secret(password),
-                totp_secret.as_ref().map(|t| t.bytes()),
-            ),
-            Credentials::ManagementToken(_) => None,
-        }
+    pub fn credentials_tag(&self, login: &LoginCredentials) -> Option<String> {
+        self.codec.credentials_tag(
+            &login.email,
+            secrecy::ExposeSecret::expose_secret(&login.password),
+            login.totp_secret.as_ref().map(|t| t.bytes()),
+        )
     }
 
     fn key(&self, kind: &str, account: &str) -> String {
