@@ -17,6 +17,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod store;
 pub mod tls;
 pub mod token;
 
@@ -54,7 +55,7 @@ pub enum StartError {
     #[error("inbound TLS: {0}")]
     InboundTls(#[from] tls::ServerTlsError),
     #[error("token_store: {0}")]
-    Store(#[from] token::store::StoreError),
+    Store(#[from] store::StoreError),
 }
 
 /// A started proxy: listeners bound, first logins under way.

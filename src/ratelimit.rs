@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::RateLimitConfig;
-use crate::token::store::{RateCall, RedisStore};
+use crate::store::{RateCall, RedisStore};
 
 /// How far an upstream 429 pushes the budget back: Contentstack's window is one second.
 const PUSHBACK: Duration = Duration::from_secs(1);

@@ -608,7 +608,7 @@ fn now_ms() -> u64 {
 
 /// A key of the account the replicas of these tests log in with.
 fn store_key(kind: &str, fake: &FakeCma) -> String {
-    let account = cma_auth_proxy::token::store::account_key(&fake.url(), EMAIL);
+    let account = cma_auth_proxy::store::account_key(&fake.url(), EMAIL);
     format!("cma-auth-proxy:{kind}:{account}")
 }
 
@@ -925,7 +925,7 @@ async fn a_value_of_another_type_in_the_store_is_replaced_by_the_fleet_login() {
 async fn a_planted_rate_state_does_not_hold_requests_back() {
     let fake = fake().await;
     let redis = RedisServer::start();
-    let account = cma_auth_proxy::token::store::account_key(&fake.url(), EMAIL);
+    let account = cma_auth_proxy::store::account_key(&fake.url(), EMAIL);
     // The next slot in 30 years.
     redis.cli(&[
         "SET",

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::store::{Lock, RedisStore, SharedFailure, StoreError, Stored, unix_ms};
 use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
+use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms};
 
 /// How often a waiting replica looks for the token the lock holder publishes.
 const POLL: Duration = Duration::from_millis(25);
@@ -132,7 +132,7 @@ impl TokenManager {
         self.inner.metrics.store_event("fleet_login");
         let result = self.login(state).await;
         let published = match &result {
-            Ok(token) => match store.put(&state.account, token).await {
+            Ok(token) => match store.put(&state.account, &token.shared()).await {
                 Ok(()) => store.clear_failure(&state.account).await,
                 Err(e) => Err(e),
             },
@@ -153,7 +153,8 @@ impl TokenManager {
 
     /// Takes a token from the store into this replica's cache, unless this replica already saw
     /// Contentstack reject it (a read that raced with the eviction).
-    async fn adopt(&self, state: &Arc<ProfileState>, token: Token) -> Option<Arc<Token>> {
+    async fn adopt(&self, state: &Arc<ProfileState>, shared: SharedToken) -> Option<Arc<Token>> {
+        let token = Token::restored(shared.header, shared.obtained_at);
         if state.is_dead(&token) {
             return None;
         }
@@ -190,7 +191,7 @@ impl TokenManager {
             }
         };
         let still_shared =
-            matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header() == old.header());
+            matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header == old.header());
         let refreshed = still_shared
             && held(store, account, &lock, self.login_for_fleet(store, state))
                 .await
@@ -212,12 +213,10 @@ impl TokenManager {
         match store.get(&state.account).await {
             Err(e) => self.store_unavailable(&e),
             Ok(Stored::Valid(shared)) => {
-                let same = local
-                    .as_ref()
-                    .is_some_and(|l| l.header() == shared.header());
+                let same = local.as_ref().is_some_and(|l| l.header() == shared.header);
                 let newer = local
                     .as_ref()
-                    .is_none_or(|l| shared.obtained_at() > l.obtained_at());
+                    .is_none_or(|l| shared.obtained_at > l.obtained_at());
                 if !same && (local_only || newer) && self.adopt(state, shared).await.is_some() {
                     self.inner.metrics.store_event("adopt");
                     if let (true, Some(own)) = (local_only, local) {
@@ -230,8 +229,11 @@ impl TokenManager {
                     // An unreadable value is replaced: left alone it would keep the whole fleet
                     // from sharing again until every replica's own session died.
                     let published = match stored {
-                        Stored::Invalid => store.put(&state.account, &own).await.map(|()| true),
-                        _ => store.put_if_absent(&state.account, &own).await,
+                        Stored::Invalid => store
+                            .put(&state.account, &own.shared())
+                            .await
+                            .map(|()| true),
+                        _ => store.put_if_absent(&state.account, &own.shared()).await,
                     };
                     match published {
                         Ok(true) => {

@@ -9,7 +9,6 @@ pub mod backoff;
 mod fleet;
 pub mod login;
 mod retire;
-pub mod store;
 pub mod totp;
 
 use std::collections::HashMap;
@@ -18,10 +17,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
-use sha2::{Digest, Sha256};
 
 use crate::config::{Config, LoginCredentials, ProfileConfig};
 use crate::metrics::{Metrics, Trigger};
+use crate::store;
 pub use login::{AuthClient, LoginFailure, TransientCause, Validity};
 pub use retire::TokenLease;
 
@@ -63,6 +62,14 @@ impl Token {
         }
     }
 
+    /// The token as the fleet store shares it.
+    pub fn shared(&self) -> store::SharedToken {
+        store::SharedToken {
+            header: self.header.clone(),
+            obtained_at: self.obtained_at,
+        }
+    }
+
     pub fn header(&self) -> &HeaderValue {
         &self.header
     }
@@ -89,11 +96,8 @@ impl std::fmt::Debug for Token {
 /// The last 8 hex digits of the SHA-256 of a secret: enough to tell tokens apart in logs, useless to
 /// an attacker.
 pub fn fingerprint(secret: &[u8]) -> String {
-    let digest = Sha256::digest(secret);
-    digest[digest.len() - 4..]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    // The tail of the digest the fleet store names the token by.
+    store::sha256_hex(secret)[56..].to_owned()
 }
 
 /// Why a request cannot have a token now; becomes a 503 with `Retry-After`. Its text names the
@@ -570,7 +574,7 @@ impl TokenManager {
             // the dead token from the store into the cache: a newer token another replica
             // published survives.
             if let Some(store) = &self.inner.store
-                && let Err(e) = store.remove_if(&state.account, stale).await
+                && let Err(e) = store.remove_if(&state.account, stale.header()).await
             {
                 self.store_unavailable(&e);
             }
@@ -686,7 +690,7 @@ impl TokenManager {
         self.inner.retirements.spawn(async move {
             ready.await;
             if let Some(store) = &this.inner.store {
-                let _ = store.remove_if(&account, &token).await;
+                let _ = store.remove_if(&account, token.header()).await;
             }
             let ended = this
                 .inner
