@@ -9,7 +9,6 @@ pub mod admin;
 pub mod body;
 pub mod config;
 pub mod dev;
-pub mod error;
 pub mod error_text;
 pub mod metrics;
 pub mod policy;

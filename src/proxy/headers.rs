@@ -3,7 +3,7 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::{BadRequest, ERROR_HEADER, ProxyError};
+use super::error::{BadRequest, ERROR_HEADER, ProxyError};
 use crate::policy::ClientCredentials;
 use crate::proxy::target::{Name, classify_name};
 

@@ -5,6 +5,7 @@
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response, and never logs a header value or a body.
+pub mod error;
 pub mod headers;
 pub mod target;
 pub mod upstream;
@@ -22,11 +23,11 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
-use crate::error::{BadRequest, ProxyError};
 use crate::metrics::{Metrics, RequestLabels, Trigger};
 use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenLease, TokenManager, Validity, login};
+use error::{BadRequest, ProxyError};
 use headers::PROFILE_HEADER;
 use target::Target;
 use upstream::UpstreamClients;

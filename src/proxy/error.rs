@@ -67,6 +67,9 @@ pub enum ProxyError {
         "the organization's request budget (profiles.*.rate_limit) would make this request wait {0:?}, longer than max_wait; retry later"
     )]
     RateLimited(Duration),
+    /// Over `server.max_connections`: answered by the acceptor, before any request is read.
+    #[error("too many connections to the proxy (server.max_connections); retry shortly")]
+    TooManyConnections,
 }
 
 impl From<BodyError> for ProxyError {
@@ -148,6 +151,10 @@ impl ProxyError {
             ProxyError::RateLimited(wait) => Shape {
                 retry_after: Some(*wait),
                 ..shape(StatusCode::TOO_MANY_REQUESTS, "rate_limited", 912)
+            },
+            ProxyError::TooManyConnections => Shape {
+                retry_after: Some(Duration::from_secs(1)),
+                ..shape(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", 911)
             },
         }
     }
@@ -358,5 +365,12 @@ mod tests {
     #[test]
     fn shutting_down() {
         check(ProxyError::ShuttingDown, 503, "shutting_down");
+    }
+
+    #[test]
+    fn too_many_connections() {
+        let r = check(ProxyError::TooManyConnections, 503, "too_many_connections");
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(body_of(&ProxyError::TooManyConnections)["error_code"] == 911);
     }
 }
