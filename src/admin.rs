@@ -1,6 +1,5 @@
 //! The admin listener (SPEC §7): probes, `/status`. Answers from the proxy's state; never shows a
 //! secret or a token, and never triggers a login.
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,9 +7,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::body::Relay;
 use crate::proxy::Proxy;
-use crate::server::Handler;
 
 pub struct Admin {
     proxy: Arc<Proxy>,
@@ -21,7 +18,8 @@ impl Admin {
         Self { proxy }
     }
 
-    async fn respond(&self, req: &Request<Incoming>) -> Response<Bytes> {
+    /// Answers one request on the admin listener.
+    pub async fn respond(&self, req: &Request<Incoming>) -> Response<Bytes> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
@@ -149,10 +147,4 @@ fn text(status: StatusCode, body: &str) -> Response<Bytes> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-impl Handler for Admin {
-    async fn call(&self, req: Request<Incoming>, _peer: Option<IpAddr>) -> Response<Relay> {
-        self.respond(&req).await.map(Relay::full)
-    }
 }

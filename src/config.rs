@@ -369,6 +369,16 @@ impl std::fmt::Display for ListenAddr {
     }
 }
 
+impl ListenAddr {
+    /// The TCP address, for tests and printing URLs.
+    pub fn tcp(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(addr) => Some(*addr),
+            ListenAddr::Unix(_) => None,
+        }
+    }
+}
+
 impl std::str::FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {

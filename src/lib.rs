@@ -23,12 +23,16 @@ pub mod token;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use body::Relay;
 pub use config::Config;
+use config::ListenAddr;
 use proxy::Proxy;
-pub use server::BoundAddr;
 
 /// Logging out at shutdown gives up after this long; the sessions then simply stay until evicted.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,8 +64,10 @@ pub enum StartError {
 /// A started proxy: listeners bound, first logins under way.
 pub struct Running {
     proxy: Arc<Proxy>,
-    proxy_addr: BoundAddr,
-    admin_addr: BoundAddr,
+    /// The proxy listener's TLS, which a reload may give new certificate files.
+    inbound_tls: Option<Arc<server::InboundTls>>,
+    proxy_addr: ListenAddr,
+    admin_addr: ListenAddr,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     /// Each worker reports whether its connections drained in time.
@@ -82,15 +88,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let tokens = token::TokenManager::new(&config, auth, metrics.clone())?;
     let workers = config.server.workers;
     let clients = proxy::upstream::UpstreamClients::new(&config.upstream, &tls, workers);
-    let proxy = Arc::new(Proxy::new(
-        config.clone(),
-        tokens.clone(),
-        clients,
-        metrics,
-    )?);
+    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), clients, metrics));
 
     let server_config = &config.server;
-    let bind = |addr: &config::ListenAddr, mode| {
+    let inbound_tls = server_config
+        .tls
+        .as_ref()
+        .map(server::InboundTls::new)
+        .transpose()?;
+    let bind = |addr: &ListenAddr, mode| {
         server::bind(addr, mode).map_err(|source| StartError::Bind {
             addr: addr.to_string(),
             source,
@@ -107,7 +113,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_options = server::ServeOptions::new(
         "proxy",
         server_config.limits,
-        proxy.inbound_tls(),
+        inbound_tls.clone(),
         metrics.clone(),
     );
     let admin_options = server::ServeOptions::new("admin", server_config.limits, None, metrics);
@@ -117,7 +123,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         serve_proxy(proxy_bound.listener, &proxy, proxy_options, proxy_stop).await?;
     let admin_server = server::serve_here(
         admin_bound.listener,
-        Arc::new(admin::Admin::new(proxy.clone())),
+        Arc::new(AdminListener(admin::Admin::new(proxy.clone()))),
         admin_options,
         admin_stop,
     )
@@ -135,6 +141,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!(listen = %proxy_addr, admin = %admin_addr, upstream = %config.upstream.base_url, profiles = config.profiles.len(), "cma-auth-proxy started");
     Ok(Running {
         proxy,
+        inbound_tls,
         proxy_addr,
         admin_addr,
         stop_proxy,
@@ -144,6 +151,35 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_reload: watch::channel(false).0,
         socket_files,
     })
+}
+
+/// The proxy listener's requests take the request path.
+struct ProxyListener(Arc<Proxy>);
+
+impl server::Handler for ProxyListener {
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Response<Relay> {
+        self.0.handle(req, peer).await
+    }
+}
+
+/// The admin listener's requests get probes, `/status` and `/metrics`.
+struct AdminListener(admin::Admin);
+
+impl server::Handler for AdminListener {
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        _peer: Option<std::net::IpAddr>,
+    ) -> Response<Relay> {
+        self.0
+            .respond(&req)
+            .await
+            .map(|body: Bytes| Relay::full(body))
+    }
 }
 
 /// The proxy listener: an acceptor thread hands each connection to the least busy of
@@ -167,7 +203,8 @@ async fn serve_proxy(
             proxy::upstream::set_worker(index);
             Ok(async move {
                 tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));
-                let connections = server::serve(inbox, proxy.clone(), options, stop).await;
+                let handler = Arc::new(ProxyListener(proxy.clone()));
+                let connections = server::serve(inbox, handler, options, stop).await;
                 let grace = proxy.config().server.shutdown_grace;
                 let _ = done.send(server::drain(connections, grace).await);
             })
@@ -241,11 +278,11 @@ async fn keep_timer_wake_near(header_read_timeout: Duration) {
 }
 
 impl Running {
-    pub fn proxy_addr(&self) -> &BoundAddr {
+    pub fn proxy_addr(&self) -> &ListenAddr {
         &self.proxy_addr
     }
 
-    pub fn admin_addr(&self) -> &BoundAddr {
+    pub fn admin_addr(&self) -> &ListenAddr {
         &self.admin_addr
     }
 
@@ -258,9 +295,12 @@ impl Running {
     pub fn watch_config(&mut self, path: std::path::PathBuf) {
         let (stop, stopped) = watch::channel(false);
         self.stop_reload = stop;
-        let proxy = self.proxy.clone();
+        let live = reload::Reloadable {
+            proxy: self.proxy.clone(),
+            inbound_tls: self.inbound_tls.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = reload::watch(path, proxy, stopped).await {
+            if let Err(e) = reload::watch(path, live, stopped).await {
                 tracing::error!("live reload is off: {}", error_text::error_chain_text(&e));
             }
         });

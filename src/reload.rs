@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
 use crate::proxy::Proxy;
+use crate::server::InboundTls;
 
 /// Changes arrive in bursts (a symlink swap is several events); reload once they settle …
 const SETTLE: Duration = Duration::from_millis(200);
@@ -73,12 +74,21 @@ impl Watched {
     }
 }
 
+/// What a reload reaches: the request path (and through it the token manager and the rate
+/// budgets), and the proxy listener's inbound TLS.
+#[derive(Clone)]
+pub struct Reloadable {
+    pub proxy: Arc<Proxy>,
+    pub inbound_tls: Option<Arc<InboundTls>>,
+}
+
 /// Watches until `stop` turns true.
 pub async fn watch(
     path: PathBuf,
-    proxy: Arc<Proxy>,
+    live: Reloadable,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WatchError> {
+    let proxy = &live.proxy;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .expect("cannot listen for SIGHUP");
     let (tx, mut changes) = mpsc::channel::<()>(1);
@@ -104,7 +114,7 @@ pub async fn watch(
     // A change between the first load and the watch being in place would otherwise go unnoticed.
     if Config::load(&path, std::env::vars()).is_ok_and(|c| c.digest != proxy.config().digest) {
         tracing::info!("configuration changed during start-up: reloading");
-        let _ = reload(&path, &proxy);
+        let _ = reload(&path, &live);
     }
     let directories = watched
         .read()
@@ -127,7 +137,7 @@ pub async fn watch(
         } else {
             tracing::info!("SIGHUP: reloading the configuration");
         }
-        if reload(&path, &proxy).is_ok()
+        if reload(&path, &live).is_ok()
             && let Err(e) = rewatch(&mut watcher, &watched, &proxy.config())
         {
             tracing::warn!("{}", crate::error_text::error_chain_text(&e));
@@ -186,7 +196,8 @@ fn directory_of(file: &Path) -> PathBuf {
 }
 
 /// Loads `path` again and swaps it in; on error the running configuration stays.
-pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
+pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
+    let proxy = &live.proxy;
     let metrics = proxy.metrics();
     let old = proxy.config();
     let mut new = match Config::load(path, std::env::vars()) {
@@ -238,6 +249,7 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
         new.token_store = old.token_store.clone();
     }
     proxy.tokens().reconfigure(&new);
+    InboundTls::reload(live.inbound_tls.as_deref(), new.server.tls.as_ref());
     let version = new.version;
     proxy.replace_config(Arc::new(new));
     metrics.config_reload("success");

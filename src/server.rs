@@ -6,16 +6,15 @@
 //! workers, each serving its [`Inbox`] with [`serve`] on its own runtime.
 mod accept;
 mod bind;
+mod inbound_tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 pub use accept::{Acceptor, Inbox, WorkerLink, worker_channel};
 pub use bind::{BindError, Bound, SocketFile, StdListener, bind};
+pub use inbound_tls::InboundTls;
 
 use crate::body::Relay;
 use crate::config::ConnectionLimits;
@@ -42,38 +42,12 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Relay>> + Send;
 }
 
-/// The address a listener really got (port 0 resolved).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BoundAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for BoundAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BoundAddr::Tcp(addr) => write!(f, "{addr}"),
-            BoundAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl BoundAddr {
-    /// The TCP address, for tests and printing URLs.
-    pub fn tcp(&self) -> Option<SocketAddr> {
-        match self {
-            BoundAddr::Tcp(addr) => Some(*addr),
-            BoundAddr::Unix(_) => None,
-        }
-    }
-}
-
 /// How a listener serves its connections.
 #[derive(Clone)]
 pub struct ServeOptions {
     pub limits: ConnectionLimits,
     /// Inbound TLS, swapped on reload when the certificate files change.
-    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    pub tls: Option<Arc<InboundTls>>,
     pub metrics: Arc<Metrics>,
     /// `max_connections` slots, taken by the acceptor, held by each connection until it ends.
     pub slots: Arc<Semaphore>,
@@ -88,7 +62,7 @@ impl ServeOptions {
     pub fn new(
         name: &'static str,
         limits: ConnectionLimits,
-        tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+        tls: Option<Arc<InboundTls>>,
         metrics: Arc<Metrics>,
     ) -> ServeOptions {
         let open = metrics
@@ -206,7 +180,7 @@ impl<H: Handler> Connection<H> {
             Io::Tcp(stream) => match self.options.tls.clone() {
                 None => self.serve(stream).await,
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     let handshake =
                         tokio::time::timeout_at(self.first_request_by(), acceptor.accept(stream));
                     match handshake.await {

@@ -52,8 +52,6 @@ pub struct Proxy {
     clients: UpstreamClients,
     draining: AtomicBool,
     metrics: Arc<Metrics>,
-    /// Inbound TLS of the proxy listener, when configured; swapped when its files change.
-    inbound_tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// Request budgets of the profiles with `rate_limit`, by profile name.
     limiters: ArcSwap<Limiters>,
 }
@@ -82,29 +80,15 @@ impl Proxy {
         tokens: TokenManager,
         clients: UpstreamClients,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::tls::ServerTlsError> {
-        let inbound_tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(|tls| {
-                crate::tls::server_config(&tls.cert_chain_pem, &tls.key_pem.0)
-                    .map(|c| Arc::new(ArcSwap::from_pointee(c)))
-            })
-            .transpose()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
             config: ArcSwap::new(config),
             tokens,
             clients,
             draining: AtomicBool::new(false),
             metrics,
-            inbound_tls,
-        })
-    }
-
-    pub fn inbound_tls(&self) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
-        self.inbound_tls.clone()
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -112,18 +96,8 @@ impl Proxy {
     }
 
     /// Serves new requests with `config` from now on; requests in flight keep the one they started
-    /// with. New TLS certificate files apply to new connections.
+    /// with.
     pub fn replace_config(&self, config: Arc<Config>) {
-        match (&self.inbound_tls, &config.server.tls) {
-            (Some(current), Some(files)) => {
-                match crate::tls::server_config(&files.cert_chain_pem, &files.key_pem.0) {
-                    Ok(tls) => current.store(Arc::new(tls)),
-                    Err(e) => tracing::error!("inbound TLS unchanged: {e}"),
-                }
-            }
-            (None, None) => {}
-            _ => tracing::warn!("turning inbound TLS on or off needs a restart"),
-        }
         self.limiters.store(Arc::new(limiters(
             &config,
             &self.tokens,
@@ -411,12 +385,6 @@ impl Proxy {
                 Ok(response)
             }
         }
-    }
-}
-
-impl crate::server::Handler for Proxy {
-    async fn call(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
-        self.handle(req, peer).await
     }
 }
 
