@@ -58,20 +58,7 @@ impl Admin {
         let metrics = self.proxy.metrics();
         // Token ages are read at scrape time; a profile without a token has no series.
         for p in self.proxy.tokens().snapshot().await {
-            let labels = crate::metrics::ProfileLabels {
-                profile: p.name.to_string(),
-            };
-            match p.token_age {
-                Some(age) => {
-                    metrics
-                        .token_age
-                        .get_or_create(&labels)
-                        .set(age.as_secs_f64());
-                }
-                None => {
-                    metrics.token_age.remove(&labels);
-                }
-            }
+            metrics.token_age(&p.name, p.token_age);
         }
         let mut response = Response::new(Bytes::from(metrics.encode()));
         response.headers_mut().insert(
@@ -109,7 +96,7 @@ impl Admin {
         debug_assert_eq!(snapshot.len(), login_profiles);
         let token_store = self.proxy.tokens().store_status().map(|s| {
             serde_json::json!({
-                "state": s.state,
+                "state": s.state.as_str(),
                 "since": unix(s.since),
                 "last_error": s.last_error,
                 "next_probe_in_seconds": s.next_probe_in.map(secs),

@@ -1,7 +1,8 @@
 //! Prometheus metrics (SPEC §7), prefix `cma_auth_proxy_`. Label values are bounded: profile names
 //! come from the configuration, methods are folded to the standard set, statuses are numbers;
 //! never a path, a token or an e-mail.
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
 
 use http::Method;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -10,6 +11,122 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+
+/// Defines a label value type: an enum whose variants print as fixed strings, so that a label can
+/// only take the values listed here.
+macro_rules! label_values {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)* }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)*
+        }
+
+        impl $name {
+            pub const ALL: &[$name] = &[$($name::$variant,)*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)*
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                self.as_str().encode(encoder)
+            }
+        }
+    };
+}
+
+label_values! {
+    /// Why a token was replaced (`reauth_total{trigger}`).
+    pub enum Trigger {
+        /// A forwarded request got 401/105.
+        Unauthorized => "401",
+        /// The background `GET /v3/user` got 401/105.
+        Validate => "validate",
+        /// `max_token_age` passed.
+        MaxAge => "max_age",
+        /// The credentials changed on reload.
+        Rotate => "rotate",
+    }
+}
+
+label_values! {
+    /// How a login attempt ended (`logins_total{outcome}`, and `/status`).
+    pub enum LoginOutcome {
+        Success => "success",
+        Rejected => "rejected",
+        Transient => "transient",
+    }
+}
+
+label_values! {
+    /// What became of a request that met an evicted token (`replays_total{outcome}`).
+    pub enum ReplayOutcome {
+        Replayed => "replayed",
+        /// Its body was streamed, so it could not be sent again.
+        NotReplayable => "not_replayable",
+        /// The login after the eviction failed.
+        LoginFailed => "login_failed",
+    }
+}
+
+label_values! {
+    /// How a configuration reload ended (`config_reloads_total{outcome}`).
+    pub enum ReloadOutcome {
+        /// Applied, or nothing had changed.
+        Success => "success",
+        /// Invalid: the previous configuration keeps serving.
+        Error => "error",
+    }
+}
+
+label_values! {
+    /// Why a connection was refused or closed by a limit (`connection_limits_total{reason}`).
+    pub enum ConnectionLimit {
+        TooManyConnections => "too_many_connections",
+        HeaderReadTimeout => "header_read_timeout",
+        HeadersTooLarge => "headers_too_large",
+        MalformedRequest => "malformed_request",
+        IdleTimeout => "idle_timeout",
+        TlsHandshakeFailed => "tls_handshake_failed",
+    }
+}
+
+label_values! {
+    /// What happened with the fleet store (`token_store_total{event}`).
+    pub enum StoreEvent {
+        /// A token read from the store.
+        Hit => "hit",
+        /// None there: this replica logs in for the fleet.
+        Miss => "miss",
+        LockWait => "lock_wait",
+        FleetLogin => "fleet_login",
+        Adopt => "adopt",
+        Publish => "publish",
+        /// A failed call or probe, or a lock that never came free.
+        Error => "error",
+        /// A value read back and refused.
+        Invalid => "invalid",
+    }
+}
+
+label_values! {
+    /// The fleet store's state (`token_store_state{state}`, and `/status`).
+    pub enum StoreState {
+        Connecting => "connecting",
+        Up => "up",
+        /// Skipped after a failure; the replica works alone.
+        Down => "down",
+        Probing => "probing",
+    }
+}
+
+/// The profile label of requests refused before a profile was chosen.
+static NO_PROFILE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("none"));
 
 /// A profile name as a label value: an `Arc` clone per request instead of a `String` allocation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -21,103 +138,99 @@ impl EncodeLabelValue for Profile {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub profile: Profile,
-    pub method: &'static str,
-    pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LoginLabels {
-    pub profile: String,
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProfileLabels {
-    pub profile: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReauthLabels {
-    pub profile: String,
-    pub trigger: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
-    pub listener: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub event: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
-    pub version: &'static str,
-}
-
-/// Why a token was replaced (`reauth_total{trigger}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A forwarded request got 401/105.
-    Unauthorized,
-    /// The background `GET /v3/user` got 401/105.
-    Validate,
-    /// `max_token_age` passed.
-    MaxAge,
-    /// The credentials changed on reload.
-    Rotate,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Unauthorized => "401",
-            Trigger::Validate => "validate",
-            Trigger::MaxAge => "max_age",
-            Trigger::Rotate => "rotate",
-        }
+impl From<&str> for Profile {
+    fn from(name: &str) -> Profile {
+        Profile(name.into())
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    profile: Profile,
+    method: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoginLabels {
+    profile: Profile,
+    outcome: LoginOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProfileLabels {
+    profile: Profile,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReauthLabels {
+    profile: Profile,
+    trigger: Trigger,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplayLabels {
+    outcome: ReplayOutcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    outcome: ReloadOutcome,
+}
+
+/// `denied_total{reason}`: the reason of the proxy's error answer (`ProxyError::reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    reason: ConnectionLimit,
+}
+
+/// `open_connections{listener}`: the listener's name (`proxy`, `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event: StoreEvent,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: StoreState,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: &'static str,
+}
+
+/// Every metric of the proxy. Updated only through the methods below, which take typed label
+/// values: no call site spells a label.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Histogram,
-    pub upstream_duration: Histogram,
-    pub logins: Family<LoginLabels, Counter>,
-    pub logouts: Family<ProfileLabels, Counter>,
-    pub token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub reauth: Family<ReauthLabels, Counter>,
-    pub reauth_backoffs: Family<ReauthLabels, Counter>,
-    pub replays: Family<OutcomeLabels, Counter>,
-    pub denied: Family<ReasonLabels, Counter>,
-    pub config_reloads: Family<OutcomeLabels, Counter>,
-    pub in_flight: Gauge,
-    pub open_connections: Family<ListenerLabels, Gauge>,
-    pub rate_limit_waits: Family<ProfileLabels, Counter>,
-    pub store_events: Family<EventLabels, Counter>,
-    pub store_state: Family<StateLabels, Gauge>,
-    pub connection_limits: Family<ReasonLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    logins: Family<LoginLabels, Counter>,
+    logouts: Family<ProfileLabels, Counter>,
+    token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    reauth: Family<ReauthLabels, Counter>,
+    reauth_backoffs: Family<ReauthLabels, Counter>,
+    replays: Family<ReplayLabels, Counter>,
+    denied: Family<DeniedLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    in_flight: Gauge,
+    open_connections: Family<ListenerLabels, Gauge>,
+    rate_limit_waits: Family<ProfileLabels, Counter>,
+    store_events: Family<EventLabels, Counter>,
+    store_state: Family<StateLabels, Gauge>,
+    connection_limits: Family<LimitLabels, Counter>,
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -172,19 +285,19 @@ impl Metrics {
             "Re-logins held back because fresh tokens kept being rejected, by trigger (401, validate)",
             reauth_backoffs.clone(),
         );
-        let replays = Family::<OutcomeLabels, Counter>::default();
+        let replays = Family::<ReplayLabels, Counter>::default();
         registry.register(
             "replays",
             "Requests that met an evicted token: replayed, not_replayable, login_failed",
             replays.clone(),
         );
-        let denied = Family::<ReasonLabels, Counter>::default();
+        let denied = Family::<DeniedLabels, Counter>::default();
         registry.register(
             "denied",
             "Requests the proxy refused itself, by reason",
             denied.clone(),
         );
-        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "config_reloads",
             "Configuration reloads by outcome (success, error)",
@@ -202,7 +315,7 @@ impl Metrics {
             "Client connections open, by listener (proxy, admin)",
             open_connections.clone(),
         );
-        let connection_limits = Family::<ReasonLabels, Counter>::default();
+        let connection_limits = Family::<LimitLabels, Counter>::default();
         registry.register(
             "connection_limits",
             "Connections refused or closed by a limit: too_many_connections, header_read_timeout, headers_too_large, malformed_request, idle_timeout, tls_handshake_failed",
@@ -255,11 +368,48 @@ impl Metrics {
         })
     }
 
+    /// A request answered: counted by profile (`none` when refused before one was chosen),
+    /// method and status, with its durations.
+    pub fn request(
+        &self,
+        profile: Option<Arc<str>>,
+        method: &Method,
+        status: u16,
+        elapsed: Duration,
+        upstream: Option<Duration>,
+    ) {
+        self.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream_duration.observe(upstream.as_secs_f64());
+        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                profile: Profile(profile.unwrap_or_else(|| NO_PROFILE.clone())),
+                method: method_label(method),
+                status,
+            })
+            .inc();
+    }
+
+    /// A request starts (`true`) or ends (`false`) being served.
+    pub fn in_flight(&self, started: bool) {
+        if started {
+            self.in_flight.inc();
+        } else {
+            self.in_flight.dec();
+        }
+    }
+
+    /// The proxy refused a request itself; `reason` is its error's stable reason.
+    pub fn denied(&self, reason: &'static str) {
+        self.denied.get_or_create(&DeniedLabels { reason }).inc();
+    }
+
     pub fn reauth(&self, profile: &str, trigger: Trigger) {
         self.reauth
             .get_or_create(&ReauthLabels {
-                profile: profile.to_owned(),
-                trigger: trigger.as_str(),
+                profile: profile.into(),
+                trigger,
             })
             .inc();
     }
@@ -268,16 +418,16 @@ impl Metrics {
     pub fn reauth_backoff(&self, profile: &str, trigger: Trigger) {
         self.reauth_backoffs
             .get_or_create(&ReauthLabels {
-                profile: profile.to_owned(),
-                trigger: trigger.as_str(),
+                profile: profile.into(),
+                trigger,
             })
             .inc();
     }
 
-    pub fn login(&self, profile: &str, outcome: &'static str) {
+    pub fn login(&self, profile: &str, outcome: LoginOutcome) {
         self.logins
             .get_or_create(&LoginLabels {
-                profile: profile.to_owned(),
+                profile: profile.into(),
                 outcome,
             })
             .inc();
@@ -286,39 +436,70 @@ impl Metrics {
     pub fn logout(&self, profile: &str) {
         self.logouts
             .get_or_create(&ProfileLabels {
-                profile: profile.to_owned(),
+                profile: profile.into(),
             })
             .inc();
     }
 
-    pub fn replay(&self, outcome: &'static str) {
-        self.replays.get_or_create(&OutcomeLabels { outcome }).inc();
+    /// The age of the profile's token at scrape time; `None` removes the series (no token).
+    pub fn token_age(&self, profile: &str, age: Option<Duration>) {
+        let labels = ProfileLabels {
+            profile: profile.into(),
+        };
+        match age {
+            Some(age) => {
+                self.token_age.get_or_create(&labels).set(age.as_secs_f64());
+            }
+            None => {
+                self.token_age.remove(&labels);
+            }
+        }
     }
 
-    pub fn connection_limit(&self, reason: &'static str) {
-        self.connection_limits
-            .get_or_create(&ReasonLabels { reason })
+    pub fn rate_limit_wait(&self, profile: &str) {
+        self.rate_limit_waits
+            .get_or_create(&ProfileLabels {
+                profile: profile.into(),
+            })
             .inc();
     }
 
-    pub fn store_event(&self, event: &'static str) {
+    pub fn replay(&self, outcome: ReplayOutcome) {
+        self.replays.get_or_create(&ReplayLabels { outcome }).inc();
+    }
+
+    pub fn connection_limit(&self, reason: ConnectionLimit) {
+        self.connection_limits
+            .get_or_create(&LimitLabels { reason })
+            .inc();
+    }
+
+    /// The gauge of the connections open on the listener named `listener`, created (at 0) with
+    /// the listener so that it is there before the first connection.
+    pub fn open_connections(&self, listener: &'static str) -> Gauge {
+        self.open_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    pub fn store_event(&self, event: StoreEvent) {
         self.store_events
             .get_or_create(&EventLabels { event })
             .inc();
     }
 
-    /// The fleet store is now in `current` state (one of `connecting`, `up`, `down`, `probing`).
-    pub fn store_state(&self, current: &'static str) {
-        for state in ["connecting", "up", "down", "probing"] {
+    /// The fleet store is now in state `current`.
+    pub fn store_state(&self, current: StoreState) {
+        for &state in StoreState::ALL {
             self.store_state
                 .get_or_create(&StateLabels { state })
                 .set(i64::from(state == current));
         }
     }
 
-    pub fn config_reload(&self, outcome: &'static str) {
+    pub fn config_reload(&self, outcome: ReloadOutcome) {
         self.config_reloads
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&ReloadLabels { outcome })
             .inc();
     }
 
@@ -332,7 +513,7 @@ impl Metrics {
 }
 
 /// Methods as a bounded label: the standard ones by name, anything else as `OTHER`.
-pub fn method_label(method: &Method) -> &'static str {
+fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -354,29 +535,21 @@ mod tests {
     #[test]
     fn exposes_every_spec_metric_name() {
         let m = Metrics::new();
-        m.requests
-            .get_or_create(&RequestLabels {
-                profile: Profile("default".into()),
-                method: "GET",
-                status: 200,
-            })
-            .inc();
-        m.login("default", "success");
+        m.request(
+            Some("default".into()),
+            &Method::GET,
+            200,
+            Duration::from_millis(1),
+            None,
+        );
+        m.login("default", LoginOutcome::Success);
         m.logout("default");
         m.reauth("default", Trigger::Unauthorized);
         m.reauth_backoff("default", Trigger::Validate);
-        m.replay("replayed");
-        m.denied
-            .get_or_create(&ReasonLabels {
-                reason: "policy_denied",
-            })
-            .inc();
-        m.config_reload("success");
-        m.token_age
-            .get_or_create(&ProfileLabels {
-                profile: "default".into(),
-            })
-            .set(1.5);
+        m.replay(ReplayOutcome::Replayed);
+        m.denied("policy_denied");
+        m.config_reload(ReloadOutcome::Success);
+        m.token_age("default", Some(Duration::from_millis(1500)));
         let text = m.encode();
         for needle in [
             r#"cma_auth_proxy_requests_total{profile="default",method="GET",status="200"} 1"#,

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::ReloadOutcome;
 use crate::proxy::Proxy;
 use crate::server::InboundTls;
 
@@ -210,7 +211,7 @@ pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
             config
         }
         Err(e) => {
-            metrics.config_reload("error");
+            metrics.config_reload(ReloadOutcome::Error);
             tracing::error!(
                 version = old.version,
                 "configuration reload failed, still serving the previous one: {e}"
@@ -220,7 +221,7 @@ pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
     };
     if new.digest == old.digest {
         // A burst of events, or a SIGHUP, with nothing changed: keep the running config as it is.
-        metrics.config_reload("success");
+        metrics.config_reload(ReloadOutcome::Success);
         tracing::info!(version = old.version, "configuration reloaded: unchanged");
         return Ok(());
     }
@@ -252,7 +253,7 @@ pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
     InboundTls::reload(live.inbound_tls.as_deref(), new.server.tls.as_ref());
     let version = new.version;
     proxy.replace_config(Arc::new(new));
-    metrics.config_reload("success");
+    metrics.config_reload(ReloadOutcome::Success);
     tracing::info!(version, "configuration reloaded");
     Ok(())
 }

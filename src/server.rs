@@ -31,7 +31,7 @@ pub use inbound_tls::InboundTls;
 
 use crate::body::Relay;
 use crate::config::ConnectionLimits;
-use crate::metrics::Metrics;
+use crate::metrics::{ConnectionLimit, Metrics};
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -65,10 +65,7 @@ impl ServeOptions {
         tls: Option<Arc<InboundTls>>,
         metrics: Arc<Metrics>,
     ) -> ServeOptions {
-        let open = metrics
-            .open_connections
-            .get_or_create(&crate::metrics::ListenerLabels { listener: name })
-            .clone();
+        let open = metrics.open_connections(name);
         ServeOptions {
             limits,
             tls,
@@ -188,7 +185,7 @@ impl<H: Handler> Connection<H> {
                         _ => {
                             self.options
                                 .metrics
-                                .connection_limit("tls_handshake_failed");
+                                .connection_limit(ConnectionLimit::TlsHandshakeFailed);
                             self.options.open_connections().dec();
                         }
                     }
@@ -247,8 +244,9 @@ impl<H: Handler> Connection<H> {
                 result = connection.as_mut() => break result,
                 _ = tokio::time::sleep_until(first_request_by), if !activity.has_begun() => {
                     if !activity.has_begun() {
-                        options.metrics.connection_limit("header_read_timeout");
-                        tracing::debug!(reason = "header_read_timeout", "connection closed by a limit");
+                        let limit = ConnectionLimit::HeaderReadTimeout;
+                        options.metrics.connection_limit(limit);
+                        tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                         break Ok(());
                     }
                 }
@@ -258,7 +256,7 @@ impl<H: Handler> Connection<H> {
                 }
                 _ = tokio::time::sleep_until(idle_at), if !finishing => {
                     if activity.idle_for() >= idle_timeout {
-                        options.metrics.connection_limit("idle_timeout");
+                        options.metrics.connection_limit(ConnectionLimit::IdleTimeout);
                         finishing = true;
                         connection.as_mut().graceful_shutdown();
                     }
@@ -266,21 +264,21 @@ impl<H: Handler> Connection<H> {
             }
         };
         if let Err(e) = result {
-            let reason = e.downcast_ref::<hyper::Error>().and_then(|e| {
+            let limit = e.downcast_ref::<hyper::Error>().and_then(|e| {
                 if e.is_timeout() {
-                    Some("header_read_timeout")
+                    Some(ConnectionLimit::HeaderReadTimeout)
                 } else if e.is_parse_too_large() {
-                    Some("headers_too_large")
+                    Some(ConnectionLimit::HeadersTooLarge)
                 } else if e.is_parse() {
-                    Some("malformed_request")
+                    Some(ConnectionLimit::MalformedRequest)
                 } else {
                     None
                 }
             });
-            match reason {
-                Some(reason) => {
-                    options.metrics.connection_limit(reason);
-                    tracing::debug!(reason, "connection closed by a limit");
+            match limit {
+                Some(limit) => {
+                    options.metrics.connection_limit(limit);
+                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                 }
                 None => tracing::debug!("connection ended: {e}"),
             }

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 
 use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
-use crate::metrics::{Metrics, RequestLabels, Trigger};
+use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenLease, TokenManager, Validity, login};
@@ -34,9 +34,6 @@ use upstream::UpstreamClients;
 
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
 pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
-
-/// The profile label of requests refused before a profile was chosen.
-static NO_PROFILE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
 
 /// What the access log and metrics learn about a request besides its response.
 #[derive(Default)]
@@ -126,7 +123,7 @@ impl Proxy {
     /// Serves one request; never fails (errors become responses), logs one access line.
     pub async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
         let started = Instant::now();
-        self.metrics.in_flight.inc();
+        self.metrics.in_flight(true);
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
@@ -137,10 +134,7 @@ impl Proxy {
             Err(e) => {
                 trace.error = Some(e.reason());
                 if e.status().is_client_error() {
-                    self.metrics
-                        .denied
-                        .get_or_create(&crate::metrics::ReasonLabels { reason: e.reason() })
-                        .inc();
+                    self.metrics.denied(e.reason());
                 }
                 if e.status().is_server_error() {
                     tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error_text::error_chain_text(&e));
@@ -157,24 +151,15 @@ impl Proxy {
                 })
             }
         };
-        self.metrics.in_flight.dec();
+        self.metrics.in_flight(false);
         let elapsed = started.elapsed();
-        self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        if let Some(upstream) = trace.upstream {
-            self.metrics
-                .upstream_duration
-                .observe(upstream.as_secs_f64());
-        }
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                profile: crate::metrics::Profile(
-                    trace.profile.clone().unwrap_or_else(|| NO_PROFILE.clone()),
-                ),
-                method: crate::metrics::method_label(&method),
-                status: response.status().as_u16(),
-            })
-            .inc();
+        self.metrics.request(
+            trace.profile.clone(),
+            &method,
+            response.status().as_u16(),
+            elapsed,
+            trace.upstream,
+        );
         tracing::info!(
             method = %method,
             path = %path,
@@ -289,17 +274,17 @@ impl Proxy {
             .invalidate(&profile.name, &token, Trigger::Unauthorized)
             .await;
         let Some(bytes) = replay else {
-            self.metrics.replay("not_replayable");
+            self.metrics.replay(ReplayOutcome::NotReplayable);
             return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
         };
         let token = match self.token(profile).await {
             Ok(token) => token,
             Err(e) => {
-                self.metrics.replay("login_failed");
+                self.metrics.replay(ReplayOutcome::LoginFailed);
                 return Err(e);
             }
         };
-        self.metrics.replay("replayed");
+        self.metrics.replay(ReplayOutcome::Replayed);
         let response = self
             .send(
                 &outbound,
@@ -349,12 +334,7 @@ impl Proxy {
             match limiter.acquire(kind).await {
                 Decision::Now => {}
                 Decision::After(wait) => {
-                    self.metrics
-                        .rate_limit_waits
-                        .get_or_create(&crate::metrics::ProfileLabels {
-                            profile: outbound.profile.to_string(),
-                        })
-                        .inc();
+                    self.metrics.rate_limit_wait(&outbound.profile);
                     tokio::time::sleep(wait).await;
                 }
                 Decision::Refuse(wait) => return Err(ProxyError::RateLimited(wait)),

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::bind::StdListener;
 use super::{Io, ServeOptions};
+use crate::metrics::ConnectionLimit;
 use crate::proxy::error::ProxyError;
 
 /// An accepted socket, not yet registered with a runtime (already in non-blocking mode).
@@ -127,7 +128,9 @@ impl Acceptor {
                 }
             };
             let Ok(slot) = options.slots.clone().try_acquire_owned() else {
-                options.metrics.connection_limit("too_many_connections");
+                options
+                    .metrics
+                    .connection_limit(ConnectionLimit::TooManyConnections);
                 refusals.spawn(refuse(stream, options.tls.is_some()));
                 continue;
             };

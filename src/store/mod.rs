@@ -28,7 +28,7 @@ use std::time::{Duration, Instant, SystemTime};
 use http::HeaderValue;
 
 use crate::config::{LoginCredentials, RedisConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreEvent};
 pub use link::LinkStatus;
 use record::{Codec, Invalid, MAX_VALUE};
 pub use record::{SharedFailure, sha256_hex, unix_ms};
@@ -212,7 +212,7 @@ impl RedisStore {
     /// A value this replica cannot use counts as absent; counted, and logged now and then.
     fn refuse(&self, kind: &str, why: Invalid) {
         static LAST_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-        self.metrics.store_event("invalid");
+        self.metrics.store_event(StoreEvent::Invalid);
         let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
             *last = Some(Instant::now());

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
+use crate::metrics::StoreEvent;
 use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms};
 
 /// How often a waiting replica looks for the token the lock holder publishes.
@@ -85,7 +86,7 @@ impl TokenManager {
             if let Some(token) = store.get(account).await?.valid()
                 && let Some(token) = self.adopt(state, token).await
             {
-                self.inner.metrics.store_event("hit");
+                self.inner.metrics.store_event(StoreEvent::Hit);
                 return Ok(Ok(token));
             }
             if let Some(failure) = store.failure(account).await?
@@ -99,7 +100,7 @@ impl TokenManager {
                 return Ok(Err(state.record_shared_failure(&failure, hold)));
             }
             if let Some(lock) = store.lock(account).await? {
-                self.inner.metrics.store_event("miss");
+                self.inner.metrics.store_event(StoreEvent::Miss);
                 // Someone may have published between our look and our lock.
                 let published = match store.get(account).await {
                     Ok(Stored::Valid(token)) => self.adopt(state, token).await,
@@ -113,7 +114,7 @@ impl TokenManager {
                 return Ok(result);
             }
             if !waited {
-                self.inner.metrics.store_event("lock_wait");
+                self.inner.metrics.store_event(StoreEvent::LockWait);
                 waited = true;
             }
             if Instant::now() > deadline {
@@ -129,7 +130,7 @@ impl TokenManager {
         store: &RedisStore,
         state: &Arc<ProfileState>,
     ) -> Result<Arc<Token>, LoginError> {
-        self.inner.metrics.store_event("fleet_login");
+        self.inner.metrics.store_event(StoreEvent::FleetLogin);
         let result = self.login(state).await;
         let published = match &result {
             Ok(token) => match store.put(&state.account, &token.shared()).await {
@@ -218,7 +219,7 @@ impl TokenManager {
                     .as_ref()
                     .is_none_or(|l| shared.obtained_at > l.obtained_at());
                 if !same && (local_only || newer) && self.adopt(state, shared).await.is_some() {
-                    self.inner.metrics.store_event("adopt");
+                    self.inner.metrics.store_event(StoreEvent::Adopt);
                     if let (true, Some(own)) = (local_only, local) {
                         self.retire(name, state.account.clone(), own);
                     }
@@ -237,7 +238,7 @@ impl TokenManager {
                     };
                     match published {
                         Ok(true) => {
-                            self.inner.metrics.store_event("publish");
+                            self.inner.metrics.store_event(StoreEvent::Publish);
                             state.local_only.store(false, Ordering::Relaxed);
                         }
                         Ok(false) => {}
@@ -254,7 +255,7 @@ impl TokenManager {
     pub(super) fn store_unavailable(&self, error: &StoreError) {
         match error {
             StoreError::LockHeld(_) => {
-                self.inner.metrics.store_event("error");
+                self.inner.metrics.store_event(StoreEvent::Error);
                 tracing::warn!("{}", crate::error_text::error_chain_text(error));
             }
             StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Unavailable => {

@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::Token;
+use crate::metrics::LoginOutcome;
 
 /// Every session call gives up after this long; a login that hangs must not hold requests forever.
 pub const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +46,16 @@ pub enum LoginFailure {
     /// Retried with exponential backoff.
     #[error("login failing transiently: {0}")]
     Transient(#[source] TransientCause),
+}
+
+impl LoginFailure {
+    /// The outcome a failed login is counted and shown under.
+    pub fn outcome(&self) -> LoginOutcome {
+        match self {
+            LoginFailure::Rejected { .. } => LoginOutcome::Rejected,
+            LoginFailure::Transient(_) => LoginOutcome::Transient,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

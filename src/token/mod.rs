@@ -19,7 +19,7 @@ use arc_swap::ArcSwap;
 use http::HeaderValue;
 
 use crate::config::{Config, LoginCredentials, ProfileConfig};
-use crate::metrics::{Metrics, Trigger};
+use crate::metrics::{LoginOutcome, Metrics, Trigger};
 use crate::store;
 pub use login::{AuthClient, LoginFailure, TransientCause, Validity};
 pub use retire::TokenLease;
@@ -120,7 +120,7 @@ pub struct ProfileStatus {
     pub ever_logged_in: bool,
     /// The last login attempt failed (and no success since).
     pub failing: bool,
-    pub last_attempt: Option<(SystemTime, Outcome)>,
+    pub last_attempt: Option<(SystemTime, LoginOutcome)>,
     pub last_error: Option<String>,
     /// How long logins are still held back by backoff.
     pub retry_in: Option<Duration>,
@@ -134,24 +134,6 @@ impl ProfileStatus {
     }
 }
 
-/// What happened at the last login attempt, for `/status` and readiness.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    Rejected,
-    Transient,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Rejected => "rejected",
-            Outcome::Transient => "transient",
-        }
-    }
-}
-
 #[derive(Default)]
 struct LoginStatus {
     ever_logged_in: bool,
@@ -160,7 +142,7 @@ struct LoginStatus {
     retry_at: Option<Instant>,
     last_failure: Option<Arc<LoginFailure>>,
     last_totp_step: Option<u64>,
-    last_attempt: Option<(SystemTime, Outcome)>,
+    last_attempt: Option<(SystemTime, LoginOutcome)>,
     /// Tokens rejected in a row soon after their login; unlike the failures above, a successful
     /// login does not end it.
     rejections: backoff::RejectionStreak,
@@ -254,7 +236,7 @@ impl ProfileState {
         status.consecutive_failures = 0;
         status.retry_at = None;
         status.last_failure = None;
-        status.last_attempt = Some((SystemTime::now(), Outcome::Success));
+        status.last_attempt = Some((SystemTime::now(), LoginOutcome::Success));
     }
 
     /// Contentstack rejected `token` (401/105). When it is one more young token rejected in a row,
@@ -285,10 +267,7 @@ impl ProfileState {
             status.consecutive_failures,
             rand::random::<f64>(),
         );
-        let outcome = match failure {
-            LoginFailure::Rejected { .. } => Outcome::Rejected,
-            LoginFailure::Transient(_) => Outcome::Transient,
-        };
+        let outcome = failure.outcome();
         let failure = Arc::new(failure);
         status.retry_at = Some(Instant::now() + delay);
         status.last_failure = Some(failure.clone());
@@ -475,7 +454,7 @@ impl TokenManager {
             Ok(token) => {
                 let token = Arc::new(token);
                 state.record_success();
-                self.inner.metrics.login(name, Outcome::Success.as_str());
+                self.inner.metrics.login(name, LoginOutcome::Success);
                 tracing::info!(profile = %name, token = %token.fingerprint(), "logged in");
                 if self.is_current(state) {
                     self.inner.cache.insert(name.clone(), token.clone()).await;
@@ -492,11 +471,7 @@ impl TokenManager {
             }
             Err(failure) => {
                 let error = state.record_failure(failure);
-                let outcome = match *error.failure {
-                    LoginFailure::Rejected { .. } => Outcome::Rejected,
-                    LoginFailure::Transient(_) => Outcome::Transient,
-                };
-                self.inner.metrics.login(name, outcome.as_str());
+                self.inner.metrics.login(name, error.failure.outcome());
                 // The text carries the whole cause chain, e.g. the refused connection.
                 tracing::warn!(profile = %name, retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error_text::error_chain_text(&error));
                 Err(error)
