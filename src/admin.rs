@@ -26,7 +26,7 @@ impl Admin {
         match req.uri().path() {
             "/livez" => text(StatusCode::OK, "ok\n"),
             "/startupz" => {
-                let profiles = self.proxy.tokens().snapshot().await;
+                let profiles = self.proxy.tokens().snapshot();
                 match profiles.iter().find(|p| !p.ever_logged_in) {
                     None => text(StatusCode::OK, "ok\n"),
                     Some(p) => text(
@@ -39,7 +39,7 @@ impl Admin {
                 if self.proxy.is_draining() {
                     return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
                 }
-                let profiles = self.proxy.tokens().snapshot().await;
+                let profiles = self.proxy.tokens().snapshot();
                 match profiles.iter().find(|p| !p.ready()) {
                     None => text(StatusCode::OK, "ok\n"),
                     Some(p) => text(
@@ -57,7 +57,7 @@ impl Admin {
     async fn metrics(&self) -> Response<Bytes> {
         let metrics = self.proxy.metrics();
         // Token ages are read at scrape time; a profile without a token has no series.
-        for p in self.proxy.tokens().snapshot().await {
+        for p in self.proxy.tokens().snapshot() {
             metrics.token_age(&p.name, p.token_age);
         }
         let mut response = Response::new(Bytes::from(metrics.encode()));
@@ -70,7 +70,7 @@ impl Admin {
 
     async fn status(&self) -> Response<Bytes> {
         let config = self.proxy.config();
-        let snapshot = self.proxy.tokens().snapshot().await;
+        let snapshot = self.proxy.tokens().snapshot();
         let login_profiles = config.profiles.iter().filter(|p| p.is_login()).count();
         let mut profiles = serde_json::Map::new();
         for p in &snapshot {

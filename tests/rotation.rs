@@ -154,7 +154,6 @@ async fn shutdown_logs_out_a_retiring_session_that_is_still_in_use() {
         .proxy()
         .tokens()
         .cached("default")
-        .await
         .unwrap();
 
     rotate(&fake, &mut secret).await;

@@ -26,7 +26,7 @@ use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
-use crate::token::{Token, TokenLease, TokenManager, Validity, login};
+use crate::token::{Token, TokenLease, TokenManager, Validity, session};
 use error::{BadRequest, ProxyError};
 use headers::PROFILE_HEADER;
 use target::Target;
@@ -303,7 +303,6 @@ impl Proxy {
         // Draining: serve with the session we have, but start none that shutdown would log out.
         self.tokens
             .cached(&profile.name)
-            .await
             .ok_or(ProxyError::ShuttingDown)
     }
 
@@ -317,7 +316,7 @@ impl Proxy {
     ) -> bool {
         let raw = body::concat(chunks.clone());
         match decode(headers, &raw) {
-            Some(decoded) => login::error_code(&decoded) == Some(login::TOKEN_INVALID),
+            Some(decoded) => session::error_code(&decoded) == Some(session::TOKEN_INVALID),
             None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
         }
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
+use super::state::{LoginError, ProfileState};
+use super::{LoginFailure, Token, TokenManager, TransientCause};
 use crate::metrics::StoreEvent;
 use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms};
 
@@ -14,15 +15,16 @@ use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Sto
 const POLL: Duration = Duration::from_millis(25);
 
 /// The longest a live lock holder's login can take: a wait for the next TOTP step (codes are never
-/// reused) plus the login call itself. The holder keeps its lock alive that long (see [`held`]),
+/// reused) plus the login call itself. The holder keeps its lock alive that long (see
+/// [`with_lock_renewed`]),
 /// so waiters wait that long before giving up on the fleet and logging in on their own.
 const LONGEST_LOGIN: Duration =
-    Duration::from_secs(super::totp::STEP_SECONDS + super::login::AUTH_CALL_TIMEOUT.as_secs());
+    Duration::from_secs(super::totp::STEP_SECONDS + super::session::AUTH_CALL_TIMEOUT.as_secs());
 
 /// Runs `work` while holding `lock`, renewing it every third of `lock_ttl`: a login that outlasts
 /// `lock_ttl` (a TOTP step wait, a slow Contentstack) keeps the lock, so no second replica starts
 /// one; a holder that dies stops renewing and its lock expires as before.
-async fn held<T>(
+async fn with_lock_renewed<T>(
     store: &RedisStore,
     account: &str,
     lock: &Lock,
@@ -108,7 +110,10 @@ impl TokenManager {
                 };
                 let result = match published {
                     Some(token) => Ok(token),
-                    None => held(store, account, &lock, self.login_for_fleet(store, state)).await,
+                    None => {
+                        with_lock_renewed(store, account, &lock, self.login_for_fleet(store, state))
+                            .await
+                    }
                 };
                 let _ = store.unlock(account, lock).await;
                 return Ok(result);
@@ -162,7 +167,7 @@ impl TokenManager {
         let token = Arc::new(token);
         state.record_success();
         state.local_only.store(false, Ordering::Relaxed);
-        self.inner.cache.insert(state.name(), token.clone()).await;
+        state.set_current(token.clone());
         self.inner.token_cached.notify_waiters();
         tracing::debug!(profile = %state.name(), token = %token.fingerprint(), "using the fleet's shared token");
         Some(token)
@@ -194,7 +199,7 @@ impl TokenManager {
         let still_shared =
             matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header == old.header());
         let refreshed = still_shared
-            && held(store, account, &lock, self.login_for_fleet(store, state))
+            && with_lock_renewed(store, account, &lock, self.login_for_fleet(store, state))
                 .await
                 .is_ok();
         let _ = store.unlock(account, lock).await;
@@ -208,8 +213,8 @@ impl TokenManager {
         let Some(store) = self.inner.store.clone() else {
             return;
         };
-        let name = state.name();
-        let local = self.inner.cache.get(&name).await;
+        let name = state.name().clone();
+        let local = state.current();
         let local_only = state.local_only.load(Ordering::Relaxed);
         match store.get(&state.account).await {
             Err(e) => self.store_unavailable(&e),
@@ -288,37 +293,6 @@ impl SharedFailure {
             failed_at_ms: unix_ms(now),
             retry_at_ms: unix_ms(now + error.retry_after),
             credentials,
-        }
-    }
-}
-
-impl ProfileState {
-    /// Another replica's login with these credentials failed: wait `hold`, as it waits.
-    fn record_shared_failure(&self, shared: &SharedFailure, retry_after: Duration) -> LoginError {
-        let failure = if shared.rejected {
-            LoginFailure::Rejected {
-                http_status: shared.http_status,
-                error_code: shared.error_code,
-            }
-        } else if shared.http_status != 0 {
-            LoginFailure::Transient(TransientCause::Fleet(format!(
-                "Contentstack answered HTTP {}",
-                shared.http_status
-            )))
-        } else {
-            LoginFailure::Transient(TransientCause::Fleet(
-                "Contentstack could not be reached or did not answer".to_owned(),
-            ))
-        };
-        let failure = Arc::new(failure);
-        let mut status = self.status();
-        status.consecutive_failures = status.consecutive_failures.max(1);
-        status.retry_at = Some(Instant::now() + retry_after);
-        status.last_failure = Some(failure.clone());
-        LoginError {
-            profile: self.name(),
-            failure,
-            retry_after,
         }
     }
 }
