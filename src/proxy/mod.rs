@@ -35,9 +35,10 @@ use upstream::UpstreamClients;
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
 pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
 
-/// What the access log and metrics learn about a request besides its response.
+/// The access-log record of a request: what the log line and the metrics learn about it besides
+/// its response, filled in as the request goes.
 #[derive(Default)]
-pub struct Trace {
+pub struct AccessRecord {
     pub profile: Option<Arc<str>>,
     pub upstream: Option<Duration>,
     pub error: Option<&'static str>,
@@ -128,11 +129,11 @@ impl Proxy {
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
         let path = uri.path();
-        let mut trace = Trace::default();
-        let response = match self.forward(req, peer, &mut trace).await {
+        let mut record = AccessRecord::default();
+        let response = match self.forward(req, peer, &mut record).await {
             Ok(response) => response,
             Err(e) => {
-                trace.error = Some(e.reason());
+                record.error = Some(e.reason());
                 if e.status().is_client_error() {
                     self.metrics.denied(e.reason());
                 }
@@ -154,21 +155,21 @@ impl Proxy {
         self.metrics.in_flight(false);
         let elapsed = started.elapsed();
         self.metrics.request(
-            trace.profile.clone(),
+            record.profile.clone(),
             &method,
             response.status().as_u16(),
             elapsed,
-            trace.upstream,
+            record.upstream,
         );
         tracing::info!(
             method = %method,
             path = %path,
             status = response.status().as_u16(),
-            profile = trace.profile.as_deref().unwrap_or("-"),
+            profile = record.profile.as_deref().unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            upstream_ms = record.upstream.map(|d| d.as_secs_f64() * 1000.0),
             bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
-            error = trace.error,
+            error = record.error,
             "request"
         );
         response
@@ -178,7 +179,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
-        trace: &mut Trace,
+        record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let config = self.config.load_full();
         let (mut parts, body) = req.into_parts();
@@ -193,7 +194,7 @@ impl Proxy {
             .map_err(ProxyError::PolicyDenied)?;
         let removals = headers::screen_request(&parts.headers, mode)?;
         let profile = select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
-        trace.profile = Some(profile.name.clone());
+        record.profile = Some(profile.name.clone());
         headers::strip_request(&mut parts.headers, removals);
         if let Some(peer) = peer {
             headers::append_forwarded_for(&mut parts.headers, peer);
@@ -228,11 +229,11 @@ impl Proxy {
                     RequestBody::Replayable(bytes) => Relay::full(bytes),
                     RequestBody::Streaming(relay) => relay,
                 };
-                let response = self.send(&outbound, headers, body, trace).await?;
+                let response = self.send(&outbound, headers, body, record).await?;
                 Ok(relay_response(response))
             }
             Credentials::Login(_) => {
-                self.forward_with_session(profile, outbound, body, trace)
+                self.forward_with_session(profile, outbound, body, record)
                     .await
             }
         }
@@ -245,7 +246,7 @@ impl Proxy {
         profile: &ProfileConfig,
         outbound: Outbound,
         body: RequestBody,
-        trace: &mut Trace,
+        record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let token = self.token(profile).await?;
         let (first_body, replay) = match body {
@@ -257,7 +258,7 @@ impl Proxy {
                 &outbound,
                 with_token(&outbound.headers, &token),
                 first_body,
-                trace,
+                record,
             )
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -290,7 +291,7 @@ impl Proxy {
                 &outbound,
                 with_token(&outbound.headers, &token),
                 Relay::full(bytes),
-                trace,
+                record,
             )
             .await?;
         Ok(relay_response(response))
@@ -326,11 +327,11 @@ impl Proxy {
         outbound: &Outbound,
         headers: HeaderMap,
         body: Relay,
-        trace: &mut Trace,
+        record: &mut AccessRecord,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let kind = ratelimit::Kind::of(&outbound.method);
+        let class = ratelimit::ReadOrWrite::of(&outbound.method);
         if let Some(limiter) = &outbound.limiter {
-            match limiter.acquire(kind).await {
+            match limiter.acquire(class).await {
                 Decision::Now => {}
                 Decision::After(wait) => {
                     self.metrics.rate_limit_wait(&outbound.profile);
@@ -348,7 +349,7 @@ impl Proxy {
         let started = Instant::now();
         let result =
             tokio::time::timeout(outbound.timeout, self.clients.current().request(request)).await;
-        trace.upstream = Some(trace.upstream.unwrap_or_default() + started.elapsed());
+        record.upstream = Some(record.upstream.unwrap_or_default() + started.elapsed());
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
@@ -359,7 +360,7 @@ impl Proxy {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
                     && let Some(limiter) = &outbound.limiter
                 {
-                    limiter.upstream_limited(kind).await;
+                    limiter.upstream_limited(class).await;
                 }
                 Ok(response)
             }
