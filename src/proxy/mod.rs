@@ -6,7 +6,9 @@
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response, and never logs a header value or a body.
 pub mod error;
+mod error_body;
 pub mod headers;
+mod profile;
 pub mod target;
 pub mod upstream;
 
@@ -24,11 +26,9 @@ use hyper::body::Incoming;
 use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
-use crate::policy::Denial;
 use crate::ratelimit::{self, Decision, RateLimiter};
 use crate::token::{Token, TokenLease, TokenManager, Validity, session};
 use error::{BadRequest, ProxyError};
-use headers::PROFILE_HEADER;
 use target::Target;
 use upstream::UpstreamClients;
 
@@ -193,7 +193,7 @@ impl Proxy {
             .check(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
         let removals = headers::screen_request(&parts.headers, mode)?;
-        let profile = select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
+        let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
         record.profile = Some(profile.name.clone());
         headers::strip_request(&mut parts.headers, removals);
         if let Some(peer) = peer {
@@ -316,7 +316,7 @@ impl Proxy {
         token: &Token,
     ) -> bool {
         let raw = body::concat(chunks.clone());
-        match decode(headers, &raw) {
+        match error_body::decode(headers, &raw) {
             Some(decoded) => session::error_code(&decoded) == Some(session::TOKEN_INVALID),
             None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
         }
@@ -448,295 +448,5 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
         .transpose()
 }
 
-/// Profile routing (SPEC §3): `x-cma-profile`, else the profile listing the request's `api_key`,
-/// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
-/// `query_api_key` is the target's `api_key` query parameter.
-fn select_profile<'c>(
-    headers: &HeaderMap,
-    query_api_key: Option<&str>,
-    config: &'c Config,
-) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
-    let api_key = stack_key(headers, query_api_key)?;
-    let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
-    let profile = if let Some(value) = headers.get(PROFILE_HEADER) {
-        let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
-        config
-            .profile(name)
-            .ok_or_else(|| BadRequest::UnknownProfile(name.to_owned()))?
-    } else if let Some(p) = api_key.and_then(|key| config.profiles.iter().find(|p| serves(p, key)))
-    {
-        p
-    } else if let Some(p) = config.profile("default") {
-        p
-    } else if let [only] = config.profiles.as_slice() {
-        only
-    } else if api_key.is_some() && config.profiles.iter().all(|p| !p.stacks.is_empty()) {
-        return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
-    } else {
-        return Err(BadRequest::NoProfile.into());
-    };
-    if let Some(key) = api_key
-        && !profile.stacks.is_empty()
-        && !serves(profile, key)
-    {
-        return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
-    }
-    Ok(profile)
-}
-
-/// The request's stack key: the `api_key` header, or the `api_key` query parameter, which the
-/// upstream reads too. Ambiguous forms are refused rather than guessed at: two `api_key` headers,
-/// a value that is not text, or a header and a query parameter that disagree. (Other spellings of
-/// the name are refused earlier, by [`headers::screen_request`] and [`target::judge`].)
-fn stack_key<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-) -> Result<Option<&'a str>, BadRequest> {
-    let mut values = headers.get_all("api_key").iter();
-    let header = match (values.next(), values.next()) {
-        (None, _) => None,
-        (Some(value), None) => Some(
-            value
-                .to_str()
-                .map_err(|_| BadRequest::Malformed("the api_key header is not valid text"))?,
-        ),
-        (Some(_), Some(_)) => return Err(BadRequest::Malformed("more than one api_key header")),
-    };
-    match (header, query) {
-        (Some(header), Some(query)) if header != query => Err(BadRequest::Malformed(
-            "the api_key header and the api_key query parameter name different stacks",
-        )),
-        (header, query) => Ok(header.or(query)),
-    }
-}
-
-/// The body of a small upstream response, decoded; `None` when its encoding is not one the proxy
-/// reads (then the caller asks Contentstack instead of guessing).
-fn decode(headers: &HeaderMap, raw: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
-    let mut out = Vec::new();
-    let limit = ERROR_PEEK_LIMIT as u64;
-    let ok = match encoding.as_str() {
-        "identity" | "" => return Some(raw.to_vec()),
-        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(raw)
-            .take(limit)
-            .read_to_end(&mut out)
-            .is_ok(),
-        "deflate" => flate2::read::ZlibDecoder::new(raw)
-            .take(limit)
-            .read_to_end(&mut out)
-            .is_ok(),
-        "br" => brotli_decompressor::Decompressor::new(raw, 4096)
-            .take(limit)
-            .read_to_end(&mut out)
-            .is_ok(),
-        _ => false,
-    };
-    ok.then_some(out)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    fn config(profiles: &str) -> Config {
-        Config::from_toml(profiles, Vec::new(), None).unwrap()
-    }
-
-    fn route(config: &Config, pairs: &[(&str, &str)]) -> Result<String, String> {
-        let mut headers = HeaderMap::new();
-        for (k, v) in pairs {
-            headers.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        route_with_query(config, &headers, None)
-    }
-
-    fn route_with_query(
-        config: &Config,
-        headers: &HeaderMap,
-        query_api_key: Option<&str>,
-    ) -> Result<String, String> {
-        headers::screen_request(headers, config.policy.client_credentials)
-            .and_then(|_| select_profile(headers, query_api_key, config))
-            .map(|p| p.name.to_string())
-            .map_err(|e| e.reason().to_owned())
-    }
-
-    #[test]
-    fn profile_routing_order() {
-        let c = config(
-            r#"
-            [profiles.default]
-            email = "a@x" 
-            password = "p"
-            [profiles.blog]
-            email = "b@x"
-            password = "p"
-            stacks = ["blt_blog"]
-            "#,
-        );
-        assert_eq!(route(&c, &[]).unwrap(), "default");
-        assert_eq!(route(&c, &[("api_key", "blt_blog")]).unwrap(), "blog");
-        assert_eq!(route(&c, &[("api_key", "blt_other")]).unwrap(), "default");
-        assert_eq!(route(&c, &[("x-cma-profile", "blog")]).unwrap(), "blog");
-        assert_eq!(
-            route(&c, &[("x-cma-profile", "blog"), ("api_key", "blt_other")]).unwrap_err(),
-            "policy_denied"
-        );
-        assert_eq!(
-            route(&c, &[("x-cma-profile", "nope")]).unwrap_err(),
-            "bad_request"
-        );
-        assert_eq!(
-            route(&c, &[("api-key", "blt_blog")]).unwrap_err(),
-            "bad_request"
-        );
-        let mut two = HeaderMap::new();
-        two.append("api_key", HeaderValue::from_static("blt_other"));
-        two.append("api_key", HeaderValue::from_static("blt_blog"));
-        assert_eq!(route_with_query(&c, &two, None).unwrap_err(), "bad_request");
-        let mut binary = HeaderMap::new();
-        binary.insert("api_key", HeaderValue::from_bytes(b"blt\xff").unwrap());
-        assert_eq!(
-            route_with_query(&c, &binary, None).unwrap_err(),
-            "bad_request"
-        );
-        // The query's api_key routes like the header; the two must agree.
-        let none = HeaderMap::new();
-        assert_eq!(
-            route_with_query(&c, &none, Some("blt_blog")).unwrap(),
-            "blog"
-        );
-        let mut blog = HeaderMap::new();
-        blog.insert("api_key", HeaderValue::from_static("blt_blog"));
-        assert_eq!(
-            route_with_query(&c, &blog, Some("blt_blog")).unwrap(),
-            "blog"
-        );
-        assert_eq!(
-            route_with_query(&c, &blog, Some("blt_other")).unwrap_err(),
-            "bad_request"
-        );
-    }
-
-    #[test]
-    fn profiles_that_all_list_stacks_refuse_other_stacks() {
-        let c = config(
-            r#"
-            [profiles.a]
-            email = "a@x"
-            password = "p"
-            stacks = ["blt_a"]
-            [profiles.b]
-            email = "b@x"
-            password = "p"
-            stacks = ["blt_b"]
-            "#,
-        );
-        assert_eq!(route(&c, &[("api_key", "blt_a")]).unwrap(), "a");
-        assert_eq!(route(&c, &[("api_key", "blt_b")]).unwrap(), "b");
-        assert_eq!(
-            route(&c, &[("api_key", "blt_c")]).unwrap_err(),
-            "policy_denied"
-        );
-        assert_eq!(route(&c, &[]).unwrap_err(), "bad_request");
-    }
-
-    #[test]
-    fn single_profile_is_used_without_default_name() {
-        let c = config("[profiles.svc]\nemail = \"a@x\"\npassword = \"p\"\n");
-        assert_eq!(route(&c, &[]).unwrap(), "svc");
-    }
-
-    /// The URI the upstream would be sent, or the reason for refusing.
-    fn admit_uri(target: &str, version: Version, method: Method) -> Result<String, String> {
-        let c = config(
-            "[upstream]\nurl = \"https://eu-api.contentstack.com\"\n[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n",
-        );
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.uri = target.parse().unwrap();
-        parts.version = version;
-        parts.method = method;
-        target::judge(&parts.method, &parts.uri, c.policy.client_credentials)
-            .and_then(|t| admit(&parts, &c).map(|()| t))
-            .and_then(|t| upstream_uri(&t, &c))
-            .map(|u| u.to_string())
-            .map_err(|e| e.reason().to_owned())
-    }
-
-    #[test]
-    fn admission() {
-        let v1 = Version::HTTP_11;
-        assert_eq!(
-            admit_uri("/v3/user?x=1", v1, Method::GET).unwrap(),
-            "https://eu-api.contentstack.com/v3/user?x=1"
-        );
-        assert_eq!(
-            admit_uri("//x/v3/./user/?x=1", v1, Method::GET).unwrap(),
-            "https://eu-api.contentstack.com/x/v3/user?x=1"
-        );
-        assert_eq!(
-            admit_uri("https://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap(),
-            "https://eu-api.contentstack.com/v3/user"
-        );
-        assert_eq!(
-            admit_uri("http://evil.example/v3/user", v1, Method::GET).unwrap_err(),
-            "bad_request"
-        );
-        assert_eq!(
-            admit_uri("http://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap_err(),
-            "bad_request",
-            "port 80 is not the upstream's 443"
-        );
-        assert_eq!(
-            admit_uri("eu-api.contentstack.com:443", v1, Method::CONNECT).unwrap_err(),
-            "method_not_allowed"
-        );
-        for method in ["TRACE", "trace", "TRACK", "Track"] {
-            assert_eq!(
-                admit_uri(
-                    "/v3/user",
-                    v1,
-                    Method::from_bytes(method.as_bytes()).unwrap()
-                )
-                .unwrap_err(),
-                "method_not_allowed",
-                "{method}"
-            );
-        }
-        // HTTP/2 always carries :authority; it is the Host, and never picks the destination.
-        assert_eq!(
-            admit_uri(
-                "http://127.0.0.1:8080/v3/user",
-                Version::HTTP_2,
-                Method::GET
-            )
-            .unwrap(),
-            "https://eu-api.contentstack.com/v3/user"
-        );
-    }
-
-    #[test]
-    fn decodes_error_bodies() {
-        use std::io::Write;
-        let json = br#"{"error_code":105}"#;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(json).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(decode(&headers, &gz.finish().unwrap()).unwrap(), json);
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
-        assert_eq!(decode(&headers, json), None);
-        assert_eq!(decode(&HeaderMap::new(), json).unwrap(), json);
-    }
-}
+mod tests;
