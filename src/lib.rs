@@ -378,13 +378,7 @@ pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartErro
 
 /// The TLS configuration towards Contentstack, shared by the forwarder and the session client.
 fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
-    Ok(tls::client_config(
-        config
-            .upstream
-            .extra_roots_pem
-            .as_deref()
-            .map(Vec::as_slice),
-    )?)
+    Ok(tls::client_config(config.upstream.extra_roots())?)
 }
 
 /// The session client (login, logout, validation).

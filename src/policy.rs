@@ -21,7 +21,9 @@ use http::Method;
 /// response, under any API version.
 const SESSION_SEGMENT: &str = "user-session";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `policy.client_credentials`: what to do with credentials a client sends itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientCredentials {
     /// Remove `authtoken`/`authorization` sent by a client.
     Strip,
