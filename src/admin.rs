@@ -1,5 +1,5 @@
-//! The admin listener (SPEC §7): probes, `/status`. Answers from the proxy's state; never shows a
-//! secret or a token, and never triggers a login.
+//! The admin listener (docs/design.md#observability): probes, `/status`. Answers from the proxy's
+//! state; never shows a secret or a token, and never triggers a login.
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

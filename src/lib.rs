@@ -291,7 +291,7 @@ impl Running {
     }
 
     /// Reloads the configuration from `path` on SIGHUP and whenever it or a secret file it names
-    /// changes (SPEC §8).
+    /// changes (docs/design.md#reload-and-rotation).
     pub fn watch_config(&mut self, path: std::path::PathBuf) {
         let (stop, stopped) = watch::channel(false);
         self.stop_reload = stop;
@@ -306,9 +306,9 @@ impl Running {
         });
     }
 
-    /// SPEC §9: readiness goes 503, the proxy listener stops accepting, in-flight requests get
-    /// `shutdown_grace` to finish, sessions are logged out, then the admin listener closes.
-    /// Returns whether every in-flight request finished in time.
+    /// Shutdown (docs/design.md#shutdown): readiness goes 503, the proxy listener stops accepting,
+    /// in-flight requests get `shutdown_grace` to finish, sessions are logged out, then the admin
+    /// listener closes. Returns whether every in-flight request finished in time.
     pub async fn shutdown(self) -> bool {
         let grace = self.proxy.config().server.shutdown_grace;
         let _ = self.stop_reload.send(true);

@@ -1,6 +1,6 @@
-//! Prometheus metrics (SPEC §7), prefix `cma_auth_proxy_`. Label values are bounded: profile names
-//! come from the configuration, methods are folded to the standard set, statuses are numbers;
-//! never a path, a token or an e-mail.
+//! Prometheus metrics (docs/design.md#observability), prefix `cma_auth_proxy_`. Label values are
+//! bounded: profile names come from the configuration, methods are folded to the standard set,
+//! statuses are numbers; never a path, a token or an e-mail.
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,16 +1,17 @@
-//! Access policy: path normalization and `"METHOD /glob"` rules (SPEC §3 `[policy]`, §4 steps 2–3).
+//! Access policy: path normalization and `"METHOD /glob"` rules (docs/design.md#policy).
 //!
 //! Rules are checked against a *normalized* path so that spellings the upstream reads as the same
 //! resource (`/v3//user-session`, `/v3/./user-session`, `/v3/%75ser-session`, `/V3/USER-SESSION`,
-//! `/v3/x;p/../user-session`) cannot slip past a rule. The target sent upstream is exactly the one the
-//! policy judged (re-serialized from the normalized form, see [`crate::proxy::target`]), or the request
-//! is refused as ambiguous: a path whose structure servers read in more than one way (an encoded `/`, a
-//! double-encoded escape, `..;`, `//..`, a trailing dot, bytes that are not UTF-8) is refused with 400
-//! rather than checked in one reading and executed in another. Where servers differ only in how they
-//! read a segment (`;params` cut or kept, a `.json` format suffix), every reading is weighed: the
-//! session endpoint and deny rules refuse if any reading matches (deny rules also in any case, and
-//! `HEAD` for `GET`); allow rules admit only if every reading matches, exactly, so no spelling widens
-//! what they admit. This module is pure: no I/O, no logging.
+//! `/v3/x;p/../user-session`) cannot slip past a rule. The request path sends upstream exactly the
+//! target the policy judged, re-serialized from the normalized form, or refuses the request as
+//! ambiguous: a path whose structure servers read in more than one way (an encoded `/`, a
+//! double-encoded escape, `..;`, `//..`, a trailing dot, bytes that are not UTF-8) is refused with
+//! 400 rather than checked in one reading and executed in another. Where servers differ only in how
+//! they read a segment (`;params` cut or kept, a `.json` format suffix), every reading is weighed:
+//! the session endpoint and deny rules refuse if any reading matches (deny rules also in any case,
+//! and `HEAD` for `GET`); allow rules admit only if every reading matches, exactly, so no spelling
+//! widens what they admit. This module is pure: no I/O, no logging, and nothing of the crate above
+//! it.
 use std::borrow::Cow;
 use std::fmt::Write as _;
 

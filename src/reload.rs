@@ -1,7 +1,7 @@
-//! Live reload (SPEC §8): SIGHUP, or a change to the config file or to any file it names, loads and
-//! validates the whole configuration again and swaps it in. An invalid configuration is logged and
-//! counted, and the old one keeps serving. Listener addresses are bound once; changing them needs a
-//! restart (logged).
+//! Live reload (docs/design.md#reload-and-rotation): SIGHUP, or a change to the config file or to
+//! any file it names, loads and validates the whole configuration again and swaps it in. An invalid
+//! configuration is logged and counted, and the old one keeps serving. Listener addresses are bound
+//! once; changing them needs a restart (logged).
 //!
 //! Directories are watched, not files: Kubernetes updates a mounted Secret or ConfigMap by
 //! swapping a `..data` symlink, and editors save by renaming a new file over the old one, neither

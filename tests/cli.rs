@@ -1,5 +1,5 @@
-//! The command line (SPEC §2): exit codes, `check`, and `dev` whose printed curl commands work as
-//! printed.
+//! The command line (docs/design.md#the-command-line): exit codes, `check`, and `dev` whose printed
+//! curl commands work as printed.
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;

@@ -1,5 +1,6 @@
-//! Login discipline (SPEC §5): refused credentials are never retried inside `rejected_retry`, so the
-//! account never locks; transient failures back off, fail fast meanwhile, and recover.
+//! Login discipline (docs/design.md#the-login-discipline): refused credentials are never retried
+//! inside `rejected_retry`, so the account never locks; transient failures back off, fail fast
+//! meanwhile, and recover.
 mod common;
 
 use std::time::Duration;

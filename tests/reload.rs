@@ -1,4 +1,5 @@
-//! Live reload and credential rotation (SPEC §8), with Secrets laid out as Kubernetes mounts them.
+//! Live reload and credential rotation (docs/design.md#reload-and-rotation), with Secrets laid out
+//! as Kubernetes mounts them.
 mod common;
 
 use std::sync::Arc;

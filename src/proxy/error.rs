@@ -1,4 +1,5 @@
-//! Errors the proxy itself answers with (SPEC §6), and the one mapping from cause to response.
+//! Errors the proxy itself answers with (docs/design.md#errors-the-proxy-answers), and the one
+//! mapping from cause to response.
 //!
 //! Every synthetic response is JSON in Contentstack's error shape, so the official SDKs surface it,
 //! and carries `x-cma-auth-proxy-error: <reason>`. Upstream responses never pass through here.

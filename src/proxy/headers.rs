@@ -1,4 +1,4 @@
-//! Small, named header operations of the request path (SPEC §4 steps 4 and 6). Pure.
+//! Small, named header operations of the request path (docs/design.md#the-request-path). Pure.
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};

@@ -1,7 +1,7 @@
-//! The request path (SPEC §4), read top to bottom in [`Proxy::forward`]: admission, hop-by-hop
-//! removal, judging the target (normalized method, path and query: what the policy checks is what is
-//! sent, see [`target`]), policy, header screening, profile, client credentials, token, forward, and
-//! the one replay after a token eviction.
+//! The request path (docs/design.md#the-request-path), read top to bottom in [`Proxy::forward`]:
+//! admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
+//! policy checks is what is sent, see [`target`]), policy, header screening, profile, client
+//! credentials, token, forward, and the one replay after a token eviction.
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response, and never logs a header value or a body.

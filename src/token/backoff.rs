@@ -1,5 +1,6 @@
-//! How long a profile waits after a failed login (SPEC §5), and when tokens that Contentstack
-//! rejects right after their login hold the next login back the same way. Pure.
+//! How long a profile waits after a failed login (docs/design.md#the-login-discipline), and when
+//! tokens that Contentstack rejects right after their login hold the next login back the same way.
+//! Pure.
 use std::time::Duration;
 
 use crate::config::ProfileConfig;

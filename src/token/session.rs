@@ -1,11 +1,12 @@
 //! The session calls to Contentstack (reqwest over rustls): log in, log out, validate.
 //!
-//! Owns the classification of login failures (SPEC §5): refused credentials vs. transient trouble,
-//! decided by `error_code` first and HTTP status second, because Contentstack reports 2FA errors
-//! with odd statuses. These calls carry the password or the token, so they trust the answer as
-//! little as possible: no redirect is followed, only a bounded part of a body is read, and no text
-//! of the answer is kept (only its status and `error_code`): a reply that echoes the request would
-//! otherwise carry the password into client errors, `/status` and logs.
+//! Owns the classification of login failures (docs/design.md#the-login-discipline): refused
+//! credentials vs. transient trouble, decided by `error_code` first and HTTP status second, because
+//! Contentstack reports 2FA errors with odd statuses. These calls carry the password or the token,
+//! so they trust the answer as little as possible: no redirect is followed, only a bounded part of
+//! a body is read, and no text of the answer is kept (only its status and `error_code`): a reply
+//! that echoes the request would otherwise carry the password into client errors, `/status` and
+//! logs.
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -450,7 +450,7 @@ impl SecretVolume {
     }
 }
 
-/// Starts the proxy from a config file, reloading it live (SPEC §8).
+/// Starts the proxy from a config file, reloading it live (docs/design.md#reload-and-rotation).
 pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
     let config = Config::load(path, Vec::new()).expect("test config is valid");
     let mut running = cma_auth_proxy::start(config).await.expect("proxy starts");
