@@ -387,4 +387,4 @@ fn resolve(base_dir: Option<&Path>, path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -639,6 +639,18 @@ fn every_file_is_read_with_a_bound() {
     );
 }
 
+/// The login profile `default` with `settings` (TOML lines of the profile), for other modules'
+/// unit tests.
+pub(crate) fn login_profile(settings: &str) -> ProfileConfig {
+    let c = Config::from_toml(
+        &format!("[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\n{settings}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    (*c.profiles[0]).clone()
+}
+
 pub(crate) fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "cma-auth-proxy-test-{}-{}",

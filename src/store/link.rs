@@ -384,15 +384,15 @@ mod tests {
         assert_eq!(url_secret("redis://127.0.0.1/?x=a@b"), None);
     }
 
+    fn link(url: &str, timeout: Duration) -> Arc<Link> {
+        let client = redis::Client::open(url).unwrap();
+        Link::new(client, url, timeout, crate::metrics::Metrics::new())
+    }
+
     #[tokio::test]
     async fn error_text_never_holds_the_url_password_and_is_bounded() {
         let url = "redis://:hunter2@127.0.0.1:1";
-        let link = Link::new(
-            redis::Client::open(url).unwrap(),
-            url,
-            Duration::from_millis(100),
-            crate::metrics::Metrics::new(),
-        );
+        let link = link(url, Duration::from_millis(100));
         let error = StoreError::Redis(redis::RedisError::from(std::io::Error::other(format!(
             "cannot connect to {url}{}",
             "x".repeat(1000)
@@ -420,12 +420,7 @@ mod tests {
     async fn after_a_failure_calls_fail_at_once_until_a_probe_connects() {
         // Nothing listens on port 1: the first attempt fails, and the store is then skipped.
         let url = "redis://127.0.0.1:1";
-        let link = Link::new(
-            redis::Client::open(url).unwrap(),
-            url,
-            Duration::from_secs(5),
-            crate::metrics::Metrics::new(),
-        );
+        let link = link(url, Duration::from_secs(5));
         assert!(link.conn().await.is_err());
         assert_eq!(link.status().state, StoreState::Down);
         assert!(link.status().last_error.is_some());

@@ -220,23 +220,32 @@ impl RedisStore {
         }
     }
 
-    pub async fn get(&self, account: &str) -> Result<Stored<SharedToken>, StoreError> {
-        Ok(match self.read("token", account).await? {
-            Stored::Valid(value) => {
-                match self
-                    .codec
-                    .open_token(account, &value, std::time::SystemTime::now())
-                {
-                    Ok(token) => Stored::Valid(token),
-                    Err(why) => {
-                        self.refuse("token", why);
-                        Stored::Invalid
-                    }
+    /// Reads the account's `kind` value and checks it with `open`; a value it refuses is counted
+    /// and logged, and is then as good as absent.
+    async fn read_checked<T>(
+        &self,
+        kind: &str,
+        account: &str,
+        open: impl FnOnce(&Codec, &[u8]) -> Result<T, Invalid>,
+    ) -> Result<Stored<T>, StoreError> {
+        Ok(match self.read(kind, account).await? {
+            Stored::Valid(value) => match open(&self.codec, &value) {
+                Ok(opened) => Stored::Valid(opened),
+                Err(why) => {
+                    self.refuse(kind, why);
+                    Stored::Invalid
                 }
-            }
+            },
             Stored::Absent => Stored::Absent,
             Stored::Invalid => Stored::Invalid,
         })
+    }
+
+    pub async fn get(&self, account: &str) -> Result<Stored<SharedToken>, StoreError> {
+        self.read_checked("token", account, |codec, value| {
+            codec.open_token(account, value, SystemTime::now())
+        })
+        .await
     }
 
     /// Publishes `token` as the account's session, replacing whatever was there.
@@ -315,21 +324,10 @@ impl RedisStore {
     /// The last failed login of the account, if readable (see [`SharedFailure::hold`] for
     /// whether it concerns the caller).
     pub async fn failure(&self, account: &str) -> Result<Option<SharedFailure>, StoreError> {
-        Ok(match self.read("fail", account).await? {
-            Stored::Valid(value) => {
-                match self
-                    .codec
-                    .open_failure(account, &value, std::time::SystemTime::now())
-                {
-                    Ok(failure) => Some(failure),
-                    Err(why) => {
-                        self.refuse("fail", why);
-                        None
-                    }
-                }
-            }
-            Stored::Absent | Stored::Invalid => None,
-        })
+        let stored = self.read_checked("fail", account, |codec, value| {
+            codec.open_failure(account, value, SystemTime::now())
+        });
+        Ok(stored.await?.valid())
     }
 
     pub async fn set_failure(

@@ -86,13 +86,9 @@ mod tests {
     use crate::token::TransientCause;
 
     fn profile() -> ProfileConfig {
-        let c = crate::config::Config::from_toml(
-            "[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\nmin_backoff = \"1s\"\nmax_backoff = \"60s\"\nrejected_retry = \"5m\"\n",
-            Vec::new(),
-            None,
+        crate::config::tests::login_profile(
+            "min_backoff = \"1s\"\nmax_backoff = \"60s\"\nrejected_retry = \"5m\"\n",
         )
-        .unwrap();
-        (*c.profiles[0]).clone()
     }
 
     #[test]

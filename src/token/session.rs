@@ -246,14 +246,25 @@ impl AuthClient {
         classify_login(status, body.as_deref())
     }
 
-    pub async fn logout(&self, token: &Token) -> Result<(), CallError> {
-        let response = self
-            .http
-            .delete(self.url("/v3/user-session"))
+    /// Sends `method path` with `token`: the logout and the validation.
+    async fn with_token(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &Token,
+    ) -> Result<reqwest::Response, CallError> {
+        self.http
+            .request(method, self.url(path))
             .header("authtoken", token.header().clone())
             .send()
             .await
-            .map_err(CallError::Network)?;
+            .map_err(CallError::Network)
+    }
+
+    pub async fn logout(&self, token: &Token) -> Result<(), CallError> {
+        let response = self
+            .with_token(http::Method::DELETE, "/v3/user-session", token)
+            .await?;
         // The answer's body is never read: its status says it all.
         match response.status().as_u16() {
             // A token that is already dead is as logged out as it gets.
@@ -266,12 +277,8 @@ impl AuthClient {
     /// `GET /v3/user`: the cheapest authenticated call.
     pub async fn validate(&self, token: &Token) -> Result<Validity, CallError> {
         let response = self
-            .http
-            .get(self.url("/v3/user"))
-            .header("authtoken", token.header().clone())
-            .send()
-            .await
-            .map_err(CallError::Network)?;
+            .with_token(http::Method::GET, "/v3/user", token)
+            .await?;
         // Only a 401's body is read, for its `error_code`.
         match response.status().as_u16() {
             200..=299 => Ok(Validity::Valid),

@@ -311,13 +311,7 @@ mod tests {
     use super::*;
 
     fn state() -> ProfileState {
-        let config = crate::config::Config::from_toml(
-            "[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\n",
-            Vec::new(),
-            None,
-        )
-        .unwrap();
-        let profile = config.profiles[0].clone();
+        let profile = Arc::new(crate::config::tests::login_profile(""));
         let login = profile.login().unwrap().clone();
         ProfileState::new(profile, login, "https://api.contentstack.io")
     }

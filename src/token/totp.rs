@@ -16,22 +16,21 @@ pub enum Next {
 
 /// The time step of `now`.
 pub fn step_at(now: SystemTime) -> u64 {
-    unix_ms(now) / 1000 / STEP_SECONDS
+    since_epoch(now).as_secs() / STEP_SECONDS
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+fn since_epoch(now: SystemTime) -> Duration {
+    now.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 /// Decides the code for a login at `now`, given the step the profile last used.
 pub fn next(secret: &TotpSecret, now: SystemTime, last_step: Option<u64>) -> Next {
-    let now_unix_ms = unix_ms(now);
     let step = step_at(now);
     if let Some(last) = last_step
         && step <= last
     {
-        let next_step_ms = (last + 1) * STEP_SECONDS * 1000;
-        return Next::WaitFor(Duration::from_millis(next_step_ms - now_unix_ms));
+        let next_step = Duration::from_secs((last + 1) * STEP_SECONDS);
+        return Next::WaitFor(next_step.saturating_sub(since_epoch(now)));
     }
     Next::Code {
         step,

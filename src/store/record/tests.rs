@@ -14,13 +14,7 @@ fn token(obtained: SystemTime) -> SharedToken {
 }
 
 fn profile() -> ProfileConfig {
-    let c = crate::config::Config::from_toml(
-        "[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\nrejected_retry = \"5m\"\nmax_backoff = \"1m\"\n",
-        Vec::new(),
-        None,
-    )
-    .unwrap();
-    (*c.profiles[0]).clone()
+    crate::config::tests::login_profile("rejected_retry = \"5m\"\nmax_backoff = \"1m\"\n")
 }
 
 fn failure(rejected: bool, failed_at: SystemTime, retry_in: Duration) -> SharedFailure {
