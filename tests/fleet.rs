@@ -599,6 +599,15 @@ async fn a_store_that_stops_answering_is_skipped_until_it_answers_again() {
 // What a replica reads from the store: checked, bounded, and never derived from the password.
 // ---------------------------------------------------------------------------------------------
 
+/// The values a replica read back from the store and refused.
+async fn refused_values(admin: &str) -> f64 {
+    metric(
+        admin,
+        r#"cma_auth_proxy_token_store_total{event="invalid"}"#,
+    )
+    .await
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -692,14 +701,7 @@ async fn tokens_planted_in_the_store_are_refused_when_sealed() {
     assert_eq!(get(&client, &second.url).await, 200);
     assert_eq!(fake.logins(), 2, "the redated token was refused");
     for replica in [&first, &second] {
-        assert!(
-            metric(
-                &replica.admin,
-                r#"cma_auth_proxy_token_store_total{event="invalid"}"#
-            )
-            .await
-                >= 1.0
-        );
+        assert!(refused_values(&replica.admin).await >= 1.0);
     }
 }
 
@@ -888,14 +890,7 @@ async fn an_oversized_value_in_the_store_is_not_read() {
         read < 1 << 20,
         "Redis sent {read} bytes: a value was read whole"
     );
-    assert!(
-        metric(
-            &replica.admin,
-            r#"cma_auth_proxy_token_store_total{event="invalid"}"#
-        )
-        .await
-            >= 1.0
-    );
+    assert!(refused_values(&replica.admin).await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
