@@ -2,7 +2,9 @@
 //! account and forwards credential-free local requests with the session token injected.
 //!
 //! [`start`] wires the parts and binds the listeners; [`Running::shutdown`] drains and logs out.
-//! `main.rs` adds only argument parsing, telemetry and signals, so tests drive exactly this.
+//! `main.rs` adds only argument parsing, telemetry and signals, so tests drive exactly this. This is
+//! the one place that knows every part; the parts themselves depend on each other one way only
+//! (docs/design.md#overview-and-module-map).
 #![forbid(unsafe_code)]
 
 pub mod admin;

@@ -1,6 +1,9 @@
 //! Listeners and connections: TCP (optionally TLS) or Unix sockets, HTTP/1.1 and HTTP/2 on one port,
 //! the per-connection limits (connection count, header size and count, header-read and idle
-//! timeouts), and draining at shutdown. Knows nothing of CMA semantics.
+//! timeouts), inbound TLS and its reload, and draining at shutdown. Knows nothing of CMA semantics:
+//! what serves a listener's requests is a [`Handler`] given to it (`lib.rs` adapts the proxy and
+//! the admin endpoints); the proxy's error type is used only to render the refusal of a connection
+//! over `max_connections`, so that every error answer has one shape.
 //!
 //! Each address is bound once ([`bind`]); an [`Acceptor`] accepts on it and hands connections to
 //! workers, each serving its [`Inbox`] with [`serve`] on its own runtime.

@@ -1,3 +1,7 @@
+//! The configuration's rules, one test each, with the text of the error each one gives: its key,
+//! where it was written, and never a secret. Longer than ~500 lines because every section's
+//! refusals are pinned here, side by side, where their wording can be compared; the shapes and
+//! their validation live in the section files.
 use std::time::Duration;
 
 use secrecy::ExposeSecret;
