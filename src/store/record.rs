@@ -50,7 +50,7 @@ pub enum Invalid {
 /// reveal another's.
 struct Keys {
     seal: XChaCha20Poly1305,
-    credentials: [u8; 32],
+    credentials_tag: [u8; 32],
 }
 
 type HmacSha256 = Hmac<Sha256>;
@@ -70,7 +70,7 @@ impl Keys {
         let seal = keyed_digest(&key.0, &[b"cma-auth-proxy fleet store: seal v2"]);
         Keys {
             seal: XChaCha20Poly1305::new_from_slice(&seal).expect("a 32-byte key"),
-            credentials: keyed_digest(&key.0, &[b"cma-auth-proxy fleet store: credentials v2"]),
+            credentials_tag: keyed_digest(&key.0, &[b"cma-auth-proxy fleet store: credentials v2"]),
         }
     }
 
@@ -218,7 +218,7 @@ impl Codec {
     ) -> Option<String> {
         let keys = self.keys.as_ref()?;
         let tag = keyed_digest(
-            &keys.credentials,
+            &keys.credentials_tag,
             &[
                 email.as_bytes(),
                 password.as_bytes(),
@@ -265,7 +265,9 @@ pub struct SharedFailure {
     /// Unix ms when the writer allows the next attempt.
     pub retry_at_ms: u64,
     /// [`Codec::credentials_tag`] of the credentials that failed; none without the fleet key.
-    pub credentials: Option<String>,
+    /// (Stored as `credentials`, the name earlier builds wrote.)
+    #[serde(rename = "credentials")]
+    pub credentials_tag: Option<String>,
 }
 
 impl SharedFailure {
@@ -286,7 +288,7 @@ impl SharedFailure {
         now: SystemTime,
     ) -> Option<Duration> {
         let concerns_us = match ours {
-            Some(tag) => self.credentials.as_deref() == Some(tag),
+            Some(tag) => self.credentials_tag.as_deref() == Some(tag),
             None => self.failed_at_ms >= unix_ms(loaded_at),
         };
         if !concerns_us {

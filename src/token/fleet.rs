@@ -78,7 +78,7 @@ impl TokenManager {
         state: &Arc<ProfileState>,
     ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
         let account = &state.account;
-        let credentials = store.credentials_tag(&state.login);
+        let credentials_tag = store.credentials_tag(&state.login);
         // A holder that died leaves its lock for `lock_ttl`; a live one renews it for as long as
         // its login can take.
         let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
@@ -93,7 +93,7 @@ impl TokenManager {
             }
             if let Some(failure) = store.failure(account).await?
                 && let Some(hold) = failure.hold(
-                    credentials.as_deref(),
+                    credentials_tag.as_deref(),
                     state.loaded_at,
                     &state.config.load(),
                     SystemTime::now(),
@@ -143,8 +143,8 @@ impl TokenManager {
                 Err(e) => Err(e),
             },
             Err(error) => {
-                let credentials = store.credentials_tag(&state.login);
-                let shared = SharedFailure::new(error, credentials);
+                let tag = store.credentials_tag(&state.login);
+                let shared = SharedFailure::new(error, tag);
                 store
                     .set_failure(&state.account, &shared, error.retry_after)
                     .await
@@ -276,7 +276,7 @@ impl TokenManager {
 impl SharedFailure {
     /// What the fleet learns of a failed login: status and `error_code`, never Contentstack's
     /// text (which may echo what was sent).
-    fn new(error: &LoginError, credentials: Option<String>) -> SharedFailure {
+    fn new(error: &LoginError, credentials_tag: Option<String>) -> SharedFailure {
         let (rejected, http_status, error_code) = match &*error.failure {
             LoginFailure::Rejected {
                 http_status,
@@ -292,7 +292,7 @@ impl SharedFailure {
             error_code,
             failed_at_ms: unix_ms(now),
             retry_at_ms: unix_ms(now + error.retry_after),
-            credentials,
+            credentials_tag,
         }
     }
 }

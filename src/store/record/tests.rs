@@ -24,7 +24,7 @@ fn failure(rejected: bool, failed_at: SystemTime, retry_in: Duration) -> SharedF
         error_code: Some(104),
         failed_at_ms: unix_ms(failed_at),
         retry_at_ms: unix_ms(failed_at + retry_in),
-        credentials: Some("tag".into()),
+        credentials_tag: Some("tag".into()),
     }
 }
 
