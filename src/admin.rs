@@ -1,6 +1,5 @@
-//! The admin listener (SPEC §7): probes, `/status`. Answers from the proxy's state; never shows a
-//! secret or a token, and never triggers a login.
-use std::net::IpAddr;
+//! The admin listener (docs/design.md#observability): probes, `/status`. Answers from the proxy's
+//! state; never shows a secret or a token, and never triggers a login.
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,8 +8,6 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::proxy::Proxy;
-use crate::proxy::body::Relay;
-use crate::server::Handler;
 
 pub struct Admin {
     proxy: Arc<Proxy>,
@@ -21,14 +18,15 @@ impl Admin {
         Self { proxy }
     }
 
-    async fn respond(&self, req: &Request<Incoming>) -> Response<Bytes> {
+    /// Answers one request on the admin listener.
+    pub async fn respond(&self, req: &Request<Incoming>) -> Response<Bytes> {
         if req.method() != Method::GET && req.method() != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
         match req.uri().path() {
             "/livez" => text(StatusCode::OK, "ok\n"),
             "/startupz" => {
-                let profiles = self.proxy.tokens().snapshot().await;
+                let profiles = self.proxy.tokens().snapshot();
                 match profiles.iter().find(|p| !p.ever_logged_in) {
                     None => text(StatusCode::OK, "ok\n"),
                     Some(p) => text(
@@ -41,7 +39,7 @@ impl Admin {
                 if self.proxy.is_draining() {
                     return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
                 }
-                let profiles = self.proxy.tokens().snapshot().await;
+                let profiles = self.proxy.tokens().snapshot();
                 match profiles.iter().find(|p| !p.ready()) {
                     None => text(StatusCode::OK, "ok\n"),
                     Some(p) => text(
@@ -59,21 +57,8 @@ impl Admin {
     async fn metrics(&self) -> Response<Bytes> {
         let metrics = self.proxy.metrics();
         // Token ages are read at scrape time; a profile without a token has no series.
-        for p in self.proxy.tokens().snapshot().await {
-            let labels = crate::metrics::ProfileLabels {
-                profile: p.name.to_string(),
-            };
-            match p.token_age {
-                Some(age) => {
-                    metrics
-                        .token_age
-                        .get_or_create(&labels)
-                        .set(age.as_secs_f64());
-                }
-                None => {
-                    metrics.token_age.remove(&labels);
-                }
-            }
+        for p in self.proxy.tokens().snapshot() {
+            metrics.token_age(&p.name, p.token_age);
         }
         let mut response = Response::new(Bytes::from(metrics.encode()));
         response.headers_mut().insert(
@@ -85,7 +70,7 @@ impl Admin {
 
     async fn status(&self) -> Response<Bytes> {
         let config = self.proxy.config();
-        let snapshot = self.proxy.tokens().snapshot().await;
+        let snapshot = self.proxy.tokens().snapshot();
         let login_profiles = config.profiles.iter().filter(|p| p.is_login()).count();
         let mut profiles = serde_json::Map::new();
         for p in &snapshot {
@@ -111,7 +96,7 @@ impl Admin {
         debug_assert_eq!(snapshot.len(), login_profiles);
         let token_store = self.proxy.tokens().store_status().map(|s| {
             serde_json::json!({
-                "state": s.state,
+                "state": s.state.as_str(),
                 "since": unix(s.since),
                 "last_error": s.last_error,
                 "next_probe_in_seconds": s.next_probe_in.map(secs),
@@ -149,10 +134,4 @@ fn text(status: StatusCode, body: &str) -> Response<Bytes> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
-}
-
-impl Handler for Admin {
-    async fn call(&self, req: Request<Incoming>, _peer: Option<IpAddr>) -> Response<Relay> {
-        self.respond(&req).await.map(Relay::full)
-    }
 }

@@ -2,31 +2,40 @@
 //! account and forwards credential-free local requests with the session token injected.
 //!
 //! [`start`] wires the parts and binds the listeners; [`Running::shutdown`] drains and logs out.
-//! `main.rs` adds only argument parsing, telemetry and signals, so tests drive exactly this.
+//! `main.rs` adds only argument parsing, telemetry and signals, so tests drive exactly this. This is
+//! the one place that knows every part; the parts themselves depend on each other one way only
+//! (docs/design.md#overview-and-module-map).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod body;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
-pub mod error;
+pub mod error_text;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reload;
 pub mod server;
+pub mod store;
+pub mod tls;
 pub mod token;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use body::Relay;
 pub use config::Config;
+use config::ListenAddr;
 use proxy::Proxy;
-pub use server::BoundAddr;
 
 /// Logging out at shutdown gives up after this long; the sessions then simply stay until evicted.
 const LOGOUT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -46,20 +55,22 @@ pub enum StartError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Tls(#[from] proxy::upstream::TlsError),
+    Tls(#[from] tls::ClientTlsError),
     #[error("cannot build the session client")]
     Client(#[source] reqwest::Error),
     #[error("inbound TLS: {0}")]
-    InboundTls(#[from] server::TlsServerError),
+    InboundTls(#[from] tls::ServerTlsError),
     #[error("token_store: {0}")]
-    Store(#[from] token::store::StoreError),
+    Store(#[from] store::StoreError),
 }
 
 /// A started proxy: listeners bound, first logins under way.
 pub struct Running {
     proxy: Arc<Proxy>,
-    proxy_addr: BoundAddr,
-    admin_addr: BoundAddr,
+    /// The proxy listener's TLS, which a reload may give new certificate files.
+    inbound_tls: Option<Arc<server::InboundTls>>,
+    proxy_addr: ListenAddr,
+    admin_addr: ListenAddr,
     stop_proxy: watch::Sender<bool>,
     stop_admin: watch::Sender<bool>,
     /// Each worker reports whether its connections drained in time.
@@ -74,28 +85,21 @@ pub struct Running {
 /// right away in the background, so the first request usually finds a token.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    let tls = proxy::upstream::tls_config(&config.upstream)?;
-    let mut session_tls = tls.clone();
-    session_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let auth = token::AuthClient::new(
-        &config.upstream.base_url,
-        session_tls,
-        config.upstream.connect_timeout,
-    )
-    .map_err(StartError::Client)?;
+    let tls = upstream_tls(&config)?;
+    let auth = session_client(&config, tls.clone())?;
     let metrics = metrics::Metrics::new();
     let tokens = token::TokenManager::new(&config, auth, metrics.clone())?;
     let workers = config.server.workers;
     let clients = proxy::upstream::UpstreamClients::new(&config.upstream, &tls, workers);
-    let proxy = Arc::new(Proxy::new(
-        config.clone(),
-        tokens.clone(),
-        clients,
-        metrics,
-    )?);
+    let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), clients, metrics));
 
     let server_config = &config.server;
-    let bind = |addr: &config::ListenAddr, mode| {
+    let inbound_tls = server_config
+        .tls
+        .as_ref()
+        .map(server::InboundTls::new)
+        .transpose()?;
+    let bind = |addr: &ListenAddr, mode| {
         server::bind(addr, mode).map_err(|source| StartError::Bind {
             addr: addr.to_string(),
             source,
@@ -112,7 +116,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let proxy_options = server::ServeOptions::new(
         "proxy",
         server_config.limits,
-        proxy.inbound_tls(),
+        inbound_tls.clone(),
         metrics.clone(),
     );
     let admin_options = server::ServeOptions::new("admin", server_config.limits, None, metrics);
@@ -122,7 +126,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         serve_proxy(proxy_bound.listener, &proxy, proxy_options, proxy_stop).await?;
     let admin_server = server::serve_here(
         admin_bound.listener,
-        Arc::new(admin::Admin::new(proxy.clone())),
+        Arc::new(AdminListener(admin::Admin::new(proxy.clone()))),
         admin_options,
         admin_stop,
     )
@@ -140,6 +144,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     tracing::info!(listen = %proxy_addr, admin = %admin_addr, upstream = %config.upstream.base_url, profiles = config.profiles.len(), "cma-auth-proxy started");
     Ok(Running {
         proxy,
+        inbound_tls,
         proxy_addr,
         admin_addr,
         stop_proxy,
@@ -149,6 +154,35 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop_reload: watch::channel(false).0,
         socket_files,
     })
+}
+
+/// The proxy listener's requests take the request path.
+struct ProxyListener(Arc<Proxy>);
+
+impl server::Handler for ProxyListener {
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<std::net::IpAddr>,
+    ) -> Response<Relay> {
+        self.0.handle(req, peer).await
+    }
+}
+
+/// The admin listener's requests get probes, `/status` and `/metrics`.
+struct AdminListener(admin::Admin);
+
+impl server::Handler for AdminListener {
+    async fn call(
+        &self,
+        req: Request<Incoming>,
+        _peer: Option<std::net::IpAddr>,
+    ) -> Response<Relay> {
+        self.0
+            .respond(&req)
+            .await
+            .map(|body: Bytes| Relay::full(body))
+    }
 }
 
 /// The proxy listener: an acceptor thread hands each connection to the least busy of
@@ -172,7 +206,8 @@ async fn serve_proxy(
             proxy::upstream::set_worker(index);
             Ok(async move {
                 tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));
-                let connections = server::serve(inbox, proxy.clone(), options, stop).await;
+                let handler = Arc::new(ProxyListener(proxy.clone()));
+                let connections = server::serve(inbox, handler, options, stop).await;
                 let grace = proxy.config().server.shutdown_grace;
                 let _ = done.send(server::drain(connections, grace).await);
             })
@@ -246,11 +281,11 @@ async fn keep_timer_wake_near(header_read_timeout: Duration) {
 }
 
 impl Running {
-    pub fn proxy_addr(&self) -> &BoundAddr {
+    pub fn proxy_addr(&self) -> &ListenAddr {
         &self.proxy_addr
     }
 
-    pub fn admin_addr(&self) -> &BoundAddr {
+    pub fn admin_addr(&self) -> &ListenAddr {
         &self.admin_addr
     }
 
@@ -259,21 +294,24 @@ impl Running {
     }
 
     /// Reloads the configuration from `path` on SIGHUP and whenever it or a secret file it names
-    /// changes (SPEC §8).
+    /// changes (docs/design.md#reload-and-rotation).
     pub fn watch_config(&mut self, path: std::path::PathBuf) {
         let (stop, stopped) = watch::channel(false);
         self.stop_reload = stop;
-        let proxy = self.proxy.clone();
+        let live = reload::Reloadable {
+            proxy: self.proxy.clone(),
+            inbound_tls: self.inbound_tls.clone(),
+        };
         tokio::spawn(async move {
-            if let Err(e) = reload::watch(path, proxy, stopped).await {
-                tracing::error!("live reload is off: {}", error::error_chain_text(&e));
+            if let Err(e) = reload::watch(path, live, stopped).await {
+                tracing::error!("live reload is off: {}", error_text::error_chain_text(&e));
             }
         });
     }
 
-    /// SPEC §9: readiness goes 503, the proxy listener stops accepting, in-flight requests get
-    /// `shutdown_grace` to finish, sessions are logged out, then the admin listener closes.
-    /// Returns whether every in-flight request finished in time.
+    /// Shutdown (docs/design.md#shutdown): readiness goes 503, the proxy listener stops accepting,
+    /// in-flight requests get `shutdown_grace` to finish, sessions are logged out, then the admin
+    /// listener closes. Returns whether every in-flight request finished in time.
     pub async fn shutdown(self) -> bool {
         let grace = self.proxy.config().server.shutdown_grace;
         let _ = self.stop_reload.send(true);
@@ -319,36 +357,18 @@ pub struct ProfileCheck {
 /// `check --login`: for every login profile, log in once, validate the token with `GET /v3/user`,
 /// and log out. Management-token profiles are reported as not checked (they need a stack).
 pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartError> {
-    let mut tls = proxy::upstream::tls_config(&config.upstream)?;
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let auth = token::AuthClient::new(
-        &config.upstream.base_url,
-        tls,
-        config.upstream.connect_timeout,
-    )
-    .map_err(StartError::Client)?;
+    let auth = session_client(config, upstream_tls(config)?)?;
     let mut out = Vec::new();
     for profile in &config.profiles {
-        let outcome = match &profile.credentials {
-            config::Credentials::ManagementToken(_) => Ok(
+        let outcome = match profile.login() {
+            None => Ok(
                 "management token: not checked (no login; it is validated per stack)".to_owned(),
             ),
-            config::Credentials::Login {
-                email,
-                password,
-                totp_secret,
-            } => {
-                let now_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_millis() as u64;
-                let code = totp_secret
-                    .as_ref()
-                    .map(|s| match token::totp::next(s, now_ms, None) {
-                        token::totp::Next::Code { code, .. } => code,
-                        token::totp::Next::WaitFor(_) => unreachable!("no step used yet"),
-                    });
-                check_one(&auth, email, password, code.as_deref()).await
+            Some(login) => {
+                let code = login.totp_secret.as_ref().map(|secret| {
+                    token::totp::code_at(secret, token::totp::step_at(SystemTime::now()))
+                });
+                check_one(&auth, &login.email, &login.password, code.as_deref()).await
             }
         };
         out.push(ProfileCheck {
@@ -357,6 +377,24 @@ pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartErro
         });
     }
     Ok(out)
+}
+
+/// The TLS configuration towards Contentstack, shared by the forwarder and the session client.
+fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
+    Ok(tls::client_config(config.upstream.extra_roots())?)
+}
+
+/// The session client (login, logout, validation).
+fn session_client(
+    config: &Config,
+    tls: rustls::ClientConfig,
+) -> Result<token::AuthClient, StartError> {
+    token::AuthClient::new(
+        &config.upstream.base_url,
+        tls,
+        config.upstream.connect_timeout,
+    )
+    .map_err(StartError::Client)
 }
 
 async fn check_one(
@@ -368,7 +406,7 @@ async fn check_one(
     let token = auth
         .login(email, password, code)
         .await
-        .map_err(|e| error::error_chain_text(&e))?;
+        .map_err(|e| error_text::error_chain_text(&e))?;
     let validity = auth.validate(&token).await;
     let logout = auth.logout(&token).await;
     match (validity, logout) {
@@ -380,11 +418,11 @@ async fn check_one(
         ),
         (Err(e), _) => Err(format!(
             "logged in, but validating the token failed: {}",
-            error::error_chain_text(&e)
+            error_text::error_chain_text(&e)
         )),
         (Ok(token::Validity::Valid), Err(e)) => Err(format!(
             "logged in and validated, but logging out failed: {}",
-            error::error_chain_text(&e)
+            error_text::error_chain_text(&e)
         )),
     }
 }

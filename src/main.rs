@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
-                        tracing::error!("{}", cma_auth_proxy::error::error_chain_text(&e));
+                        tracing::error!("{}", cma_auth_proxy::error_text::error_chain_text(&e));
                         ExitCode::FAILURE
                     }
                 }
@@ -120,7 +120,7 @@ fn main() -> ExitCode {
                     Err(e) => {
                         eprintln!(
                             "cma-auth-proxy dev: {}",
-                            cma_auth_proxy::error::error_chain_text(&e)
+                            cma_auth_proxy::error_text::error_chain_text(&e)
                         );
                         ExitCode::FAILURE
                     }
@@ -138,7 +138,7 @@ fn check_login(config: &Config) -> ExitCode {
         Err(e) => {
             eprintln!(
                 "cma-auth-proxy: {}",
-                cma_auth_proxy::error::error_chain_text(&e)
+                cma_auth_proxy::error_text::error_chain_text(&e)
             );
             return ExitCode::FAILURE;
         }

@@ -1,123 +1,111 @@
-//! Prometheus metrics (SPEC §7), prefix `cma_auth_proxy_`. Label values are bounded: profile names
-//! come from the configuration, methods are folded to the standard set, statuses are numbers;
-//! never a path, a token or an e-mail.
+//! Prometheus metrics (docs/design.md#observability), prefix `cma_auth_proxy_`. Label values are
+//! bounded: profile names come from the configuration, methods are folded to the standard set,
+//! statuses are numbers; never a path, a token or an e-mail.
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::Method;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// A profile name as a label value: an `Arc` clone per request instead of a `String` allocation.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub struct Profile(pub Arc<str>);
+mod labels;
 
-impl EncodeLabelValue for Profile {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        (&*self.0).encode(encoder)
-    }
+pub use labels::{
+    ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, StoreEvent, StoreState, Trigger,
+};
+use labels::{NO_PROFILE, Profile};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    profile: Profile,
+    method: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub profile: Profile,
-    pub method: &'static str,
-    pub status: u16,
+struct LoginLabels {
+    profile: Profile,
+    outcome: LoginOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LoginLabels {
-    pub profile: String,
-    pub outcome: &'static str,
+struct ProfileLabels {
+    profile: Profile,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ProfileLabels {
-    pub profile: String,
+struct ReauthLabels {
+    profile: Profile,
+    trigger: Trigger,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReauthLabels {
-    pub profile: String,
-    pub trigger: &'static str,
+struct ReplayLabels {
+    outcome: ReplayOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OutcomeLabels {
-    pub outcome: &'static str,
+struct ReloadLabels {
+    outcome: ReloadOutcome,
+}
+
+/// `denied_total{reason}`: the reason of the proxy's error answer (`ProxyError::reason`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedLabels {
+    reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
+struct LimitLabels {
+    reason: ConnectionLimit,
+}
+
+/// `open_connections{listener}`: the listener's name (`proxy`, `admin`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabels {
-    pub listener: &'static str,
+struct EventLabels {
+    event: StoreEvent,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub event: &'static str,
+struct StateLabels {
+    state: StoreState,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
-    pub state: &'static str,
+struct VersionLabels {
+    version: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct VersionLabels {
-    pub version: &'static str,
-}
-
-/// Why a token was replaced (`reauth_total{trigger}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// A forwarded request got 401/105.
-    Unauthorized,
-    /// The background `GET /v3/user` got 401/105.
-    Validate,
-    /// `max_token_age` passed.
-    MaxAge,
-    /// The credentials changed on reload.
-    Rotate,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Trigger::Unauthorized => "401",
-            Trigger::Validate => "validate",
-            Trigger::MaxAge => "max_age",
-            Trigger::Rotate => "rotate",
-        }
-    }
-}
-
+/// Every metric of the proxy. Updated only through the methods below, which take typed label
+/// values: no call site spells a label.
 pub struct Metrics {
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub request_duration: Histogram,
-    pub upstream_duration: Histogram,
-    pub logins: Family<LoginLabels, Counter>,
-    pub logouts: Family<ProfileLabels, Counter>,
-    pub token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
-    pub reauth: Family<ReauthLabels, Counter>,
-    pub reauth_backoffs: Family<ReauthLabels, Counter>,
-    pub replays: Family<OutcomeLabels, Counter>,
-    pub denied: Family<ReasonLabels, Counter>,
-    pub config_reloads: Family<OutcomeLabels, Counter>,
-    pub in_flight: Gauge,
-    pub open_connections: Family<ListenerLabels, Gauge>,
-    pub rate_limit_waits: Family<ProfileLabels, Counter>,
-    pub store_events: Family<EventLabels, Counter>,
-    pub store_state: Family<StateLabels, Gauge>,
-    pub connection_limits: Family<ReasonLabels, Counter>,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Histogram,
+    upstream_duration: Histogram,
+    logins: Family<LoginLabels, Counter>,
+    logouts: Family<ProfileLabels, Counter>,
+    token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    reauth: Family<ReauthLabels, Counter>,
+    reauth_backoffs: Family<ReauthLabels, Counter>,
+    replays: Family<ReplayLabels, Counter>,
+    denied: Family<DeniedLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+    in_flight: Gauge,
+    open_connections: Family<ListenerLabels, Gauge>,
+    rate_limit_waits: Family<ProfileLabels, Counter>,
+    store_events: Family<EventLabels, Counter>,
+    store_state: Family<StateLabels, Gauge>,
+    connection_limits: Family<LimitLabels, Counter>,
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -172,19 +160,19 @@ impl Metrics {
             "Re-logins held back because fresh tokens kept being rejected, by trigger (401, validate)",
             reauth_backoffs.clone(),
         );
-        let replays = Family::<OutcomeLabels, Counter>::default();
+        let replays = Family::<ReplayLabels, Counter>::default();
         registry.register(
             "replays",
             "Requests that met an evicted token: replayed, not_replayable, login_failed",
             replays.clone(),
         );
-        let denied = Family::<ReasonLabels, Counter>::default();
+        let denied = Family::<DeniedLabels, Counter>::default();
         registry.register(
             "denied",
             "Requests the proxy refused itself, by reason",
             denied.clone(),
         );
-        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        let config_reloads = Family::<ReloadLabels, Counter>::default();
         registry.register(
             "config_reloads",
             "Configuration reloads by outcome (success, error)",
@@ -202,7 +190,7 @@ impl Metrics {
             "Client connections open, by listener (proxy, admin)",
             open_connections.clone(),
         );
-        let connection_limits = Family::<ReasonLabels, Counter>::default();
+        let connection_limits = Family::<LimitLabels, Counter>::default();
         registry.register(
             "connection_limits",
             "Connections refused or closed by a limit: too_many_connections, header_read_timeout, headers_too_large, malformed_request, idle_timeout, tls_handshake_failed",
@@ -255,11 +243,48 @@ impl Metrics {
         })
     }
 
+    /// A request answered: counted by profile (`none` when refused before one was chosen),
+    /// method and status, with its durations.
+    pub fn request(
+        &self,
+        profile: Option<Arc<str>>,
+        method: &Method,
+        status: u16,
+        elapsed: Duration,
+        upstream: Option<Duration>,
+    ) {
+        self.request_duration.observe(elapsed.as_secs_f64());
+        if let Some(upstream) = upstream {
+            self.upstream_duration.observe(upstream.as_secs_f64());
+        }
+        self.requests
+            .get_or_create(&RequestLabels {
+                profile: Profile(profile.unwrap_or_else(|| NO_PROFILE.clone())),
+                method: method_label(method),
+                status,
+            })
+            .inc();
+    }
+
+    /// A request starts (`true`) or ends (`false`) being served.
+    pub fn in_flight(&self, started: bool) {
+        if started {
+            self.in_flight.inc();
+        } else {
+            self.in_flight.dec();
+        }
+    }
+
+    /// The proxy refused a request itself; `reason` is its error's stable reason.
+    pub fn denied(&self, reason: &'static str) {
+        self.denied.get_or_create(&DeniedLabels { reason }).inc();
+    }
+
     pub fn reauth(&self, profile: &str, trigger: Trigger) {
         self.reauth
             .get_or_create(&ReauthLabels {
-                profile: profile.to_owned(),
-                trigger: trigger.as_str(),
+                profile: profile.into(),
+                trigger,
             })
             .inc();
     }
@@ -268,16 +293,16 @@ impl Metrics {
     pub fn reauth_backoff(&self, profile: &str, trigger: Trigger) {
         self.reauth_backoffs
             .get_or_create(&ReauthLabels {
-                profile: profile.to_owned(),
-                trigger: trigger.as_str(),
+                profile: profile.into(),
+                trigger,
             })
             .inc();
     }
 
-    pub fn login(&self, profile: &str, outcome: &'static str) {
+    pub fn login(&self, profile: &str, outcome: LoginOutcome) {
         self.logins
             .get_or_create(&LoginLabels {
-                profile: profile.to_owned(),
+                profile: profile.into(),
                 outcome,
             })
             .inc();
@@ -286,39 +311,70 @@ impl Metrics {
     pub fn logout(&self, profile: &str) {
         self.logouts
             .get_or_create(&ProfileLabels {
-                profile: profile.to_owned(),
+                profile: profile.into(),
             })
             .inc();
     }
 
-    pub fn replay(&self, outcome: &'static str) {
-        self.replays.get_or_create(&OutcomeLabels { outcome }).inc();
+    /// The age of the profile's token at scrape time; `None` removes the series (no token).
+    pub fn token_age(&self, profile: &str, age: Option<Duration>) {
+        let labels = ProfileLabels {
+            profile: profile.into(),
+        };
+        match age {
+            Some(age) => {
+                self.token_age.get_or_create(&labels).set(age.as_secs_f64());
+            }
+            None => {
+                self.token_age.remove(&labels);
+            }
+        }
     }
 
-    pub fn connection_limit(&self, reason: &'static str) {
-        self.connection_limits
-            .get_or_create(&ReasonLabels { reason })
+    pub fn rate_limit_wait(&self, profile: &str) {
+        self.rate_limit_waits
+            .get_or_create(&ProfileLabels {
+                profile: profile.into(),
+            })
             .inc();
     }
 
-    pub fn store_event(&self, event: &'static str) {
+    pub fn replay(&self, outcome: ReplayOutcome) {
+        self.replays.get_or_create(&ReplayLabels { outcome }).inc();
+    }
+
+    pub fn connection_limit(&self, reason: ConnectionLimit) {
+        self.connection_limits
+            .get_or_create(&LimitLabels { reason })
+            .inc();
+    }
+
+    /// The gauge of the connections open on the listener named `listener`, created (at 0) with
+    /// the listener so that it is there before the first connection.
+    pub fn open_connections(&self, listener: &'static str) -> Gauge {
+        self.open_connections
+            .get_or_create(&ListenerLabels { listener })
+            .clone()
+    }
+
+    pub fn store_event(&self, event: StoreEvent) {
         self.store_events
             .get_or_create(&EventLabels { event })
             .inc();
     }
 
-    /// The fleet store is now in `current` state (one of `connecting`, `up`, `down`, `probing`).
-    pub fn store_state(&self, current: &'static str) {
-        for state in ["connecting", "up", "down", "probing"] {
+    /// The fleet store is now in state `current`.
+    pub fn store_state(&self, current: StoreState) {
+        for &state in StoreState::ALL {
             self.store_state
                 .get_or_create(&StateLabels { state })
                 .set(i64::from(state == current));
         }
     }
 
-    pub fn config_reload(&self, outcome: &'static str) {
+    pub fn config_reload(&self, outcome: ReloadOutcome) {
         self.config_reloads
-            .get_or_create(&OutcomeLabels { outcome })
+            .get_or_create(&ReloadLabels { outcome })
             .inc();
     }
 
@@ -332,7 +388,7 @@ impl Metrics {
 }
 
 /// Methods as a bounded label: the standard ones by name, anything else as `OTHER`.
-pub fn method_label(method: &Method) -> &'static str {
+fn method_label(method: &Method) -> &'static str {
     match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
@@ -354,29 +410,21 @@ mod tests {
     #[test]
     fn exposes_every_spec_metric_name() {
         let m = Metrics::new();
-        m.requests
-            .get_or_create(&RequestLabels {
-                profile: Profile("default".into()),
-                method: "GET",
-                status: 200,
-            })
-            .inc();
-        m.login("default", "success");
+        m.request(
+            Some("default".into()),
+            &Method::GET,
+            200,
+            Duration::from_millis(1),
+            None,
+        );
+        m.login("default", LoginOutcome::Success);
         m.logout("default");
         m.reauth("default", Trigger::Unauthorized);
         m.reauth_backoff("default", Trigger::Validate);
-        m.replay("replayed");
-        m.denied
-            .get_or_create(&ReasonLabels {
-                reason: "policy_denied",
-            })
-            .inc();
-        m.config_reload("success");
-        m.token_age
-            .get_or_create(&ProfileLabels {
-                profile: "default".into(),
-            })
-            .set(1.5);
+        m.replay(ReplayOutcome::Replayed);
+        m.denied("policy_denied");
+        m.config_reload(ReloadOutcome::Success);
+        m.token_age("default", Some(Duration::from_millis(1500)));
         let text = m.encode();
         for needle in [
             r#"cma_auth_proxy_requests_total{profile="default",method="GET",status="200"} 1"#,

@@ -12,30 +12,32 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::config::RateLimitConfig;
-use crate::token::store::{RateCall, RedisStore};
+use crate::store::{RateCall, RedisStore};
 
 /// How far an upstream 429 pushes the budget back: Contentstack's window is one second.
 const PUSHBACK: Duration = Duration::from_secs(1);
 
+/// Which of the organization's two budgets a request draws on: `GET` and `HEAD` are reads,
+/// everything else writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum ReadOrWrite {
     Read,
     Write,
 }
 
-impl Kind {
+impl ReadOrWrite {
     fn as_str(self) -> &'static str {
         match self {
-            Kind::Read => "read",
-            Kind::Write => "write",
+            ReadOrWrite::Read => "read",
+            ReadOrWrite::Write => "write",
         }
     }
 
-    pub fn of(method: &http::Method) -> Kind {
+    pub fn of(method: &http::Method) -> ReadOrWrite {
         if matches!(*method, http::Method::GET | http::Method::HEAD) {
-            Kind::Read
+            ReadOrWrite::Read
         } else {
-            Kind::Write
+            ReadOrWrite::Write
         }
     }
 }
@@ -94,7 +96,7 @@ impl Bucket {
         }
     }
 
-    /// Nothing of this kind goes before `now + PUSHBACK`, however large the burst.
+    /// Nothing of this class goes before `now + PUSHBACK`, however large the burst.
     fn push_back(&self, now: Instant) {
         let mut tat = self.tat.lock().unwrap_or_else(|e| e.into_inner());
         *tat = (*tat).max(now + PUSHBACK + self.tolerance);
@@ -113,10 +115,10 @@ impl RateLimiter {
 
     /// Decides for one request: on the fleet's budget if there is one, else (or if the store
     /// fails) on this process's.
-    pub async fn acquire(&self, kind: Kind) -> Decision {
+    pub async fn acquire(&self, class: ReadOrWrite) -> Decision {
         if let Some((store, account)) = &self.shared {
-            let call = self.shared_call(kind, Duration::ZERO);
-            match store.rate(account, kind.as_str(), &call).await {
+            let call = self.shared_call(class, Duration::ZERO);
+            match store.rate(account, class.as_str(), &call).await {
                 Ok(Ok(wait)) if wait.is_zero() => return Decision::Now,
                 Ok(Ok(wait)) => return Decision::After(wait),
                 Ok(Err(wait)) => return Decision::Refuse(wait),
@@ -125,14 +127,14 @@ impl RateLimiter {
                 }
             }
         }
-        self.decide(kind, Instant::now())
+        self.decide(class, Instant::now())
     }
 
-    /// A call to the shared bucket of `kind`. Its reach, the furthest ahead any call reserves (a
+    /// A call to the shared bucket of `class`. Its reach, the furthest ahead any call reserves (a
     /// wait up to `max_wait` plus the slot, or a pushback), bounds what is read back from Redis,
     /// where anyone with write access could have put a time years ahead.
-    fn shared_call(&self, kind: Kind, pushback: Duration) -> RateCall {
-        let bucket = self.bucket(kind);
+    fn shared_call(&self, class: ReadOrWrite, pushback: Duration) -> RateCall {
+        let bucket = self.bucket(class);
         RateCall {
             interval: if pushback.is_zero() {
                 bucket.interval
@@ -150,24 +152,24 @@ impl RateLimiter {
         }
     }
 
-    fn bucket(&self, kind: Kind) -> &Bucket {
-        match kind {
-            Kind::Read => &self.reads,
-            Kind::Write => &self.writes,
+    fn bucket(&self, class: ReadOrWrite) -> &Bucket {
+        match class {
+            ReadOrWrite::Read => &self.reads,
+            ReadOrWrite::Write => &self.writes,
         }
     }
 
-    pub fn decide(&self, kind: Kind, now: Instant) -> Decision {
-        self.bucket(kind).take(now, self.max_wait)
+    pub fn decide(&self, class: ReadOrWrite, now: Instant) -> Decision {
+        self.bucket(class).take(now, self.max_wait)
     }
 
-    /// Contentstack answered 429: spend the next second of this kind's budget.
-    pub async fn upstream_limited(&self, kind: Kind) {
-        let bucket = self.bucket(kind);
+    /// Contentstack answered 429: spend the next second of this class's budget.
+    pub async fn upstream_limited(&self, class: ReadOrWrite) {
+        let bucket = self.bucket(class);
         bucket.push_back(Instant::now());
         if let Some((store, account)) = &self.shared {
-            let call = self.shared_call(kind, PUSHBACK);
-            let _ = store.rate(account, kind.as_str(), &call).await;
+            let call = self.shared_call(class, PUSHBACK);
+            let _ = store.rate(account, class.as_str(), &call).await;
         }
     }
 }
@@ -193,21 +195,21 @@ mod tests {
         let l = limiter(10.0, 3, 1000);
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert_eq!(l.decide(Kind::Read, t0), Decision::Now);
+            assert_eq!(l.decide(ReadOrWrite::Read, t0), Decision::Now);
         }
         assert_eq!(
-            l.decide(Kind::Read, t0),
+            l.decide(ReadOrWrite::Read, t0),
             Decision::After(Duration::from_millis(100))
         );
         assert_eq!(
-            l.decide(Kind::Read, t0),
+            l.decide(ReadOrWrite::Read, t0),
             Decision::After(Duration::from_millis(200))
         );
         // Writes have their own budget.
-        assert_eq!(l.decide(Kind::Write, t0), Decision::Now);
+        assert_eq!(l.decide(ReadOrWrite::Write, t0), Decision::Now);
         // After the reserved slots pass, the budget refills at the rate.
         assert_eq!(
-            l.decide(Kind::Read, t0 + Duration::from_secs(2)),
+            l.decide(ReadOrWrite::Read, t0 + Duration::from_secs(2)),
             Decision::Now
         );
     }
@@ -216,17 +218,17 @@ mod tests {
     fn a_wait_beyond_max_wait_is_refused_without_spending_budget() {
         let l = limiter(10.0, 1, 150);
         let t0 = Instant::now();
-        assert_eq!(l.decide(Kind::Read, t0), Decision::Now);
+        assert_eq!(l.decide(ReadOrWrite::Read, t0), Decision::Now);
         assert_eq!(
-            l.decide(Kind::Read, t0),
+            l.decide(ReadOrWrite::Read, t0),
             Decision::After(Duration::from_millis(100))
         );
         assert_eq!(
-            l.decide(Kind::Read, t0),
+            l.decide(ReadOrWrite::Read, t0),
             Decision::Refuse(Duration::from_millis(200))
         );
         assert_eq!(
-            l.decide(Kind::Read, t0),
+            l.decide(ReadOrWrite::Read, t0),
             Decision::Refuse(Duration::from_millis(200))
         );
     }
@@ -235,19 +237,19 @@ mod tests {
     async fn an_upstream_429_pushes_the_budget_back() {
         let l = limiter(10.0, 10, 5000);
         let t0 = Instant::now();
-        l.upstream_limited(Kind::Write).await;
-        match l.decide(Kind::Write, t0) {
+        l.upstream_limited(ReadOrWrite::Write).await;
+        match l.decide(ReadOrWrite::Write, t0) {
             Decision::After(wait) => assert!(wait >= PUSHBACK, "{wait:?}"),
             other => panic!("{other:?}"),
         }
-        assert_eq!(l.decide(Kind::Read, t0), Decision::Now);
+        assert_eq!(l.decide(ReadOrWrite::Read, t0), Decision::Now);
     }
 
     #[test]
     fn kinds() {
-        assert_eq!(Kind::of(&http::Method::GET), Kind::Read);
-        assert_eq!(Kind::of(&http::Method::HEAD), Kind::Read);
-        assert_eq!(Kind::of(&http::Method::POST), Kind::Write);
-        assert_eq!(Kind::of(&http::Method::DELETE), Kind::Write);
+        assert_eq!(ReadOrWrite::of(&http::Method::GET), ReadOrWrite::Read);
+        assert_eq!(ReadOrWrite::of(&http::Method::HEAD), ReadOrWrite::Read);
+        assert_eq!(ReadOrWrite::of(&http::Method::POST), ReadOrWrite::Write);
+        assert_eq!(ReadOrWrite::of(&http::Method::DELETE), ReadOrWrite::Write);
     }
 }

@@ -1,7 +1,7 @@
-//! Live reload (SPEC §8): SIGHUP, or a change to the config file or to any file it names, loads and
-//! validates the whole configuration again and swaps it in. An invalid configuration is logged and
-//! counted, and the old one keeps serving. Listener addresses are bound once; changing them needs a
-//! restart (logged).
+//! Live reload (docs/design.md#reload-and-rotation): SIGHUP, or a change to the config file or to
+//! any file it names, loads and validates the whole configuration again and swaps it in. An invalid
+//! configuration is logged and counted, and the old one keeps serving. Listener addresses are bound
+//! once; changing them needs a restart (logged).
 //!
 //! Directories are watched, not files: Kubernetes updates a mounted Secret or ConfigMap by
 //! swapping a `..data` symlink, and editors save by renaming a new file over the old one, neither
@@ -19,7 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{Config, ConfigError};
+use crate::metrics::ReloadOutcome;
 use crate::proxy::Proxy;
+use crate::server::InboundTls;
 
 /// Changes arrive in bursts (a symlink swap is several events); reload once they settle …
 const SETTLE: Duration = Duration::from_millis(200);
@@ -73,12 +75,21 @@ impl Watched {
     }
 }
 
+/// What a reload reaches: the request path (and through it the token manager and the rate
+/// budgets), and the proxy listener's inbound TLS.
+#[derive(Clone)]
+pub struct Reloadable {
+    pub proxy: Arc<Proxy>,
+    pub inbound_tls: Option<Arc<InboundTls>>,
+}
+
 /// Watches until `stop` turns true.
 pub async fn watch(
     path: PathBuf,
-    proxy: Arc<Proxy>,
+    live: Reloadable,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), WatchError> {
+    let proxy = &live.proxy;
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .expect("cannot listen for SIGHUP");
     let (tx, mut changes) = mpsc::channel::<()>(1);
@@ -104,7 +115,7 @@ pub async fn watch(
     // A change between the first load and the watch being in place would otherwise go unnoticed.
     if Config::load(&path, std::env::vars()).is_ok_and(|c| c.digest != proxy.config().digest) {
         tracing::info!("configuration changed during start-up: reloading");
-        let _ = reload(&path, &proxy);
+        let _ = reload(&path, &live);
     }
     let directories = watched
         .read()
@@ -127,10 +138,10 @@ pub async fn watch(
         } else {
             tracing::info!("SIGHUP: reloading the configuration");
         }
-        if reload(&path, &proxy).is_ok()
+        if reload(&path, &live).is_ok()
             && let Err(e) = rewatch(&mut watcher, &watched, &proxy.config())
         {
-            tracing::warn!("{}", crate::error::error_chain_text(&e));
+            tracing::warn!("{}", crate::error_text::error_chain_text(&e));
         }
     }
 }
@@ -186,7 +197,8 @@ fn directory_of(file: &Path) -> PathBuf {
 }
 
 /// Loads `path` again and swaps it in; on error the running configuration stays.
-pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
+pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
+    let proxy = &live.proxy;
     let metrics = proxy.metrics();
     let old = proxy.config();
     let mut new = match Config::load(path, std::env::vars()) {
@@ -199,7 +211,7 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
             config
         }
         Err(e) => {
-            metrics.config_reload("error");
+            metrics.config_reload(ReloadOutcome::Error);
             tracing::error!(
                 version = old.version,
                 "configuration reload failed, still serving the previous one: {e}"
@@ -209,7 +221,7 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
     };
     if new.digest == old.digest {
         // A burst of events, or a SIGHUP, with nothing changed: keep the running config as it is.
-        metrics.config_reload("success");
+        metrics.config_reload(ReloadOutcome::Success);
         tracing::info!(version = old.version, "configuration reloaded: unchanged");
         return Ok(());
     }
@@ -238,9 +250,10 @@ pub fn reload(path: &Path, proxy: &Proxy) -> Result<(), ConfigError> {
         new.token_store = old.token_store.clone();
     }
     proxy.tokens().reconfigure(&new);
+    InboundTls::reload(live.inbound_tls.as_deref(), new.server.tls.as_ref());
     let version = new.version;
     proxy.replace_config(Arc::new(new));
-    metrics.config_reload("success");
+    metrics.config_reload(ReloadOutcome::Success);
     tracing::info!(version, "configuration reloaded");
     Ok(())
 }

@@ -1,21 +1,23 @@
 //! Listeners and connections: TCP (optionally TLS) or Unix sockets, HTTP/1.1 and HTTP/2 on one port,
 //! the per-connection limits (connection count, header size and count, header-read and idle
-//! timeouts), and draining at shutdown. Knows nothing of CMA semantics.
+//! timeouts), inbound TLS and its reload, and draining at shutdown. Knows nothing of CMA semantics:
+//! what serves a listener's requests is a [`Handler`] given to it (`lib.rs` adapts the proxy and
+//! the admin endpoints); the proxy's error type is used only to render the refusal of a connection
+//! over `max_connections`, so that every error answer has one shape.
 //!
 //! Each address is bound once ([`bind`]); an [`Acceptor`] accepts on it and hands connections to
 //! workers, each serving its [`Inbox`] with [`serve`] on its own runtime.
 mod accept;
 mod bind;
+mod inbound_tls;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -28,10 +30,11 @@ use tokio_util::task::TaskTracker;
 
 pub use accept::{Acceptor, Inbox, WorkerLink, worker_channel};
 pub use bind::{BindError, Bound, SocketFile, StdListener, bind};
+pub use inbound_tls::InboundTls;
 
+use crate::body::Relay;
 use crate::config::ConnectionLimits;
-use crate::metrics::Metrics;
-use crate::proxy::body::Relay;
+use crate::metrics::{ConnectionLimit, Metrics};
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -42,75 +45,12 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Response<Relay>> + Send;
 }
 
-/// The address a listener really got (port 0 resolved).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BoundAddr {
-    Tcp(SocketAddr),
-    Unix(PathBuf),
-}
-
-impl std::fmt::Display for BoundAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BoundAddr::Tcp(addr) => write!(f, "{addr}"),
-            BoundAddr::Unix(path) => write!(f, "unix:{}", path.display()),
-        }
-    }
-}
-
-impl BoundAddr {
-    /// The TCP address, for tests and printing URLs.
-    pub fn tcp(&self) -> Option<SocketAddr> {
-        match self {
-            BoundAddr::Tcp(addr) => Some(*addr),
-            BoundAddr::Unix(_) => None,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsServerError {
-    #[error("no certificate in tls_cert_file")]
-    NoCertificate,
-    #[error("no private key in tls_key_file")]
-    NoKey,
-    #[error("cannot parse PEM: {0}")]
-    Pem(#[source] std::io::Error),
-    #[error("certificate and key do not form a usable TLS configuration: {0}")]
-    Rustls(#[source] rustls::Error),
-}
-
-/// Builds the inbound TLS configuration (HTTP/2 and HTTP/1.1 by ALPN).
-pub fn tls_server_config(
-    cert_chain_pem: &[u8],
-    key_pem: &[u8],
-) -> Result<rustls::ServerConfig, TlsServerError> {
-    let certs = rustls_pemfile::certs(&mut &*cert_chain_pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(TlsServerError::Pem)?;
-    if certs.is_empty() {
-        return Err(TlsServerError::NoCertificate);
-    }
-    let key = rustls_pemfile::private_key(&mut &*key_pem)
-        .map_err(TlsServerError::Pem)?
-        .ok_or(TlsServerError::NoKey)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsServerError::Rustls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(TlsServerError::Rustls)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// How a listener serves its connections.
 #[derive(Clone)]
 pub struct ServeOptions {
     pub limits: ConnectionLimits,
     /// Inbound TLS, swapped on reload when the certificate files change.
-    pub tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+    pub tls: Option<Arc<InboundTls>>,
     pub metrics: Arc<Metrics>,
     /// `max_connections` slots, taken by the acceptor, held by each connection until it ends.
     pub slots: Arc<Semaphore>,
@@ -125,13 +65,10 @@ impl ServeOptions {
     pub fn new(
         name: &'static str,
         limits: ConnectionLimits,
-        tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+        tls: Option<Arc<InboundTls>>,
         metrics: Arc<Metrics>,
     ) -> ServeOptions {
-        let open = metrics
-            .open_connections
-            .get_or_create(&crate::metrics::ListenerLabels { listener: name })
-            .clone();
+        let open = metrics.open_connections(name);
         ServeOptions {
             limits,
             tls,
@@ -243,7 +180,7 @@ impl<H: Handler> Connection<H> {
             Io::Tcp(stream) => match self.options.tls.clone() {
                 None => self.serve(stream).await,
                 Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
                     let handshake =
                         tokio::time::timeout_at(self.first_request_by(), acceptor.accept(stream));
                     match handshake.await {
@@ -251,7 +188,7 @@ impl<H: Handler> Connection<H> {
                         _ => {
                             self.options
                                 .metrics
-                                .connection_limit("tls_handshake_failed");
+                                .connection_limit(ConnectionLimit::TlsHandshakeFailed);
                             self.options.open_connections().dec();
                         }
                     }
@@ -310,8 +247,9 @@ impl<H: Handler> Connection<H> {
                 result = connection.as_mut() => break result,
                 _ = tokio::time::sleep_until(first_request_by), if !activity.has_begun() => {
                     if !activity.has_begun() {
-                        options.metrics.connection_limit("header_read_timeout");
-                        tracing::debug!(reason = "header_read_timeout", "connection closed by a limit");
+                        let limit = ConnectionLimit::HeaderReadTimeout;
+                        options.metrics.connection_limit(limit);
+                        tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                         break Ok(());
                     }
                 }
@@ -321,7 +259,7 @@ impl<H: Handler> Connection<H> {
                 }
                 _ = tokio::time::sleep_until(idle_at), if !finishing => {
                     if activity.idle_for() >= idle_timeout {
-                        options.metrics.connection_limit("idle_timeout");
+                        options.metrics.connection_limit(ConnectionLimit::IdleTimeout);
                         finishing = true;
                         connection.as_mut().graceful_shutdown();
                     }
@@ -329,21 +267,21 @@ impl<H: Handler> Connection<H> {
             }
         };
         if let Err(e) = result {
-            let reason = e.downcast_ref::<hyper::Error>().and_then(|e| {
+            let limit = e.downcast_ref::<hyper::Error>().and_then(|e| {
                 if e.is_timeout() {
-                    Some("header_read_timeout")
+                    Some(ConnectionLimit::HeaderReadTimeout)
                 } else if e.is_parse_too_large() {
-                    Some("headers_too_large")
+                    Some(ConnectionLimit::HeadersTooLarge)
                 } else if e.is_parse() {
-                    Some("malformed_request")
+                    Some(ConnectionLimit::MalformedRequest)
                 } else {
                     None
                 }
             });
-            match reason {
-                Some(reason) => {
-                    options.metrics.connection_limit(reason);
-                    tracing::debug!(reason, "connection closed by a limit");
+            match limit {
+                Some(limit) => {
+                    options.metrics.connection_limit(limit);
+                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                 }
                 None => tracing::debug!("connection ended: {e}"),
             }

@@ -1,21 +1,15 @@
-//! The command line (SPEC §2): exit codes, `check`, and `dev` whose printed curl commands work as
-//! printed.
+//! The command line (docs/design.md#the-command-line): exit codes, `check`, and `dev` whose printed
+//! curl commands work as printed.
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cma-auth-proxy");
+use common::tempdir;
 
-fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cma-cli-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+const BIN: &str = env!("CARGO_BIN_EXE_cma-auth-proxy");
 
 fn check(config: &str, env: &[(&str, &str)]) -> (i32, String) {
     let dir = tempdir();

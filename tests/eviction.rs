@@ -1,5 +1,5 @@
 //! A token evicted upstream (the 21st login elsewhere) is replaced by exactly one re-login, and no
-//! client sees the 401 when its request can be replayed (SPEC §4 step 7).
+//! client sees the 401 when its request can be replayed (docs/design.md#replay-after-an-eviction).
 mod common;
 
 use std::sync::Arc;
@@ -18,7 +18,8 @@ async fn eviction_under_load_causes_one_relogin_and_no_client_401() {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicUsize::new(0));
     let progress = Arc::new(tokio::sync::Notify::new());
-    // SPEC §11: an eviction under 200 concurrent clients → exactly 1 re-login, 0 client 401s.
+    // docs/design.md#performance: an eviction under 200 concurrent clients → exactly 1 re-login, 0
+    // client 401s.
     let clients: Vec<_> = (0..200)
         .map(|i| {
             let (client, url) = (proxy.client.clone(), proxy.url.clone());

@@ -599,6 +599,15 @@ async fn a_store_that_stops_answering_is_skipped_until_it_answers_again() {
 // What a replica reads from the store: checked, bounded, and never derived from the password.
 // ---------------------------------------------------------------------------------------------
 
+/// The values a replica read back from the store and refused.
+async fn refused_values(admin: &str) -> f64 {
+    metric(
+        admin,
+        r#"cma_auth_proxy_token_store_total{event="invalid"}"#,
+    )
+    .await
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -608,7 +617,7 @@ fn now_ms() -> u64 {
 
 /// A key of the account the replicas of these tests log in with.
 fn store_key(kind: &str, fake: &FakeCma) -> String {
-    let account = cma_auth_proxy::token::store::account_key(&fake.url(), EMAIL);
+    let account = cma_auth_proxy::store::account_key(&fake.url(), EMAIL);
     format!("cma-auth-proxy:{kind}:{account}")
 }
 
@@ -692,14 +701,7 @@ async fn tokens_planted_in_the_store_are_refused_when_sealed() {
     assert_eq!(get(&client, &second.url).await, 200);
     assert_eq!(fake.logins(), 2, "the redated token was refused");
     for replica in [&first, &second] {
-        assert!(
-            metric(
-                &replica.admin,
-                r#"cma_auth_proxy_token_store_total{event="invalid"}"#
-            )
-            .await
-                >= 1.0
-        );
+        assert!(refused_values(&replica.admin).await >= 1.0);
     }
 }
 
@@ -888,14 +890,7 @@ async fn an_oversized_value_in_the_store_is_not_read() {
         read < 1 << 20,
         "Redis sent {read} bytes: a value was read whole"
     );
-    assert!(
-        metric(
-            &replica.admin,
-            r#"cma_auth_proxy_token_store_total{event="invalid"}"#
-        )
-        .await
-            >= 1.0
-    );
+    assert!(refused_values(&replica.admin).await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -925,7 +920,7 @@ async fn a_value_of_another_type_in_the_store_is_replaced_by_the_fleet_login() {
 async fn a_planted_rate_state_does_not_hold_requests_back() {
     let fake = fake().await;
     let redis = RedisServer::start();
-    let account = cma_auth_proxy::token::store::account_key(&fake.url(), EMAIL);
+    let account = cma_auth_proxy::store::account_key(&fake.url(), EMAIL);
     // The next slot in 30 years.
     redis.cli(&[
         "SET",

@@ -47,11 +47,7 @@ async fn a_chunked_body_growing_past_max_body_gets_413_mid_stream() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 413);
-    assert_eq!(
-        response.headers()["x-cma-auth-proxy-error"],
-        "body_too_large"
-    );
+    assert_proxy_answer(&response, 413, "body_too_large");
     // The upstream saw the upload start (the simulator records it on the test's runtime, possibly
     // after the client has its answer) but never a complete one.
     eventually(5, "the upstream saw the upload start", || async {
@@ -350,10 +346,7 @@ async fn an_http2_stream_whose_body_stalls_gets_408_and_the_connection_serves_on
         &profile(PASSWORD, ""),
     )
     .await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = h2_client();
     let stalled = || {
         let start = futures_util::stream::iter([Ok::<_, std::io::Error>(
             bytes::Bytes::from_static(b"{\"partial\":"),
@@ -373,8 +366,7 @@ async fn an_http2_stream_whose_body_stalls_gets_408_and_the_connection_serves_on
             .expect("the stalled stream is answered")
             .unwrap();
         assert_eq!(response.version(), http::Version::HTTP_2);
-        assert_eq!(response.status(), 408);
-        assert_eq!(response.headers()["x-cma-auth-proxy-error"], "body_timeout");
+        assert_proxy_answer(&response, 408, "body_timeout");
     }
     // The connection's other streams carry on.
     let response = h2
@@ -430,7 +422,7 @@ async fn http2_upstream() -> (
     let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
     let ca = tempdir().join("upstream-ca.pem");
     std::fs::write(&ca, key.cert.pem()).unwrap();
-    let tls = cma_auth_proxy::server::tls_server_config(
+    let tls = cma_auth_proxy::tls::server_config(
         key.cert.pem().as_bytes(),
         key.signing_key.serialize_pem().as_bytes(),
     )

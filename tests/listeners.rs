@@ -131,7 +131,7 @@ async fn get_user_over(socket: &std::path::Path) -> String {
 fn start_error(result: Result<cma_auth_proxy::Running, cma_auth_proxy::StartError>) -> String {
     match result {
         Ok(_) => panic!("a second instance started on the same socket"),
-        Err(e) => cma_auth_proxy::error::error_chain_text(&e),
+        Err(e) => cma_auth_proxy::error_text::error_chain_text(&e),
     }
 }
 

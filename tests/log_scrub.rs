@@ -1,7 +1,7 @@
-//! Secrets never reach the logs (SPEC §10): the real binary at trace level, JSON and text, through a
-//! login, a refused login, a TOTP login, a re-login after eviction, a credential rotation and a
-//! shutdown with logout. Every password, the TOTP secret, every TOTP code sent and every token
-//! issued are then searched for in everything the process wrote.
+//! Secrets never reach the logs (docs/design.md#observability): the real binary at trace level,
+//! JSON and text, through a login, a refused login, a TOTP login, a re-login after eviction, a
+//! credential rotation and a shutdown with logout. Every password, the TOTP secret, every TOTP code
+//! sent and every token issued are then searched for in everything the process wrote.
 mod common;
 
 use cma_sim::{Account, FakeCma};

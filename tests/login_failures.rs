@@ -1,5 +1,6 @@
-//! Login discipline (SPEC §5): refused credentials are never retried inside `rejected_retry`, so the
-//! account never locks; transient failures back off, fail fast meanwhile, and recover.
+//! Login discipline (docs/design.md#the-login-discipline): refused credentials are never retried
+//! inside `rejected_retry`, so the account never locks; transient failures back off, fail fast
+//! meanwhile, and recover.
 mod common;
 
 use std::time::Duration;
@@ -22,11 +23,7 @@ async fn wrong_password_means_one_attempt_fast_503s_and_no_lockout() {
         responses.push(client.get(&url).send().await.unwrap());
     }
     for response in responses {
-        assert_eq!(response.status(), 503);
-        assert_eq!(
-            response.headers()["x-cma-auth-proxy-error"],
-            "login_rejected"
-        );
+        assert_proxy_answer(&response, 503, "login_rejected");
         let retry_after: u64 = response.headers()["retry-after"]
             .to_str()
             .unwrap()
@@ -66,11 +63,7 @@ async fn login_outage_backs_off_fails_fast_and_recovers() {
     // While logins fail, requests are answered at once with 503 and a Retry-After.
     eventually(10, "at least 4 failed login attempts", || async {
         let response = proxy.get("/v3/user").send().await.unwrap();
-        assert_eq!(response.status(), 503);
-        assert_eq!(
-            response.headers()["x-cma-auth-proxy-error"],
-            "login_unavailable"
-        );
+        assert_proxy_answer(&response, 503, "login_unavailable");
         assert!(response.headers().contains_key("retry-after"));
         fake.login_attempts().len() >= 4
     })

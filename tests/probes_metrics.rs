@@ -1,5 +1,5 @@
-//! Admin endpoints (SPEC §7): probes through a login failure and recovery, `/status`, and every
-//! metric series after a scripted scenario.
+//! Admin endpoints (docs/design.md#observability): probes through a login failure and recovery,
+//! `/status`, and every metric series after a scripted scenario.
 mod common;
 
 use common::*;

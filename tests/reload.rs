@@ -1,4 +1,5 @@
-//! Live reload and credential rotation (SPEC §8), with Secrets laid out as Kubernetes mounts them.
+//! Live reload and credential rotation (docs/design.md#reload-and-rotation), with Secrets laid out
+//! as Kubernetes mounts them.
 mod common;
 
 use std::sync::Arc;
@@ -15,6 +16,17 @@ fn config_text(fake_url: &str, password_file: &std::path::Path, extra: &str) -> 
          [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"{}\"\nvalidate_interval = \"0s\"\n{extra}",
         password_file.display()
     )
+}
+
+/// A directory holding the password file and a config file that reads it: the directory, the
+/// config file and its text.
+fn config_dir(fake_url: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), PASSWORD).unwrap();
+    let config = dir.join("config.toml");
+    let text = config_text(fake_url, &dir.join("password"), "");
+    std::fs::write(&config, &text).unwrap();
+    (dir, config, text)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -135,11 +147,7 @@ async fn rotation_clears_the_rejected_backoff() {
 #[tokio::test]
 async fn a_broken_config_is_counted_and_the_old_one_keeps_serving() {
     let fake = fake().await;
-    let dir = tempdir();
-    std::fs::write(dir.join("password"), PASSWORD).unwrap();
-    let config = dir.join("config.toml");
-    let good = config_text(&fake.url(), &dir.join("password"), "");
-    std::fs::write(&config, &good).unwrap();
+    let (_, config, good) = config_dir(&fake.url());
     let proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
 
@@ -174,10 +182,7 @@ async fn a_broken_config_is_counted_and_the_old_one_keeps_serving() {
 #[tokio::test]
 async fn sighup_reloads_the_binary() {
     let fake = fake().await;
-    let dir = tempdir();
-    std::fs::write(dir.join("password"), PASSWORD).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(&config, config_text(&fake.url(), &dir.join("password"), "")).unwrap();
+    let (_, config, _) = config_dir(&fake.url());
     let mut binary = Binary::start(&config, &[]);
     binary.wait_for_line("live reload on");
     binary.signal("HUP");
@@ -195,11 +200,7 @@ async fn sighup_reloads_the_binary() {
 async fn a_failed_reload_logs_where_the_error_is_but_never_the_secret() {
     const SECRET: &str = "unterminated-s3cret-in-config";
     let fake = fake().await;
-    let dir = tempdir();
-    std::fs::write(dir.join("password"), PASSWORD).unwrap();
-    let config = dir.join("config.toml");
-    let good = config_text(&fake.url(), &dir.join("password"), "");
-    std::fs::write(&config, &good).unwrap();
+    let (_, config, good) = config_dir(&fake.url());
     let mut binary = Binary::start(&config, &[]);
     binary.wait_for_line("live reload on");
 
@@ -301,10 +302,7 @@ async fn until_quiet(path: &std::path::Path, secs: u64) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_proxy_at_trace_level_with_its_log_next_to_the_config_neither_reloads_nor_writes() {
     let fake = fake().await;
-    let dir = tempdir();
-    std::fs::write(dir.join("password"), PASSWORD).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(&config, config_text(&fake.url(), &dir.join("password"), "")).unwrap();
+    let (dir, config, _) = config_dir(&fake.url());
     let log = dir.join("cma-auth-proxy.log");
     let mut binary = Binary::start_logging_to(&config, &[("RUST_LOG", "trace")], &log);
     binary.wait_for_line("live reload on");
@@ -335,11 +333,7 @@ async fn an_idle_proxy_at_trace_level_with_its_log_next_to_the_config_neither_re
 #[tokio::test]
 async fn a_config_replaced_by_rename_is_reloaded() {
     let fake = fake().await;
-    let dir = tempdir();
-    std::fs::write(dir.join("password"), PASSWORD).unwrap();
-    let config = dir.join("config.toml");
-    let good = config_text(&fake.url(), &dir.join("password"), "");
-    std::fs::write(&config, &good).unwrap();
+    let (dir, config, good) = config_dir(&fake.url());
     let proxy = proxy_from_file(&config).await;
     for version in [2, 3] {
         let saved = dir.join(format!(".config.toml.{version}.swp"));

@@ -15,6 +15,19 @@ fn config_text(fake_url: &str, password_file: &std::path::Path, server: &str) ->
     )
 }
 
+/// A mounted Secret holding the password, and a config file that reads it (with `server` added to
+/// `[server]`).
+fn secret_and_config(fake_url: &str, server: &str) -> (SecretVolume, std::path::PathBuf) {
+    let secret = SecretVolume::new(&[("password", PASSWORD)]);
+    let config = tempdir().join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(fake_url, &secret.path("password"), server),
+    )
+    .unwrap();
+    (secret, config)
+}
+
 /// Changes the password in the simulator and in the mounted Secret, and waits for the login with it.
 async fn rotate(fake: &cma_sim::FakeCma, secret: &mut SecretVolume) {
     fake.set_password(EMAIL, NEW_PASSWORD);
@@ -28,13 +41,7 @@ async fn rotate(fake: &cma_sim::FakeCma, secret: &mut SecretVolume) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_request_in_flight_the_old_session_is_logged_out_at_once() {
     let fake = fake().await;
-    let mut secret = SecretVolume::new(&[("password", PASSWORD)]);
-    let config = tempdir().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(&fake.url(), &secret.path("password"), ""),
-    )
-    .unwrap();
+    let (mut secret, config) = secret_and_config(&fake.url(), "");
     let proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let old = fake.issued_tokens()[0].clone();
@@ -50,13 +57,7 @@ async fn with_no_request_in_flight_the_old_session_is_logged_out_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_keeps_the_old_session_until_it_finishes() {
     let fake = fake().await;
-    let mut secret = SecretVolume::new(&[("password", PASSWORD)]);
-    let config = tempdir().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(&fake.url(), &secret.path("password"), ""),
-    )
-    .unwrap();
+    let (mut secret, config) = secret_and_config(&fake.url(), "");
     let proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let old = fake.issued_tokens()[0].clone();
@@ -90,17 +91,7 @@ async fn a_request_in_flight_keeps_the_old_session_until_it_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_right_after_a_rotation_logs_the_old_session_out_too() {
     let fake = fake().await;
-    let mut secret = SecretVolume::new(&[("password", PASSWORD)]);
-    let config = tempdir().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(
-            &fake.url(),
-            &secret.path("password"),
-            "shutdown_grace = \"20s\"",
-        ),
-    )
-    .unwrap();
+    let (mut secret, config) = secret_and_config(&fake.url(), "shutdown_grace = \"20s\"");
     let mut binary = Binary::start(&config, &[]);
     let client = reqwest::Client::new();
     let url = binary.url.clone();
@@ -136,13 +127,7 @@ async fn sigterm_right_after_a_rotation_logs_the_old_session_out_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_logs_out_a_retiring_session_that_is_still_in_use() {
     let fake = fake().await;
-    let mut secret = SecretVolume::new(&[("password", PASSWORD)]);
-    let config = tempdir().join("config.toml");
-    std::fs::write(
-        &config,
-        config_text(&fake.url(), &secret.path("password"), ""),
-    )
-    .unwrap();
+    let (mut secret, config) = secret_and_config(&fake.url(), "");
     let mut proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let old = fake.issued_tokens()[0].clone();
@@ -154,7 +139,6 @@ async fn shutdown_logs_out_a_retiring_session_that_is_still_in_use() {
         .proxy()
         .tokens()
         .cached("default")
-        .await
         .unwrap();
 
     rotate(&fake, &mut secret).await;

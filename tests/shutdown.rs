@@ -1,5 +1,5 @@
-//! Graceful shutdown of the real binary (SPEC §9): SIGTERM under load drains, logs out, exits 0;
-//! a second signal exits at once.
+//! Graceful shutdown of the real binary (docs/design.md#shutdown): SIGTERM under load drains, logs
+//! out, exits 0; a second signal exits at once.
 mod common;
 
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! N concurrent cold requests cause exactly one login (SPEC §4 step 5).
+//! N concurrent cold requests cause exactly one login (docs/design.md#single-flight).
 mod common;
 
 use std::time::Duration;

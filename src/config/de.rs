@@ -124,8 +124,16 @@ impl de::Error for DeError {
         ))
     }
 
-    fn unknown_variant(_variant: &str, expected: &'static [&'static str]) -> Self {
-        Self::plain(format!("expected one of {}", list(expected)))
+    /// The value named no setting this key takes. Quoting it is as safe as a custom message: no
+    /// secret key is one of these.
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        let names: Vec<String> = expected.iter().map(|n| format!("{n:?}")).collect();
+        DeError {
+            message: format!("{variant:?} is not one of {}", names.join(", ")),
+            may_quote_value: true,
+            key: None,
+            origin: None,
+        }
     }
 
     fn unknown_field(_field: &str, expected: &'static [&'static str]) -> Self {
@@ -157,6 +165,8 @@ fn expected_text(expected: &dyn Expected) -> String {
         "f32" | "f64" => "a number".into(),
         "path string" => "a path (a string)".into(),
         "a duration" => "a duration such as \"250ms\", \"5m\" or \"1h\"".into(),
+        // bytesize's name for a size written as text.
+        "parsable string" => "a size such as \"64KiB\" or \"1GiB\"".into(),
         _ => text,
     }
 }
@@ -234,6 +244,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de> {
                 key: &self.key,
             }),
             Value::Table(entries) => visitor.visit_map(Entries {
+                kind: entries.get_key_value(KIND),
                 entries: entries.iter(),
                 pending: None,
                 key: &self.key,
@@ -261,6 +272,22 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de> {
         visitor.visit_some(self)
     }
 
+    /// A setting with a fixed set of values (`log.format = "json"`): the string names the variant.
+    fn deserialize_enum<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _variants: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
+        let node = self.node;
+        match &node.value {
+            Value::String(text) => visitor
+                .visit_enum(de::value::BorrowedStrDeserializer::<DeError>::new(text))
+                .map_err(|e| e.locate(&self.key, &node.origin)),
+            _ => self.deserialize_any(visitor),
+        }
+    }
+
     fn deserialize_newtype_struct<V: Visitor<'de>>(
         self,
         _name: &'static str,
@@ -271,7 +298,7 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de> {
 
     serde::forward_to_deserialize_any! {
         i128 u128 char str string bytes byte_buf unit unit_struct seq tuple tuple_struct map
-        struct enum identifier ignored_any
+        struct identifier ignored_any
     }
 }
 
@@ -302,7 +329,13 @@ impl<'de> SeqAccess<'de> for Items<'_, 'de> {
     }
 }
 
+/// The key that says which kind a tagged section is (`token_store.kind`).
+const KIND: &str = "kind";
+
+/// A table's entries in key order, but `kind` first: a tagged section reads its kind before the
+/// keys that depend on it.
 struct Entries<'a, 'de> {
+    kind: Option<(&'de String, &'de Node)>,
     entries: btree_map::Iter<'de, String, Node>,
     /// The entry whose key was just read, waiting for its value to be asked for.
     pending: Option<(&'de String, &'de Node)>,
@@ -316,14 +349,25 @@ impl<'de> MapAccess<'de> for Entries<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, DeError> {
-        let Some((name, node)) = self.entries.next() else {
+        let next = match self.kind.take() {
+            Some(kind) => Some(kind),
+            None => self.entries.find(|(name, _)| *name != KIND),
+        };
+        let Some((name, node)) = next else {
             return Ok(None);
         };
         self.pending = Some((name, node));
-        // An unknown key is refused here, while reading the key: point at it.
+        // An unknown key is refused here, while reading the key: point at it. Such an error can
+        // quote only the key's name, never its value.
         seed.deserialize(de::value::BorrowedStrDeserializer::new(name))
             .map(Some)
-            .map_err(|e: DeError| e.locate(&child_key(self.key, name), &node.origin))
+            .map_err(|e: DeError| {
+                DeError {
+                    may_quote_value: false,
+                    ..e
+                }
+                .locate(&child_key(self.key, name), &node.origin)
+            })
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
@@ -337,6 +381,6 @@ impl<'de> MapAccess<'de> for Entries<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.entries.len())
+        None
     }
 }

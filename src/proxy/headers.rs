@@ -1,9 +1,9 @@
-//! Small, named header operations of the request path (SPEC §4 steps 4 and 6). Pure.
+//! Small, named header operations of the request path (docs/design.md#the-request-path). Pure.
 use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::error::{BadRequest, ERROR_HEADER, ProxyError};
+use super::error::{BadRequest, ERROR_HEADER, ProxyError};
 use crate::policy::ClientCredentials;
 use crate::proxy::target::{Name, classify_name};
 

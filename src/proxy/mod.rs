@@ -1,12 +1,14 @@
-//! The request path (SPEC §4), read top to bottom in [`Proxy::forward`]: admission, hop-by-hop
-//! removal, judging the target (normalized method, path and query: what the policy checks is what is
-//! sent, see [`target`]), policy, header screening, profile, client credentials, token, forward, and
-//! the one replay after a token eviction.
+//! The request path (docs/design.md#the-request-path), read top to bottom in [`Proxy::forward`]:
+//! admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
+//! policy checks is what is sent, see [`target`]), policy, header screening, profile, client
+//! credentials, token, forward, and the one replay after a token eviction.
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response, and never logs a header value or a body.
-pub mod body;
+pub mod error;
+mod error_body;
 pub mod headers;
+mod profile;
 pub mod target;
 pub mod upstream;
 
@@ -21,26 +23,22 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 
+use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
-use crate::error::{BadRequest, ProxyError};
-use crate::metrics::{Metrics, RequestLabels, Trigger};
-use crate::policy::Denial;
+use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{self, Decision, RateLimiter};
-use crate::token::{Token, TokenLease, TokenManager, Validity, login};
-use body::{Relay, RequestBody};
-use headers::PROFILE_HEADER;
+use crate::token::{Token, TokenLease, TokenManager, Validity, session};
+use error::{BadRequest, ProxyError};
 use target::Target;
 use upstream::UpstreamClients;
 
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
 pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
 
-/// The profile label of requests refused before a profile was chosen.
-static NO_PROFILE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
-
-/// What the access log and metrics learn about a request besides its response.
+/// The access-log record of a request: what the log line and the metrics learn about it besides
+/// its response, filled in as the request goes.
 #[derive(Default)]
-pub struct Trace {
+pub struct AccessRecord {
     pub profile: Option<Arc<str>>,
     pub upstream: Option<Duration>,
     pub error: Option<&'static str>,
@@ -52,8 +50,6 @@ pub struct Proxy {
     clients: UpstreamClients,
     draining: AtomicBool,
     metrics: Arc<Metrics>,
-    /// Inbound TLS of the proxy listener, when configured; swapped when its files change.
-    inbound_tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
     /// Request budgets of the profiles with `rate_limit`, by profile name.
     limiters: ArcSwap<Limiters>,
 }
@@ -82,29 +78,15 @@ impl Proxy {
         tokens: TokenManager,
         clients: UpstreamClients,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, crate::server::TlsServerError> {
-        let inbound_tls = config
-            .server
-            .tls
-            .as_ref()
-            .map(|tls| {
-                crate::server::tls_server_config(&tls.cert_chain_pem, &tls.key_pem.0)
-                    .map(|c| Arc::new(ArcSwap::from_pointee(c)))
-            })
-            .transpose()?;
-        Ok(Self {
+    ) -> Self {
+        Self {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
             config: ArcSwap::new(config),
             tokens,
             clients,
             draining: AtomicBool::new(false),
             metrics,
-            inbound_tls,
-        })
-    }
-
-    pub fn inbound_tls(&self) -> Option<Arc<ArcSwap<rustls::ServerConfig>>> {
-        self.inbound_tls.clone()
+        }
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -112,18 +94,8 @@ impl Proxy {
     }
 
     /// Serves new requests with `config` from now on; requests in flight keep the one they started
-    /// with. New TLS certificate files apply to new connections.
+    /// with.
     pub fn replace_config(&self, config: Arc<Config>) {
-        match (&self.inbound_tls, &config.server.tls) {
-            (Some(current), Some(files)) => {
-                match crate::server::tls_server_config(&files.cert_chain_pem, &files.key_pem.0) {
-                    Ok(tls) => current.store(Arc::new(tls)),
-                    Err(e) => tracing::error!("inbound TLS unchanged: {e}"),
-                }
-            }
-            (None, None) => {}
-            _ => tracing::warn!("turning inbound TLS on or off needs a restart"),
-        }
         self.limiters.store(Arc::new(limiters(
             &config,
             &self.tokens,
@@ -152,24 +124,21 @@ impl Proxy {
     /// Serves one request; never fails (errors become responses), logs one access line.
     pub async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
         let started = Instant::now();
-        self.metrics.in_flight.inc();
+        self.metrics.in_flight(true);
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
         let path = uri.path();
-        let mut trace = Trace::default();
-        let response = match self.forward(req, peer, &mut trace).await {
+        let mut record = AccessRecord::default();
+        let response = match self.forward(req, peer, &mut record).await {
             Ok(response) => response,
             Err(e) => {
-                trace.error = Some(e.reason());
+                record.error = Some(e.reason());
                 if e.status().is_client_error() {
-                    self.metrics
-                        .denied
-                        .get_or_create(&crate::metrics::ReasonLabels { reason: e.reason() })
-                        .inc();
+                    self.metrics.denied(e.reason());
                 }
                 if e.status().is_server_error() {
-                    tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error::error_chain_text(&e));
+                    tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error_text::error_chain_text(&e));
                 }
                 // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
                 // sends it over HTTP/2, where clients take it as a protocol error.
@@ -183,33 +152,24 @@ impl Proxy {
                 })
             }
         };
-        self.metrics.in_flight.dec();
+        self.metrics.in_flight(false);
         let elapsed = started.elapsed();
-        self.metrics.request_duration.observe(elapsed.as_secs_f64());
-        if let Some(upstream) = trace.upstream {
-            self.metrics
-                .upstream_duration
-                .observe(upstream.as_secs_f64());
-        }
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                profile: crate::metrics::Profile(
-                    trace.profile.clone().unwrap_or_else(|| NO_PROFILE.clone()),
-                ),
-                method: crate::metrics::method_label(&method),
-                status: response.status().as_u16(),
-            })
-            .inc();
+        self.metrics.request(
+            record.profile.clone(),
+            &method,
+            response.status().as_u16(),
+            elapsed,
+            record.upstream,
+        );
         tracing::info!(
             method = %method,
             path = %path,
             status = response.status().as_u16(),
-            profile = trace.profile.as_deref().unwrap_or("-"),
+            profile = record.profile.as_deref().unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = trace.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            upstream_ms = record.upstream.map(|d| d.as_secs_f64() * 1000.0),
             bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
-            error = trace.error,
+            error = record.error,
             "request"
         );
         response
@@ -219,7 +179,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
-        trace: &mut Trace,
+        record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let config = self.config.load_full();
         let (mut parts, body) = req.into_parts();
@@ -233,8 +193,8 @@ impl Proxy {
             .check(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
         let removals = headers::screen_request(&parts.headers, mode)?;
-        let profile = select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
-        trace.profile = Some(profile.name.clone());
+        let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
+        record.profile = Some(profile.name.clone());
         headers::strip_request(&mut parts.headers, removals);
         if let Some(peer) = peer {
             headers::append_forwarded_for(&mut parts.headers, peer);
@@ -262,18 +222,18 @@ impl Proxy {
             profile: profile.name.clone(),
         };
         match &profile.credentials {
-            Credentials::ManagementToken(value) => {
+            Credentials::ManagementToken(token) => {
                 let mut headers = outbound.headers.clone();
-                headers.insert(header::AUTHORIZATION, value.clone());
+                headers.insert(header::AUTHORIZATION, token.0.clone());
                 let body = match body {
                     RequestBody::Replayable(bytes) => Relay::full(bytes),
                     RequestBody::Streaming(relay) => relay,
                 };
-                let response = self.send(&outbound, headers, body, trace).await?;
+                let response = self.send(&outbound, headers, body, record).await?;
                 Ok(relay_response(response))
             }
-            Credentials::Login { .. } => {
-                self.forward_with_session(profile, outbound, body, trace)
+            Credentials::Login(_) => {
+                self.forward_with_session(profile, outbound, body, record)
                     .await
             }
         }
@@ -286,7 +246,7 @@ impl Proxy {
         profile: &ProfileConfig,
         outbound: Outbound,
         body: RequestBody,
-        trace: &mut Trace,
+        record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let token = self.token(profile).await?;
         let (first_body, replay) = match body {
@@ -298,14 +258,14 @@ impl Proxy {
                 &outbound,
                 with_token(&outbound.headers, &token),
                 first_body,
-                trace,
+                record,
             )
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(relay_response(response));
         }
         let (parts, mut rest) = response.into_parts();
-        let (chunks, complete) = body::read_prefix(&mut rest, ERROR_PEEK_LIMIT)
+        let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
             .await
             .map_err(ProxyError::UpstreamBroken)?;
         if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
@@ -315,26 +275,23 @@ impl Proxy {
             .invalidate(&profile.name, &token, Trigger::Unauthorized)
             .await;
         let Some(bytes) = replay else {
-            self.metrics.replay("not_replayable");
-            return Ok(upstream_response(
-                parts,
-                Relay::full(body::concat_all(&chunks)),
-            ));
+            self.metrics.replay(ReplayOutcome::NotReplayable);
+            return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
         };
         let token = match self.token(profile).await {
             Ok(token) => token,
             Err(e) => {
-                self.metrics.replay("login_failed");
+                self.metrics.replay(ReplayOutcome::LoginFailed);
                 return Err(e);
             }
         };
-        self.metrics.replay("replayed");
+        self.metrics.replay(ReplayOutcome::Replayed);
         let response = self
             .send(
                 &outbound,
                 with_token(&outbound.headers, &token),
                 Relay::full(bytes),
-                trace,
+                record,
             )
             .await?;
         Ok(relay_response(response))
@@ -347,7 +304,6 @@ impl Proxy {
         // Draining: serve with the session we have, but start none that shutdown would log out.
         self.tokens
             .cached(&profile.name)
-            .await
             .ok_or(ProxyError::ShuttingDown)
     }
 
@@ -359,9 +315,9 @@ impl Proxy {
         chunks: &std::collections::VecDeque<Bytes>,
         token: &Token,
     ) -> bool {
-        let raw = body::concat_all(chunks);
-        match decode(headers, &raw) {
-            Some(decoded) => login::error_code(&decoded) == Some(login::TOKEN_INVALID),
+        let raw = body::concat(chunks.clone());
+        match error_body::decode(headers, &raw) {
+            Some(decoded) => session::error_code(&decoded) == Some(session::TOKEN_INVALID),
             None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
         }
     }
@@ -371,19 +327,14 @@ impl Proxy {
         outbound: &Outbound,
         headers: HeaderMap,
         body: Relay,
-        trace: &mut Trace,
+        record: &mut AccessRecord,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let kind = ratelimit::Kind::of(&outbound.method);
+        let class = ratelimit::ReadOrWrite::of(&outbound.method);
         if let Some(limiter) = &outbound.limiter {
-            match limiter.acquire(kind).await {
+            match limiter.acquire(class).await {
                 Decision::Now => {}
                 Decision::After(wait) => {
-                    self.metrics
-                        .rate_limit_waits
-                        .get_or_create(&crate::metrics::ProfileLabels {
-                            profile: outbound.profile.to_string(),
-                        })
-                        .inc();
+                    self.metrics.rate_limit_wait(&outbound.profile);
                     tokio::time::sleep(wait).await;
                 }
                 Decision::Refuse(wait) => return Err(ProxyError::RateLimited(wait)),
@@ -398,28 +349,22 @@ impl Proxy {
         let started = Instant::now();
         let result =
             tokio::time::timeout(outbound.timeout, self.clients.current().request(request)).await;
-        trace.upstream = Some(trace.upstream.unwrap_or_default() + started.elapsed());
+        record.upstream = Some(record.upstream.unwrap_or_default() + started.elapsed());
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
             Ok(Err(e)) => Err(fault
                 .and_then(|fault| fault.error())
-                .unwrap_or(ProxyError::UpstreamUnreachable(e))),
+                .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from)),
             Ok(Ok(response)) => {
                 if response.status() == StatusCode::TOO_MANY_REQUESTS
                     && let Some(limiter) = &outbound.limiter
                 {
-                    limiter.upstream_limited(kind).await;
+                    limiter.upstream_limited(class).await;
                 }
                 Ok(response)
             }
         }
-    }
-}
-
-impl crate::server::Handler for Proxy {
-    async fn call(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
-        self.handle(req, peer).await
     }
 }
 
@@ -503,295 +448,5 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ProxyError> {
         .transpose()
 }
 
-/// Profile routing (SPEC §3): `x-cma-profile`, else the profile listing the request's `api_key`,
-/// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
-/// `query_api_key` is the target's `api_key` query parameter.
-fn select_profile<'c>(
-    headers: &HeaderMap,
-    query_api_key: Option<&str>,
-    config: &'c Config,
-) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
-    let api_key = stack_key(headers, query_api_key)?;
-    let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
-    let profile = if let Some(value) = headers.get(PROFILE_HEADER) {
-        let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
-        config
-            .profile(name)
-            .ok_or_else(|| BadRequest::UnknownProfile(name.to_owned()))?
-    } else if let Some(p) = api_key.and_then(|key| config.profiles.iter().find(|p| serves(p, key)))
-    {
-        p
-    } else if let Some(p) = config.profile("default") {
-        p
-    } else if let [only] = config.profiles.as_slice() {
-        only
-    } else if api_key.is_some() && config.profiles.iter().all(|p| !p.stacks.is_empty()) {
-        return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
-    } else {
-        return Err(BadRequest::NoProfile.into());
-    };
-    if let Some(key) = api_key
-        && !profile.stacks.is_empty()
-        && !serves(profile, key)
-    {
-        return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
-    }
-    Ok(profile)
-}
-
-/// The request's stack key: the `api_key` header, or the `api_key` query parameter, which the
-/// upstream reads too. Ambiguous forms are refused rather than guessed at: two `api_key` headers,
-/// a value that is not text, or a header and a query parameter that disagree. (Other spellings of
-/// the name are refused earlier, by [`headers::screen_request`] and [`target::judge`].)
-fn stack_key<'a>(
-    headers: &'a HeaderMap,
-    query: Option<&'a str>,
-) -> Result<Option<&'a str>, BadRequest> {
-    let mut values = headers.get_all("api_key").iter();
-    let header = match (values.next(), values.next()) {
-        (None, _) => None,
-        (Some(value), None) => Some(
-            value
-                .to_str()
-                .map_err(|_| BadRequest::Malformed("the api_key header is not valid text"))?,
-        ),
-        (Some(_), Some(_)) => return Err(BadRequest::Malformed("more than one api_key header")),
-    };
-    match (header, query) {
-        (Some(header), Some(query)) if header != query => Err(BadRequest::Malformed(
-            "the api_key header and the api_key query parameter name different stacks",
-        )),
-        (header, query) => Ok(header.or(query)),
-    }
-}
-
-/// The body of a small upstream response, decoded; `None` when its encoding is not one the proxy
-/// reads (then the caller asks Contentstack instead of guessing).
-fn decode(headers: &HeaderMap, raw: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Read;
-    let encoding = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("identity")
-        .trim()
-        .to_ascii_lowercase();
-    let mut out = Vec::new();
-    let limit = ERROR_PEEK_LIMIT as u64;
-    let ok = match encoding.as_str() {
-        "identity" | "" => return Some(raw.to_vec()),
-        "gzip" | "x-gzip" => flate2::read::GzDecoder::new(raw)
-            .take(limit)
-            .read_to_end(&mut out)
-            .is_ok(),
-        "deflate" => flate2::read::ZlibDecoder::new(raw)
-            .take(limit)
-            .read_to_end(&mut out)
-            .is_ok(),
-        "br" => brotli_decompressor::Decompressor::new(raw, 4096)
-            .take(limit)
-            .read_to_end(&mut out)
-            .is_ok(),
-        _ => false,
-    };
-    ok.then_some(out)
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http::HeaderValue;
-
-    fn config(profiles: &str) -> Config {
-        Config::from_toml(profiles, Vec::new(), None).unwrap()
-    }
-
-    fn route(config: &Config, pairs: &[(&str, &str)]) -> Result<String, String> {
-        let mut headers = HeaderMap::new();
-        for (k, v) in pairs {
-            headers.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        route_with_query(config, &headers, None)
-    }
-
-    fn route_with_query(
-        config: &Config,
-        headers: &HeaderMap,
-        query_api_key: Option<&str>,
-    ) -> Result<String, String> {
-        headers::screen_request(headers, config.policy.client_credentials)
-            .and_then(|_| select_profile(headers, query_api_key, config))
-            .map(|p| p.name.to_string())
-            .map_err(|e| e.reason().to_owned())
-    }
-
-    #[test]
-    fn profile_routing_order() {
-        let c = config(
-            r#"
-            [profiles.default]
-            email = "a@x" 
-            password = "p"
-            [profiles.blog]
-            email = "b@x"
-            password = "p"
-            stacks = ["blt_blog"]
-            "#,
-        );
-        assert_eq!(route(&c, &[]).unwrap(), "default");
-        assert_eq!(route(&c, &[("api_key", "blt_blog")]).unwrap(), "blog");
-        assert_eq!(route(&c, &[("api_key", "blt_other")]).unwrap(), "default");
-        assert_eq!(route(&c, &[("x-cma-profile", "blog")]).unwrap(), "blog");
-        assert_eq!(
-            route(&c, &[("x-cma-profile", "blog"), ("api_key", "blt_other")]).unwrap_err(),
-            "policy_denied"
-        );
-        assert_eq!(
-            route(&c, &[("x-cma-profile", "nope")]).unwrap_err(),
-            "bad_request"
-        );
-        assert_eq!(
-            route(&c, &[("api-key", "blt_blog")]).unwrap_err(),
-            "bad_request"
-        );
-        let mut two = HeaderMap::new();
-        two.append("api_key", HeaderValue::from_static("blt_other"));
-        two.append("api_key", HeaderValue::from_static("blt_blog"));
-        assert_eq!(route_with_query(&c, &two, None).unwrap_err(), "bad_request");
-        let mut binary = HeaderMap::new();
-        binary.insert("api_key", HeaderValue::from_bytes(b"blt\xff").unwrap());
-        assert_eq!(
-            route_with_query(&c, &binary, None).unwrap_err(),
-            "bad_request"
-        );
-        // The query's api_key routes like the header; the two must agree.
-        let none = HeaderMap::new();
-        assert_eq!(
-            route_with_query(&c, &none, Some("blt_blog")).unwrap(),
-            "blog"
-        );
-        let mut blog = HeaderMap::new();
-        blog.insert("api_key", HeaderValue::from_static("blt_blog"));
-        assert_eq!(
-            route_with_query(&c, &blog, Some("blt_blog")).unwrap(),
-            "blog"
-        );
-        assert_eq!(
-            route_with_query(&c, &blog, Some("blt_other")).unwrap_err(),
-            "bad_request"
-        );
-    }
-
-    #[test]
-    fn profiles_that_all_list_stacks_refuse_other_stacks() {
-        let c = config(
-            r#"
-            [profiles.a]
-            email = "a@x"
-            password = "p"
-            stacks = ["blt_a"]
-            [profiles.b]
-            email = "b@x"
-            password = "p"
-            stacks = ["blt_b"]
-            "#,
-        );
-        assert_eq!(route(&c, &[("api_key", "blt_a")]).unwrap(), "a");
-        assert_eq!(route(&c, &[("api_key", "blt_b")]).unwrap(), "b");
-        assert_eq!(
-            route(&c, &[("api_key", "blt_c")]).unwrap_err(),
-            "policy_denied"
-        );
-        assert_eq!(route(&c, &[]).unwrap_err(), "bad_request");
-    }
-
-    #[test]
-    fn single_profile_is_used_without_default_name() {
-        let c = config("[profiles.svc]\nemail = \"a@x\"\npassword = \"p\"\n");
-        assert_eq!(route(&c, &[]).unwrap(), "svc");
-    }
-
-    /// The URI the upstream would be sent, or the reason for refusing.
-    fn admit_uri(target: &str, version: Version, method: Method) -> Result<String, String> {
-        let c = config(
-            "[upstream]\nurl = \"https://eu-api.contentstack.com\"\n[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n",
-        );
-        let (mut parts, ()) = Request::new(()).into_parts();
-        parts.uri = target.parse().unwrap();
-        parts.version = version;
-        parts.method = method;
-        target::judge(&parts.method, &parts.uri, c.policy.client_credentials)
-            .and_then(|t| admit(&parts, &c).map(|()| t))
-            .and_then(|t| upstream_uri(&t, &c))
-            .map(|u| u.to_string())
-            .map_err(|e| e.reason().to_owned())
-    }
-
-    #[test]
-    fn admission() {
-        let v1 = Version::HTTP_11;
-        assert_eq!(
-            admit_uri("/v3/user?x=1", v1, Method::GET).unwrap(),
-            "https://eu-api.contentstack.com/v3/user?x=1"
-        );
-        assert_eq!(
-            admit_uri("//x/v3/./user/?x=1", v1, Method::GET).unwrap(),
-            "https://eu-api.contentstack.com/x/v3/user?x=1"
-        );
-        assert_eq!(
-            admit_uri("https://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap(),
-            "https://eu-api.contentstack.com/v3/user"
-        );
-        assert_eq!(
-            admit_uri("http://evil.example/v3/user", v1, Method::GET).unwrap_err(),
-            "bad_request"
-        );
-        assert_eq!(
-            admit_uri("http://eu-api.contentstack.com/v3/user", v1, Method::GET).unwrap_err(),
-            "bad_request",
-            "port 80 is not the upstream's 443"
-        );
-        assert_eq!(
-            admit_uri("eu-api.contentstack.com:443", v1, Method::CONNECT).unwrap_err(),
-            "method_not_allowed"
-        );
-        for method in ["TRACE", "trace", "TRACK", "Track"] {
-            assert_eq!(
-                admit_uri(
-                    "/v3/user",
-                    v1,
-                    Method::from_bytes(method.as_bytes()).unwrap()
-                )
-                .unwrap_err(),
-                "method_not_allowed",
-                "{method}"
-            );
-        }
-        // HTTP/2 always carries :authority; it is the Host, and never picks the destination.
-        assert_eq!(
-            admit_uri(
-                "http://127.0.0.1:8080/v3/user",
-                Version::HTTP_2,
-                Method::GET
-            )
-            .unwrap(),
-            "https://eu-api.contentstack.com/v3/user"
-        );
-    }
-
-    #[test]
-    fn decodes_error_bodies() {
-        use std::io::Write;
-        let json = br#"{"error_code":105}"#;
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(json).unwrap();
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        assert_eq!(decode(&headers, &gz.finish().unwrap()).unwrap(), json);
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("zstd"));
-        assert_eq!(decode(&headers, json), None);
-        assert_eq!(decode(&HeaderMap::new(), json).unwrap(), json);
-    }
-}
+mod tests;

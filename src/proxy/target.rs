@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use http::uri::PathAndQuery;
 use http::{Method, Uri};
 
-use crate::error::{BadRequest, ProxyError};
+use super::error::{BadRequest, ProxyError};
 use crate::policy::{ClientCredentials, normalize};
 
 /// What the policy judges and what goes upstream, one and the same.

@@ -1,7 +1,5 @@
-//! The connection to Contentstack: rustls configuration (webpki roots plus `upstream.ca_file`) and
-//! the pooled hyper client that carries forwarded requests. Shared TLS settings keep the session
-//! client (reqwest) and the forwarder trusting exactly the same roots.
-use std::sync::Arc;
+//! The connection to Contentstack: the pooled hyper client that carries forwarded requests, one
+//! per worker, over the TLS configuration of [`crate::tls::client_config`].
 use std::time::Duration;
 
 use hyper_rustls::HttpsConnector;
@@ -9,7 +7,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use super::body::Relay;
+use crate::body::Relay;
 use crate::config::UpstreamConfig;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Relay>;
@@ -45,35 +43,6 @@ impl UpstreamClients {
 
 /// Idle upstream connections are closed after this long; Contentstack's edge closes them anyway.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("upstream.ca_file: {0}")]
-    Roots(#[source] rustls::Error),
-    #[error("upstream.ca_file: cannot parse PEM")]
-    Pem(#[source] std::io::Error),
-    #[error("TLS setup")]
-    Setup(#[source] rustls::Error),
-}
-
-pub fn tls_config(upstream: &UpstreamConfig) -> Result<rustls::ClientConfig, TlsError> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(pem) = &upstream.extra_roots_pem {
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots
-                .add(cert.map_err(TlsError::Pem)?)
-                .map_err(TlsError::Roots)?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Setup)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
 
 fn client(upstream: &UpstreamConfig, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();

@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::Response;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
@@ -15,6 +17,8 @@ use tokio_util::task::TaskTracker;
 
 use super::bind::StdListener;
 use super::{Io, ServeOptions};
+use crate::metrics::ConnectionLimit;
+use crate::proxy::error::ProxyError;
 
 /// An accepted socket, not yet registered with a runtime (already in non-blocking mode).
 pub(super) enum StdStream {
@@ -124,7 +128,9 @@ impl Acceptor {
                 }
             };
             let Ok(slot) = options.slots.clone().try_acquire_owned() else {
-                options.metrics.connection_limit("too_many_connections");
+                options
+                    .metrics
+                    .connection_limit(ConnectionLimit::TooManyConnections);
                 refusals.spawn(refuse(stream, options.tls.is_some()));
                 continue;
             };
@@ -202,27 +208,44 @@ fn least_loaded(n: usize, start: usize, load: impl Fn(usize) -> usize) -> usize 
         .unwrap_or(0)
 }
 
-/// Over `max_connections`: a plain-HTTP client gets a 503 in the proxy's error shape, then the
-/// connection closes without reading the request. (A TLS client just sees the close.)
+/// Over `max_connections`: a plain-HTTP client gets the proxy's `too_many_connections` answer,
+/// then the connection closes without reading the request. (A TLS client just sees the close.)
 async fn refuse(stream: StdStream, tls: bool) {
-    const BODY: &str = r#"{"error_message":"too many connections to the proxy (server.max_connections); retry shortly","error_code":911,"errors":{"cma_auth_proxy":["too_many_connections"]}}"#;
     let Ok(Io::Tcp(mut stream)) = stream.register() else {
         return;
     };
     if !tls {
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
-             x-cma-auth-proxy-error: too_many_connections\r\nretry-after: 1\r\n\
-             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-            BODY.len()
-        );
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.write_all(response.as_bytes()),
-        )
-        .await;
+        let response = http1_closing(ProxyError::TooManyConnections.to_response());
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&response)).await;
     }
     let _ = stream.shutdown().await;
+}
+
+/// `response` as HTTP/1.1 bytes, announcing that the connection closes after it. No connection is
+/// served for it, so it is written by hand rather than through hyper.
+fn http1_closing(response: Response<Bytes>) -> Vec<u8> {
+    let (parts, body) = response.into_parts();
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_u16(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "connection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
 }
 
 #[cfg(test)]

@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 
 use crate::config::ListenAddr;
 
-use super::BoundAddr;
-
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
     /// Another process listens on the address, or holds the unix socket's lock.
@@ -33,7 +31,8 @@ pub enum StdListener {
 /// A listener and what binding it took.
 pub struct Bound {
     pub listener: StdListener,
-    pub addr: BoundAddr,
+    /// The address it really got (port 0 resolved).
+    pub addr: ListenAddr,
     /// For a unix socket: its file and lock, given up (and removed) when dropped. Keep it until the
     /// listener's connections have drained.
     pub socket_file: Option<SocketFile>,
@@ -51,7 +50,7 @@ pub fn bind(addr: &ListenAddr, mode: Option<u32>) -> Result<Bound, BindError> {
             let addr = listener.local_addr()?;
             Ok(Bound {
                 listener: StdListener::Tcp(listener),
-                addr: BoundAddr::Tcp(addr),
+                addr: ListenAddr::Tcp(addr),
                 socket_file: None,
             })
         }
@@ -65,7 +64,7 @@ pub fn bind(addr: &ListenAddr, mode: Option<u32>) -> Result<Bound, BindError> {
             }
             Ok(Bound {
                 listener: StdListener::Unix(listener),
-                addr: BoundAddr::Unix(path.clone()),
+                addr: ListenAddr::Unix(path.clone()),
                 socket_file: Some(socket_file),
             })
         }

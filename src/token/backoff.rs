@@ -1,5 +1,6 @@
-//! How long a profile waits after a failed login (SPEC §5), and when tokens that Contentstack
-//! rejects right after their login hold the next login back the same way. Pure.
+//! How long a profile waits after a failed login (docs/design.md#the-login-discipline), and when
+//! tokens that Contentstack rejects right after their login hold the next login back the same way.
+//! Pure.
 use std::time::Duration;
 
 use crate::config::ProfileConfig;
@@ -85,13 +86,9 @@ mod tests {
     use crate::token::TransientCause;
 
     fn profile() -> ProfileConfig {
-        let c = crate::config::Config::from_toml(
-            "[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\nmin_backoff = \"1s\"\nmax_backoff = \"60s\"\nrejected_retry = \"5m\"\n",
-            Vec::new(),
-            None,
+        crate::config::tests::login_profile(
+            "min_backoff = \"1s\"\nmax_backoff = \"60s\"\nrejected_retry = \"5m\"\n",
         )
-        .unwrap();
-        (*c.profiles[0]).clone()
     }
 
     #[test]

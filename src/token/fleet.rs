@@ -6,22 +6,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::store::{Lock, RedisStore, SharedFailure, StoreError, Stored, unix_ms};
-use super::{LoginError, LoginFailure, ProfileState, Token, TokenManager, TransientCause};
+use super::state::{LoginError, ProfileState};
+use super::{LoginFailure, Token, TokenManager, TransientCause};
+use crate::metrics::StoreEvent;
+use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms};
 
 /// How often a waiting replica looks for the token the lock holder publishes.
 const POLL: Duration = Duration::from_millis(25);
 
 /// The longest a live lock holder's login can take: a wait for the next TOTP step (codes are never
-/// reused) plus the login call itself. The holder keeps its lock alive that long (see [`held`]),
+/// reused) plus the login call itself. The holder keeps its lock alive that long (see
+/// [`with_lock_renewed`]),
 /// so waiters wait that long before giving up on the fleet and logging in on their own.
 const LONGEST_LOGIN: Duration =
-    Duration::from_secs(super::totp::STEP_SECONDS + super::login::AUTH_CALL_TIMEOUT.as_secs());
+    Duration::from_secs(super::totp::STEP_SECONDS + super::session::AUTH_CALL_TIMEOUT.as_secs());
 
 /// Runs `work` while holding `lock`, renewing it every third of `lock_ttl`: a login that outlasts
 /// `lock_ttl` (a TOTP step wait, a slow Contentstack) keeps the lock, so no second replica starts
 /// one; a holder that dies stops renewing and its lock expires as before.
-async fn held<T>(
+async fn with_lock_renewed<T>(
     store: &RedisStore,
     account: &str,
     lock: &Lock,
@@ -75,7 +78,7 @@ impl TokenManager {
         state: &Arc<ProfileState>,
     ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
         let account = &state.account;
-        let credentials = store.credentials_tag(&state.config.load().credentials);
+        let credentials_tag = store.credentials_tag(&state.login);
         // A holder that died leaves its lock for `lock_ttl`; a live one renews it for as long as
         // its login can take.
         let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
@@ -85,12 +88,12 @@ impl TokenManager {
             if let Some(token) = store.get(account).await?.valid()
                 && let Some(token) = self.adopt(state, token).await
             {
-                self.inner.metrics.store_event("hit");
+                self.inner.metrics.store_event(StoreEvent::Hit);
                 return Ok(Ok(token));
             }
             if let Some(failure) = store.failure(account).await?
                 && let Some(hold) = failure.hold(
-                    credentials.as_deref(),
+                    credentials_tag.as_deref(),
                     state.loaded_at,
                     &state.config.load(),
                     SystemTime::now(),
@@ -99,7 +102,7 @@ impl TokenManager {
                 return Ok(Err(state.record_shared_failure(&failure, hold)));
             }
             if let Some(lock) = store.lock(account).await? {
-                self.inner.metrics.store_event("miss");
+                self.inner.metrics.store_event(StoreEvent::Miss);
                 // Someone may have published between our look and our lock.
                 let published = match store.get(account).await {
                     Ok(Stored::Valid(token)) => self.adopt(state, token).await,
@@ -107,13 +110,16 @@ impl TokenManager {
                 };
                 let result = match published {
                     Some(token) => Ok(token),
-                    None => held(store, account, &lock, self.login_for_fleet(store, state)).await,
+                    None => {
+                        with_lock_renewed(store, account, &lock, self.login_for_fleet(store, state))
+                            .await
+                    }
                 };
                 let _ = store.unlock(account, lock).await;
                 return Ok(result);
             }
             if !waited {
-                self.inner.metrics.store_event("lock_wait");
+                self.inner.metrics.store_event(StoreEvent::LockWait);
                 waited = true;
             }
             if Instant::now() > deadline {
@@ -129,16 +135,16 @@ impl TokenManager {
         store: &RedisStore,
         state: &Arc<ProfileState>,
     ) -> Result<Arc<Token>, LoginError> {
-        self.inner.metrics.store_event("fleet_login");
+        self.inner.metrics.store_event(StoreEvent::FleetLogin);
         let result = self.login(state).await;
         let published = match &result {
-            Ok(token) => match store.put(&state.account, token).await {
+            Ok(token) => match store.put(&state.account, &token.shared()).await {
                 Ok(()) => store.clear_failure(&state.account).await,
                 Err(e) => Err(e),
             },
             Err(error) => {
-                let credentials = store.credentials_tag(&state.config.load().credentials);
-                let shared = SharedFailure::new(error, credentials);
+                let tag = store.credentials_tag(&state.login);
+                let shared = SharedFailure::new(error, tag);
                 store
                     .set_failure(&state.account, &shared, error.retry_after)
                     .await
@@ -153,14 +159,15 @@ impl TokenManager {
 
     /// Takes a token from the store into this replica's cache, unless this replica already saw
     /// Contentstack reject it (a read that raced with the eviction).
-    async fn adopt(&self, state: &Arc<ProfileState>, token: Token) -> Option<Arc<Token>> {
+    async fn adopt(&self, state: &Arc<ProfileState>, shared: SharedToken) -> Option<Arc<Token>> {
+        let token = Token::restored(shared.header, shared.obtained_at);
         if state.is_dead(&token) {
             return None;
         }
         let token = Arc::new(token);
         state.record_success();
         state.local_only.store(false, Ordering::Relaxed);
-        self.inner.cache.insert(state.name(), token.clone()).await;
+        state.set_current(token.clone());
         self.inner.token_cached.notify_waiters();
         tracing::debug!(profile = %state.name(), token = %token.fingerprint(), "using the fleet's shared token");
         Some(token)
@@ -190,9 +197,9 @@ impl TokenManager {
             }
         };
         let still_shared =
-            matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header() == old.header());
+            matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header == old.header());
         let refreshed = still_shared
-            && held(store, account, &lock, self.login_for_fleet(store, state))
+            && with_lock_renewed(store, account, &lock, self.login_for_fleet(store, state))
                 .await
                 .is_ok();
         let _ = store.unlock(account, lock).await;
@@ -206,20 +213,18 @@ impl TokenManager {
         let Some(store) = self.inner.store.clone() else {
             return;
         };
-        let name = state.name();
-        let local = self.inner.cache.get(&name).await;
+        let name = state.name().clone();
+        let local = state.current();
         let local_only = state.local_only.load(Ordering::Relaxed);
         match store.get(&state.account).await {
             Err(e) => self.store_unavailable(&e),
             Ok(Stored::Valid(shared)) => {
-                let same = local
-                    .as_ref()
-                    .is_some_and(|l| l.header() == shared.header());
+                let same = local.as_ref().is_some_and(|l| l.header() == shared.header);
                 let newer = local
                     .as_ref()
-                    .is_none_or(|l| shared.obtained_at() > l.obtained_at());
+                    .is_none_or(|l| shared.obtained_at > l.obtained_at());
                 if !same && (local_only || newer) && self.adopt(state, shared).await.is_some() {
-                    self.inner.metrics.store_event("adopt");
+                    self.inner.metrics.store_event(StoreEvent::Adopt);
                     if let (true, Some(own)) = (local_only, local) {
                         self.retire(name, state.account.clone(), own);
                     }
@@ -230,12 +235,15 @@ impl TokenManager {
                     // An unreadable value is replaced: left alone it would keep the whole fleet
                     // from sharing again until every replica's own session died.
                     let published = match stored {
-                        Stored::Invalid => store.put(&state.account, &own).await.map(|()| true),
-                        _ => store.put_if_absent(&state.account, &own).await,
+                        Stored::Invalid => store
+                            .put(&state.account, &own.shared())
+                            .await
+                            .map(|()| true),
+                        _ => store.put_if_absent(&state.account, &own.shared()).await,
                     };
                     match published {
                         Ok(true) => {
-                            self.inner.metrics.store_event("publish");
+                            self.inner.metrics.store_event(StoreEvent::Publish);
                             state.local_only.store(false, Ordering::Relaxed);
                         }
                         Ok(false) => {}
@@ -252,13 +260,13 @@ impl TokenManager {
     pub(super) fn store_unavailable(&self, error: &StoreError) {
         match error {
             StoreError::LockHeld(_) => {
-                self.inner.metrics.store_event("error");
-                tracing::warn!("{}", crate::error::error_chain_text(error));
+                self.inner.metrics.store_event(StoreEvent::Error);
+                tracing::warn!("{}", crate::error_text::error_chain_text(error));
             }
             StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::Unavailable => {
                 tracing::debug!(
                     "working without the fleet token store: {}",
-                    crate::error::error_chain_text(error)
+                    crate::error_text::error_chain_text(error)
                 );
             }
         }
@@ -268,7 +276,7 @@ impl TokenManager {
 impl SharedFailure {
     /// What the fleet learns of a failed login: status and `error_code`, never Contentstack's
     /// text (which may echo what was sent).
-    fn new(error: &LoginError, credentials: Option<String>) -> SharedFailure {
+    fn new(error: &LoginError, credentials_tag: Option<String>) -> SharedFailure {
         let (rejected, http_status, error_code) = match &*error.failure {
             LoginFailure::Rejected {
                 http_status,
@@ -284,38 +292,7 @@ impl SharedFailure {
             error_code,
             failed_at_ms: unix_ms(now),
             retry_at_ms: unix_ms(now + error.retry_after),
-            credentials,
-        }
-    }
-}
-
-impl ProfileState {
-    /// Another replica's login with these credentials failed: wait `hold`, as it waits.
-    fn record_shared_failure(&self, shared: &SharedFailure, retry_after: Duration) -> LoginError {
-        let failure = if shared.rejected {
-            LoginFailure::Rejected {
-                http_status: shared.http_status,
-                error_code: shared.error_code,
-            }
-        } else if shared.http_status != 0 {
-            LoginFailure::Transient(TransientCause::Fleet(format!(
-                "Contentstack answered HTTP {}",
-                shared.http_status
-            )))
-        } else {
-            LoginFailure::Transient(TransientCause::Fleet(
-                "Contentstack could not be reached or did not answer".to_owned(),
-            ))
-        };
-        let failure = Arc::new(failure);
-        let mut status = self.status();
-        status.consecutive_failures = status.consecutive_failures.max(1);
-        status.retry_at = Some(Instant::now() + retry_after);
-        status.last_failure = Some(failure.clone());
-        LoginError {
-            profile: self.name(),
-            failure,
-            retry_after,
+            credentials_tag,
         }
     }
 }

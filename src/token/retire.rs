@@ -1,79 +1,19 @@
 //! Retiring sessions: a session that is no longer wanted (rotated credentials, a max-age refresh,
 //! a fleet converging on one session) is logged out as soon as no request uses it any more, at
 //! most [`RETIRE_WAIT`] later, and at once when the proxy shuts down, so none of the account's 20
-//! sessions is left behind.
-//!
-//! Use is counted explicitly: every request holds a [`TokenLease`] while it sends with a token.
-//! (Counting `Arc` clones does not work: the cache keeps clones of its values after they are
-//! removed.)
+//! sessions is left behind. Use is counted by [`TokenLease`](super::TokenLease)s.
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::Token;
+use super::{Token, TokenManager};
 
 /// A retiring session is logged out once the requests using it are done, or after this long:
 /// a request that holds it longer (a slow upload) then meets a 401 and is replayed, or fails, as
 /// after any eviction.
 pub const RETIRE_WAIT: Duration = Duration::from_secs(30);
-
-/// How many requests are using a token, with a wake-up when that drops to zero.
-#[derive(Default)]
-pub(super) struct InFlight {
-    count: AtomicUsize,
-    idle: Notify,
-}
-
-impl InFlight {
-    async fn idle(&self) {
-        loop {
-            let idle = self.idle.notified();
-            tokio::pin!(idle);
-            // Registered before the count is read, so a release in between is not missed.
-            idle.as_mut().enable();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            idle.await;
-        }
-    }
-}
-
-/// A token in use by one request. Dereferences to the token; the use ends when it is dropped.
-pub struct TokenLease(Arc<Token>);
-
-impl TokenLease {
-    pub(super) fn new(token: Arc<Token>) -> TokenLease {
-        token.in_flight.count.fetch_add(1, Ordering::AcqRel);
-        TokenLease(token)
-    }
-}
-
-impl std::ops::Deref for TokenLease {
-    type Target = Arc<Token>;
-
-    fn deref(&self) -> &Arc<Token> {
-        &self.0
-    }
-}
-
-impl Drop for TokenLease {
-    fn drop(&mut self) {
-        if self.0.in_flight.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.in_flight.idle.notify_waiters();
-        }
-    }
-}
-
-impl std::fmt::Debug for TokenLease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TokenLease({:?})", self.0)
-    }
-}
 
 /// The retirements under way: each waits for its token to be unused, then logs it out.
 #[derive(Default)]
@@ -85,22 +25,22 @@ pub(super) struct Retirements {
 
 /// Why a retirement stopped waiting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Ended {
+enum Ended {
     Unused,
     WaitedTooLong,
     ShuttingDown,
 }
 
 impl Retirements {
-    pub(super) fn spawn(&self, retirement: impl Future<Output = ()> + Send + 'static) {
+    fn spawn(&self, retirement: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(retirement);
     }
 
     /// Waits until no request uses `token`, `patience` ([`RETIRE_WAIT`]) passes, or shutdown
     /// hurries it.
-    pub(super) async fn unused(&self, token: &Token, patience: Duration) -> Ended {
+    async fn unused(&self, token: &Token, patience: Duration) -> Ended {
         tokio::select! {
-            _ = token.in_flight.idle() => Ended::Unused,
+            _ = token.unused() => Ended::Unused,
             _ = tokio::time::sleep(patience) => Ended::WaitedTooLong,
             _ = self.now.cancelled() => Ended::ShuttingDown,
         }
@@ -114,9 +54,52 @@ impl Retirements {
     }
 }
 
+impl TokenManager {
+    /// Logs a session out in the background once no request uses it any more (first taking it
+    /// out of the fleet store, if it is still there); at shutdown, at once.
+    pub(super) fn retire(&self, profile: Arc<str>, account: String, token: Arc<Token>) {
+        self.retire_after(std::future::ready(()), profile, account, token);
+    }
+
+    /// [`Self::retire`], once `ready` has completed (the users-to-be of `token` hold their leases).
+    pub(super) fn retire_after(
+        &self,
+        ready: impl Future<Output = ()> + Send + 'static,
+        profile: Arc<str>,
+        account: String,
+        token: Arc<Token>,
+    ) {
+        let this = self.clone();
+        self.inner.retirements.spawn(async move {
+            ready.await;
+            if let Some(store) = &this.inner.store {
+                let _ = store.remove_if(&account, token.header()).await;
+            }
+            let ended = this.inner.retirements.unused(&token, RETIRE_WAIT).await;
+            if ended == Ended::WaitedTooLong {
+                tracing::info!(profile = %profile, token = %token.fingerprint(), wait_s = RETIRE_WAIT.as_secs(), "a request still uses the retiring session; logging it out anyway");
+            }
+            this.logout(&profile, &token).await;
+        });
+    }
+
+    pub(super) async fn logout(&self, profile: &str, token: &Token) {
+        match self.inner.auth.logout(token).await {
+            Ok(()) => {
+                self.inner.metrics.logout(profile);
+                tracing::info!(profile, token = %token.fingerprint(), "logged out");
+            }
+            Err(e) => {
+                tracing::warn!(profile, token = %token.fingerprint(), "logout failed: {}", crate::error_text::error_chain_text(&e))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::TokenLease;
 
     fn token() -> Arc<Token> {
         Arc::new(Token::new(http::HeaderValue::from_static("t")))

@@ -450,7 +450,23 @@ impl SecretVolume {
     }
 }
 
-/// Starts the proxy from a config file, reloading it live (SPEC §8).
+/// A client that speaks HTTP/2 without negotiating it first (the proxy's plain listener takes both).
+pub fn h2_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// Asserts that `response` is the proxy's own answer: `status`, and `reason` in
+/// `x-cma-auth-proxy-error`.
+#[track_caller]
+pub fn assert_proxy_answer(response: &reqwest::Response, status: u16, reason: &str) {
+    assert_eq!(response.status(), status);
+    assert_eq!(response.headers()["x-cma-auth-proxy-error"], reason);
+}
+
+/// Starts the proxy from a config file, reloading it live (docs/design.md#reload-and-rotation).
 pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
     let config = Config::load(path, Vec::new()).expect("test config is valid");
     let mut running = cma_auth_proxy::start(config).await.expect("proxy starts");

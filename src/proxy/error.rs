@@ -1,4 +1,5 @@
-//! Errors the proxy itself answers with (SPEC §6), and the one mapping from cause to response.
+//! Errors the proxy itself answers with (docs/design.md#errors-the-proxy-answers), and the one
+//! mapping from cause to response.
 //!
 //! Every synthetic response is JSON in Contentstack's error shape, so the official SDKs surface it,
 //! and carries `x-cma-auth-proxy-error: <reason>`. Upstream responses never pass through here.
@@ -8,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
+use crate::body::{BodyError, BodyTimeout};
+use crate::error_text::error_chain_text;
 use crate::policy::{Denial, PathError};
-use crate::proxy::body::BodyTimeout;
 use crate::token::{LoginError, LoginFailure};
 
 /// Header that marks a response as the proxy's own.
@@ -66,6 +68,19 @@ pub enum ProxyError {
         "the organization's request budget (profiles.*.rate_limit) would make this request wait {0:?}, longer than max_wait; retry later"
     )]
     RateLimited(Duration),
+    /// Over `server.max_connections`: answered by the acceptor, before any request is read.
+    #[error("too many connections to the proxy (server.max_connections); retry shortly")]
+    TooManyConnections,
+}
+
+impl From<BodyError> for ProxyError {
+    fn from(e: BodyError) -> Self {
+        match e {
+            BodyError::TooLarge { limit } => ProxyError::BodyTooLarge { limit },
+            BodyError::Timeout(timeout) => ProxyError::BodyTimeout(timeout),
+            BodyError::Cut => BadRequest::Malformed("the request body ended abruptly").into(),
+        }
+    }
 }
 
 fn denial_text(d: Denial) -> &'static str {
@@ -138,6 +153,10 @@ impl ProxyError {
                 retry_after: Some(*wait),
                 ..shape(StatusCode::TOO_MANY_REQUESTS, "rate_limited", 912)
             },
+            ProxyError::TooManyConnections => Shape {
+                retry_after: Some(Duration::from_secs(1)),
+                ..shape(StatusCode::SERVICE_UNAVAILABLE, "too_many_connections", 911)
+            },
         }
     }
 
@@ -169,21 +188,6 @@ impl ProxyError {
         }
         response
     }
-}
-
-/// The error and its sources, joined: "cannot reach Contentstack: client error (Connect): ...".
-pub fn error_chain_text(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]
@@ -362,5 +366,12 @@ mod tests {
     #[test]
     fn shutting_down() {
         check(ProxyError::ShuttingDown, 503, "shutting_down");
+    }
+
+    #[test]
+    fn too_many_connections() {
+        let r = check(ProxyError::TooManyConnections, 503, "too_many_connections");
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(body_of(&ProxyError::TooManyConnections)["error_code"] == 911);
     }
 }

@@ -10,7 +10,8 @@
 //!   tag of the credentials), sealed; expiring when the next attempt is due
 //! - `rate:{read|write}:{acct}`: the GCRA state of the shared budget (a unix ms time)
 //!
-//! Redis is not trusted beyond what a replica can check (see `record.rs`): values are read at most
+//! Redis is not trusted beyond what a replica can check (see `record.rs`; the scripts are in
+//! `scripts.rs`): values are read at most
 //! [`record::MAX_VALUE`] bytes at a time, sealed with the fleet key (`encryption_key_file`) unless
 //! the operator opted out with `allow_plaintext`, and dates and waits are bounded by this replica's
 //! own settings; the login lock always expires. Every call has a timeout, and after a failure the
@@ -19,16 +20,34 @@
 //! token or a key.
 mod link;
 mod record;
+mod scripts;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use super::Token;
-use crate::config::{Credentials, RedisConfig};
-use crate::metrics::Metrics;
+use http::HeaderValue;
+
+use crate::config::{LoginCredentials, RedisConfig};
+use crate::metrics::{Metrics, StoreEvent};
 pub use link::LinkStatus;
 use record::{Codec, Invalid, MAX_VALUE};
-pub use record::{SharedFailure, unix_ms};
+pub use record::{SharedFailure, sha256_hex, unix_ms};
+
+/// A session as the store shares it: the `authtoken` header value and when some replica
+/// obtained it.
+pub struct SharedToken {
+    pub header: HeaderValue,
+    pub obtained_at: SystemTime,
+}
+
+impl std::fmt::Debug for SharedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedToken")
+            .field("header", &"[REDACTED]")
+            .field("obtained_at", &self.obtained_at)
+            .finish()
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,55 +82,6 @@ impl<T> Stored<T> {
 pub struct Lock {
     fence: String,
 }
-
-/// Takes the lock if free. A lock without an expiry, or with a longer one than ours, gets ours:
-/// only replicas write the lock, and they always set `lock_ttl`, so such a lock was planted (or
-/// left by a replica with other settings) and must not hold logins back for longer.
-const LOCK: &str = r#"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"#;
-
-/// Releases the lock only if this holder still has it (it may have expired and been taken).
-const UNLOCK: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
-"#;
-
-/// Extends the lock only if this holder still has it.
-const EXTEND: &str = r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end
-"#;
-
-/// Deletes the token only if it is still the one the caller saw die (by digest).
-const DELETE_IF: &str = r#"
-local v = redis.call('GET', KEYS[1])
-if v and string.sub(v, 1, 64) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
-"#;
-
-/// GCRA on the server's clock: returns the wait in ms (0 = go now), or -wait when refused.
-/// No replica reserves further ahead than `reach`: a stored time beyond it was not written by
-/// one, and is treated as no reservation rather than holding requests back.
-const RATE: &str = r#"
-local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
-local interval, tolerance, max_wait, pushback, reach = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local tat = tonumber(redis.call('GET', KEYS[1])) or now
-if tat < now or tat > now + reach then tat = now end
-if pushback > 0 then
-  local pushed = now + pushback + tolerance
-  if pushed > tat then tat = pushed end
-  redis.call('SET', KEYS[1], tat, 'PX', pushback + tolerance + 1000)
-  return 0
-end
-local allowed = tat - tolerance
-if allowed < now then allowed = now end
-local wait = allowed - now
-if wait > max_wait then return -wait end
-redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 1000)
-return wait
-"#;
 
 /// One call to the shared budget (see `ratelimit.rs`).
 pub struct RateCall {
@@ -158,11 +128,11 @@ impl RedisStore {
             timeout: config.timeout,
             lock_ttl: config.lock_ttl,
             metrics,
-            lock: redis::Script::new(LOCK),
-            unlock: redis::Script::new(UNLOCK),
-            extend: redis::Script::new(EXTEND),
-            delete_if: redis::Script::new(DELETE_IF),
-            rate: redis::Script::new(RATE),
+            lock: redis::Script::new(scripts::LOCK),
+            unlock: redis::Script::new(scripts::UNLOCK),
+            extend: redis::Script::new(scripts::EXTEND),
+            delete_if: redis::Script::new(scripts::DELETE_IF),
+            rate: redis::Script::new(scripts::RATE),
         })
     }
 
@@ -176,19 +146,12 @@ impl RedisStore {
     }
 
     /// The tag under which a failure of `credentials` is shared (`None` without the fleet key).
-    pub fn credentials_tag(&self, credentials: &Credentials) -> Option<String> {
-        match credentials {
-            Credentials::Login {
-                email,
-                password,
-                totp_secret,
-            } => self.codec.credentials_tag(
-                email,
-                secrecy::ExposeSecret::expose_secret(password),
-                totp_secret.as_ref().map(|t| t.bytes()),
-            ),
-            Credentials::ManagementToken(_) => None,
-        }
+    pub fn credentials_tag(&self, login: &LoginCredentials) -> Option<String> {
+        self.codec.credentials_tag(
+            &login.email,
+            secrecy::ExposeSecret::expose_secret(&login.password),
+            login.totp_secret.as_ref().map(|t| t.bytes()),
+        )
     }
 
     fn key(&self, kind: &str, account: &str) -> String {
@@ -249,7 +212,7 @@ impl RedisStore {
     /// A value this replica cannot use counts as absent; counted, and logged now and then.
     fn refuse(&self, kind: &str, why: Invalid) {
         static LAST_WARNING: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
-        self.metrics.store_event("invalid");
+        self.metrics.store_event(StoreEvent::Invalid);
         let mut last = LAST_WARNING.lock().unwrap_or_else(|e| e.into_inner());
         if last.is_none_or(|at| at.elapsed() > Duration::from_secs(30)) {
             *last = Some(Instant::now());
@@ -257,27 +220,36 @@ impl RedisStore {
         }
     }
 
-    pub async fn get(&self, account: &str) -> Result<Stored<Token>, StoreError> {
-        Ok(match self.read("token", account).await? {
-            Stored::Valid(value) => {
-                match self
-                    .codec
-                    .open_token(account, &value, std::time::SystemTime::now())
-                {
-                    Ok(token) => Stored::Valid(token),
-                    Err(why) => {
-                        self.refuse("token", why);
-                        Stored::Invalid
-                    }
+    /// Reads the account's `kind` value and checks it with `open`; a value it refuses is counted
+    /// and logged, and is then as good as absent.
+    async fn read_checked<T>(
+        &self,
+        kind: &str,
+        account: &str,
+        open: impl FnOnce(&Codec, &[u8]) -> Result<T, Invalid>,
+    ) -> Result<Stored<T>, StoreError> {
+        Ok(match self.read(kind, account).await? {
+            Stored::Valid(value) => match open(&self.codec, &value) {
+                Ok(opened) => Stored::Valid(opened),
+                Err(why) => {
+                    self.refuse(kind, why);
+                    Stored::Invalid
                 }
-            }
+            },
             Stored::Absent => Stored::Absent,
             Stored::Invalid => Stored::Invalid,
         })
     }
 
+    pub async fn get(&self, account: &str) -> Result<Stored<SharedToken>, StoreError> {
+        self.read_checked("token", account, |codec, value| {
+            codec.open_token(account, value, SystemTime::now())
+        })
+        .await
+    }
+
     /// Publishes `token` as the account's session, replacing whatever was there.
-    pub async fn put(&self, account: &str, token: &Token) -> Result<(), StoreError> {
+    pub async fn put(&self, account: &str, token: &SharedToken) -> Result<(), StoreError> {
         self.query(
             redis::cmd("SET")
                 .arg(self.key("token", account))
@@ -287,7 +259,11 @@ impl RedisStore {
     }
 
     /// Publishes `token` unless the account already has one; returns whether it was published.
-    pub async fn put_if_absent(&self, account: &str, token: &Token) -> Result<bool, StoreError> {
+    pub async fn put_if_absent(
+        &self,
+        account: &str,
+        token: &SharedToken,
+    ) -> Result<bool, StoreError> {
         let set: Option<String> = self
             .query(
                 redis::cmd("SET")
@@ -299,24 +275,21 @@ impl RedisStore {
         Ok(set.is_some())
     }
 
-    /// Deletes the account's token if it is still `token`; a newer one is kept.
-    pub async fn remove_if(&self, account: &str, token: &Token) -> Result<bool, StoreError> {
+    /// Deletes the account's token if it is still the one whose header is `header`; a newer one
+    /// is kept.
+    pub async fn remove_if(&self, account: &str, header: &HeaderValue) -> Result<bool, StoreError> {
         let removed: i64 = self
             .invoke(
                 self.delete_if
                     .key(self.key("token", account))
-                    .arg(record::digest_hex(token.header().as_bytes())),
+                    .arg(sha256_hex(header.as_bytes())),
             )
             .await?;
         Ok(removed == 1)
     }
 
     pub async fn lock(&self, account: &str) -> Result<Option<Lock>, StoreError> {
-        let fence = format!(
-            "{:016x}{:016x}",
-            rand::random::<u64>(),
-            rand::random::<u64>()
-        );
+        let fence = record::hex(&rand::random::<[u8; 16]>());
         let taken: i64 = self
             .invoke(
                 self.lock
@@ -351,21 +324,10 @@ impl RedisStore {
     /// The last failed login of the account, if readable (see [`SharedFailure::hold`] for
     /// whether it concerns the caller).
     pub async fn failure(&self, account: &str) -> Result<Option<SharedFailure>, StoreError> {
-        Ok(match self.read("fail", account).await? {
-            Stored::Valid(value) => {
-                match self
-                    .codec
-                    .open_failure(account, &value, std::time::SystemTime::now())
-                {
-                    Ok(failure) => Some(failure),
-                    Err(why) => {
-                        self.refuse("fail", why);
-                        None
-                    }
-                }
-            }
-            Stored::Absent | Stored::Invalid => None,
-        })
+        let stored = self.read_checked("fail", account, |codec, value| {
+            codec.open_failure(account, value, SystemTime::now())
+        });
+        Ok(stored.await?.valid())
     }
 
     pub async fn set_failure(
@@ -420,6 +382,5 @@ impl RedisStore {
 
 /// The store's name for an account: upstream and e-mail, hashed (no e-mail in key names).
 pub fn account_key(base_url: &str, email: &str) -> String {
-    record::digest_hex(format!("{base_url}\n{}", email.to_ascii_lowercase()).as_bytes())[..24]
-        .to_owned()
+    sha256_hex(format!("{base_url}\n{}", email.to_ascii_lowercase()).as_bytes())[..24].to_owned()
 }

@@ -1,7 +1,9 @@
-//! Bodies on the request path: [`Relay`], the one body type sent upstream and returned to clients,
+//! Bodies: [`Relay`], the one body type the listeners answer with and the forwarder sends upstream,
 //! and [`take_request_body`], which keeps small request bodies so they can be replayed after a
 //! re-login and streams large ones. Every buffer here has a bound, and every wait for a client's
-//! body a deadline ([`BodyWatch`]).
+//! body a deadline ([`BodyWatch`]); [`read_up_to`] is the one loop that reads a body up to a bound.
+//! A leaf: it knows nothing of configuration or of the proxy's errors ([`BodyError`] says what
+//! went wrong, the forwarder decides the answer).
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -12,102 +14,25 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use tokio::time::{Instant, Sleep};
 
-use crate::config::BodyPace;
-use crate::error::ProxyError;
+mod pace;
+
+pub use pace::{BodyPace, BodyTimeout, BodyWatch};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A streamed body grew past `server.max_body`.
+/// Why a client's request body could not be read (the forwarder answers each with the client's
+/// error: 413, 408 or 400).
 #[derive(Debug, thiserror::Error)]
-#[error("body exceeds {0} bytes")]
-pub struct TooLarge(pub u64);
-
-/// A client's request body was abandoned because the client kept the proxy waiting for it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum BodyTimeout {
-    #[error("no bytes of the request body for server.body_idle_timeout ({0:?})")]
-    Idle(Duration),
-    #[error("the request body came slower than server.body_min_rate ({0} bytes/s)")]
-    TooSlow(u64),
-}
-
-/// Keeps a client's request body to its [`BodyPace`]. Only time spent waiting for the client counts:
-/// while the proxy is busy elsewhere (a login, a slow upstream) the body is not being read, and
-/// that is not the client's fault. Each wait may last at most `idle_timeout`; in all, the client
-/// may keep the proxy waiting `idle_timeout` plus one second per `min_rate` bytes it delivered, so
-/// a byte every few seconds cannot hold a connection for long.
-///
-/// One timer per body, made on its first wait and moved only when it fires: a body flowing
-/// steadily costs a clock read per wait, not a timer update per chunk.
-pub struct BodyWatch {
-    pace: BodyPace,
-    received: u64,
-    /// Time spent waiting for the client in waits that have ended.
-    waited: Duration,
-    /// When the current wait began; `None` while bytes are coming.
-    waiting_since: Option<Instant>,
-    timer: Option<Pin<Box<Sleep>>>,
-}
-
-impl BodyWatch {
-    pub fn new(pace: BodyPace) -> Self {
-        Self {
-            pace,
-            received: 0,
-            waited: Duration::ZERO,
-            waiting_since: None,
-            timer: None,
-        }
-    }
-
-    fn progress(&mut self, bytes: u64) {
-        self.received += bytes;
-        if let Some(since) = self.waiting_since.take() {
-            self.waited += since.elapsed();
-        }
-    }
-
-    /// When the wait that began at `since` must end, and what to say then. Deadlines only move
-    /// later: a new wait starts later, and bytes received earn time.
-    fn deadline(&self, since: Instant) -> (Instant, BodyTimeout) {
-        let idle = self.pace.idle_timeout;
-        if let Some(per_ms) = self
-            .received
-            .saturating_mul(1000)
-            .checked_div(self.pace.min_rate)
-        {
-            let earned = Duration::from_millis(per_ms);
-            let left = (idle + earned).saturating_sub(self.waited);
-            if left < idle {
-                return (since + left, BodyTimeout::TooSlow(self.pace.min_rate));
-            }
-        }
-        (since + idle, BodyTimeout::Idle(idle))
-    }
-
-    /// Called when the body has nothing to read: ready once the client has kept us waiting past
-    /// its deadline.
-    fn poll_stalled(&mut self, cx: &mut Context<'_>) -> Poll<BodyTimeout> {
-        let now = Instant::now();
-        let since = *self.waiting_since.get_or_insert(now);
-        let (deadline, timeout) = self.deadline(since);
-        if now >= deadline {
-            return Poll::Ready(timeout);
-        }
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            match timer.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(()) if timer.deadline() >= deadline => return Poll::Ready(timeout),
-                // Set for an earlier wait's deadline: move it to this one.
-                Poll::Ready(()) => timer.as_mut().reset(deadline),
-            }
-        }
-    }
+pub enum BodyError {
+    /// Longer than `server.max_body`, by its `Content-Length` or as it streamed.
+    #[error("body exceeds {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Timeout(#[from] BodyTimeout),
+    /// The client's stream broke off in the middle of the body.
+    #[error("the request body ended abruptly")]
+    Cut,
 }
 
 /// A frame of a body as `Incoming` gives it: `None` at the end.
@@ -154,10 +79,10 @@ enum ClientFault {
 
 impl BodyFault {
     /// The client's error, if its body failed.
-    pub fn error(&self) -> Option<ProxyError> {
+    pub fn error(&self) -> Option<BodyError> {
         self.0.get().map(|fault| match *fault {
-            ClientFault::TooLarge(limit) => ProxyError::BodyTooLarge { limit },
-            ClientFault::Stalled(timeout) => ProxyError::BodyTimeout(timeout),
+            ClientFault::TooLarge(limit) => BodyError::TooLarge { limit },
+            ClientFault::Stalled(timeout) => BodyError::Timeout(timeout),
         })
     }
 
@@ -165,7 +90,7 @@ impl BodyFault {
     fn record(&self, fault: ClientFault) -> BoxError {
         let _ = self.0.set(fault);
         match fault {
-            ClientFault::TooLarge(limit) => TooLarge(limit).into(),
+            ClientFault::TooLarge(limit) => BodyError::TooLarge { limit }.into(),
             ClientFault::Stalled(timeout) => timeout.into(),
         }
     }
@@ -327,7 +252,7 @@ impl Body for Relay {
                                     Some(client) => {
                                         client.fault.record(ClientFault::TooLarge(*limit))
                                     }
-                                    None => TooLarge(*limit).into(),
+                                    None => BodyError::TooLarge { limit: *limit }.into(),
                                 };
                                 return Poll::Ready(Some(Err(error)));
                             }
@@ -384,9 +309,9 @@ pub async fn take_request_body(
     replay_limit: u64,
     max_body: u64,
     pace: BodyPace,
-) -> Result<RequestBody, ProxyError> {
+) -> Result<RequestBody, BodyError> {
     if content_length.is_some_and(|n| n > max_body) {
-        return Err(ProxyError::BodyTooLarge { limit: max_body });
+        return Err(BodyError::TooLarge { limit: max_body });
     }
     if body.is_end_stream() {
         return Ok(RequestBody::Replayable(Bytes::new()));
@@ -400,56 +325,79 @@ pub async fn take_request_body(
             watch,
         )));
     }
-    let mut chunks = VecDeque::new();
-    let mut read = 0u64;
-    while read <= replay_limit {
-        match next_client_frame(&mut body, &mut watch).await? {
-            Some(Ok(frame)) => {
-                // Trailers are dropped: the CMA uses none.
-                if let Ok(data) = frame.into_data() {
-                    read += data.len() as u64;
-                    chunks.push_back(data);
+    let mut client = ClientChunks {
+        body: &mut body,
+        watch: &mut watch,
+    };
+    let (chunks, ended) = read_up_to(&mut client, replay_limit).await?;
+    Ok(if ended {
+        RequestBody::Replayable(concat(chunks))
+    } else {
+        RequestBody::Streaming(Relay::request(chunks, body, max_body, watch))
+    })
+}
+
+/// Where [`read_up_to`] reads from: the data of a body, chunk by chunk. Non-data frames
+/// (trailers) are skipped: the CMA uses none.
+pub trait Chunks {
+    type Error;
+
+    /// The next chunk of data; `None` at the end of the body.
+    fn next_chunk(&mut self) -> impl Future<Output = Result<Option<Bytes>, Self::Error>>;
+}
+
+/// An upstream response body.
+impl Chunks for Incoming {
+    type Error = hyper::Error;
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, hyper::Error> {
+        while let Some(frame) = self.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A client's request body, kept to its pace.
+struct ClientChunks<'a> {
+    body: &'a mut Incoming,
+    watch: &'a mut BodyWatch,
+}
+
+impl Chunks for ClientChunks<'_> {
+    type Error = BodyError;
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, BodyError> {
+        loop {
+            match next_client_frame(self.body, self.watch).await? {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        return Ok(Some(data));
+                    }
                 }
+                Some(Err(_)) => return Err(BodyError::Cut),
+                None => return Ok(None),
             }
-            Some(Err(_)) => {
-                return Err(
-                    crate::error::BadRequest::Malformed("the request body ended abruptly").into(),
-                );
-            }
-            None => return Ok(RequestBody::Replayable(concat(chunks, read))),
         }
     }
-    Ok(RequestBody::Streaming(Relay::request(
-        chunks, body, max_body, watch,
-    )))
 }
 
-fn concat(mut chunks: VecDeque<Bytes>, len: u64) -> Bytes {
-    if chunks.len() <= 1 {
-        return chunks.pop_front().unwrap_or_default();
-    }
-    let mut out = BytesMut::with_capacity(len as usize);
-    for chunk in chunks {
-        out.extend_from_slice(&chunk);
-    }
-    out.freeze()
-}
-
-/// Reads at most `limit` bytes of a (small) upstream body. Returns the bytes and whether the body
-/// ended; when it did not, the caller sends the chunks followed by the rest.
-pub async fn read_prefix(
-    body: &mut Incoming,
-    limit: usize,
-) -> Result<(VecDeque<Bytes>, bool), hyper::Error> {
+/// The one bounded reader: reads `body` until it ends or more than `limit` bytes are in. Returns
+/// the chunks and whether the body ended; it holds at most `limit` bytes plus one chunk. When the
+/// body did not end, the caller sends the chunks followed by the rest, or gives up on it.
+pub async fn read_up_to<C: Chunks>(
+    body: &mut C,
+    limit: u64,
+) -> Result<(VecDeque<Bytes>, bool), C::Error> {
     let mut chunks = VecDeque::new();
-    let mut read = 0;
+    let mut read = 0u64;
     while read <= limit {
-        match body.frame().await {
-            Some(frame) => {
-                if let Ok(data) = frame?.into_data() {
-                    read += data.len();
-                    chunks.push_back(data);
-                }
+        match body.next_chunk().await? {
+            Some(data) => {
+                read += data.len() as u64;
+                chunks.push_back(data);
             }
             None => return Ok((chunks, true)),
         }
@@ -457,51 +405,15 @@ pub async fn read_prefix(
     Ok((chunks, false))
 }
 
-pub fn concat_all(chunks: &VecDeque<Bytes>) -> Bytes {
-    let len = chunks.iter().map(|c| c.len() as u64).sum();
-    concat(chunks.clone(), len)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const S: fn(u64) -> Duration = Duration::from_secs;
-
-    #[test]
-    fn the_waiting_allowance_is_idle_timeout_plus_a_second_per_min_rate_bytes() {
-        let mut watch = BodyWatch::new(BodyPace {
-            idle_timeout: S(10),
-            min_rate: 1000,
-        });
-        let now = Instant::now();
-        assert_eq!(watch.deadline(now), (now + S(10), BodyTimeout::Idle(S(10))));
-        // A byte after 9 s of waiting earns 1 ms: the next wait may last 1.001 s, not 10 s.
-        watch.waited = S(9);
-        watch.received = 1;
-        assert_eq!(
-            watch.deadline(now),
-            (
-                now + Duration::from_millis(1001),
-                BodyTimeout::TooSlow(1000)
-            )
-        );
-        // 20 kB earn 20 s: one wait is again bounded by idle_timeout.
-        watch.received = 20_000;
-        assert_eq!(watch.deadline(now), (now + S(10), BodyTimeout::Idle(S(10))));
-        // Past its allowance, a body's next wait ends at once.
-        watch.waited = S(60);
-        assert_eq!(watch.deadline(now), (now, BodyTimeout::TooSlow(1000)));
+/// The chunks as one `Bytes`; a single chunk is passed on without a copy.
+pub fn concat(mut chunks: VecDeque<Bytes>) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop_front().unwrap_or_default();
     }
-
-    #[test]
-    fn without_min_rate_only_each_wait_is_bounded() {
-        let mut watch = BodyWatch::new(BodyPace {
-            idle_timeout: S(10),
-            min_rate: 0,
-        });
-        watch.waited = S(3600);
-        let now = Instant::now();
-        assert_eq!(watch.deadline(now), (now + S(10), BodyTimeout::Idle(S(10))));
+    let len = chunks.iter().map(Bytes::len).sum();
+    let mut out = BytesMut::with_capacity(len);
+    for chunk in chunks {
+        out.extend_from_slice(&chunk);
     }
+    out.freeze()
 }

@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::StoreError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, StoreEvent, StoreState};
 
 /// The pause before the first probe after a failure; it doubles after each failed probe.
 const PROBE_MIN: Duration = Duration::from_secs(1);
@@ -54,12 +54,12 @@ enum Phase {
 }
 
 impl Phase {
-    fn name(&self) -> &'static str {
+    fn state(&self) -> StoreState {
         match self {
-            Phase::Idle | Phase::Connecting => "connecting",
-            Phase::Up { .. } => "up",
-            Phase::Down { .. } => "down",
-            Phase::Probing => "probing",
+            Phase::Idle | Phase::Connecting => StoreState::Connecting,
+            Phase::Up { .. } => StoreState::Up,
+            Phase::Down { .. } => StoreState::Down,
+            Phase::Probing => StoreState::Probing,
         }
     }
 
@@ -79,8 +79,7 @@ struct State {
 /// The store's state as `/status` shows it.
 #[derive(Debug, Clone)]
 pub struct LinkStatus {
-    /// `connecting`, `up`, `down` or `probing`.
-    pub state: &'static str,
+    pub state: StoreState,
     pub since: SystemTime,
     /// The last failure, without secrets.
     pub last_error: Option<String>,
@@ -108,7 +107,7 @@ impl Link {
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Link> {
-        metrics.store_state("connecting");
+        metrics.store_state(StoreState::Connecting);
         Arc::new(Link {
             client,
             timeout,
@@ -175,7 +174,7 @@ impl Link {
     pub fn status(&self) -> LinkStatus {
         let state = self.state.borrow();
         LinkStatus {
-            state: state.phase.name(),
+            state: state.phase.state(),
             since: state.since,
             last_error: state.last_error.clone(),
             next_probe_in: match state.phase {
@@ -188,7 +187,7 @@ impl Link {
     }
 
     fn call_failed(self: &Arc<Self>, generation: u64, error: &StoreError) {
-        self.metrics.store_event("error");
+        self.metrics.store_event(StoreEvent::Error);
         let text = self.describe(error);
         if !breaks_link(error) {
             let mut last = self
@@ -214,7 +213,7 @@ impl Link {
             _ => false,
         });
         if tripped {
-            self.metrics.store_state("probing");
+            self.metrics.store_state(StoreState::Probing);
             tracing::warn!(
                 "fleet token store unavailable, skipping it and working with this replica's own session and budget until it answers again: {text}"
             );
@@ -243,9 +242,9 @@ impl Link {
     }
 
     fn connected(&self, conn: MultiplexedConnection) {
-        let mut previous = "connecting";
+        let mut previous = StoreState::Connecting;
         self.state.send_modify(|s| {
-            previous = s.phase.name();
+            previous = s.phase.state();
             s.generation += 1;
             if !s.phase.is_up() {
                 s.since = SystemTime::now();
@@ -255,8 +254,8 @@ impl Link {
                 generation: s.generation,
             };
         });
-        self.metrics.store_state("up");
-        if previous == "connecting" {
+        self.metrics.store_state(StoreState::Up);
+        if previous == StoreState::Connecting {
             tracing::debug!("connected to the fleet token store");
         } else {
             tracing::info!(
@@ -267,7 +266,7 @@ impl Link {
 
     /// A connection attempt failed: down until `probe_at`.
     fn attempt_failed(&self, error: &StoreError, pause: Duration) {
-        self.metrics.store_event("error");
+        self.metrics.store_event(StoreEvent::Error);
         let text = self.describe(error);
         let mut first = false;
         self.state.send_modify(|s| {
@@ -280,7 +279,7 @@ impl Link {
             };
             s.last_error = Some(text.clone());
         });
-        self.metrics.store_state("down");
+        self.metrics.store_state(StoreState::Down);
         if first {
             tracing::warn!(
                 "cannot reach the fleet token store, working with this replica's own session and budget until it answers (next probe in {} ms): {text}",
@@ -296,11 +295,11 @@ impl Link {
 
     fn probing(&self) {
         self.state.send_modify(|s| s.phase = Phase::Probing);
-        self.metrics.store_state("probing");
+        self.metrics.store_state(StoreState::Probing);
     }
 
     fn describe(&self, error: &StoreError) -> String {
-        let mut text = crate::error::error_chain_text(error);
+        let mut text = crate::error_text::error_chain_text(error);
         if let Some(secret) = &self.url_secret {
             text = text.replace(secret.as_str(), "[REDACTED]");
         }
@@ -385,15 +384,15 @@ mod tests {
         assert_eq!(url_secret("redis://127.0.0.1/?x=a@b"), None);
     }
 
+    fn link(url: &str, timeout: Duration) -> Arc<Link> {
+        let client = redis::Client::open(url).unwrap();
+        Link::new(client, url, timeout, crate::metrics::Metrics::new())
+    }
+
     #[tokio::test]
     async fn error_text_never_holds_the_url_password_and_is_bounded() {
         let url = "redis://:hunter2@127.0.0.1:1";
-        let link = Link::new(
-            redis::Client::open(url).unwrap(),
-            url,
-            Duration::from_millis(100),
-            crate::metrics::Metrics::new(),
-        );
+        let link = link(url, Duration::from_millis(100));
         let error = StoreError::Redis(redis::RedisError::from(std::io::Error::other(format!(
             "cannot connect to {url}{}",
             "x".repeat(1000)
@@ -421,14 +420,9 @@ mod tests {
     async fn after_a_failure_calls_fail_at_once_until_a_probe_connects() {
         // Nothing listens on port 1: the first attempt fails, and the store is then skipped.
         let url = "redis://127.0.0.1:1";
-        let link = Link::new(
-            redis::Client::open(url).unwrap(),
-            url,
-            Duration::from_secs(5),
-            crate::metrics::Metrics::new(),
-        );
+        let link = link(url, Duration::from_secs(5));
         assert!(link.conn().await.is_err());
-        assert_eq!(link.status().state, "down");
+        assert_eq!(link.status().state, StoreState::Down);
         assert!(link.status().last_error.is_some());
         // `Unavailable` is answered without waiting for anything.
         for _ in 0..100 {

@@ -1,19 +1,21 @@
 //! The session calls to Contentstack (reqwest over rustls): log in, log out, validate.
 //!
-//! Owns the classification of login failures (SPEC §5): refused credentials vs. transient trouble,
-//! decided by `error_code` first and HTTP status second, because Contentstack reports 2FA errors
-//! with odd statuses. These calls carry the password or the token, so they trust the answer as
-//! little as possible: no redirect is followed, only a bounded part of a body is read, and no text
-//! of the answer is kept (only its status and `error_code`): a reply that echoes the request would
-//! otherwise carry the password into client errors, `/status` and logs.
+//! Owns the classification of login failures (docs/design.md#the-login-discipline): refused
+//! credentials vs. transient trouble, decided by `error_code` first and HTTP status second, because
+//! Contentstack reports 2FA errors with odd statuses. These calls carry the password or the token,
+//! so they trust the answer as little as possible: no redirect is followed, only a bounded part of
+//! a body is read, and no text of the answer is kept (only its status and `error_code`): a reply
+//! that echoes the request would otherwise carry the password into client errors, `/status` and
+//! logs.
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use super::Token;
+use crate::metrics::LoginOutcome;
 
 /// Every session call gives up after this long; a login that hangs must not hold requests forever.
 pub const AUTH_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -45,6 +47,16 @@ pub enum LoginFailure {
     /// Retried with exponential backoff.
     #[error("login failing transiently: {0}")]
     Transient(#[source] TransientCause),
+}
+
+impl LoginFailure {
+    /// The outcome a failed login is counted and shown under.
+    pub fn outcome(&self) -> LoginOutcome {
+        match self {
+            LoginFailure::Rejected { .. } => LoginOutcome::Rejected,
+            LoginFailure::Transient(_) => LoginOutcome::Transient,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -174,11 +186,15 @@ pub struct AuthClient {
 }
 
 impl AuthClient {
+    /// A client of `base_url` that trusts what `tls` trusts (the forwarder's roots).
     pub fn new(
         base_url: &str,
-        tls: rustls::ClientConfig,
+        mut tls: rustls::ClientConfig,
         connect_timeout: Duration,
     ) -> reqwest::Result<Self> {
+        // This client speaks HTTP/1.1 only (reqwest is built without HTTP/2): offering h2 by ALPN
+        // would let a server pick a protocol the client cannot speak.
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .connect_timeout(connect_timeout)
@@ -230,14 +246,25 @@ impl AuthClient {
         classify_login(status, body.as_deref())
     }
 
-    pub async fn logout(&self, token: &Token) -> Result<(), CallError> {
-        let response = self
-            .http
-            .delete(self.url("/v3/user-session"))
+    /// Sends `method path` with `token`: the logout and the validation.
+    async fn with_token(
+        &self,
+        method: http::Method,
+        path: &str,
+        token: &Token,
+    ) -> Result<reqwest::Response, CallError> {
+        self.http
+            .request(method, self.url(path))
             .header("authtoken", token.header().clone())
             .send()
             .await
-            .map_err(CallError::Network)?;
+            .map_err(CallError::Network)
+    }
+
+    pub async fn logout(&self, token: &Token) -> Result<(), CallError> {
+        let response = self
+            .with_token(http::Method::DELETE, "/v3/user-session", token)
+            .await?;
         // The answer's body is never read: its status says it all.
         match response.status().as_u16() {
             // A token that is already dead is as logged out as it gets.
@@ -250,12 +277,8 @@ impl AuthClient {
     /// `GET /v3/user`: the cheapest authenticated call.
     pub async fn validate(&self, token: &Token) -> Result<Validity, CallError> {
         let response = self
-            .http
-            .get(self.url("/v3/user"))
-            .header("authtoken", token.header().clone())
-            .send()
-            .await
-            .map_err(CallError::Network)?;
+            .with_token(http::Method::GET, "/v3/user", token)
+            .await?;
         // Only a 401's body is read, for its `error_code`.
         match response.status().as_u16() {
             200..=299 => Ok(Validity::Valid),
@@ -295,14 +318,17 @@ async fn read_capped(
     {
         return Ok(None);
     }
-    let mut body = BytesMut::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        body.extend_from_slice(&chunk);
+    let (chunks, ended) = crate::body::read_up_to(&mut response, limit as u64).await?;
+    Ok(ended.then(|| crate::body::concat(chunks)))
+}
+
+/// A session answer's body, read with the same bound as every other body.
+impl crate::body::Chunks for reqwest::Response {
+    type Error = reqwest::Error;
+
+    async fn next_chunk(&mut self) -> reqwest::Result<Option<Bytes>> {
+        self.chunk().await
     }
-    Ok(Some(body.freeze()))
 }
 
 pub fn error_code(body: &[u8]) -> Option<i64> {
@@ -414,7 +440,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let tls = crate::proxy::upstream::tls_config(&config.upstream).unwrap();
+        let tls = crate::tls::client_config(None).unwrap();
         AuthClient::new(&config.upstream.base_url, tls, Duration::from_secs(5)).unwrap()
     }
 

@@ -1,0 +1,385 @@
+//! `[profiles.NAME]`: an account's credentials (a login, or a management token), the stacks it
+//! serves, how its token is cared for and how its logins back off, and its request budget.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use super::files::Sources;
+use super::{ConfigError, invalid, resolve};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct FileProfile {
+    email: Option<String>,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+    totp_secret: Option<String>,
+    totp_secret_file: Option<PathBuf>,
+    management_token: Option<String>,
+    management_token_file: Option<PathBuf>,
+    stacks: Vec<String>,
+    #[serde(with = "humantime_serde")]
+    validate_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    max_token_age: Duration,
+    #[serde(with = "humantime_serde")]
+    min_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    max_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    rejected_retry: Duration,
+    logout_on_shutdown: bool,
+    rate_limit: Option<FileRateLimit>,
+}
+
+impl Default for FileProfile {
+    fn default() -> Self {
+        Self {
+            email: None,
+            password: None,
+            password_file: None,
+            totp_secret: None,
+            totp_secret_file: None,
+            management_token: None,
+            management_token_file: None,
+            stacks: Vec::new(),
+            validate_interval: Duration::from_secs(5 * 60),
+            max_token_age: Duration::ZERO,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5 * 60),
+            rejected_retry: Duration::from_secs(5 * 60),
+            logout_on_shutdown: true,
+            rate_limit: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[serde(default)]
+struct FileRateLimit {
+    reads_per_second: f64,
+    writes_per_second: f64,
+    burst: u32,
+    #[serde(with = "humantime_serde")]
+    max_wait: Duration,
+}
+
+impl Default for FileRateLimit {
+    fn default() -> Self {
+        // Contentstack's documented budget: 10 reads/s and 10 writes/s per organization.
+        Self {
+            reads_per_second: 10.0,
+            writes_per_second: 10.0,
+            burst: 10,
+            max_wait: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ProfileConfig {
+    pub name: Arc<str>,
+    pub credentials: Credentials,
+    pub stacks: Vec<String>,
+    /// `None` = off.
+    pub validate_interval: Option<Duration>,
+    /// `None` = keep until rejected.
+    pub max_token_age: Option<Duration>,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+    pub rejected_retry: Duration,
+    pub logout_on_shutdown: bool,
+    /// Local shaping of the organization's request budget; `None` = off.
+    pub rate_limit: Option<RateLimitConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimitConfig {
+    pub reads_per_second: f64,
+    pub writes_per_second: f64,
+    pub burst: u32,
+    pub max_wait: Duration,
+}
+
+impl ProfileConfig {
+    pub fn is_login(&self) -> bool {
+        self.login().is_some()
+    }
+
+    /// The credentials of a login profile; `None` for a management-token profile.
+    pub fn login(&self) -> Option<&Arc<LoginCredentials>> {
+        match &self.credentials {
+            Credentials::Login(login) => Some(login),
+            Credentials::ManagementToken(_) => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Credentials {
+    /// Logs in as a user: `POST /v3/user-session`.
+    Login(Arc<LoginCredentials>),
+    /// Injected as `authorization: <token>`; never logs in.
+    ManagementToken(ManagementToken),
+}
+
+/// What a login sends. `Debug` shows only the e-mail; two are equal when every field is, secrets
+/// compared by value (a reload that changes none of them keeps the session).
+#[derive(Clone)]
+pub struct LoginCredentials {
+    pub email: String,
+    pub password: SecretString,
+    pub totp_secret: Option<TotpSecret>,
+}
+
+impl std::fmt::Debug for LoginCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginCredentials")
+            .field("email", &self.email)
+            .field("password", &"[REDACTED]")
+            .field("totp", &self.totp_secret.as_ref().map(|_| "[REDACTED]"))
+            .finish()
+    }
+}
+
+impl PartialEq for LoginCredentials {
+    fn eq(&self, other: &Self) -> bool {
+        self.email == other.email
+            && self.password.expose_secret() == other.password.expose_secret()
+            && self.totp_secret.as_ref().map(TotpSecret::bytes)
+                == other.totp_secret.as_ref().map(TotpSecret::bytes)
+    }
+}
+
+/// A management token, as the `authorization` header value (marked sensitive). `Debug` never
+/// shows it.
+#[derive(Clone, PartialEq)]
+pub struct ManagementToken(pub HeaderValue);
+
+impl std::fmt::Debug for ManagementToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// A decoded base32 TOTP secret. `Debug` never shows it.
+#[derive(Clone)]
+pub struct TotpSecret(Arc<[u8]>);
+
+impl TotpSecret {
+    /// Accepts the forms authenticator apps show: any case, spaces, optional `=` padding.
+    pub fn from_base32(text: &str) -> Option<Self> {
+        let cleaned: String = text
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '=' && *c != '-')
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        if cleaned.is_empty() {
+            return None;
+        }
+        let secret = totp_rs::Secret::try_from_base32(&cleaned).ok()?;
+        Some(Self(secret.as_bytes().into()))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for TotpSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+/// Reads a secret given inline or as a file (the file wins nothing: both at once is an error).
+fn read_secret(
+    key_prefix: &str,
+    name: &str,
+    inline: Option<String>,
+    file: Option<PathBuf>,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<Option<SecretString>, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("{key_prefix}.{name}"),
+            format!("set either `{name}` or `{name}_file`, not both"),
+        )),
+        (Some(value), None) => Ok(Some(SecretString::from(value))),
+        (None, Some(path)) => {
+            let path = resolve(base_dir, &path);
+            let bytes = sources
+                .read_secret(&path)
+                .map_err(|source| ConfigError::SecretFile {
+                    key: format!("{key_prefix}.{name}_file"),
+                    path: path.clone(),
+                    source,
+                })?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| invalid(format!("{key_prefix}.{name}_file"), "is not UTF-8"))?;
+            // Secret volumes and `echo` leave a trailing newline; it is never part of the secret.
+            let value = text.strip_suffix('\n').unwrap_or(&text);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            Ok(Some(SecretString::from(value.to_owned())))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+pub(super) fn validate(
+    name: String,
+    p: FileProfile,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<ProfileConfig, ConfigError> {
+    let key = format!("profiles.{name}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(invalid(
+            &key,
+            "a profile name may hold only letters, digits, '-' and '_'",
+        ));
+    }
+    let password = read_secret(
+        &key,
+        "password",
+        p.password,
+        p.password_file,
+        base_dir,
+        sources,
+    )?;
+    let totp = read_secret(
+        &key,
+        "totp_secret",
+        p.totp_secret,
+        p.totp_secret_file,
+        base_dir,
+        sources,
+    )?;
+    let management = read_secret(
+        &key,
+        "management_token",
+        p.management_token,
+        p.management_token_file,
+        base_dir,
+        sources,
+    )?;
+    let credentials = match (management, password) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                &key,
+                "has both a password and a management token; a profile logs in or uses a management token, not both",
+            ));
+        }
+        (Some(token), None) => {
+            if p.email.is_some() || totp.is_some() {
+                return Err(invalid(
+                    &key,
+                    "a management-token profile takes no `email` or `totp_secret`",
+                ));
+            }
+            let mut value = HeaderValue::from_str(token.expose_secret().trim()).map_err(|_| {
+                invalid(
+                    format!("{key}.management_token"),
+                    "contains characters not allowed in a header",
+                )
+            })?;
+            if value.is_empty() {
+                return Err(invalid(format!("{key}.management_token"), "is empty"));
+            }
+            value.set_sensitive(true);
+            Credentials::ManagementToken(ManagementToken(value))
+        }
+        (None, Some(password)) => {
+            let email = p
+                .email
+                .filter(|e| !e.trim().is_empty())
+                .ok_or_else(|| invalid(format!("{key}.email"), "is required to log in"))?;
+            if password.expose_secret().is_empty() {
+                return Err(invalid(format!("{key}.password"), "is empty"));
+            }
+            let totp_secret = totp
+                .map(|t| {
+                    TotpSecret::from_base32(t.expose_secret()).ok_or_else(|| {
+                        invalid(
+                            format!("{key}.totp_secret"),
+                            "is not a base32 secret (letters A-Z and digits 2-7)",
+                        )
+                    })
+                })
+                .transpose()?;
+            Credentials::Login(Arc::new(LoginCredentials {
+                email,
+                password,
+                totp_secret,
+            }))
+        }
+        (None, None) => {
+            return Err(invalid(
+                &key,
+                "has neither `password_file` (with `email`) nor `management_token_file`",
+            ));
+        }
+    };
+    if p.min_backoff.is_zero() {
+        return Err(invalid(
+            format!("{key}.min_backoff"),
+            "must be more than 0s",
+        ));
+    }
+    if p.max_backoff < p.min_backoff {
+        return Err(invalid(
+            format!("{key}.max_backoff"),
+            "must not be less than min_backoff",
+        ));
+    }
+    if p.rejected_retry < Duration::from_secs(1) {
+        return Err(invalid(
+            format!("{key}.rejected_retry"),
+            "must be at least 1s: retrying refused credentials quickly locks the account",
+        ));
+    }
+    let rate_limit = p
+        .rate_limit
+        .map(|r| {
+            let key = format!("{key}.rate_limit");
+            if !(r.reads_per_second > 0.0 && r.writes_per_second > 0.0) {
+                return Err(invalid(
+                    key,
+                    "reads_per_second and writes_per_second must be above 0",
+                ));
+            }
+            if r.burst == 0 {
+                return Err(invalid(key, "burst must be at least 1"));
+            }
+            Ok(RateLimitConfig {
+                reads_per_second: r.reads_per_second,
+                writes_per_second: r.writes_per_second,
+                burst: r.burst,
+                max_wait: r.max_wait,
+            })
+        })
+        .transpose()?;
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    Ok(ProfileConfig {
+        name: name.into(),
+        credentials,
+        stacks: p.stacks,
+        validate_interval: nonzero(p.validate_interval),
+        max_token_age: nonzero(p.max_token_age),
+        min_backoff: p.min_backoff,
+        max_backoff: p.max_backoff,
+        rejected_retry: p.rejected_retry,
+        logout_on_shutdown: p.logout_on_shutdown,
+        rate_limit,
+    })
+}

@@ -1,0 +1,693 @@
+//! The configuration's rules, one test each, with the text of the error each one gives: its key,
+//! where it was written, and never a secret. Longer than ~500 lines because every section's
+//! refusals are pinned here, side by side, where their wording can be compared; the shapes and
+//! their validation live in the section files.
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+
+use super::*;
+use crate::body::BodyPace;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+const MINIMAL: &str = r#"
+        [profiles.default]
+        email = "svc@example.com"
+        password = "pw"
+    "#;
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = Config::from_toml(MINIMAL, no_env(), None).unwrap();
+    assert_eq!(c.server.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.server.admin_listen, "127.0.0.1:9901".parse().unwrap());
+    assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
+    assert_eq!(c.server.max_body, 1 << 30);
+    assert_eq!(c.server.replay_body_limit, 1 << 20);
+    assert_eq!(c.upstream.base_url, "https://api.contentstack.io");
+    let p = &c.profiles[0];
+    assert_eq!(&*p.name, "default");
+    assert_eq!(p.validate_interval, Some(Duration::from_secs(300)));
+    assert_eq!(p.max_token_age, None);
+    assert_eq!(p.rejected_retry, Duration::from_secs(300));
+}
+
+#[test]
+fn env_overrides_file_values() {
+    let env = vec![
+        (
+            "CMA_AUTH_PROXY_UPSTREAM__URL".to_owned(),
+            "http://127.0.0.1:1234".to_owned(),
+        ),
+        (
+            "CMA_AUTH_PROXY_PROFILES__DEFAULT__EMAIL".to_owned(),
+            "other@example.com".to_owned(),
+        ),
+        ("UNRELATED".to_owned(), "x".to_owned()),
+    ];
+    let c = Config::from_toml(MINIMAL, env, None).unwrap();
+    assert_eq!(c.upstream.base_url, "http://127.0.0.1:1234");
+    match &c.profiles[0].credentials {
+        Credentials::Login(login) => assert_eq!(login.email, "other@example.com"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn region_selects_host() {
+    let c = Config::from_toml(
+        &format!("[upstream]\nregion = \"eu\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.upstream.base_url, "https://eu-api.contentstack.com");
+}
+
+fn error_of(text: &str) -> String {
+    Config::from_toml(text, no_env(), None)
+        .unwrap_err()
+        .to_string()
+}
+
+#[test]
+fn rejects_unknown_keys() {
+    let e = error_of(&format!("[server]\nlisten_addr = \"x\"\n{MINIMAL}"));
+    assert!(e.contains("listen_addr"), "{e}");
+    let e = error_of(&format!("{MINIMAL}\npasword_file = \"/x\""));
+    assert!(e.contains("pasword_file"), "{e}");
+}
+
+#[test]
+fn rejects_bad_durations_and_sizes() {
+    let e = error_of(&format!("[server]\nshutdown_grace = \"soon\"\n{MINIMAL}"));
+    assert!(e.contains("soon") || e.contains("shutdown_grace"), "{e}");
+    let e = error_of(&format!("[server]\nmax_body = \"lots\"\n{MINIMAL}"));
+    assert!(e.contains("server.max_body"), "{e}");
+}
+
+#[test]
+fn body_pace_defaults_and_validation() {
+    let c = Config::from_toml(MINIMAL, no_env(), None).unwrap();
+    assert_eq!(
+        c.server.body_pace,
+        BodyPace {
+            idle_timeout: Duration::from_secs(10),
+            min_rate: 1024
+        }
+    );
+    let c = Config::from_toml(
+        &format!("[server]\nbody_idle_timeout = \"2s\"\nbody_min_rate = \"0\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.body_pace.idle_timeout, Duration::from_secs(2));
+    assert_eq!(
+        c.server.body_pace.min_rate, 0,
+        "0 turns the minimum rate off"
+    );
+    let e = error_of(&format!("[server]\nbody_idle_timeout = \"0s\"\n{MINIMAL}"));
+    assert!(e.contains("server.body_idle_timeout"), "{e}");
+    let e = error_of(&format!("[server]\nbody_min_rate = \"fast\"\n{MINIMAL}"));
+    assert!(e.contains("server.body_min_rate"), "{e}");
+}
+
+#[test]
+fn rejects_profile_without_credentials() {
+    let e = error_of("[profiles.default]\nemail = \"a@b.c\"\n");
+    assert!(e.contains("profiles.default"), "{e}");
+    assert!(e.contains("neither"), "{e}");
+    let e = error_of("");
+    assert!(e.contains("no profile configured"), "{e}");
+}
+
+#[test]
+fn rejects_missing_secret_file_naming_key_and_path() {
+    let e = error_of(
+        "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"/nonexistent/cma/password\"\n",
+    );
+    assert!(e.contains("profiles.default.password_file"), "{e}");
+    assert!(e.contains("/nonexistent/cma/password"), "{e}");
+}
+
+#[test]
+fn secret_file_trailing_newline_is_ignored_and_never_printed() {
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), "s3cret-pw\n").unwrap();
+    let c = Config::from_toml(
+        "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n",
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    match &c.profiles[0].credentials {
+        Credentials::Login(login) => {
+            assert_eq!(login.password.expose_secret(), "s3cret-pw")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(c.watched_files, vec![dir.join("password")]);
+    assert!(!format!("{c:?}").contains("s3cret-pw"));
+}
+
+#[test]
+fn management_token_profile() {
+    let c = Config::from_toml(
+        "[profiles.mt]\nmanagement_token = \"cs-mgmt-token\"\n",
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert!(!c.profiles[0].is_login());
+    assert!(!format!("{c:?}").contains("cs-mgmt-token"));
+}
+
+#[test]
+fn totp_secret_must_be_base32() {
+    let e = error_of(&format!("{MINIMAL}totp_secret = \"not base32 !\"\n"));
+    assert!(e.contains("totp_secret"), "{e}");
+    let ok = Config::from_toml(
+        &format!("{MINIMAL}totp_secret = \"jbsw y3dp ehpk 3pxp\"\n"),
+        no_env(),
+        None,
+    );
+    assert!(ok.is_ok());
+}
+
+#[test]
+fn redis_token_store() {
+    let dir = tempdir();
+    std::fs::write(dir.join("key"), format!("{}\n", "ab".repeat(32))).unwrap();
+    let c = Config::from_toml(
+        &format!("[token_store]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1:6379\"\nencryption_key_file = \"key\"\n{MINIMAL}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    let TokenStoreConfig::Redis(r) = &c.token_store else {
+        panic!()
+    };
+    assert_eq!(r.encryption_key.as_ref().unwrap().0, [0xab; 32]);
+    assert_eq!(r.key_prefix, "cma-auth-proxy:");
+    assert!(!format!("{c:?}").contains("hunter2"));
+    std::fs::write(dir.join("key"), "short").unwrap();
+    let e = Config::from_toml(
+        &format!("[token_store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\nencryption_key_file = \"key\"\n{MINIMAL}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("32-byte"), "{e}");
+    assert!(
+        error_of(&format!("[token_store]\nkind = \"redis\"\n{MINIMAL}"))
+            .contains("token_store.url")
+    );
+    assert!(
+        error_of(&format!("[token_store]\nurl = \"redis://x\"\n{MINIMAL}"))
+            .contains("only to kind")
+    );
+}
+
+#[test]
+fn redis_needs_a_sealing_key_unless_plaintext_is_asked_for_explicitly() {
+    let dir = tempdir();
+    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
+    let store = |extra: &str| {
+        Config::from_toml(
+            &format!(
+                "[token_store]\nkind = \"redis\"\nurl = \"redis://:hunter2@127.0.0.1\"\n{extra}\n{MINIMAL}"
+            ),
+            no_env(),
+            Some(&dir),
+        )
+    };
+    let e = store("").unwrap_err().to_string();
+    assert!(
+        e.contains("token_store.encryption_key_file")
+            && e.contains("openssl rand -base64 32")
+            && e.contains("allow_plaintext = true"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
+    let c = store("allow_plaintext = true").unwrap();
+    let TokenStoreConfig::Redis(r) = &c.token_store else {
+        panic!()
+    };
+    assert!(r.encryption_key.is_none());
+    assert!(store("encryption_key_file = \"key\"").is_ok());
+    let e = store("encryption_key_file = \"key\"\nallow_plaintext = true")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token_store.allow_plaintext"), "{e}");
+    // Leaving sealing on is not an opt-out.
+    assert!(store("allow_plaintext = false").is_err());
+    assert!(
+        error_of(&format!("[token_store]\nallow_plaintext = true\n{MINIMAL}"))
+            .contains("only to kind")
+    );
+}
+
+#[test]
+fn redis_ca_file_needs_rediss_and_a_pem_certificate() {
+    let dir = tempdir();
+    let store = |url: &str, ca: &str| {
+        Config::from_toml(
+            &format!(
+                "[token_store]\nkind = \"redis\"\nurl = \"{url}\"\nca_file = \"{ca}\"\nallow_plaintext = true\n{MINIMAL}"
+            ),
+            no_env(),
+            Some(&dir),
+        )
+    };
+    let cert = rcgen::generate_simple_self_signed(vec!["redis.internal".to_owned()]).unwrap();
+    std::fs::write(dir.join("ca.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.join("not.pem"), "hello").unwrap();
+    let c = store("rediss://redis.internal:6380", "ca.pem").unwrap();
+    let TokenStoreConfig::Redis(r) = &c.token_store else {
+        panic!()
+    };
+    assert_eq!(r.roots_pem.as_deref(), Some(cert.cert.pem().as_bytes()));
+    let e = store("redis://redis.internal", "ca.pem")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("token_store.ca_file") && e.contains("rediss://"),
+        "{e}"
+    );
+    let e = store("rediss://redis.internal", "not.pem")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("token_store.ca_file") && e.contains("no PEM certificate"),
+        "{e}"
+    );
+    let e = store("rediss://redis.internal", "missing.pem")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("token_store.ca_file"), "{e}");
+    assert!(
+        error_of(&format!("[token_store]\nca_file = \"ca.pem\"\n{MINIMAL}"))
+            .contains("only to kind")
+    );
+}
+
+#[test]
+fn unknown_region_and_token_store_are_errors() {
+    assert!(error_of(&format!("[upstream]\nregion = \"mars\"\n{MINIMAL}")).contains("mars"));
+    assert!(error_of(&format!("[token_store]\nkind = \"disk\"\n{MINIMAL}")).contains("disk"));
+}
+
+#[test]
+fn unix_listen_address() {
+    let c = Config::from_toml(
+        &format!("[server]\nlisten = \"unix:/tmp/cma.sock\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.listen, ListenAddr::Unix("/tmp/cma.sock".into()));
+}
+
+/// Stands for a secret in the texts below; no error may show any part of it.
+const MARKER: &str = "Sekr1t-4471";
+
+fn assert_no_secret(e: &ConfigError, values: &[&str]) -> String {
+    let shown = e.to_string();
+    let debug = format!("{e:?}");
+    for value in values.iter().chain(&[MARKER, "Sekr1t", "4471"]) {
+        assert!(
+            !shown.contains(value) && !debug.contains(value),
+            "{value:?} shown in {shown} / {debug}"
+        );
+    }
+    shown
+}
+
+#[test]
+fn syntax_errors_say_where_and_what_was_expected_never_the_text() {
+    let profile = "[profiles.default]\nemail = \"a@b.c\"\n";
+    for (line, text) in [
+        (3, format!("{profile}password = \"{MARKER}\n")),
+        (3, format!("{profile}password = '{MARKER}\n")),
+        (3, format!("{profile}password = \"{MARKER}\\q\"\n")),
+        (3, format!("{profile}password = {MARKER}\n")),
+        (3, format!("{profile}password = \"{MARKER}\" \"more\"\n")),
+        (3, format!("{profile}password = {{ value = \"{MARKER}\"\n")),
+        (3, format!("{profile}\"{MARKER}\n")),
+        (
+            4,
+            format!("{profile}password = \"{MARKER}\"\npassword = \"{MARKER}\"\n"),
+        ),
+        (4, format!("{profile}password = \"\"\"{MARKER}\n")),
+    ] {
+        let e = Config::from_toml(&text, no_env(), None).unwrap_err();
+        let shown = assert_no_secret(&e, &[]);
+        assert!(matches!(e, ConfigError::Syntax { .. }), "{shown}");
+        assert!(
+            shown.starts_with(&format!("line {line}, column ")) && shown.contains("not valid TOML"),
+            "{text:?}: {shown}"
+        );
+    }
+    let e = error_of(&format!("{MINIMAL}\nlisten = \"x\n"));
+    assert!(e.ends_with("invalid basic string, expected `\"`"), "{e}");
+}
+
+#[test]
+fn type_errors_on_secret_keys_name_key_and_line_but_never_the_value() {
+    let profile = "[profiles.default]\nemail = \"a@b.c\"\n";
+    for (key, line) in [
+        ("password", "password = 44711234"),
+        ("password", "password = true"),
+        ("password", "password = [\"Sekr1t-4471\", 4471]"),
+        ("password", "password = { inner = \"Sekr1t-4471\" }"),
+        ("password", "password.inner = \"Sekr1t-4471\""),
+        ("totp_secret", "totp_secret = 4471.5\npassword = \"x\""),
+        (
+            "management_token",
+            "management_token = 4471-05-27T07:32:00Z",
+        ),
+    ] {
+        let e = Config::from_toml(&format!("{profile}{line}\n"), no_env(), None).unwrap_err();
+        let shown = assert_no_secret(&e, &[]);
+        assert!(
+            shown.starts_with(&format!("`profiles.default.{key}` (line 3, column "))
+                && shown.contains("): expected a string, found a"),
+            "{line}: {shown}"
+        );
+    }
+    let e = Config::from_toml(
+        &format!("[token_store]\nkind = \"redis\"\nurl = 44711234\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap_err();
+    let shown = assert_no_secret(&e, &[]);
+    assert!(
+        shown.starts_with("`token_store.url` (line 3, column 7)"),
+        "{shown}"
+    );
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn environment_errors_name_the_variable_and_never_the_value() {
+    for (var, needle) in [
+        (
+            "CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS",
+            "`server.max_connections` (environment variable CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS): expected a whole number (0 or more), found a string",
+        ),
+        (
+            "CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER",
+            "`profiles.default.password` (environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER): is a string (line 4, column 20), so no environment variable can set a key inside it",
+        ),
+        (
+            "CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER",
+            "`profiles.other.password` (environment variable CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER): expected a string, found a table",
+        ),
+        (
+            "CMA_AUTH_PROXY_PROFILES__DEFAULT",
+            "`profiles.default` (environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT): expected a table, found a string",
+        ),
+        (
+            "CMA_AUTH_PROXY_SERVER____LISTEN",
+            "`CMA_AUTH_PROXY_SERVER____LISTEN`: names no configuration key",
+        ),
+    ] {
+        let e = Config::from_toml(MINIMAL, env(&[(var, MARKER)]), None).unwrap_err();
+        let shown = assert_no_secret(&e, &[]);
+        assert!(shown.contains(needle), "{var}: {shown}");
+    }
+}
+
+#[test]
+fn environment_strings_are_read_as_numbers_and_booleans_where_a_key_wants_one() {
+    let c = Config::from_toml(
+        &format!("{MINIMAL}[profiles.default.rate_limit]\n"),
+        env(&[
+            ("CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS", "10"),
+            (
+                "CMA_AUTH_PROXY_PROFILES__DEFAULT__LOGOUT_ON_SHUTDOWN",
+                "false",
+            ),
+            (
+                "CMA_AUTH_PROXY_PROFILES__DEFAULT__RATE_LIMIT__READS_PER_SECOND",
+                "2.5",
+            ),
+            ("CMA_AUTH_PROXY_PROFILES__DEFAULT__RATE_LIMIT__BURST", "3"),
+        ]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.limits.max_connections, 10);
+    let p = &c.profiles[0];
+    assert!(!p.logout_on_shutdown);
+    assert_eq!(p.rate_limit.unwrap().reads_per_second, 2.5);
+    assert_eq!(p.rate_limit.unwrap().burst, 3);
+    // The file is typed: a number in quotes is a string.
+    let e = error_of(&format!("[server]\nmax_connections = \"10\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("`server.max_connections` (line 2, column 19): expected a whole number"),
+        "{e}"
+    );
+}
+
+#[test]
+fn validation_errors_say_where_the_key_was_written() {
+    let e = error_of(&format!("[server]\nmax_body = \"big\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("`server.max_body` (line 2, column 12): "),
+        "{e}"
+    );
+    let e = Config::from_toml(
+        MINIMAL,
+        env(&[("CMA_AUTH_PROXY_UPSTREAM__REGION", "mars")]),
+        None,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.starts_with(
+            "`upstream.region` (environment variable CMA_AUTH_PROXY_UPSTREAM__REGION): \"mars\""
+        ),
+        "{e}"
+    );
+    let dir = tempdir();
+    let path = dir.join("config.toml");
+    std::fs::write(&path, format!("{MINIMAL}\n[server]\nlisten = 8080\n")).unwrap();
+    let e = Config::load(&path, no_env()).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "`server.listen` (line 7, column 10 of {}): expected a string, found an integer",
+            path.display()
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn secrets_written_inline_or_in_the_environment_are_warned_about() {
+    let c = Config::from_toml(
+        "[profiles.default]\nemail = \"a@b.c\"\npassword = \"Sekr1t-4471\"\n",
+        env(&[
+            (
+                "CMA_AUTH_PROXY_PROFILES__DEFAULT__TOTP_SECRET",
+                "JBSWY3DPEHPK3PXP",
+            ),
+            (
+                "CMA_AUTH_PROXY_PROFILES__MT__MANAGEMENT_TOKEN",
+                "Sekr1t-4471",
+            ),
+        ]),
+        None,
+    )
+    .unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 3, "{warnings:#?}");
+    assert!(warnings[0].starts_with(
+        "`profiles.default.password` is written in the configuration file (line 3, column 12)"
+    ));
+    assert!(
+        warnings[0].ends_with("name it with `password_file`"),
+        "{}",
+        warnings[0]
+    );
+    assert!(warnings[1].starts_with(
+        "`profiles.default.totp_secret` comes from the environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT__TOTP_SECRET"
+    ));
+    assert!(warnings[2].contains("CMA_AUTH_PROXY_PROFILES__MT__MANAGEMENT_TOKEN,"));
+    for w in &warnings {
+        assert!(!w.contains("Sekr1t") && !w.contains("JBSWY3DP"), "{w}");
+    }
+}
+
+#[test]
+fn a_plain_listener_beyond_loopback_is_warned_about() {
+    let warnings = |listen: &str| {
+        Config::from_toml(
+            &format!("[server]\nlisten = \"{listen}\"\n{MINIMAL}"),
+            no_env(),
+            None,
+        )
+        .unwrap()
+        .warnings
+        .into_iter()
+        .filter(|w| matches!(w, ConfigWarning::ListenWithoutTls { .. }))
+        .count()
+    };
+    assert_eq!(warnings("0.0.0.0:8080"), 1);
+    assert_eq!(warnings("10.1.2.3:8080"), 1);
+    assert_eq!(warnings("[::]:8080"), 1);
+    assert_eq!(warnings("127.0.0.1:8080"), 0);
+    assert_eq!(warnings("[::1]:8080"), 0);
+    assert_eq!(warnings("unix:/tmp/cma.sock"), 0);
+}
+
+#[test]
+fn files_open_to_other_users_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("password"), "pw").unwrap();
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(&config, 0o600);
+    mode(&dir.join("password"), 0o644);
+    let c = Config::load(&config, no_env()).unwrap();
+    assert_eq!(
+        c.warnings,
+        vec![ConfigWarning::FileAccess {
+            path: dir.join("password"),
+            role: FileRole::Secret,
+            mode: 0o644,
+            readers: Some(Who::Everyone),
+            writers: None,
+        }]
+    );
+    mode(&config, 0o622);
+    mode(&dir.join("password"), 0o440);
+    let c = Config::load(&config, no_env()).unwrap();
+    let warnings: Vec<String> = c.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        vec![format!(
+            "configuration file {} (mode 0622) is writable by every user: whoever can change \
+                 it can send the credentials elsewhere; let only the proxy's user write it (`chmod go-w`)",
+            config.display()
+        )]
+    );
+}
+
+#[test]
+fn every_file_is_read_with_a_bound() {
+    let dir = tempdir();
+    let secret = |path: &Path| {
+        Config::from_toml(
+            &format!(
+                "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"{}\"\n",
+                path.display()
+            ),
+            no_env(),
+            None,
+        )
+    };
+    std::fs::write(dir.join("largest"), vec![b'a'; SECRET_FILE_LIMIT as usize]).unwrap();
+    assert!(secret(&dir.join("largest")).is_ok());
+    std::fs::write(
+        dir.join("too-large"),
+        vec![b'a'; SECRET_FILE_LIMIT as usize + 1],
+    )
+    .unwrap();
+    let e = secret(&dir.join("too-large")).unwrap_err().to_string();
+    assert!(
+        e.contains("`profiles.default.password_file`") && e.contains("larger than 64 KiB"),
+        "{e}"
+    );
+    let e = secret(Path::new("/dev/zero")).unwrap_err().to_string();
+    assert!(e.contains("/dev/zero: not a regular file"), "{e}");
+
+    let config = dir.join("config.toml");
+    let mut text = MINIMAL.to_owned();
+    text.push_str(&"#".repeat(CONFIG_FILE_LIMIT as usize));
+    std::fs::write(&config, text).unwrap();
+    let e = Config::load(&config, no_env()).unwrap_err().to_string();
+    assert!(
+        e.contains("`--config`") && e.contains("larger than 1 MiB"),
+        "{e}"
+    );
+
+    std::fs::write(dir.join("ca.pem"), vec![b'a'; PEM_FILE_LIMIT as usize + 1]).unwrap();
+    let e = error_of(&format!(
+        "[upstream]\nca_file = \"{}\"\n{MINIMAL}",
+        dir.join("ca.pem").display()
+    ));
+    assert!(
+        e.contains("`upstream.ca_file`") && e.contains("larger than 1 MiB"),
+        "{e}"
+    );
+}
+
+/// The login profile `default` with `settings` (TOML lines of the profile), for other modules'
+/// unit tests.
+pub(crate) fn login_profile(settings: &str) -> ProfileConfig {
+    let c = Config::from_toml(
+        &format!("[profiles.default]\nemail = \"a@b.c\"\npassword = \"x\"\n{settings}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    (*c.profiles[0]).clone()
+}
+
+pub(crate) fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "cma-auth-proxy-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn a_token_store_set_from_the_environment_reads_its_kind_first() {
+    let c = Config::from_toml(
+        MINIMAL,
+        env(&[
+            ("CMA_AUTH_PROXY_TOKEN_STORE__URL", "redis://127.0.0.1"),
+            ("CMA_AUTH_PROXY_TOKEN_STORE__ALLOW_PLAINTEXT", "true"),
+            ("CMA_AUTH_PROXY_TOKEN_STORE__KIND", "redis"),
+            ("CMA_AUTH_PROXY_TOKEN_STORE__TIMEOUT", "1s"),
+        ]),
+        None,
+    )
+    .unwrap();
+    let TokenStoreConfig::Redis(r) = &c.token_store else {
+        panic!("{:?}", c.token_store)
+    };
+    assert!(r.encryption_key.is_none());
+    assert_eq!(r.timeout, Duration::from_secs(1));
+    let e = error_of(&format!(
+        "[token_store]\nkind = \"memory\"\nurl = \"redis://x\"\n{MINIMAL}"
+    ));
+    assert!(
+        e.starts_with("`token_store.url` (line 3, column 7): applies only to kind = \"redis\""),
+        "{e}"
+    );
+}

@@ -1,0 +1,52 @@
+//! Every Lua script the fleet store runs. Each runs atomically on the Redis server, which is what
+//! makes compare-and-delete, the fenced lock and the shared budget safe between replicas; each
+//! bounds what it trusts of the values it finds, since anyone who can write to Redis can plant them.
+
+/// Takes the lock if free. A lock without an expiry, or with a longer one than ours, gets ours:
+/// only replicas write the lock, and they always set `lock_ttl`, so such a lock was planted (or
+/// left by a replica with other settings) and must not hold logins back for longer.
+pub(super) const LOCK: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"#;
+
+/// Releases the lock only if this holder still has it (it may have expired and been taken).
+pub(super) const UNLOCK: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
+"#;
+
+/// Extends the lock only if this holder still has it.
+pub(super) const EXTEND: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end
+"#;
+
+/// Deletes the token only if it is still the one the caller saw die (by digest).
+pub(super) const DELETE_IF: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, 64) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
+"#;
+
+/// GCRA on the server's clock: returns the wait in ms (0 = go now), or -wait when refused.
+/// No replica reserves further ahead than `reach`: a stored time beyond it was not written by
+/// one, and is treated as no reservation rather than holding requests back.
+pub(super) const RATE: &str = r#"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval, tolerance, max_wait, pushback, reach = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local tat = tonumber(redis.call('GET', KEYS[1])) or now
+if tat < now or tat > now + reach then tat = now end
+if pushback > 0 then
+  local pushed = now + pushback + tolerance
+  if pushed > tat then tat = pushed end
+  redis.call('SET', KEYS[1], tat, 'PX', pushback + tolerance + 1000)
+  return 0
+end
+local allowed = tat - tolerance
+if allowed < now then allowed = now end
+local wait = allowed - now
+if wait > max_wait then return -wait end
+redis.call('SET', KEYS[1], tat + interval, 'PX', tat + interval - now + 1000)
+return wait
+"#;

@@ -1,0 +1,119 @@
+//! Background care of each login profile's token, one task per profile: validation against
+//! `GET /v3/user` every `validate_interval` (so an evicted token is found before a client meets
+//! it), a fresh login after `max_token_age`, and, with a fleet store, keeping in step with the
+//! fleet's shared session. The tasks hold no reference to the manager while they sleep, and end
+//! with it.
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use super::TokenManager;
+use super::manager::Inner;
+use super::session::Validity;
+use crate::metrics::Trigger;
+
+/// How often a profile without validation or max age still looks at its token.
+const CARE_IDLE: Duration = Duration::from_secs(60);
+/// How often a replica of a fleet compares its token with the shared one.
+const FLEET_SYNC: Duration = Duration::from_secs(2);
+/// The care loop never spins faster than this, whatever the settings.
+const CARE_MIN_TICK: Duration = Duration::from_millis(50);
+
+impl TokenManager {
+    /// (Re)starts one background task per login profile for `validate_interval` and `max_token_age`.
+    pub fn start_care(&self) {
+        let names: Vec<Arc<str>> = self.inner.profiles.load().keys().cloned().collect();
+        let weak = Arc::downgrade(&self.inner);
+        let mut care = self.inner.care.lock().unwrap_or_else(|e| e.into_inner());
+        for task in care.drain(..) {
+            task.abort();
+        }
+        for name in names {
+            let task = watch_token(weak.clone(), self.inner.token_cached.clone(), name);
+            care.push(tokio::spawn(task).abort_handle());
+        }
+    }
+
+    pub(super) fn stop_care(&self) {
+        for task in self
+            .inner
+            .care
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Watches over one profile's token until the token manager is gone: validates it, refreshes it at
+/// max age, and keeps it in step with the fleet.
+async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, name: Arc<str>) {
+    let mut last_validated = Instant::now();
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let this = TokenManager { inner };
+        let Some(state) = this.state(&name) else {
+            return;
+        };
+        let config = state.config.load_full();
+        let token = state.current();
+        // With a fleet store, also look at the shared session every few seconds.
+        let until_sync = this.inner.store.as_ref().map(|_| FLEET_SYNC);
+        let until_validate = config
+            .validate_interval
+            .map(|every| every.saturating_sub(last_validated.elapsed()));
+        // A refresh that is backing off waits for its backoff, not for the (passed) age.
+        let until_max_age = config
+            .max_token_age
+            .zip(token.as_ref())
+            .map(|(max, t)| max.saturating_sub(t.age()))
+            .map(|left| left.max(state.retry_in().unwrap_or_default()));
+        let wait = [until_validate, until_max_age, until_sync]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(CARE_IDLE)
+            .max(CARE_MIN_TICK);
+        drop((this, state, token));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            // A new token restarts the max-age clock.
+            _ = token_cached.notified() => continue,
+        }
+
+        let Some(inner) = weak.upgrade() else { return };
+        let this = TokenManager { inner };
+        let Some(state) = this.state(&name) else {
+            return;
+        };
+        let config = state.config.load_full();
+        this.sync(&state).await;
+        let Some(token) = state.current() else {
+            continue;
+        };
+        state.status().rejections.alive(token.age());
+        if config.max_token_age.is_some_and(|max| token.age() >= max) {
+            this.refresh(&state, token, Trigger::MaxAge).await;
+            continue;
+        }
+        if config
+            .validate_interval
+            .is_some_and(|every| last_validated.elapsed() >= every)
+        {
+            last_validated = Instant::now();
+            match this.inner.auth.validate(&token).await {
+                Ok(Validity::Dead) => {
+                    if this.invalidate(&name, &token, Trigger::Validate).await {
+                        // Log in now, before a client needs the token.
+                        let _ = this.token(&name).await;
+                    }
+                }
+                Ok(Validity::Valid) => {}
+                Err(e) => {
+                    tracing::debug!(profile = %name, "token validation inconclusive: {}", crate::error_text::error_chain_text(&e))
+                }
+            }
+        }
+    }
+}
