@@ -208,7 +208,7 @@ async fn a_login_that_cannot_connect_names_the_cause_in_the_log_and_status() {
     let upstream = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let mut binary = binary(&upstream, "min_backoff = \"1m\"\nmax_backoff = \"5m\"");
-    let line = binary.wait_for_line("next login attempt");
+    let line = binary.wait_for_logged("next login attempt");
     assert!(line.contains("Connection refused"), "{line}");
     let status: serde_json::Value = reqwest::get(format!("{}/status", binary.admin))
         .await

@@ -259,6 +259,15 @@ impl Binary {
         }
     }
 
+    /// Like [`Binary::wait_for_line`], but also finds a line read already (by `start`, or by an
+    /// earlier wait): for events the proxy may log before the line a test last waited for.
+    pub fn wait_for_logged(&mut self, needle: &str) -> String {
+        match self.log_text().lines().find(|l| l.contains(needle)) {
+            Some(line) => line.to_owned(),
+            None => self.wait_for_line(needle),
+        }
+    }
+
     /// The end of the log, for failure messages (a runaway log file can be huge).
     fn log_tail(&self) -> String {
         let text = self.log_text();
