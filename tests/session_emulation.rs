@@ -336,6 +336,31 @@ async fn a_session_found_dead_is_replaced_before_the_login_answers() {
 }
 
 #[tokio::test]
+async fn a_management_token_profile_has_no_user_to_log_in_as() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "",
+        "[profiles.default]\nmanagement_token = \"cs-management-token\"\n",
+    )
+    .await;
+    let response = login(&proxy).await;
+    // Contentstack's answer to `GET /v3/user` with that token, relayed: no placeholder.
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().get("x-cma-auth-proxy-error").is_none());
+    assert!(
+        !response
+            .text()
+            .await
+            .unwrap()
+            .contains("cma-auth-proxy-session-")
+    );
+    let sent = fake.requests().last().unwrap().clone();
+    assert_eq!((sent.method, sent.path.as_str()), (Method::GET, "/v3/user"));
+    assert_eq!(sent.headers["authorization"], "cs-management-token");
+}
+
+#[tokio::test]
 async fn a_login_shows_no_more_than_the_policy_lets_a_client_see() {
     let fake = fake().await;
     let proxy = proxy(
