@@ -26,15 +26,12 @@ const SDK_TIMEOUT: Duration = Duration::from_secs(180);
 #[test]
 fn javascript_sdk_works_through_the_proxy() {
     let sdk_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js");
-    if let Some(missing) = missing_prerequisite(&sdk_dir) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{missing}; CI is set, so this test may not be skipped: run `npm ci --prefix tests/sdk/js`"
-        );
-        eprintln!(
-            "SKIPPED: javascript_sdk_works_through_the_proxy: {missing}. \
-             Enable it with `npm ci --prefix tests/sdk/js` (needs node 20+)."
-        );
+    let missing = common::tools::npm_packages(&sdk_dir, "@contentstack/management/package.json");
+    if !common::tools::skip_unless(
+        "javascript_sdk_works_through_the_proxy",
+        missing,
+        "`npm ci --prefix tests/sdk/js` (needs node 20+)",
+    ) {
         return;
     }
 
@@ -49,32 +46,6 @@ fn javascript_sdk_works_through_the_proxy() {
         Some(0),
         "the SDK script failed; its output is above"
     );
-}
-
-fn missing_prerequisite(sdk_dir: &Path) -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|status| status.success()) {
-        return Some("`node` is not on PATH".to_owned());
-    }
-    let sdk = sdk_dir.join("node_modules/@contentstack/management/package.json");
-    if !sdk.is_file() {
-        // First run: install the pinned SDK from package-lock.json, so `cargo test` is all it takes.
-        let installed = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-            .arg(sdk_dir)
-            .status();
-        if !installed.is_ok_and(|status| status.success()) || !sdk.is_file() {
-            return Some(format!(
-                "{} is missing and `npm ci` could not install it",
-                sdk.display()
-            ));
-        }
-    }
-    None
 }
 
 /// `cma-auth-proxy dev` on ephemeral ports, killed when dropped.
