@@ -8,6 +8,7 @@
 pub mod error;
 mod error_body;
 pub mod headers;
+mod placeholder;
 mod profile;
 mod session;
 pub mod target;
@@ -193,7 +194,7 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         // The placeholder of an emulated login is the proxy's own, not a client credential: it
         // goes before anything reads the request.
-        self.sessions.remove_placeholder(&mut parts);
+        self.sessions.placeholder().remove_from(&mut parts);
         let mode = config.policy.client_credentials;
         let target = target::judge(&parts.method, &parts.uri, mode)?;
         admit(&parts, &config)?;
