@@ -14,7 +14,13 @@ pub fn skip_unless(test: &str, missing: Option<String>, enable: &str) -> bool {
         std::env::var_os("CI").is_none(),
         "{test}: {missing}; CI is set, so this test may not be skipped ({enable})"
     );
-    eprintln!("SKIPPED: {test}: {missing}. Enable it with {enable}.");
+    // Written to the process's stderr directly: the test harness captures `eprintln!`, and a
+    // skip must show in a passing run.
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED: {test}: {missing}. Enable it with {enable}."
+    );
     false
 }
 
