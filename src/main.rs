@@ -44,6 +44,10 @@ enum Command {
         listen: config::ListenAddr,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin_listen: config::ListenAddr,
+        /// Serve the proxy over TLS with a certificate for `cma-auth-proxy` from a private CA made
+        /// for this run, and print how to point Contentstack's CLI (csdx) at it.
+        #[arg(long)]
+        tls: bool,
     },
 }
 
@@ -112,10 +116,13 @@ fn main() -> ExitCode {
         Command::Dev {
             listen,
             admin_listen,
+            tls,
         } => {
             init_logging(LogFormat::Text, "info");
             runtime().block_on(async {
-                match cma_auth_proxy::dev::run_dev(listen, admin_listen, shutdown_signal()).await {
+                let dev =
+                    cma_auth_proxy::dev::run_dev(listen, admin_listen, tls, shutdown_signal());
+                match dev.await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!(

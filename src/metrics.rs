@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 mod labels;
 
 pub use labels::{
-    ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, StoreEvent, StoreState, Trigger,
+    ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, SessionAction, StoreEvent,
+    StoreState, Trigger,
 };
 use labels::{NO_PROFILE, Profile};
 
@@ -41,6 +42,12 @@ struct ProfileLabels {
 struct ReauthLabels {
     profile: Profile,
     trigger: Trigger,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabels {
+    profile: Profile,
+    action: SessionAction,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +113,7 @@ pub struct Metrics {
     store_events: Family<EventLabels, Counter>,
     store_state: Family<StateLabels, Gauge>,
     connection_limits: Family<LimitLabels, Counter>,
+    emulated_sessions: Family<SessionLabels, Counter>,
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -214,6 +222,12 @@ impl Metrics {
             "Fleet store state, 1 for the current one: connecting, up, down (skipped after a failure), probing",
             store_state.clone(),
         );
+        let emulated_sessions = Family::<SessionLabels, Counter>::default();
+        registry.register(
+            "emulated_sessions",
+            "Client logins and logouts the proxy answered itself (policy.session_endpoint = \"emulate\"), by action",
+            emulated_sessions.clone(),
+        );
         let build_info = Family::<VersionLabels, Gauge>::default();
         build_info
             .get_or_create(&VersionLabels {
@@ -240,6 +254,7 @@ impl Metrics {
             store_events,
             store_state,
             connection_limits,
+            emulated_sessions,
         })
     }
 
@@ -339,6 +354,29 @@ impl Metrics {
             .inc();
     }
 
+    /// A client's login or logout answered by the proxy itself.
+    pub fn emulated_session(&self, profile: &str, action: SessionAction) {
+        self.emulated_sessions
+            .get_or_create(&SessionLabels {
+                profile: profile.into(),
+                action,
+            })
+            .inc();
+    }
+
+    /// Creates every profile's `emulated_sessions_total` series at 0, so that a rate over them
+    /// exists before the first emulated login.
+    pub fn emulated_sessions_known<'p>(&self, profiles: impl Iterator<Item = &'p str>) {
+        for profile in profiles {
+            for &action in SessionAction::ALL {
+                drop(self.emulated_sessions.get_or_create(&SessionLabels {
+                    profile: profile.into(),
+                    action,
+                }));
+            }
+        }
+    }
+
     pub fn replay(&self, outcome: ReplayOutcome) {
         self.replays.get_or_create(&ReplayLabels { outcome }).inc();
     }
@@ -425,6 +463,8 @@ mod tests {
         m.denied("policy_denied");
         m.config_reload(ReloadOutcome::Success);
         m.token_age("default", Some(Duration::from_millis(1500)));
+        m.emulated_sessions_known(["default"].into_iter());
+        m.emulated_session("default", SessionAction::Login);
         let text = m.encode();
         for needle in [
             r#"cma_auth_proxy_requests_total{profile="default",method="GET",status="200"} 1"#,
@@ -438,6 +478,8 @@ mod tests {
             r#"cma_auth_proxy_replays_total{outcome="replayed"} 1"#,
             r#"cma_auth_proxy_denied_total{reason="policy_denied"} 1"#,
             r#"cma_auth_proxy_config_reloads_total{outcome="success"} 1"#,
+            r#"cma_auth_proxy_emulated_sessions_total{profile="default",action="login"} 1"#,
+            r#"cma_auth_proxy_emulated_sessions_total{profile="default",action="logout"} 0"#,
             "cma_auth_proxy_in_flight_requests 0",
             r#"cma_auth_proxy_build_info{version=""#,
         ] {

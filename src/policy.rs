@@ -32,6 +32,17 @@ pub enum ClientCredentials {
     Reject,
 }
 
+/// `policy.session_endpoint`: what the proxy does with a client's own login and logout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionEndpoint {
+    /// Answer exactly `POST /v3/user-session` and `DELETE /v3/user-session` itself, with the
+    /// service account's user object and a placeholder token; nothing is forwarded.
+    Emulate,
+    /// Refuse them with 403, like every other request to the session endpoint.
+    Deny,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PolicyError {
     #[error("rule {rule:?}: {problem}")]
@@ -201,6 +212,9 @@ pub struct Policy {
     allow: Vec<Rule>,
     deny: Vec<Rule>,
     pub client_credentials: ClientCredentials,
+    /// Read by the request path before the policy: [`Policy::check`] refuses the session endpoint
+    /// whatever this says.
+    pub session_endpoint: SessionEndpoint,
 }
 
 impl Default for Policy {
@@ -209,6 +223,7 @@ impl Default for Policy {
             allow: Vec::new(),
             deny: Vec::new(),
             client_credentials: ClientCredentials::Strip,
+            session_endpoint: SessionEndpoint::Emulate,
         }
     }
 }
@@ -231,6 +246,7 @@ impl Policy {
                 .map(|r| Rule::parse(r, true))
                 .collect::<Result<_, _>>()?,
             client_credentials,
+            session_endpoint: SessionEndpoint::Emulate,
         })
     }
 

@@ -1,5 +1,5 @@
-//! The command line (docs/design.md#the-command-line): exit codes, `check`, and `dev` whose printed
-//! curl commands work as printed.
+//! The command line (docs/design.md#the-command-line): exit codes, `check`, and `dev` (plain and
+//! `--tls`) whose printed commands work as printed.
 mod common;
 
 use std::io::{BufRead, BufReader};
@@ -104,6 +104,61 @@ fn usage_errors_exit_64_and_version_exits_0() {
 
 #[test]
 fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
+    let (mut child, banner) = start_dev(&[]);
+    let curls = run_printed_curls(&banner);
+    assert_eq!(curls, 2, "{banner:?}");
+    terminate(&mut child);
+}
+
+/// `dev --tls`: the printed commands work as printed over TLS (the curl ones here; the CLI ones
+/// in tests/csdx.rs), the certificate is for `cma-auth-proxy` from the printed CA, and the
+/// directory that holds them is gone once `dev` has exited.
+#[test]
+fn dev_tls_serves_the_cli_recipe_it_prints_and_removes_its_certificates_on_exit() {
+    let (mut child, banner) = start_dev(&["--tls"]);
+    assert_eq!(run_printed_curls(&banner), 2, "{banner:?}");
+    let after = |marker: &str| {
+        banner
+            .iter()
+            .find_map(|l| l.split_once(marker).map(|(_, rest)| rest.to_owned()))
+            .unwrap_or_else(|| panic!("no {marker:?} in {banner:?}"))
+    };
+    let port = after("proxy listening on https://127.0.0.1:");
+    let ca = after("export NODE_EXTRA_CA_CERTS=");
+    assert!(std::path::Path::new(&ca).is_file(), "{ca}");
+    let region = after("csdx config:set:region ");
+    assert!(
+        region.starts_with(&format!("--cma https://cma-auth-proxy:{port} ")),
+        "{region}"
+    );
+    for command in [
+        "csdx auth:login",
+        "csdx auth:whoami",
+        "csdx cm:stacks:export",
+    ] {
+        assert!(banner.iter().any(|l| l.contains(command)), "{command}");
+    }
+    // The name the CLI uses, verified against the printed CA: an emulated login answers.
+    let out = Command::new("curl")
+        .args(["-s", "--resolve"])
+        .arg(format!("cma-auth-proxy:{port}:127.0.0.1"))
+        .arg("--cacert")
+        .arg(&ca)
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(r#"{"user":{"email":"a@b.c","password":"typed"}}"#)
+        .arg(format!("https://cma-auth-proxy:{port}/v3/user-session"))
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(answer["user"]["email"], cma_sim::DEMO_EMAIL);
+    let dir = std::path::Path::new(&ca).parent().unwrap().to_owned();
+    terminate(&mut child);
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
+/// `dev` on ephemeral ports, and every line it printed up to "stop with Ctrl-C".
+fn start_dev(extra: &[&str]) -> (KillOnDrop, Vec<String>) {
     let mut child = Command::new(BIN)
         .args([
             "dev",
@@ -112,13 +167,14 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
             "--admin-listen",
             "127.0.0.1:0",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    // A failing assertion below must not leave `dev` running.
-    let mut child = KillOnDrop(child);
+    // A failing assertion must not leave `dev` running.
+    let child = KillOnDrop(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -127,19 +183,26 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
             }
         }
     });
-    let mut curls = Vec::new();
+    let mut banner = Vec::new();
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("dev prints its banner");
-        if let Some(cmd) = line.trim().strip_prefix("curl ") {
-            curls.push(format!("curl {cmd}"));
-        }
-        if line.contains("stop with Ctrl-C") {
-            break;
+        let done = line.contains("stop with Ctrl-C");
+        banner.push(line);
+        if done {
+            return (child, banner);
         }
     }
-    assert_eq!(curls.len(), 2, "{curls:?}");
+}
+
+/// Runs every printed `curl` command as printed; each must answer 200 with JSON. Returns how many.
+fn run_printed_curls(banner: &[String]) -> usize {
+    let curls: Vec<String> = banner
+        .iter()
+        .filter_map(|line| line.trim().strip_prefix("curl "))
+        .map(|cmd| format!("curl {cmd}"))
+        .collect();
     for cmd in &curls {
         let out = Command::new("sh")
             .args(["-c", &format!("{cmd} -w '\\n%{{http_code}}'")])
@@ -151,6 +214,11 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
         serde_json::from_str::<serde_json::Value>(body)
             .unwrap_or_else(|e| panic!("{cmd}: {e}: {body}"));
     }
+    curls.len()
+}
+
+/// SIGTERM; `dev` must exit 0.
+fn terminate(child: &mut KillOnDrop) {
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()

@@ -82,7 +82,13 @@ async fn reject_mode_refuses_client_credentials_before_forwarding() {
 #[tokio::test]
 async fn session_endpoint_is_refused_in_every_spelling_and_method() {
     let fake = fake().await;
-    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    // With emulation off, even the exact login and logout are refused (with it on they are
+    // answered by the proxy, and every other spelling is refused: tests/session_emulation.rs).
+    let deny = format!(
+        "{}[policy]\nsession_endpoint = \"deny\"\n",
+        profile(PASSWORD, "")
+    );
+    let proxy = proxy(&fake, "", &deny).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let logins_before = fake.login_attempts().len();
     for path in [

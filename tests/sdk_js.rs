@@ -1,10 +1,16 @@
 //! The official JavaScript SDK (`@contentstack/management`) against the real binary: `cma-auth-proxy dev`
 //! serves the simulated CMA, and `tests/sdk/js/sdk.test.mjs` drives the SDK through the proxy with no
 //! credentials of its own (get user; content type; entry create, fetch, update, delete; asset upload).
+//! Then a script written as if there were no sidecar (`tests/sdk/js/unchanged.test.mjs`: login with
+//! an e-mail, password and MFA secret, get user, entry CRUD, logout, one more request) runs against
+//! a proxy in this process, so the test can check that the simulator saw none of its credentials,
+//! no login of its own and no logout.
 //!
 //! Needs `node` and `npm` on PATH; the first run installs the pinned SDK with `npm ci --prefix
 //! tests/sdk/js`. Without them the test says SKIPPED and passes, except when the `CI` environment
 //! variable is set: then it fails.
+mod common;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,15 +26,12 @@ const SDK_TIMEOUT: Duration = Duration::from_secs(180);
 #[test]
 fn javascript_sdk_works_through_the_proxy() {
     let sdk_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js");
-    if let Some(missing) = missing_prerequisite(&sdk_dir) {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{missing}; CI is set, so this test may not be skipped: run `npm ci --prefix tests/sdk/js`"
-        );
-        eprintln!(
-            "SKIPPED: javascript_sdk_works_through_the_proxy: {missing}. \
-             Enable it with `npm ci --prefix tests/sdk/js` (needs node 20+)."
-        );
+    let missing = common::tools::npm_packages(&sdk_dir, "@contentstack/management/package.json");
+    if !common::tools::skip_unless(
+        "javascript_sdk_works_through_the_proxy",
+        missing,
+        "`npm ci --prefix tests/sdk/js` (needs node 20+)",
+    ) {
         return;
     }
 
@@ -43,32 +46,6 @@ fn javascript_sdk_works_through_the_proxy() {
         Some(0),
         "the SDK script failed; its output is above"
     );
-}
-
-fn missing_prerequisite(sdk_dir: &Path) -> Option<String> {
-    let node = Command::new("node")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !node.is_ok_and(|status| status.success()) {
-        return Some("`node` is not on PATH".to_owned());
-    }
-    let sdk = sdk_dir.join("node_modules/@contentstack/management/package.json");
-    if !sdk.is_file() {
-        // First run: install the pinned SDK from package-lock.json, so `cargo test` is all it takes.
-        let installed = Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--prefix"])
-            .arg(sdk_dir)
-            .status();
-        if !installed.is_ok_and(|status| status.success()) || !sdk.is_file() {
-            return Some(format!(
-                "{} is missing and `npm ci` could not install it",
-                sdk.display()
-            ));
-        }
-    }
-    None
 }
 
 /// `cma-auth-proxy dev` on ephemeral ports, killed when dropped.
@@ -218,4 +195,68 @@ fn run_sdk_script(sdk_dir: &Path, url: &str, api_key: &str) -> ScriptRun {
     }
     run.code = child.wait().expect("wait for node").code();
     run
+}
+
+const SCRIPT_EMAIL: &str = "sync-job@client.example";
+const SCRIPT_PASSWORD: &str = "script-Pw-0927-never-forwarded";
+const SCRIPT_MFA_SECRET: &str = "GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_javascript_sdk_script_written_without_the_sidecar_works_unchanged() {
+    use common::*;
+    let sdk_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk/js");
+    let missing = tools::npm_packages(&sdk_dir, "@contentstack/management/package.json");
+    if !tools::skip_unless(
+        "a_javascript_sdk_script_written_without_the_sidecar_works_unchanged",
+        missing,
+        "`npm ci --prefix tests/sdk/js` (needs node 20+)",
+    ) {
+        return;
+    }
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let addr = proxy.url.strip_prefix("http://").unwrap();
+    let port = addr.rsplit_once(':').unwrap().1;
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/resolve-shim.cjs");
+    let mut command = tokio::process::Command::new("node");
+    command
+        .arg("unchanged.test.mjs")
+        .current_dir(&sdk_dir)
+        .env(
+            "CONTENTSTACK_ENDPOINT",
+            format!("http://cma-auth-proxy:{port}/v3"),
+        )
+        .env("CONTENTSTACK_API_KEY", cma_sim::DEMO_API_KEY)
+        .env("CONTENTSTACK_EMAIL", SCRIPT_EMAIL)
+        .env("CONTENTSTACK_PASSWORD", SCRIPT_PASSWORD)
+        .env("CONTENTSTACK_MFA_SECRET", SCRIPT_MFA_SECRET)
+        // The host name a Pod's hostAliases would give, without touching /etc/hosts.
+        .env("NODE_OPTIONS", format!("--require {}", shim.display()))
+        .env("RESOLVE_SHIM_HOSTS", "cma-auth-proxy=127.0.0.1");
+    let ran = tools::run(command, SDK_TIMEOUT).await;
+    println!("--- node unchanged.test.mjs\n{ran}");
+    assert_eq!(ran.code, Some(0), "the script failed; its output is above");
+    assert!(ran.stdout.contains("all steps passed"));
+    assert!(ran.stdout.contains(&format!("logged in as {EMAIL}")));
+
+    assert!(
+        fake.logouts().is_empty(),
+        "the shared session was logged out"
+    );
+    assert!(
+        fake.login_attempts()
+            .iter()
+            .all(|a| a.email == EMAIL && a.tfa_token.is_none()),
+        "a login other than the proxy's own reached the simulator: {:?}",
+        fake.login_attempts()
+    );
+    let upstream = format!("{:?}", fake.requests());
+    for secret in [SCRIPT_EMAIL, SCRIPT_PASSWORD, "cma-auth-proxy-session-"] {
+        assert!(!upstream.contains(secret), "{secret} reached the simulator");
+    }
+    let counted = |action: &str| {
+        format!(r#"cma_auth_proxy_emulated_sessions_total{{profile="default",action="{action}"}}"#)
+    };
+    assert_eq!(metric(&proxy.admin, &counted("login")).await, 1.0);
+    assert_eq!(metric(&proxy.admin, &counted("logout")).await, 1.0);
 }

@@ -27,7 +27,7 @@ use std::time::SystemTime;
 use serde::Deserialize;
 use sha2::Digest;
 
-use crate::policy::{ClientCredentials, Policy, PolicyError};
+use crate::policy::{ClientCredentials, Policy, PolicyError, SessionEndpoint};
 use files::Sources;
 pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
 pub use profile::{
@@ -127,6 +127,7 @@ struct FilePolicy {
     allow: Vec<String>,
     deny: Vec<String>,
     client_credentials: ClientCredentials,
+    session_endpoint: SessionEndpoint,
 }
 
 impl Default for FilePolicy {
@@ -135,6 +136,7 @@ impl Default for FilePolicy {
             allow: Vec::new(),
             deny: Vec::new(),
             client_credentials: ClientCredentials::Strip,
+            session_endpoint: SessionEndpoint::Emulate,
         }
     }
 }
@@ -307,11 +309,12 @@ fn validate(
         .into_iter()
         .map(|(name, p)| profile::validate(name, p, base_dir, &mut sources).map(Arc::new))
         .collect::<Result<Vec<_>, _>>()?;
-    let policy = Policy::new(
+    let mut policy = Policy::new(
         &file.policy.allow,
         &file.policy.deny,
         file.policy.client_credentials,
     )?;
+    policy.session_endpoint = file.policy.session_endpoint;
     let token_store = token_store::validate(file.token_store, base_dir, &mut sources)?;
     let log = LogConfig {
         format: file.log.format,

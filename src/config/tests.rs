@@ -691,3 +691,22 @@ fn a_token_store_set_from_the_environment_reads_its_kind_first() {
         "{e}"
     );
 }
+
+#[test]
+fn session_endpoint_is_emulated_unless_denied() {
+    use crate::policy::SessionEndpoint;
+    let c = Config::from_toml(MINIMAL, no_env(), None).unwrap();
+    assert_eq!(c.policy.session_endpoint, SessionEndpoint::Emulate);
+    let c = Config::from_toml(
+        &format!("[policy]\nsession_endpoint = \"deny\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.policy.session_endpoint, SessionEndpoint::Deny);
+    let e = error_of(&format!(
+        "[policy]\nsession_endpoint = \"forward\"\n{MINIMAL}"
+    ));
+    assert!(e.contains("`policy.session_endpoint`"), "{e}");
+    assert!(e.contains("line 2"), "{e}");
+}

@@ -117,6 +117,15 @@ label_values! {
     }
 }
 
+label_values! {
+    /// What a client asked of the session endpoint that the proxy answered itself
+    /// (`emulated_sessions_total{action}`).
+    pub enum SessionAction {
+        Login => "login",
+        Logout => "logout",
+    }
+}
+
 /// The profile label of requests refused before a profile was chosen.
 pub(super) static NO_PROFILE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("none"));
 

@@ -68,6 +68,16 @@ pub enum ProxyError {
         "the organization's request budget (profiles.*.rate_limit) would make this request wait {0:?}, longer than max_wait; retry later"
     )]
     RateLimited(Duration),
+    /// A login the proxy answers itself (`policy.session_endpoint = "emulate"`) whose body is not a
+    /// login. Says what is wrong, never what was sent.
+    #[error(
+        "the login body is not Contentstack's login request ({0}); send {{\"user\":{{\"email\":\"…\",\"password\":\"…\"}}}}. The proxy answers logins itself with its own session (policy.session_endpoint = \"emulate\") and discards the credentials sent"
+    )]
+    MalformedLogin(&'static str),
+    /// Contentstack answered `GET /v3/user`, the user object an emulated login returns, with
+    /// something that is not one.
+    #[error("Contentstack's answer to GET /v3/user, the user object of an emulated login, {0}")]
+    UnreadableUser(&'static str),
     /// Over `server.max_connections`: answered by the acceptor, before any request is read.
     #[error("too many connections to the proxy (server.max_connections); retry shortly")]
     TooManyConnections,
@@ -139,7 +149,12 @@ impl ProxyError {
                 shape(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", 907)
             }
             ProxyError::BodyTimeout(_) => shape(StatusCode::REQUEST_TIMEOUT, "body_timeout", 913),
-            ProxyError::UpstreamUnreachable(_) | ProxyError::UpstreamBroken(_) => {
+            ProxyError::MalformedLogin(_) => {
+                shape(StatusCode::UNPROCESSABLE_ENTITY, "malformed_login", 914)
+            }
+            ProxyError::UpstreamUnreachable(_)
+            | ProxyError::UpstreamBroken(_)
+            | ProxyError::UnreadableUser(_) => {
                 shape(StatusCode::BAD_GATEWAY, "upstream_unreachable", 908)
             }
             ProxyError::UpstreamTimeout(_) => {
@@ -339,6 +354,34 @@ mod tests {
             .unwrap_err();
         check(
             ProxyError::UpstreamUnreachable(err),
+            502,
+            "upstream_unreachable",
+        );
+    }
+
+    #[test]
+    fn malformed_login() {
+        let r = check(
+            ProxyError::MalformedLogin("no `user` object"),
+            422,
+            "malformed_login",
+        );
+        let body = body_of(&ProxyError::MalformedLogin("no `user` object"));
+        assert_eq!(body["error_code"], 914);
+        assert!(
+            body["error_message"]
+                .as_str()
+                .unwrap()
+                .contains("session_endpoint"),
+            "{body}"
+        );
+        assert!(r.headers().get("retry-after").is_none());
+    }
+
+    #[test]
+    fn unreadable_user() {
+        check(
+            ProxyError::UnreadableUser("is not JSON"),
             502,
             "upstream_unreachable",
         );

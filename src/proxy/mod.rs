@@ -8,7 +8,9 @@
 pub mod error;
 mod error_body;
 pub mod headers;
+mod placeholder;
 mod profile;
+mod session;
 pub mod target;
 pub mod upstream;
 
@@ -27,7 +29,8 @@ use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{self, Decision, RateLimiter};
-use crate::token::{Token, TokenLease, TokenManager, Validity, session};
+use crate::token::session::{TOKEN_INVALID, error_code};
+use crate::token::{Token, TokenLease, TokenManager, Validity};
 use error::{BadRequest, ProxyError};
 use target::Target;
 use upstream::UpstreamClients;
@@ -52,6 +55,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// Request budgets of the profiles with `rate_limit`, by profile name.
     limiters: ArcSwap<Limiters>,
+    /// The placeholder token and the user objects of emulated logins.
+    sessions: session::Sessions,
 }
 
 type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
@@ -79,6 +84,7 @@ impl Proxy {
         clients: UpstreamClients,
         metrics: Arc<Metrics>,
     ) -> Self {
+        metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
         Self {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
             config: ArcSwap::new(config),
@@ -86,6 +92,7 @@ impl Proxy {
             clients,
             draining: AtomicBool::new(false),
             metrics,
+            sessions: session::Sessions::default(),
         }
     }
 
@@ -96,6 +103,8 @@ impl Proxy {
     /// Serves new requests with `config` from now on; requests in flight keep the one they started
     /// with.
     pub fn replace_config(&self, config: Arc<Config>) {
+        self.metrics
+            .emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
         self.limiters.store(Arc::new(limiters(
             &config,
             &self.tokens,
@@ -183,11 +192,20 @@ impl Proxy {
     ) -> Result<Response<Relay>, ProxyError> {
         let config = self.config.load_full();
         let (mut parts, body) = req.into_parts();
+        // The placeholder of an emulated login is the proxy's own, not a client credential: it
+        // goes before anything reads the request.
+        self.sessions.placeholder().remove_from(&mut parts);
         let mode = config.policy.client_credentials;
         let target = target::judge(&parts.method, &parts.uri, mode)?;
         admit(&parts, &config)?;
         // Before anything reads a header: what is not forwarded must not decide anything either.
         headers::remove_hop_by_hop(&mut parts.headers);
+        if let Some(action) = session::emulated(&parts, &config.policy) {
+            let api_key = target.api_key.as_deref();
+            return self
+                .emulate_session(action, &mut parts.headers, api_key, body, &config, record)
+                .await;
+        }
         config
             .policy
             .check(&target.method, &target.path)
@@ -214,13 +232,27 @@ impl Proxy {
             uri,
             headers: parts.headers,
             timeout: config.server.request_timeout,
-            limiter: self
-                .limiters
-                .load()
-                .get(&profile.name)
-                .map(|(_, limiter)| limiter.clone()),
+            limiter: self.limiter(&profile.name),
             profile: profile.name.clone(),
         };
+        self.send_as(profile, outbound, body, record).await
+    }
+
+    fn limiter(&self, profile: &str) -> Option<Arc<RateLimiter>> {
+        self.limiters
+            .load()
+            .get(profile)
+            .map(|(_, limiter)| limiter.clone())
+    }
+
+    /// Sends with the profile's credentials: its management token, or its session.
+    async fn send_as(
+        &self,
+        profile: &ProfileConfig,
+        outbound: Outbound,
+        body: RequestBody,
+        record: &mut AccessRecord,
+    ) -> Result<Response<Relay>, ProxyError> {
         match &profile.credentials {
             Credentials::ManagementToken(token) => {
                 let mut headers = outbound.headers.clone();
@@ -317,7 +349,7 @@ impl Proxy {
     ) -> bool {
         let raw = body::concat(chunks.clone());
         match error_body::decode(headers, &raw) {
-            Some(decoded) => session::error_code(&decoded) == Some(session::TOKEN_INVALID),
+            Some(decoded) => error_code(&decoded) == Some(TOKEN_INVALID),
             None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
         }
     }

@@ -265,7 +265,7 @@ fn without_credentials(query: &str) -> Option<Cow<'_, str>> {
 }
 
 /// The parameters of a query, each with the separator before it.
-fn params(query: &str) -> impl Iterator<Item = (Option<char>, &str)> {
+pub(super) fn params(query: &str) -> impl Iterator<Item = (Option<char>, &str)> {
     let mut rest = Some(query);
     let mut separator = None;
     std::iter::from_fn(move || {

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use cma_auth_proxy::{Config, Running};
 use cma_sim::{Account, FakeCma, FakeCmaBuilder};
 
+pub mod tools;
+
 pub const EMAIL: &str = "svc@example.com";
 pub const PASSWORD: &str = "correct horse battery staple";
 

@@ -1,11 +1,13 @@
 //! Stack content of the simulated CMA: the stack itself, content types, entries and assets.
 //!
 //! The session layer (`session.rs`) authenticates the request first; this module only sees requests
-//! whose `authtoken` was valid, and answers them from an in-memory store. It owns `GET /v3/stacks` and
-//! everything under `/v3/content_types` and `/v3/assets`, with the paths, bodies, response shapes and
-//! error bodies of the real CMA as far as the official SDKs rely on them (checked against
-//! `@contentstack/management` 1.30.2 and Contentstack's API reference). It must not authenticate, rate
-//! limit or log (the session layer does), and it keeps no asset bytes, only their metadata.
+//! whose `authtoken` was valid, and answers them from an in-memory store. It owns `GET /v3/stacks`,
+//! `GET /v3/stacks/settings`, `GET /v3/locales` (the master locale only: what the CLI's export
+//! reads) and everything under `/v3/content_types` and `/v3/assets`, with the paths, bodies,
+//! response shapes and error bodies of the real CMA as far as the official SDKs and the CLI's
+//! export rely on them (checked against `@contentstack/management` 1.30.2, `@contentstack/cli`
+//! 1.60.1 and Contentstack's API reference). It must not authenticate, rate limit or log (the
+//! session layer does), and it keeps no asset bytes, only their metadata.
 //!
 //! Simplifications, on purpose: one locale per entry, no versions history, no publishing, no `query`
 //! filters (`limit`, `skip`, `include_count` and `count` are honoured), and `PUT` merges the fields
@@ -101,15 +103,17 @@ impl ContentStore {
 /// The uid the simulator gives the account with this email, in `created_by`/`updated_by`: `blt` and
 /// the first 16 hex digits of the email's SHA-256, the uid `GET /v3/user` reports for it.
 pub fn user_uid(email: &str) -> String {
-    let digest = Sha256::digest(email.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("blt{hex}")
+    blt_of(email)
 }
 
 /// A CMA operation this module serves, named after the SDK call that makes it.
 #[derive(Debug, PartialEq, Eq)]
 enum Op<'a> {
     FetchStack,
+    /// `stack.settings()`; the CLI's export writes it out as it comes.
+    FetchStackSettings,
+    /// `stack.locale().query()`: the export reads the master locale from it.
+    ListLocales,
     ListContentTypes,
     CreateContentType,
     FetchContentType(&'a str),
@@ -136,6 +140,8 @@ impl<'a> Op<'a> {
         }
         let op = match (method.as_str(), segments.as_slice()) {
             ("GET", ["stacks"]) => Op::FetchStack,
+            ("GET", ["stacks", "settings"]) => Op::FetchStackSettings,
+            ("GET", ["locales"]) => Op::ListLocales,
             ("GET", ["content_types"]) => Op::ListContentTypes,
             ("POST", ["content_types"]) => Op::CreateContentType,
             ("GET", ["content_types", ct]) => Op::FetchContentType(ct),
@@ -211,6 +217,19 @@ impl Stack {
     ) -> Result<SimResponse, CmaError> {
         match op {
             Op::FetchStack => Ok(ok(json!({ "stack": self.describe() }))),
+            Op::FetchStackSettings => Ok(ok(json!({
+                "stack_settings": {
+                    "stack_variables": {},
+                    "discrete_variables": {},
+                    "live_preview": {},
+                    "language_fallback": false,
+                    "rte": {},
+                }
+            }))),
+            Op::ListLocales => {
+                let master = self.master_locale();
+                Ok(ok(list("locales", std::iter::once(&master), &ctx.query)))
+            }
             Op::ListContentTypes => {
                 let docs = self.content_types.iter().map(|ct| &ct.doc);
                 Ok(ok(list("content_types", docs, &ctx.query)))
@@ -264,7 +283,25 @@ impl Stack {
     }
 
     fn describe(&self) -> Value {
-        json!({ "api_key": self.api_key, "name": self.name, "master_locale": "en-us" })
+        json!({
+            "uid": blt_of(&self.api_key),
+            "api_key": self.api_key,
+            "name": self.name,
+            "master_locale": MASTER_LOCALE,
+        })
+    }
+
+    /// The stack's one locale, its master (no fallback): the one `describe` names.
+    fn master_locale(&self) -> Object {
+        let mut locale = Object::new();
+        locale.insert("code".into(), MASTER_LOCALE.into());
+        locale.insert("name".into(), "English - United States".into());
+        locale.insert(
+            "uid".into(),
+            blt_of(&format!("{}/{MASTER_LOCALE}", self.api_key)).into(),
+        );
+        locale.insert("fallback_locale".into(), Value::Null);
+        locale
     }
 
     fn content_type(&self, uid: &str) -> Result<&ContentType, CmaError> {
@@ -389,7 +426,7 @@ impl ContentType {
         merge(&mut doc, fields, |key| !SYSTEM_KEYS.contains(&key));
         self.check_fields(&doc, None)
             .map_err(|i| CmaError::EntryRejected(Write::Create, i))?;
-        let locale = ctx.query.get("locale").unwrap_or("en-us").to_owned();
+        let locale = ctx.query.get("locale").unwrap_or(MASTER_LOCALE).to_owned();
         stamp_new(&mut doc, ctx.uids.next(), ctx);
         doc.insert("locale".into(), locale.into());
         doc.insert("ACL".into(), json!({}));
@@ -456,6 +493,16 @@ impl ContentType {
         }
         Ok(())
     }
+}
+
+/// Every stack's master locale: entries are stored in it unless a request names another.
+const MASTER_LOCALE: &str = "en-us";
+
+/// A stable uid for a named thing: `blt` and 16 hex digits of the name's SHA-256.
+fn blt_of(name: &str) -> String {
+    let digest = Sha256::digest(name.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("blt{hex}")
 }
 
 /// Unique, realistic-looking uids (`blt` and 16 hex digits), the same sequence in every run.

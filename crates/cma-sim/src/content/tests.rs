@@ -98,6 +98,12 @@ fn multipart(fields: &[Part<'_>]) -> (String, Bytes) {
 fn routes_parse_by_method_and_path() {
     let cases = [
         (Method::GET, "/v3/stacks", Some(Op::FetchStack)),
+        (
+            Method::GET,
+            "/v3/stacks/settings",
+            Some(Op::FetchStackSettings),
+        ),
+        (Method::GET, "/v3/locales", Some(Op::ListLocales)),
         (Method::GET, "/v3/content_types", Some(Op::ListContentTypes)),
         (
             Method::GET,
@@ -289,6 +295,40 @@ fn stack_fetch_describes_the_stack() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["stack"]["api_key"], KEY);
     assert_eq!(body["stack"]["name"], "Demo");
+    assert!(body["stack"]["uid"].as_str().unwrap().starts_with("blt"));
+}
+
+#[test]
+fn the_master_locale_is_listed_and_paged_like_any_collection() {
+    let mut store = store();
+    let (status, body) = call(
+        &mut store,
+        Method::GET,
+        "/v3/locales?include_count=true&asc=updated_at&only%5BBASE%5D%5B%5D=code",
+        Value::Null,
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["count"], 1);
+    let master = &body["locales"][0];
+    assert_eq!(master["code"], "en-us");
+    assert_eq!(master["fallback_locale"], Value::Null);
+    assert!(master["uid"].as_str().unwrap().starts_with("blt"));
+    let (_, stack) = call(&mut store, Method::GET, "/v3/stacks", Value::Null);
+    assert_eq!(stack["stack"]["master_locale"], master["code"]);
+    let (_, past) = call(&mut store, Method::GET, "/v3/locales?skip=1", Value::Null);
+    assert_eq!(past["locales"], json!([]));
+}
+
+#[test]
+fn stack_settings_are_an_object() {
+    let (status, body) = call(
+        &mut store(),
+        Method::GET,
+        "/v3/stacks/settings",
+        Value::Null,
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["stack_settings"].is_object(), "{body}");
 }
 
 #[test]
