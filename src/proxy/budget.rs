@@ -7,10 +7,13 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::Proxy;
-use crate::ratelimit::{PlanLimits, RateLimiter};
+use crate::ratelimit::{Decision, PlanLimits, RateLimiter, RequestKind};
 
 /// How often the learner looks even without a new token: a reload may have added a profile.
 const LOOK_EVERY: Duration = Duration::from_secs(60);
+/// The longest the plan's reads wait for the budget; past it they go anyway (two reads, once per
+/// session, cannot starve anyone).
+const PLAN_WAIT: Duration = Duration::from_secs(10);
 
 impl Proxy {
     /// Starts the learner on the current runtime; it ends with the proxy.
@@ -50,6 +53,14 @@ impl Proxy {
                 continue;
             }
             let fingerprint = token.fingerprint().to_owned();
+            // The plan's two reads count against the organization's budget like any other.
+            for _ in 0..2 {
+                if let Decision::After(wait) =
+                    limiter.acquire_within(RequestKind::Read, PLAN_WAIT).await
+                {
+                    tokio::time::sleep(wait).await;
+                }
+            }
             let plan = self
                 .tokens
                 .auth()
