@@ -15,7 +15,8 @@ use prometheus_client::registry::Registry;
 mod labels;
 
 pub use labels::{
-    CacheResult, ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, StoreEvent, StoreState, Trigger,
+    CacheResult, ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, StoreEvent,
+    StoreState, Trigger,
 };
 use labels::{NO_PROFILE, Profile};
 

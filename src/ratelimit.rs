@@ -433,11 +433,23 @@ mod tests {
         assert_eq!(RequestKind::of(&Method::GET, "/v3/x"), RequestKind::Read);
         assert_eq!(RequestKind::of(&Method::HEAD, "/v3/x"), RequestKind::Read);
         assert_eq!(RequestKind::of(&Method::POST, "/v3/x"), RequestKind::Write);
-        assert_eq!(RequestKind::of(&Method::DELETE, "/v3/x"), RequestKind::Write);
+        assert_eq!(
+            RequestKind::of(&Method::DELETE, "/v3/x"),
+            RequestKind::Write
+        );
         // Bulk calls have their own budget, whatever the method.
-        assert_eq!(RequestKind::of(&Method::POST, "/v3/bulk/publish"), RequestKind::Bulk);
-        assert_eq!(RequestKind::of(&Method::GET, "/v3/bulk/jobs/j1"), RequestKind::Bulk);
-        assert_eq!(RequestKind::of(&Method::POST, "/v3/bulkish"), RequestKind::Write);
+        assert_eq!(
+            RequestKind::of(&Method::POST, "/v3/bulk/publish"),
+            RequestKind::Bulk
+        );
+        assert_eq!(
+            RequestKind::of(&Method::GET, "/v3/bulk/jobs/j1"),
+            RequestKind::Bulk
+        );
+        assert_eq!(
+            RequestKind::of(&Method::POST, "/v3/bulkish"),
+            RequestKind::Write
+        );
     }
 
     fn unset() -> RateLimitConfig {
@@ -452,14 +464,21 @@ mod tests {
     }
 
     fn rates(l: &RateLimiter) -> Vec<(f64, &'static str)> {
-        l.status().0.iter().map(|b| (b.per_second, b.source.as_str())).collect()
+        l.status()
+            .0
+            .iter()
+            .map(|b| (b.per_second, b.source.as_str()))
+            .collect()
     }
 
     #[test]
     fn rates_not_written_are_learned_from_the_plan_and_fall_back_to_the_defaults() {
         let l = RateLimiter::new(&unset(), None);
         assert!(l.learns());
-        assert_eq!(rates(&l), [(10.0, "default"), (4.0, "configured"), (1.0, "default")]);
+        assert_eq!(
+            rates(&l),
+            [(10.0, "default"), (4.0, "configured"), (1.0, "default")]
+        );
         let plan = PlanLimits {
             organization_uid: "blt0org".into(),
             reads: Some(40),
@@ -467,15 +486,24 @@ mod tests {
             bulk: None,
         };
         l.learn(Some(&plan));
-        assert_eq!(rates(&l), [(40.0, "plan"), (4.0, "configured"), (1.0, "default")]);
+        assert_eq!(
+            rates(&l),
+            [(40.0, "plan"), (4.0, "configured"), (1.0, "default")]
+        );
         assert_eq!(l.status().1.as_deref(), Some("blt0org"));
         // A learned rate is used: 40/s spaces reads 25 ms apart.
         let t0 = Instant::now() + Duration::from_secs(1);
         assert_eq!(l.decide(RequestKind::Read, t0), Decision::Now);
-        assert_eq!(l.decide(RequestKind::Read, t0), Decision::After(Duration::from_millis(25)));
+        assert_eq!(
+            l.decide(RequestKind::Read, t0),
+            Decision::After(Duration::from_millis(25))
+        );
         // The plan cannot be read after the next login: the defaults again.
         l.learn(None);
-        assert_eq!(rates(&l), [(10.0, "default"), (4.0, "configured"), (1.0, "default")]);
+        assert_eq!(
+            rates(&l),
+            [(10.0, "default"), (4.0, "configured"), (1.0, "default")]
+        );
         let all_written = RateLimitConfig {
             reads_per_second: Some(1.0),
             bulk_per_second: Some(1.0),
@@ -491,7 +519,10 @@ mod tests {
         let now = Instant::now();
         match l.decide(RequestKind::Read, now) {
             Decision::After(wait) => {
-                assert!(wait > Duration::from_millis(50) && wait <= Duration::from_millis(100), "{wait:?}")
+                assert!(
+                    wait > Duration::from_millis(50) && wait <= Duration::from_millis(100),
+                    "{wait:?}"
+                )
             }
             other => panic!("the burst of 5 should be spent: {other:?}"),
         }

@@ -140,11 +140,19 @@ async fn budgets_from(proxy: &Proxy, source: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn rates_not_written_are_learned_from_the_organizations_plan() {
-    let fake = planned_fake(Plan { reads: 40, writes: 20, bulk: 2 }).await;
+    let fake = planned_fake(Plan {
+        reads: 40,
+        writes: 20,
+        bulk: 2,
+    })
+    .await;
     let proxy = proxy(
         &fake,
         "",
-        &profile(PASSWORD, "[profiles.default.rate_limit]\nwrites_per_second = 7"),
+        &profile(
+            PASSWORD,
+            "[profiles.default.rate_limit]\nwrites_per_second = 7",
+        ),
     )
     .await;
     let budgets = budgets_from(&proxy, "plan").await;
@@ -158,11 +166,24 @@ async fn rates_not_written_are_learned_from_the_organizations_plan() {
 
 #[tokio::test]
 async fn a_plan_that_cannot_be_read_leaves_the_defaults() {
-    let fake = planned_fake(Plan { reads: 40, writes: 20, bulk: 2 }).await;
+    let fake = planned_fake(Plan {
+        reads: 40,
+        writes: 20,
+        bulk: 2,
+    })
+    .await;
     fake.set_plan_hidden(true);
-    let proxy = proxy(&fake, "", &profile(PASSWORD, "[profiles.default.rate_limit]")).await;
+    let proxy = proxy(
+        &fake,
+        "",
+        &profile(PASSWORD, "[profiles.default.rate_limit]"),
+    )
+    .await;
     let org = format!("/v3/organizations/{DEMO_ORG}");
-    eventually(10, "the plan asked for", || async { fake.requests_to(&org) >= 1 }).await;
+    eventually(10, "the plan asked for", || async {
+        fake.requests_to(&org) >= 1
+    })
+    .await;
     let budgets = budgets_from(&proxy, "default").await;
     assert_eq!(budgets["read"]["per_second"], 10.0);
     assert_eq!(budgets["write"]["per_second"], 10.0);
@@ -176,11 +197,19 @@ async fn a_plan_that_cannot_be_read_leaves_the_defaults() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_burst_of_reads_within_the_learned_budget_draws_no_client_429() {
     const READS_PER_SECOND: u32 = 40;
-    let fake = planned_fake(Plan { reads: READS_PER_SECOND, writes: 10, bulk: 1 }).await;
+    let fake = planned_fake(Plan {
+        reads: READS_PER_SECOND,
+        writes: 10,
+        bulk: 1,
+    })
+    .await;
     let proxy = proxy(
         &fake,
         "",
-        &profile(PASSWORD, "[profiles.default.rate_limit]\nmax_wait = \"30s\""),
+        &profile(
+            PASSWORD,
+            "[profiles.default.rate_limit]\nmax_wait = \"30s\"",
+        ),
     )
     .await;
     budgets_from(&proxy, "plan").await;
@@ -208,8 +237,18 @@ async fn a_burst_of_reads_within_the_learned_budget_draws_no_client_429() {
 
 #[tokio::test]
 async fn bulk_calls_have_their_own_smaller_budget() {
-    let fake = planned_fake(Plan { reads: 10, writes: 10, bulk: 1 }).await;
-    let proxy = proxy(&fake, "", &profile(PASSWORD, "[profiles.default.rate_limit]\nmax_wait = \"5s\"")).await;
+    let fake = planned_fake(Plan {
+        reads: 10,
+        writes: 10,
+        bulk: 1,
+    })
+    .await;
+    let proxy = proxy(
+        &fake,
+        "",
+        &profile(PASSWORD, "[profiles.default.rate_limit]\nmax_wait = \"5s\""),
+    )
+    .await;
     budgets_from(&proxy, "plan").await;
     for _ in 0..3 {
         let response = proxy
@@ -220,7 +259,11 @@ async fn bulk_calls_have_their_own_smaller_budget() {
             .unwrap();
         assert_eq!(response.status(), 200, "waited for the bulk budget");
     }
-    assert_eq!(fake.rate_limited(), 0, "no bulk call drew Contentstack's 429");
+    assert_eq!(
+        fake.rate_limited(),
+        0,
+        "no bulk call drew Contentstack's 429"
+    );
     let waits = r#"cma_auth_proxy_rate_limit_waits_total{profile="default"}"#;
     assert!(metric(&proxy.admin, waits).await >= 2.0);
 }

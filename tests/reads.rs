@@ -46,7 +46,9 @@ async fn in_flight(proxy: &Proxy, n: f64) {
     .await;
 }
 
-async fn answers(tasks: Vec<tokio::task::JoinHandle<reqwest::Response>>) -> Vec<(u16, String, String)> {
+async fn answers(
+    tasks: Vec<tokio::task::JoinHandle<reqwest::Response>>,
+) -> Vec<(u16, String, String)> {
     let mut out = Vec::new();
     for t in tasks {
         let response = t.await.unwrap();
@@ -68,9 +70,17 @@ async fn a_hundred_identical_reads_cause_one_upstream_request() {
     // Series exist before the first coalesced read.
     let series = r#"cma_auth_proxy_reads_coalesced_total{profile="default"}"#;
     assert!(metrics(&proxy.admin).await.contains_key(series));
-    let tasks = reads(&proxy, 100, &format!("{GATE}?q=1"), &[("api_key", DEMO_API_KEY)]);
+    let tasks = reads(
+        &proxy,
+        100,
+        &format!("{GATE}?q=1"),
+        &[("api_key", DEMO_API_KEY)],
+    );
     in_flight(&proxy, 100.0).await;
-    eventually(10, "the leader's read upstream", || async { fake.requests_to(GATE) == 1 }).await;
+    eventually(10, "the leader's read upstream", || async {
+        fake.requests_to(GATE) == 1
+    })
+    .await;
     fake.open_gate();
     let answers = answers(tasks).await;
     assert_eq!(fake.requests_to(GATE), 1);
@@ -110,7 +120,11 @@ async fn reads_for_another_stack_or_branch_are_not_the_same_read() {
             assert_eq!(answer["branch"].as_str(), branch, "{body}");
         }
     }
-    assert_eq!(fake.requests_to(GATE), 3, "one upstream read per stack and branch");
+    assert_eq!(
+        fake.requests_to(GATE),
+        3,
+        "one upstream read per stack and branch"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,7 +140,11 @@ async fn a_leader_whose_client_goes_away_hands_over_to_its_followers() {
     .await;
     let followers = reads(&proxy, 5, &format!("{GATE}?q=3"), &[]);
     in_flight(&proxy, 6.0).await;
-    assert_eq!(fake.requests_to(GATE), 1, "the followers wait for the leader");
+    assert_eq!(
+        fake.requests_to(GATE),
+        1,
+        "the followers wait for the leader"
+    );
     leader.abort();
     // One follower leads now: its read goes upstream, the others follow it.
     eventually(10, "a follower's read upstream", || async {
@@ -150,7 +168,10 @@ async fn an_answer_over_the_share_limit_is_not_shared() {
     // Over 8 MiB of padding.
     let tasks = reads(&proxy, 3, &format!("{GATE}?pad=9000000"), &[]);
     in_flight(&proxy, 3.0).await;
-    eventually(10, "the leader's read upstream", || async { fake.requests_to(GATE) == 1 }).await;
+    eventually(10, "the leader's read upstream", || async {
+        fake.requests_to(GATE) == 1
+    })
+    .await;
     fake.open_gate();
     for (status, _, body) in answers(tasks).await {
         assert_eq!(status, 200);
@@ -163,10 +184,23 @@ async fn an_answer_over_the_share_limit_is_not_shared() {
 async fn reads_with_headers_the_proxy_does_not_know_are_not_coalesced() {
     let fake = fake().await;
     let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
-    let tasks = reads(&proxy, 3, &format!("{GATE}?q=4"), &[("x-custom-tenant", "a")]);
-    let fresh = reads(&proxy, 2, &format!("{GATE}?q=4"), &[("cache-control", "no-cache")]);
+    let tasks = reads(
+        &proxy,
+        3,
+        &format!("{GATE}?q=4"),
+        &[("x-custom-tenant", "a")],
+    );
+    let fresh = reads(
+        &proxy,
+        2,
+        &format!("{GATE}?q=4"),
+        &[("cache-control", "no-cache")],
+    );
     in_flight(&proxy, 5.0).await;
-    eventually(10, "every read upstream", || async { fake.requests_to(GATE) == 5 }).await;
+    eventually(10, "every read upstream", || async {
+        fake.requests_to(GATE) == 5
+    })
+    .await;
     fake.open_gate();
     for (status, from, _) in answers(tasks).await.into_iter().chain(answers(fresh).await) {
         assert_eq!(status, 200);
@@ -197,9 +231,15 @@ async fn blog(client: &reqwest::Client, url: &str, profile: &str) -> (String, St
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let from = response.headers()["x-cma-auth-proxy-cache"].to_str().unwrap().to_owned();
+    let from = response.headers()["x-cma-auth-proxy-cache"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     let body: serde_json::Value = response.json().await.unwrap();
-    (from, body["content_type"]["title"].as_str().unwrap().to_owned())
+    (
+        from,
+        body["content_type"]["title"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn rename_blog(client: &reqwest::Client, url: &str, title: &str) {
@@ -226,8 +266,14 @@ async fn the_cache_answers_within_its_ttl_until_a_write_and_never_across_profile
     create_blog(&proxy.client, &proxy.url).await;
     let path = "/v3/content_types/blog";
     let c = &proxy.client;
-    assert_eq!(blog(c, &proxy.url, "default").await, ("miss".into(), "Blog".into()));
-    assert_eq!(blog(c, &proxy.url, "default").await, ("hit".into(), "Blog".into()));
+    assert_eq!(
+        blog(c, &proxy.url, "default").await,
+        ("miss".into(), "Blog".into())
+    );
+    assert_eq!(
+        blog(c, &proxy.url, "default").await,
+        ("hit".into(), "Blog".into())
+    );
     assert_eq!(fake.requests_to(path), 1, "the hit did not go upstream");
     assert_eq!(metric(&proxy.admin, hits).await, 1.0);
     // Another profile has a cache of its own (here none): its read goes upstream.
@@ -235,8 +281,14 @@ async fn the_cache_answers_within_its_ttl_until_a_write_and_never_across_profile
     assert_eq!(fake.requests_to(path), 2);
     // A write to the content type drops what the cache held of it.
     rename_blog(c, &proxy.url, "Journal").await;
-    assert_eq!(blog(c, &proxy.url, "default").await, ("miss".into(), "Journal".into()));
-    assert_eq!(blog(c, &proxy.url, "default").await, ("hit".into(), "Journal".into()));
+    assert_eq!(
+        blog(c, &proxy.url, "default").await,
+        ("miss".into(), "Journal".into())
+    );
+    assert_eq!(
+        blog(c, &proxy.url, "default").await,
+        ("hit".into(), "Journal".into())
+    );
     let invalidations = r#"cma_auth_proxy_cache_total{profile="default",result="invalidate"}"#;
     assert!(metric(&proxy.admin, invalidations).await >= 1.0);
 }

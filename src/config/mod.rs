@@ -29,8 +29,8 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::policy::{ClientCredentials, Policy, PolicyError};
-use files::Sources;
 pub use cache::CacheConfig;
+use files::Sources;
 pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
 pub use profile::{
     Credentials, LoginCredentials, ManagementToken, ProfileConfig, RateLimitConfig, TotpSecret,

@@ -384,11 +384,9 @@ pub(super) fn validate(
             if r.burst == 0 {
                 return Err(invalid(format!("{key}.burst"), "must be at least 1"));
             }
-            if r
-                .organization_uid
-                .as_deref()
-                .is_some_and(|uid| uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_alphanumeric()))
-            {
+            if r.organization_uid.as_deref().is_some_and(|uid| {
+                uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_alphanumeric())
+            }) {
                 return Err(invalid(
                     format!("{key}.organization_uid"),
                     "must be an organization uid (letters and digits, e.g. \"blt1234abcd\")",
@@ -404,7 +402,10 @@ pub(super) fn validate(
             })
         })
         .transpose()?;
-    let cache = p.cache.map(|c| super::cache::validate(&key, c)).transpose()?;
+    let cache = p
+        .cache
+        .map(|c| super::cache::validate(&key, c))
+        .transpose()?;
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     Ok(ProfileConfig {
         name: name.into(),

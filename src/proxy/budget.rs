@@ -83,7 +83,10 @@ impl Proxy {
                 }
             };
             limiter.learn(plan.as_ref());
-            learned.insert(profile.name.clone(), (Arc::downgrade(&limiter), fingerprint));
+            learned.insert(
+                profile.name.clone(),
+                (Arc::downgrade(&limiter), fingerprint),
+            );
         }
     }
 }

@@ -212,7 +212,10 @@ mod tests {
         assert!(put_entry.affects("/v3/content_types/news/entries", false));
         assert!(put_entry.affects("/v3/content_types/news/entries/e1/locales", false));
         assert!(!put_entry.affects("/v3/content_types/news/entries/e2", false));
-        assert!(put_entry.affects("/v3/content_types/blog/entries/e9", true), "wide");
+        assert!(
+            put_entry.affects("/v3/content_types/blog/entries/e9", true),
+            "wide"
+        );
         for path in ["/v3/bulk/publish", "/v3/global_fields/seo", "/v3/assets/a1"] {
             assert!(
                 Invalidation::of(path).affects("/v3/content_types/blog", false),

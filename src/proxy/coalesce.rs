@@ -92,7 +92,11 @@ pub fn read_key(profile: &str, path_and_query: &str, headers: &HeaderMap) -> Opt
     let mut key = Vec::with_capacity(profile.len() + path_and_query.len() + 64);
     push(&mut key, profile.as_bytes());
     push(&mut key, path_and_query.as_bytes());
-    for (i, name) in KEYED.iter().enumerate().filter(|(i, _)| keyed & (1 << i) != 0) {
+    for (i, name) in KEYED
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keyed & (1 << i) != 0)
+    {
         for value in headers.get_all(name) {
             key.push(i as u8);
             push(&mut key, value.as_bytes());
@@ -246,10 +250,7 @@ impl Leader<'_> {
 
     /// Removes this flight from the map, unless a write detached it and another took its key.
     fn remove_from(&self, map: &mut HashMap<ReadKey, Arc<Flight>>) {
-        if map
-            .get(&self.key)
-            .is_some_and(|f| f.id == self.flight.id)
-        {
+        if map.get(&self.key).is_some_and(|f| f.id == self.flight.id) {
             map.remove(&self.key);
         }
     }
@@ -295,7 +296,11 @@ mod tests {
             key(&[("api_key", "blt2"), ("branch", "main")]),
             key(&[("api_key", "blt1"), ("branch", "dev")]),
             key(&[("api_key", "blt1")]),
-            key(&[("api_key", "blt1"), ("branch", "main"), ("accept-encoding", "gzip")]),
+            key(&[
+                ("api_key", "blt1"),
+                ("branch", "main"),
+                ("accept-encoding", "gzip"),
+            ]),
         ] {
             assert_ne!(Some(&base), other.as_ref());
         }
@@ -305,7 +310,11 @@ mod tests {
             read_key("a", "b/c", &HeaderMap::new())
         );
         assert_ne!(
-            read_key("other", "/v3/content_types?limit=1", &headers(&[("api_key", "blt1")])),
+            read_key(
+                "other",
+                "/v3/content_types?limit=1",
+                &headers(&[("api_key", "blt1")])
+            ),
             key(&[("api_key", "blt1")]),
             "never across profiles"
         );
@@ -340,7 +349,10 @@ mod tests {
         assert_eq!(leader.followers(), 1);
         // The leader's client goes away: its future, and the guard, are dropped.
         drop(leader);
-        let state = follower.wait_for(|s| !matches!(s, FlightState::Pending)).await.unwrap();
+        let state = follower
+            .wait_for(|s| !matches!(s, FlightState::Pending))
+            .await
+            .unwrap();
         assert!(matches!(*state, FlightState::Abandoned));
         drop(state);
         // The follower joins again and leads.
@@ -360,7 +372,11 @@ mod tests {
             panic!()
         };
         flights.detach("other", |_| true);
-        assert_eq!(flights.in_flight(), 1, "another profile's write changes nothing");
+        assert_eq!(
+            flights.in_flight(),
+            1,
+            "another profile's write changes nothing"
+        );
         flights.detach("default", |p| p.starts_with("/v3/content_types"));
         // A read after the write starts a flight of its own...
         let Role::Leader(second) = flights.join(&k, &profile, "/v3/content_types/blog") else {

@@ -386,7 +386,9 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let retry = outbound.kind == RequestKind::Read && hyper::body::Body::is_end_stream(&body);
         let headers_again = retry.then(|| headers.clone());
-        let response = self.send_once(outbound, headers, body, record, false).await?;
+        let response = self
+            .send_once(outbound, headers, body, record, false)
+            .await?;
         let (Some(limiter), Some(headers)) = (&outbound.limiter, headers_again) else {
             return Ok(response);
         };

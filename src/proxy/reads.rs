@@ -201,17 +201,22 @@ impl Proxy {
             self.flights
                 .detach(&profile.name, |read| what.affects(read, true));
         }
-        let reads = self.reads.load();
-        let Some(reads) = reads.get(&profile.name) else {
-            return;
+        let account = {
+            let reads = self.reads.load();
+            let Some(reads) = reads.get(&profile.name) else {
+                return;
+            };
+            let Some(cache) = &reads.cache else { return };
+            cache.invalidate(&what);
+            self.metrics.cache(&profile.name, CacheResult::Invalidate);
+            reads.account.clone()
         };
-        let Some(cache) = &reads.cache else { return };
-        cache.invalidate(&what);
-        self.metrics.cache(&profile.name, CacheResult::Invalidate);
-        if let (Some(account), Some(store)) = (&reads.account, self.tokens.store()) {
-            if let Err(e) = store.publish_invalidation(account, path).await {
-                tracing::debug!(profile = %profile.name, "cannot tell the fleet about a write: {e}");
-            }
+        // Awaited, so that when the write's answer reaches its client the other replicas have
+        // been told (the store's timeout bounds it; a store that is down is skipped at once).
+        if let (Some(account), Some(store)) = (account, self.tokens.store())
+            && let Err(e) = store.publish_invalidation(&account, path).await
+        {
+            tracing::debug!(profile = %profile.name, "cannot tell the fleet about a write: {e}");
         }
     }
 

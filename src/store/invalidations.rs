@@ -59,7 +59,11 @@ impl RedisStore {
     }
 
     /// What a message on `channel` says, unless this replica sent it.
-    fn read_invalidation<'m>(&self, channel: &'m str, payload: &'m [u8]) -> Option<Invalidated<'m>> {
+    fn read_invalidation<'m>(
+        &self,
+        channel: &'m str,
+        payload: &'m [u8],
+    ) -> Option<Invalidated<'m>> {
         let account = channel.strip_prefix(&self.invalidation_channel(""))?;
         let text = std::str::from_utf8(payload).ok();
         let (origin, path) = text.and_then(|t| t.split_once(' ')).unwrap_or(("", ""));
@@ -93,7 +97,10 @@ async fn listen(store: Weak<RedisStore>, report: impl Fn(Invalidated<'_>) + Send
         let pubsub = match subscribed {
             Ok(pubsub) => pubsub,
             Err(e) => {
-                tracing::debug!("cannot listen for the fleet's writes: {}", this.link.describe(&e));
+                tracing::debug!(
+                    "cannot listen for the fleet's writes: {}",
+                    this.link.describe(&e)
+                );
                 drop(this);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(RETRY_MAX);
@@ -116,7 +123,9 @@ async fn listen(store: Weak<RedisStore>, report: impl Fn(Invalidated<'_>) + Send
             }
         }
         report(Invalidated::Listening(false));
-        tracing::warn!("lost the subscription to the fleet's writes; the read caches serve nothing until it is back");
+        tracing::warn!(
+            "lost the subscription to the fleet's writes; the read caches serve nothing until it is back"
+        );
         tokio::time::sleep(pause).await;
     }
 }

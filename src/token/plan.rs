@@ -85,7 +85,11 @@ impl AuthClient {
         }
         let path = format!("/v3/organizations/{uid}?include_plan=true");
         let answer: OrganizationAnswer = self.get_json(token, &path).await?;
-        let features = answer.organization.plan.map(|p| p.features).unwrap_or_default();
+        let features = answer
+            .organization
+            .plan
+            .map(|p| p.features)
+            .unwrap_or_default();
         let limit = |name: &str| {
             let feature = features.iter().find(|f| f.uid == name)?;
             let limit = feature.limit.filter(|_| feature.enabled != Some(false))?;

@@ -153,7 +153,7 @@ impl Sim {
         };
         let budget = match self.rate_limit(&email, &parts.method, &path) {
             Ok(budget) => budget,
-            Err(limited) => return limited,
+            Err(limit) => return too_many_requests(limit),
         };
         let mut reply = self.serve(parts, body, &path, &email).await;
         // Contentstack tells every answer how much of the budget is left.
@@ -375,9 +375,7 @@ impl Sim {
         let plan = state.plans.get(uid).copied().unwrap_or_default();
         let mut organization = json!({ "uid": uid, "name": "Demo organization", "enabled": true });
         if include_plan {
-            let feature = |uid: &str, name: &str, limit: u32| {
-                json!({ "uid": uid, "name": name, "limit": limit, "enabled": true })
-            };
+            let feature = |uid: &str, name: &str, limit: u32| json!({ "uid": uid, "name": name, "limit": limit, "enabled": true });
             organization["plan"] = json!({
                 "plan_id": "sim",
                 "name": "Simulated",
@@ -395,13 +393,13 @@ impl Sim {
 
     /// Contentstack's budget per organization, by its plan (10 reads/s, 10 writes/s and 1 bulk
     /// call/s by default), over a sliding second. `Ok` with the budget's limit and what is left
-    /// of it after this request (`None` with rate limiting off), or the 429.
+    /// of it after this request (`None` with rate limiting off), or `Err` with the limit it is over.
     fn rate_limit(
         &self,
         email: &str,
         method: &Method,
         path: &str,
-    ) -> Result<Option<(u32, u32)>, Reply> {
+    ) -> Result<Option<(u32, u32)>, u32> {
         let mut state = self.state();
         if !state.rate_limit {
             return Ok(None);
@@ -421,23 +419,28 @@ impl Sim {
         }
         if window.len() >= limit as usize {
             state.rate_limited += 1;
-            let mut reply = error(
-                429,
-                429,
-                "Too many requests. Please try again later.",
-                json!({}),
-            );
-            reply
-                .headers
-                .insert("x-ratelimit-limit", HeaderValue::from(limit));
-            reply
-                .headers
-                .insert("x-ratelimit-remaining", HeaderValue::from(0));
-            return Err(reply);
+            return Err(limit);
         }
         window.push_back(now);
         Ok(Some((limit, limit - window.len() as u32)))
     }
+}
+
+/// Contentstack's 429: no `Retry-After`, the budget's limit and nothing left of it.
+fn too_many_requests(limit: u32) -> Reply {
+    let mut reply = error(
+        429,
+        429,
+        "Too many requests. Please try again later.",
+        json!({}),
+    );
+    reply
+        .headers
+        .insert("x-ratelimit-limit", HeaderValue::from(limit));
+    reply
+        .headers
+        .insert("x-ratelimit-remaining", HeaderValue::from(0));
+    reply
 }
 
 fn user_json(email: &str, org: &str) -> Value {
