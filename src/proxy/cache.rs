@@ -7,7 +7,6 @@
 //! another's answers. Nothing here waits: lookups and inserts are moka's, under no lock of ours.
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
 use http::{Method, StatusCode, header};
 
@@ -183,11 +182,6 @@ impl ReadCache {
             self.invalidate(&Invalidation::All);
         }
         self.live.store(live, Ordering::Release);
-    }
-
-    /// The `age` header of a hit: whole seconds since the upstream answered.
-    pub fn age(answer: &SharedAnswer) -> Duration {
-        answer.received.elapsed()
     }
 }
 

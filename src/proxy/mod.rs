@@ -63,6 +63,8 @@ pub struct Proxy {
     flights: coalesce::Flights,
     /// Each profile's read cache, and its fleet account.
     reads: ArcSwap<reads::Reads>,
+    /// In a fleet: whether the other replicas' writes reach this one (see [`reads`]).
+    hears_fleet: AtomicBool,
 }
 
 pub type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
@@ -102,6 +104,7 @@ impl Proxy {
             config: ArcSwap::new(config),
             tokens,
             clients,
+            hears_fleet: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             metrics,
         }
@@ -125,7 +128,13 @@ impl Proxy {
             &self.metrics,
             &self.reads.load(),
         )));
+        // A cache made by this reload must not serve while the fleet's writes do not reach it.
+        if !self.hears_fleet.load(Ordering::Acquire) {
+            self.fleet_invalidations(false);
+        }
         self.config.store(config);
+        // The budget learner looks at new or changed budgets now rather than after its next pause.
+        self.tokens.token_changes().notify_waiters();
     }
 
     /// The request budgets in force, by profile (for `/status` and the budget learner).

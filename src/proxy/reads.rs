@@ -252,7 +252,8 @@ impl Proxy {
     }
 
     /// Whether other replicas' writes reach this one: while they may not, no cache serves.
-    fn fleet_invalidations(&self, live: bool) {
+    pub(super) fn fleet_invalidations(&self, live: bool) {
+        self.hears_fleet.store(live, Ordering::Release);
         for reads in self.reads.load().values() {
             if let Some(cache) = &reads.cache {
                 cache.set_live(live);
