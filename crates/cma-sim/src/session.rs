@@ -210,7 +210,7 @@ impl Sim {
                 let ms = parts
                     .uri
                     .query()
-                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
