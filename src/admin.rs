@@ -94,6 +94,11 @@ impl Admin {
             );
         }
         debug_assert_eq!(snapshot.len(), login_profiles);
+        for (name, (_, limiter)) in self.proxy.limiters().iter() {
+            if let Some(profile) = profiles.get_mut(&**name) {
+                profile["rate_limit"] = budget_status(limiter);
+            }
+        }
         let token_store = self.proxy.tokens().store_status().map(|s| {
             serde_json::json!({
                 "state": s.state.as_str(),
@@ -116,6 +121,21 @@ impl Admin {
         );
         response
     }
+}
+
+/// A profile's request budgets: per kind, the rate and where it came from (`configured`, `plan`,
+/// `default`), and the organization whose plan was learned.
+fn budget_status(limiter: &crate::ratelimit::RateLimiter) -> serde_json::Value {
+    let (budgets, organization) = limiter.status();
+    let mut out = serde_json::Map::new();
+    for b in budgets {
+        out.insert(
+            b.kind.as_str().to_owned(),
+            serde_json::json!({ "per_second": b.per_second, "source": b.source.as_str() }),
+        );
+    }
+    out.insert("organization_uid".into(), organization.into());
+    out.into()
 }
 
 fn unix(t: SystemTime) -> u64 {

@@ -194,6 +194,27 @@ impl Relay {
         }
     }
 
+    /// Puts `chunks`, read off the front of this body, back in front of what is left of it.
+    pub fn prepend(&mut self, mut chunks: VecDeque<Bytes>) {
+        match self {
+            // Each byte was counted against the limit once, when it was first read.
+            Relay::Stream { prefix, .. } => {
+                chunks.append(prefix);
+                *prefix = chunks;
+            }
+            Relay::Full(data) => {
+                chunks.extend(data.take());
+                *self = Relay::Stream {
+                    prefix: chunks,
+                    rest: None,
+                    seen: 0,
+                    limit: u64::MAX,
+                    client: None,
+                };
+            }
+        }
+    }
+
     /// Where a client's streamed request body records why it failed; `None` for other bodies.
     pub fn fault(&self) -> Option<BodyFault> {
         match self {
@@ -351,6 +372,20 @@ impl Chunks for Incoming {
     type Error = hyper::Error;
 
     async fn next_chunk(&mut self) -> Result<Option<Bytes>, hyper::Error> {
+        while let Some(frame) = self.frame().await {
+            if let Ok(data) = frame?.into_data() {
+                return Ok(Some(data));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A body the proxy answers with (an upstream response being shared).
+impl Chunks for Relay {
+    type Error = BoxError;
+
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, BoxError> {
         while let Some(frame) = self.frame().await {
             if let Ok(data) = frame?.into_data() {
                 return Ok(Some(data));

@@ -92,6 +92,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let workers = config.server.workers;
     let clients = proxy::upstream::UpstreamClients::new(&config.upstream, &tls, workers);
     let proxy = Arc::new(Proxy::new(config.clone(), tokens.clone(), clients, metrics));
+    proxy.learn_budgets();
+    proxy.listen_to_fleet();
 
     let server_config = &config.server;
     let inbound_tls = server_config

@@ -15,8 +15,8 @@ use prometheus_client::registry::Registry;
 mod labels;
 
 pub use labels::{
-    ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, SessionAction, StoreEvent,
-    StoreState, Trigger,
+    CacheResult, ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, SessionAction,
+    StoreEvent, StoreState, Trigger,
 };
 use labels::{NO_PROFILE, Profile};
 
@@ -88,6 +88,12 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    profile: Profile,
+    result: CacheResult,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct VersionLabels {
     version: &'static str,
 }
@@ -114,6 +120,8 @@ pub struct Metrics {
     store_state: Family<StateLabels, Gauge>,
     connection_limits: Family<LimitLabels, Counter>,
     emulated_sessions: Family<SessionLabels, Counter>,
+    reads_coalesced: Family<ProfileLabels, Counter>,
+    cache: Family<CacheLabels, Counter>,
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -210,6 +218,18 @@ impl Metrics {
             "Requests that waited for a slot of the profile's rate_limit budget",
             rate_limit_waits.clone(),
         );
+        let reads_coalesced = Family::<ProfileLabels, Counter>::default();
+        registry.register(
+            "reads_coalesced",
+            "Reads answered with an identical read's answer instead of a request of their own",
+            reads_coalesced.clone(),
+        );
+        let cache = Family::<CacheLabels, Counter>::default();
+        registry.register(
+            "cache",
+            "Read cache events by profile: hit, miss, store, invalidate",
+            cache.clone(),
+        );
         let store_events = Family::<EventLabels, Counter>::default();
         registry.register(
             "token_store",
@@ -255,7 +275,43 @@ impl Metrics {
             store_state,
             connection_limits,
             emulated_sessions,
+            reads_coalesced,
+            cache,
         })
+    }
+
+    /// Creates the read series of `profile` at 0, so that a rate over them exists before the
+    /// first event; `cached` when the profile has a cache.
+    pub fn reads_of(&self, profile: &str, cached: bool) {
+        let _ = self.reads_coalesced.get_or_create(&ProfileLabels {
+            profile: profile.into(),
+        });
+        if cached {
+            for &result in CacheResult::ALL {
+                let _ = self.cache.get_or_create(&CacheLabels {
+                    profile: profile.into(),
+                    result,
+                });
+            }
+        }
+    }
+
+    /// A read got another's answer.
+    pub fn read_coalesced(&self, profile: &str) {
+        self.reads_coalesced
+            .get_or_create(&ProfileLabels {
+                profile: profile.into(),
+            })
+            .inc();
+    }
+
+    pub fn cache(&self, profile: &str, result: CacheResult) {
+        self.cache
+            .get_or_create(&CacheLabels {
+                profile: profile.into(),
+                result,
+            })
+            .inc();
     }
 
     /// A request answered: counted by profile (`none` when refused before one was chosen),
@@ -465,6 +521,9 @@ mod tests {
         m.token_age("default", Some(Duration::from_millis(1500)));
         m.emulated_sessions_known(["default"].into_iter());
         m.emulated_session("default", SessionAction::Login);
+        m.reads_of("default", true);
+        m.read_coalesced("default");
+        m.cache("default", CacheResult::Store);
         let text = m.encode();
         for needle in [
             r#"cma_auth_proxy_requests_total{profile="default",method="GET",status="200"} 1"#,
@@ -481,6 +540,9 @@ mod tests {
             r#"cma_auth_proxy_emulated_sessions_total{profile="default",action="login"} 1"#,
             r#"cma_auth_proxy_emulated_sessions_total{profile="default",action="logout"} 0"#,
             "cma_auth_proxy_in_flight_requests 0",
+            r#"cma_auth_proxy_reads_coalesced_total{profile="default"} 1"#,
+            r#"cma_auth_proxy_cache_total{profile="default",result="store"} 1"#,
+            r#"cma_auth_proxy_cache_total{profile="default",result="hit"} 0"#,
             r#"cma_auth_proxy_build_info{version=""#,
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");

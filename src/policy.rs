@@ -197,6 +197,32 @@ fn upper_hex(pair: &[u8]) -> Option<u8> {
     Some(digit(pair[0])? << 4 | digit(pair[1])?)
 }
 
+/// Rules in the policy's syntax that select requests rather than refuse them (the cache's
+/// `paths`): matched like allow rules, exactly, against the normalized path that is sent.
+#[derive(Debug)]
+pub struct PathRules(Vec<Rule>);
+
+impl PathRules {
+    pub fn new(rules: &[String]) -> Result<PathRules, PolicyError> {
+        rules
+            .iter()
+            .map(|r| Rule::parse(r, false))
+            .collect::<Result<_, _>>()
+            .map(PathRules)
+    }
+
+    /// Whether every rule names `GET` (or any method).
+    pub fn only_get(&self) -> bool {
+        self.0
+            .iter()
+            .all(|r| r.method.as_ref().is_none_or(|m| *m == Method::GET))
+    }
+
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        self.0.iter().any(|r| r.admits(method, path))
+    }
+}
+
 /// Why a request was refused by policy, for the error body and the `denied_total` metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denial {

@@ -488,19 +488,20 @@ async fn profiles_broker_one_token_per_account() {
     // Cold start, both profiles at once: each logs in once, by header or by api_key.
     let client = proxy.client.clone();
     let url = proxy.url.clone();
+    // Each request a target of its own, so that none shares another's upstream request.
     let statuses = concurrently(16, |i| {
         let request = match i % 4 {
             0 => client
-                .get(format!("{url}/v3/user"))
+                .get(format!("{url}/v3/user?n={i}"))
                 .header("x-cma-profile", "alpha"),
             1 => client
-                .get(format!("{url}/v3/user"))
+                .get(format!("{url}/v3/user?n={i}"))
                 .header("x-cma-profile", "beta"),
             2 => client
-                .get(format!("{url}/v3/content_types"))
+                .get(format!("{url}/v3/content_types?n={i}"))
                 .header("api_key", "blt_a"),
             _ => client
-                .get(format!("{url}/v3/content_types"))
+                .get(format!("{url}/v3/content_types?n={i}"))
                 .header("api_key", "blt_b"),
         };
         async move {

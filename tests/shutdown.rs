@@ -39,10 +39,11 @@ async fn sigterm_with_fifty_requests_in_flight_drains_logs_out_and_exits_0() {
     wait_ready(&binary.admin).await;
 
     let client = reqwest::Client::new();
+    // Fifty different reads, so that each is a request of its own upstream (not coalesced).
     let in_flight: Vec<_> = (0..50)
-        .map(|_| {
+        .map(|i| {
             let request = client
-                .get(format!("{}/v3/_sim/slow?ms=1500", binary.url))
+                .get(format!("{}/v3/_sim/slow?ms=1500&n={i}", binary.url))
                 .send();
             tokio::spawn(async move {
                 let response = request.await.unwrap();

@@ -9,6 +9,7 @@
 //! `Config` that exists is complete: nothing later fails because a file went missing in between.
 //! This module never logs and never prints a secret; `Debug` of every secret is `[REDACTED]`, and
 //! no error or warning quotes configuration text or a secret's value (see `source` and `de`).
+mod cache;
 mod de;
 mod files;
 mod profile;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use sha2::Digest;
 
 use crate::policy::{ClientCredentials, Policy, PolicyError, SessionEndpoint};
+pub use cache::CacheConfig;
 use files::Sources;
 pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
 pub use profile::{

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use super::cache::{CacheConfig, FileCache};
 use super::files::Sources;
 use super::{ConfigError, invalid, resolve};
 
@@ -34,6 +35,8 @@ pub(super) struct FileProfile {
     rejected_retry: Duration,
     logout_on_shutdown: bool,
     rate_limit: Option<FileRateLimit>,
+    coalesce_reads: bool,
+    cache: Option<FileCache>,
 }
 
 impl Default for FileProfile {
@@ -54,6 +57,8 @@ impl Default for FileProfile {
             rejected_retry: Duration::from_secs(5 * 60),
             logout_on_shutdown: true,
             rate_limit: None,
+            coalesce_reads: true,
+            cache: None,
         }
     }
 }
@@ -62,8 +67,10 @@ impl Default for FileProfile {
 #[serde(deny_unknown_fields)]
 #[serde(default)]
 struct FileRateLimit {
-    reads_per_second: f64,
-    writes_per_second: f64,
+    reads_per_second: Option<f64>,
+    writes_per_second: Option<f64>,
+    bulk_per_second: Option<f64>,
+    organization_uid: Option<String>,
     burst: u32,
     #[serde(with = "humantime_serde")]
     max_wait: Duration,
@@ -71,11 +78,15 @@ struct FileRateLimit {
 
 impl Default for FileRateLimit {
     fn default() -> Self {
-        // Contentstack's documented budget: 10 reads/s and 10 writes/s per organization.
+        // Rates not written are learned from the organization's plan (see `ratelimit.rs`).
         Self {
-            reads_per_second: 10.0,
-            writes_per_second: 10.0,
-            burst: 10,
+            reads_per_second: None,
+            writes_per_second: None,
+            bulk_per_second: None,
+            organization_uid: None,
+            // Contentstack counts any sliding second, and GCRA lets `burst + rate - 1` requests
+            // into one: a burst of 1 keeps a budget of N per second within N in every second.
+            burst: 1,
             max_wait: Duration::from_secs(2),
         }
     }
@@ -96,12 +107,21 @@ pub struct ProfileConfig {
     pub logout_on_shutdown: bool,
     /// Local shaping of the organization's request budget; `None` = off.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Concurrent identical reads share one upstream request (docs/design.md#read-coalescing).
+    pub coalesce_reads: bool,
+    /// The opt-in short cache of reads; `None` = off.
+    pub cache: Option<CacheConfig>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitConfig {
-    pub reads_per_second: f64,
-    pub writes_per_second: f64,
+    /// Rates written in the configuration; a `None` is learned from the organization's plan
+    /// after a login, or falls back to Contentstack's default.
+    pub reads_per_second: Option<f64>,
+    pub writes_per_second: Option<f64>,
+    pub bulk_per_second: Option<f64>,
+    /// Whose plan to read; `None` = the account's organization (see `ratelimit.rs`).
+    pub organization_uid: Option<String>,
     pub burst: u32,
     pub max_wait: Duration,
 }
@@ -352,22 +372,39 @@ pub(super) fn validate(
         .rate_limit
         .map(|r| {
             let key = format!("{key}.rate_limit");
-            if !(r.reads_per_second > 0.0 && r.writes_per_second > 0.0) {
-                return Err(invalid(
-                    key,
-                    "reads_per_second and writes_per_second must be above 0",
-                ));
+            for (name, rate) in [
+                ("reads_per_second", r.reads_per_second),
+                ("writes_per_second", r.writes_per_second),
+                ("bulk_per_second", r.bulk_per_second),
+            ] {
+                if rate.is_some_and(|rate| !(rate > 0.0 && rate.is_finite())) {
+                    return Err(invalid(format!("{key}.{name}"), "must be above 0"));
+                }
             }
             if r.burst == 0 {
-                return Err(invalid(key, "burst must be at least 1"));
+                return Err(invalid(format!("{key}.burst"), "must be at least 1"));
+            }
+            if r.organization_uid.as_deref().is_some_and(|uid| {
+                uid.is_empty() || !uid.bytes().all(|b| b.is_ascii_alphanumeric())
+            }) {
+                return Err(invalid(
+                    format!("{key}.organization_uid"),
+                    "must be an organization uid (letters and digits, e.g. \"blt1234abcd\")",
+                ));
             }
             Ok(RateLimitConfig {
                 reads_per_second: r.reads_per_second,
                 writes_per_second: r.writes_per_second,
+                bulk_per_second: r.bulk_per_second,
+                organization_uid: r.organization_uid,
                 burst: r.burst,
                 max_wait: r.max_wait,
             })
         })
+        .transpose()?;
+    let cache = p
+        .cache
+        .map(|c| super::cache::validate(&key, c))
         .transpose()?;
     let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
     Ok(ProfileConfig {
@@ -381,5 +418,7 @@ pub(super) fn validate(
         rejected_retry: p.rejected_retry,
         logout_on_shutdown: p.logout_on_shutdown,
         rate_limit,
+        coalesce_reads: p.coalesce_reads,
+        cache,
     })
 }

@@ -452,8 +452,9 @@ fn environment_strings_are_read_as_numbers_and_booleans_where_a_key_wants_one() 
     assert_eq!(c.server.limits.max_connections, 10);
     let p = &c.profiles[0];
     assert!(!p.logout_on_shutdown);
-    assert_eq!(p.rate_limit.unwrap().reads_per_second, 2.5);
-    assert_eq!(p.rate_limit.unwrap().burst, 3);
+    let rate_limit = p.rate_limit.as_ref().unwrap();
+    assert_eq!(rate_limit.reads_per_second, Some(2.5));
+    assert_eq!(rate_limit.burst, 3);
     // The file is typed: a number in quotes is a string.
     let e = error_of(&format!("[server]\nmax_connections = \"10\"\n{MINIMAL}"));
     assert!(

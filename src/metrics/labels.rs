@@ -107,6 +107,20 @@ label_values! {
 }
 
 label_values! {
+    /// What the read cache did (`cache_total{result}`).
+    pub enum CacheResult {
+        /// A read answered from the cache.
+        Hit => "hit",
+        /// A read the cache covers but did not hold.
+        Miss => "miss",
+        /// An answer kept.
+        Store => "store",
+        /// A write (here or, in a fleet, elsewhere) dropped what it may have changed.
+        Invalidate => "invalidate",
+    }
+}
+
+label_values! {
     /// The fleet store's state (`token_store_state{state}`, and `/status`).
     pub enum StoreState {
         Connecting => "connecting",

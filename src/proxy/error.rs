@@ -59,7 +59,7 @@ pub enum ProxyError {
     #[error("cannot reach Contentstack: {0}")]
     UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
     #[error("Contentstack's response broke off: {0}")]
-    UpstreamBroken(#[source] hyper::Error),
+    UpstreamBroken(#[source] crate::body::BoxError),
     #[error("Contentstack did not answer within server.request_timeout ({0:?})")]
     UpstreamTimeout(Duration),
     #[error("the proxy is shutting down; retry against another instance")]

@@ -1,15 +1,22 @@
 //! The request path (docs/design.md#the-request-path), read top to bottom in [`Proxy::forward`]:
 //! admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
 //! policy checks is what is sent, see [`target`]), policy, header screening, profile, client
-//! credentials, token, forward, and the one replay after a token eviction.
+//! credentials, token, forward, and the one replay after a token eviction. A read that may be
+//! shared takes [`reads`] (cache, coalescing) around the forward; a write drops what it may have
+//! changed.
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
-//! 401 response, and never logs a header value or a body.
+//! 401 response (and [`reads`] no more than its share limits), and never logs a header value or a
+//! body.
+mod budget;
+mod cache;
+mod coalesce;
 pub mod error;
 mod error_body;
 pub mod headers;
 mod placeholder;
 mod profile;
+pub mod reads;
 mod session;
 pub mod target;
 pub mod upstream;
@@ -28,7 +35,7 @@ use hyper::body::Incoming;
 use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
-use crate::ratelimit::{self, Decision, RateLimiter};
+use crate::ratelimit::{Decision, RateLimiter, RequestKind};
 use crate::token::session::{TOKEN_INVALID, error_code};
 use crate::token::{Token, TokenLease, TokenManager, Validity};
 use error::{BadRequest, ProxyError};
@@ -57,9 +64,15 @@ pub struct Proxy {
     limiters: ArcSwap<Limiters>,
     /// The placeholder token and the user objects of emulated logins.
     sessions: session::Sessions,
+    /// Identical reads in flight, shared by their clients.
+    flights: coalesce::Flights,
+    /// Each profile's read cache, and its fleet account.
+    reads: ArcSwap<reads::Reads>,
+    /// In a fleet: whether the other replicas' writes reach this one (see [`reads`]).
+    hears_fleet: AtomicBool,
 }
 
-type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
+pub type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
 
 /// Budgets for `config`, keeping the state of those whose settings did not change.
 fn limiters(config: &Config, tokens: &TokenManager, previous: &Limiters) -> Limiters {
@@ -67,7 +80,7 @@ fn limiters(config: &Config, tokens: &TokenManager, previous: &Limiters) -> Limi
         .profiles
         .iter()
         .filter_map(|p| {
-            let settings = p.rate_limit?;
+            let settings = p.rate_limit.clone()?;
             let limiter = match previous.get(&p.name) {
                 Some((old, limiter)) if *old == settings => limiter.clone(),
                 _ => Arc::new(RateLimiter::new(&settings, tokens.shared_budget(p))),
@@ -87,9 +100,17 @@ impl Proxy {
         metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
         Self {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
+            flights: coalesce::Flights::default(),
+            reads: ArcSwap::from_pointee(reads::reads(
+                &config,
+                &tokens,
+                &metrics,
+                &Default::default(),
+            )),
             config: ArcSwap::new(config),
             tokens,
             clients,
+            hears_fleet: AtomicBool::new(true),
             draining: AtomicBool::new(false),
             metrics,
             sessions: session::Sessions::default(),
@@ -110,7 +131,24 @@ impl Proxy {
             &self.tokens,
             &self.limiters.load(),
         )));
+        self.reads.store(Arc::new(reads::reads(
+            &config,
+            &self.tokens,
+            &self.metrics,
+            &self.reads.load(),
+        )));
+        // A cache made by this reload must not serve while the fleet's writes do not reach it.
+        if !self.hears_fleet.load(Ordering::Acquire) {
+            self.fleet_invalidations(false);
+        }
         self.config.store(config);
+        // The budget learner looks at new or changed budgets now rather than after its next pause.
+        self.tokens.token_changes().notify_waiters();
+    }
+
+    /// The request budgets in force, by profile (for `/status` and the budget learner).
+    pub fn limiters(&self) -> Arc<Limiters> {
+        self.limiters.load_full()
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -228,6 +266,7 @@ impl Proxy {
         )
         .await?;
         let outbound = Outbound {
+            kind: RequestKind::of(&target.method, &target.path),
             method: target.method,
             uri,
             headers: parts.headers,
@@ -235,7 +274,17 @@ impl Proxy {
             limiter: self.limiter(&profile.name),
             profile: profile.name.clone(),
         };
-        self.send_as(profile, outbound, body, record).await
+        if let Some(read) = self.shareable_read(profile, &outbound, &body) {
+            return self.forward_read(profile, outbound, read, record).await;
+        }
+        // Whatever became of a write, it may have changed what reads answer.
+        let written = (!matches!(outbound.method, Method::GET | Method::HEAD))
+            .then(|| outbound.uri.path().to_owned());
+        let response = self.dispatch(profile, outbound, body, record).await;
+        if let Some(path) = written {
+            self.written(profile, &path).await;
+        }
+        response
     }
 
     fn limiter(&self, profile: &str) -> Option<Arc<RateLimiter>> {
@@ -245,8 +294,9 @@ impl Proxy {
             .map(|(_, limiter)| limiter.clone())
     }
 
-    /// Sends with the profile's credentials: its management token, or its session.
-    async fn send_as(
+    /// Sends with the profile's credentials: a management token as it is, a session token with
+    /// the replay after an eviction.
+    async fn dispatch(
         &self,
         profile: &ProfileConfig,
         outbound: Outbound,
@@ -299,7 +349,7 @@ impl Proxy {
         let (parts, mut rest) = response.into_parts();
         let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
             .await
-            .map_err(ProxyError::UpstreamBroken)?;
+            .map_err(|e| ProxyError::UpstreamBroken(e.into()))?;
         if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
             return Ok(upstream_response(parts, Relay::response(chunks, rest)));
         }
@@ -354,6 +404,9 @@ impl Proxy {
         }
     }
 
+    /// Sends one request upstream within the profile's budget. A read Contentstack answers with
+    /// 429 is sent again once the budget allows, within `max_wait` of that first 429 (reads are
+    /// idempotent); anything else it answers is the answer.
     async fn send(
         &self,
         outbound: &Outbound,
@@ -361,9 +414,49 @@ impl Proxy {
         body: Relay,
         record: &mut AccessRecord,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let class = ratelimit::ReadOrWrite::of(&outbound.method);
-        if let Some(limiter) = &outbound.limiter {
-            match limiter.acquire(class).await {
+        let retry = outbound.kind == RequestKind::Read && hyper::body::Body::is_end_stream(&body);
+        let headers_again = retry.then(|| headers.clone());
+        let response = self
+            .send_once(outbound, headers, body, record, false)
+            .await?;
+        let (Some(limiter), Some(headers)) = (&outbound.limiter, headers_again) else {
+            return Ok(response);
+        };
+        if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            return Ok(response);
+        }
+        let deadline = Instant::now() + limiter.max_wait();
+        let mut response = response;
+        while response.status() == StatusCode::TOO_MANY_REQUESTS {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            let wait = match limiter.acquire_within(outbound.kind, left).await {
+                Decision::Now => Duration::ZERO,
+                Decision::After(wait) => wait,
+                Decision::Refuse(_) => break,
+            };
+            self.metrics.rate_limit_wait(&outbound.profile);
+            tokio::time::sleep(wait).await;
+            let again = self.send_once(outbound, headers.clone(), Relay::empty(), record, true);
+            response = again.await?;
+        }
+        Ok(response)
+    }
+
+    /// One request upstream; `slot_taken` when the caller already waited for its slot of the
+    /// budget.
+    async fn send_once(
+        &self,
+        outbound: &Outbound,
+        headers: HeaderMap,
+        body: Relay,
+        record: &mut AccessRecord,
+        slot_taken: bool,
+    ) -> Result<Response<Incoming>, ProxyError> {
+        let kind = outbound.kind;
+        if let (Some(limiter), false) = (&outbound.limiter, slot_taken) {
+            match limiter.acquire(kind).await {
                 Decision::Now => {}
                 Decision::After(wait) => {
                     self.metrics.rate_limit_wait(&outbound.profile);
@@ -389,10 +482,16 @@ impl Proxy {
                 .and_then(|fault| fault.error())
                 .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from)),
             Ok(Ok(response)) => {
-                if response.status() == StatusCode::TOO_MANY_REQUESTS
-                    && let Some(limiter) = &outbound.limiter
-                {
-                    limiter.upstream_limited(class).await;
+                if let Some(limiter) = &outbound.limiter {
+                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                        limiter.upstream_limited(kind).await;
+                    } else if response
+                        .headers()
+                        .get("x-ratelimit-remaining")
+                        .is_some_and(|v| v.as_bytes() == b"0")
+                    {
+                        limiter.upstream_full(kind).await;
+                    }
                 }
                 Ok(response)
             }
@@ -402,6 +501,8 @@ impl Proxy {
 
 /// A request ready to go upstream, kept so it can be sent a second time.
 struct Outbound {
+    /// Which budget the request draws on.
+    kind: RequestKind,
     method: Method,
     uri: Uri,
     headers: HeaderMap,

@@ -207,6 +207,7 @@ impl Proxy {
             HeaderValue::from_static("identity"),
         );
         let outbound = Outbound {
+            kind: crate::ratelimit::RequestKind::Read,
             method: Method::GET,
             uri,
             headers: request_headers,
@@ -215,7 +216,7 @@ impl Proxy {
             profile: profile.name.clone(),
         };
         let response = self
-            .send_as(
+            .dispatch(
                 profile,
                 outbound,
                 RequestBody::Replayable(Bytes::new()),

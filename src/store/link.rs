@@ -298,7 +298,16 @@ impl Link {
         self.metrics.store_state(StoreState::Probing);
     }
 
-    fn describe(&self, error: &StoreError) -> String {
+    /// The client, for a connection of its own (a subscription cannot share the multiplexed one).
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    pub fn describe(&self, error: &StoreError) -> String {
         let mut text = crate::error_text::error_chain_text(error);
         if let Some(secret) = &self.url_secret {
             text = text.replace(secret.as_str(), "[REDACTED]");
@@ -310,7 +319,7 @@ impl Link {
         text
     }
 
-    fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         match &self.runtime {
             Some(runtime) => drop(runtime.spawn(task)),
             None => drop(tokio::spawn(task)),

@@ -8,7 +8,9 @@
 //! - `lock:{acct}`: the login lock, `SET NX PX` with a random fencing value, released by its holder
 //! - `fail:{acct}`: the last failed login (status and `error_code`, when, until when, and a keyed
 //!   tag of the credentials), sealed; expiring when the next attempt is due
-//! - `rate:{read|write}:{acct}`: the GCRA state of the shared budget (a unix ms time)
+//! - `rate:{read|write|bulk}:{acct}`: the GCRA state of the shared budget (a unix ms time)
+//! - `invalidate:{acct}`: a pub/sub channel, the writes one replica passed on, so that the others
+//!   drop what their read caches may hold of them (`invalidations.rs`)
 //!
 //! Redis is not trusted beyond what a replica can check (see `record.rs`; the scripts are in
 //! `scripts.rs`): values are read at most
@@ -18,6 +20,7 @@
 //! store is skipped until a probe reaches it (`link.rs`): an error means "the store is
 //! unavailable" and the caller falls back to its own cache, logins and budget. Nothing here logs a
 //! token or a key.
+mod invalidations;
 mod link;
 mod record;
 mod scripts;
@@ -29,6 +32,7 @@ use http::HeaderValue;
 
 use crate::config::{LoginCredentials, RedisConfig};
 use crate::metrics::{Metrics, StoreEvent};
+pub use invalidations::Invalidated;
 pub use link::LinkStatus;
 use record::{Codec, Invalid, MAX_VALUE};
 pub use record::{SharedFailure, sha256_hex, unix_ms};
@@ -106,6 +110,8 @@ pub struct RedisStore {
     extend: redis::Script,
     delete_if: redis::Script,
     rate: redis::Script,
+    /// This replica's name in the invalidations it publishes, so that it ignores its own.
+    origin: String,
 }
 
 impl RedisStore {
@@ -133,6 +139,7 @@ impl RedisStore {
             extend: redis::Script::new(scripts::EXTEND),
             delete_if: redis::Script::new(scripts::DELETE_IF),
             rate: redis::Script::new(scripts::RATE),
+            origin: record::hex(&rand::random::<[u8; 8]>()),
         })
     }
 

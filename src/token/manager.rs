@@ -102,6 +102,16 @@ impl TokenManager {
         Some((store, state.account.clone()))
     }
 
+    /// Notified whenever a profile gets a new current token (a login, or one adopted from the fleet).
+    pub fn token_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.token_cached.clone()
+    }
+
+    /// The fleet store, with `token_store.kind = "redis"`.
+    pub fn store(&self) -> Option<&Arc<RedisStore>> {
+        self.inner.store.as_ref()
+    }
+
     /// The fleet store's state, for `/status` (`None` without a store).
     pub fn store_status(&self) -> Option<store::LinkStatus> {
         self.inner.store.as_ref().map(|store| store.status())

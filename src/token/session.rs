@@ -177,11 +177,14 @@ pub enum CallError {
     TooLarge(usize),
     #[error(transparent)]
     Redirect(Redirect),
+    /// The answer did not have the shape the call needs (its text is not kept).
+    #[error("session call answered {0}")]
+    Unexpected(&'static str),
 }
 
 #[derive(Clone)]
 pub struct AuthClient {
-    http: reqwest::Client,
+    pub(super) http: reqwest::Client,
     base_url: String,
 }
 
@@ -208,7 +211,7 @@ impl AuthClient {
         })
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)
     }
 
@@ -308,7 +311,7 @@ fn transient(e: reqwest::Error) -> LoginFailure {
 
 /// Reads an answer's body chunk by chunk, up to `limit` bytes; `None` when it is longer (the rest is
 /// left unread and the connection dropped), so an endless or huge answer costs at most `limit`.
-async fn read_capped(
+pub(super) async fn read_capped(
     mut response: reqwest::Response,
     limit: usize,
 ) -> reqwest::Result<Option<Bytes>> {

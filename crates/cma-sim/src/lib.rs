@@ -5,7 +5,8 @@
 //! It behaves like the real service where the proxy's design depends on it: logins with error codes
 //! 104/294/295, single-use TOTP codes, account lockout after repeated bad passwords, at most 20 live
 //! sessions per user (the 21st login silently evicts the oldest), 401 with `error_code` 105 for dead
-//! tokens, and per-organization rate limits answered with 429 and `X-RateLimit-*` headers.
+//! tokens, and per-organization rate limits (a sliding second for reads, writes and bulk calls,
+//! each organization with its own plan) answered with 429 and `X-RateLimit-*` headers.
 //!
 //! Where things are: the test controls (outages, evictions, misbehaving session endpoints, the
 //! request log) are methods on [`FakeCma`], here; the session layer and the `/v3/_sim/*` endpoints
@@ -34,8 +35,11 @@ use tokio::sync::watch;
 pub const MAX_SESSIONS: usize = 20;
 /// Consecutive bad passwords before the account locks.
 pub const LOCKOUT_AFTER: u32 = 5;
-/// Requests per second per organization, for reads and for writes (when rate limiting is on).
+/// Requests per second per organization, for reads and for writes (when rate limiting is on),
+/// unless the organization's plan says otherwise ([`FakeCmaBuilder::plan`]).
 pub const RATE_LIMIT: u32 = 10;
+/// Bulk calls (`/v3/bulk/…`) per second per organization, by default.
+pub const BULK_RATE_LIMIT: u32 = 1;
 /// Largest body the simulator reads into memory (assets); `/v3/_sim/upload` streams instead.
 const MAX_SIM_BODY: usize = 64 << 20;
 /// Requests kept in the log.
@@ -75,6 +79,53 @@ impl Account {
     pub fn in_org(mut self, org_uid: &str) -> Account {
         self.org_uid = org_uid.into();
         self
+    }
+}
+
+/// An organization's plan limits, per second: `getLimit`, `limit` and `bulkLimit` among the
+/// plan's features, as `GET /v3/organizations/{uid}?include_plan=true` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub reads: u32,
+    pub writes: u32,
+    pub bulk: u32,
+}
+
+impl Default for Plan {
+    fn default() -> Self {
+        Plan {
+            reads: RATE_LIMIT,
+            writes: RATE_LIMIT,
+            bulk: BULK_RATE_LIMIT,
+        }
+    }
+}
+
+/// Which of an organization's budgets a request draws on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Budget {
+    Read,
+    Write,
+    Bulk,
+}
+
+impl Budget {
+    pub(crate) fn of(method: &Method, path: &str) -> Budget {
+        if path == "/v3/bulk" || path.starts_with("/v3/bulk/") {
+            Budget::Bulk
+        } else if matches!(*method, Method::GET | Method::HEAD) {
+            Budget::Read
+        } else {
+            Budget::Write
+        }
+    }
+
+    pub(crate) fn limit(self, plan: &Plan) -> u32 {
+        match self {
+            Budget::Read => plan.reads,
+            Budget::Write => plan.writes,
+            Budget::Bulk => plan.bulk,
+        }
     }
 }
 
@@ -125,9 +176,16 @@ struct State {
     /// Every authtoken is answered 401/105, however fresh.
     reject_tokens: bool,
     rate_limit: bool,
-    /// (org, is_write) → request instants in the last second
-    rate_windows: HashMap<(String, bool), VecDeque<Instant>>,
+    /// (org, budget) → the instants of the requests it accepted in the last second: a sliding
+    /// window, so that no second, wherever it starts, holds more than the plan allows.
+    rate_windows: HashMap<(String, Budget), VecDeque<Instant>>,
     rate_limited: u64,
+    /// Plans by organization uid; an organization not listed has [`Plan::default`].
+    plans: HashMap<String, Plan>,
+    /// While set, `GET /v3/organizations/…` answers 403, as for a member who may not read it.
+    plan_hidden: bool,
+    /// Requests to `/v3/_sim/gate` wait until this turns true.
+    gate_open: Option<watch::Sender<bool>>,
     content: content::ContentStore,
 }
 
@@ -143,6 +201,7 @@ pub struct FakeCmaBuilder {
     accounts: Vec<Account>,
     stacks: Vec<(String, String)>,
     rate_limit: bool,
+    plans: HashMap<String, Plan>,
     addr: SocketAddr,
 }
 
@@ -152,6 +211,7 @@ impl Default for FakeCmaBuilder {
             accounts: Vec::new(),
             stacks: vec![(DEMO_API_KEY.into(), "Demo stack".into())],
             rate_limit: true,
+            plans: HashMap::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         }
     }
@@ -171,6 +231,12 @@ impl FakeCmaBuilder {
     /// Load tests turn Contentstack's 10 requests/s per organization off.
     pub fn without_rate_limit(mut self) -> Self {
         self.rate_limit = false;
+        self
+    }
+
+    /// The plan of organization `org_uid`: its reads, writes and bulk calls per second.
+    pub fn plan(mut self, org_uid: &str, plan: Plan) -> Self {
+        self.plans.insert(org_uid.into(), plan);
         self
     }
 
@@ -203,6 +269,8 @@ impl FakeCmaBuilder {
                 })
                 .collect(),
             rate_limit: self.rate_limit,
+            plans: self.plans,
+            gate_open: Some(watch::channel(false).0),
             content: content::ContentStore::new(&stacks),
             ..State::default()
         };
@@ -342,6 +410,24 @@ impl FakeCma {
     /// Requests answered 429 so far.
     pub fn rate_limited(&self) -> u64 {
         self.state().rate_limited
+    }
+
+    /// While set, the organization endpoint answers 403 (the plan cannot be read).
+    pub fn set_plan_hidden(&self, hidden: bool) {
+        self.state().plan_hidden = hidden;
+    }
+
+    /// Lets every request waiting at `/v3/_sim/gate` be answered, and those that come later at
+    /// once.
+    pub fn open_gate(&self) {
+        if let Some(gate) = &self.state().gate_open {
+            gate.send_replace(true);
+        }
+    }
+
+    /// Requests received for `path` so far (any method, any query).
+    pub fn requests_to(&self, path: &str) -> usize {
+        self.state().log.iter().filter(|r| r.path == path).count()
     }
 
     /// Stops accepting, lets the open connections finish what they are answering (for a moment),

@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::reply::{Body, Reply};
 use crate::{
-    LOCKOUT_AFTER, LOG_CAPACITY, LoginAttempt, MAX_SESSIONS, MAX_SIM_BODY, RATE_LIMIT, Recorded,
-    State, content, hex, sha256_hex,
+    Budget, LOCKOUT_AFTER, LOG_CAPACITY, LoginAttempt, MAX_SESSIONS, MAX_SIM_BODY, Recorded, State,
+    content, hex, sha256_hex,
 };
 
 /// TOTP time step (RFC 6238), as Contentstack and authenticator apps use it.
@@ -151,10 +151,49 @@ impl Sim {
                 return dead_token();
             }
         };
-        if let Some(limited) = self.rate_limit(&email, &parts.method) {
-            return limited;
+        let budget = match self.rate_limit(&email, &parts.method, &path) {
+            Ok(budget) => budget,
+            Err(limit) => return too_many_requests(limit),
+        };
+        let mut reply = self.serve(parts, body, &path, &email).await;
+        // Contentstack tells every answer how much of the budget is left.
+        if let Some((limit, remaining)) = budget {
+            reply
+                .headers
+                .insert("x-ratelimit-limit", HeaderValue::from(limit));
+            reply
+                .headers
+                .insert("x-ratelimit-remaining", HeaderValue::from(remaining));
         }
-        match (parts.method.clone(), path.as_str()) {
+        reply
+    }
+
+    /// Answers an authenticated request that the rate limit let through.
+    async fn serve(
+        &self,
+        parts: http::request::Parts,
+        body: Incoming,
+        path: &str,
+        email: &str,
+    ) -> Reply {
+        let email = email.to_owned();
+        if parts.method == Method::GET
+            && let Some(org) = path.strip_prefix("/v3/organizations/")
+        {
+            let include_plan = parts
+                .uri
+                .query()
+                .is_some_and(|q| q.split('&').any(|p| p == "include_plan=true"));
+            return self.organization(&email, org, include_plan);
+        }
+        if path.starts_with("/v3/bulk/") {
+            discard(body).await;
+            return Reply::ok(json!({
+                "notice": "Your bulk request is in progress. Please check publish queue for more details.",
+                "job_id": format!("bltjob{:016x}", rand::random::<u64>()),
+            }));
+        }
+        match (parts.method.clone(), path) {
             (Method::GET, "/v3/user") => self.user(&email),
             (Method::POST | Method::PUT, "/v3/_sim/upload") => upload(body).await,
             (Method::GET, "/v3/_sim/download") => {
@@ -171,11 +210,32 @@ impl Sim {
                 let ms = parts
                     .uri
                     .query()
-                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("ms=")))
                     .and_then(|n| n.parse().ok())
                     .unwrap_or(1000);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Reply::ok(json!({ "slept_ms": ms }))
+            }
+            (Method::GET, "/v3/_sim/gate") => {
+                // Held until the test opens the gate: requests that must overlap, without
+                // timing.
+                let gate = self.state().gate_open.as_ref().map(|g| g.subscribe());
+                if let Some(mut gate) = gate {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                let header = |name: &str| {
+                    parts
+                        .headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                };
+                Reply::ok(json!({
+                    "query": parts.uri.query(),
+                    "api_key": header("api_key"),
+                    "branch": header("branch"),
+                    "padding": parts.uri.query().and_then(|q| q.strip_prefix("pad=")).and_then(|n| n.parse::<usize>().ok()).map(|n| "x".repeat(n)),
+                }))
             }
             (Method::GET, "/v3/_sim/echo") => Reply::ok(json!({
                 "headers": parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), Value::from(v.to_str().unwrap_or("<binary>")))).collect::<serde_json::Map<_, _>>(),
@@ -189,7 +249,7 @@ impl Sim {
                 let mut state = self.state();
                 let answer = state.content.handle(content::SimRequest {
                     method: &parts.method,
-                    path: &path,
+                    path,
                     query: parts.uri.query(),
                     headers: &parts.headers,
                     body,
@@ -296,41 +356,91 @@ impl Sim {
         Reply::ok(json!({ "user": user_json(email, &org) }))
     }
 
-    /// Contentstack's budget: 10 reads/s and 10 writes/s per organization.
-    fn rate_limit(&self, email: &str, method: &Method) -> Option<Reply> {
+    /// `GET /v3/organizations/{uid}`, with the plan's features when `include_plan`: only for a
+    /// member of the organization.
+    fn organization(&self, email: &str, uid: &str, include_plan: bool) -> Reply {
+        let state = self.state();
+        let member = state
+            .accounts
+            .get(email)
+            .is_some_and(|a| a.account.org_uid == uid);
+        if state.plan_hidden || !member {
+            return error(
+                403,
+                403,
+                "You don't have the permission to perform this action.",
+                json!({}),
+            );
+        }
+        let plan = state.plans.get(uid).copied().unwrap_or_default();
+        let mut organization = json!({ "uid": uid, "name": "Demo organization", "enabled": true });
+        if include_plan {
+            let feature = |uid: &str, name: &str, limit: u32| json!({ "uid": uid, "name": name, "limit": limit, "enabled": true });
+            organization["plan"] = json!({
+                "plan_id": "sim",
+                "name": "Simulated",
+                "features": [
+                    feature("users", "Users", 1000),
+                    feature("getLimit", "GET Requests Limit", plan.reads),
+                    feature("limit", "API Requests Limit", plan.writes),
+                    feature("bulkLimit", "Bulk Requests Limit", plan.bulk),
+                    feature("bulk-action", "Bulk Action", 25),
+                ],
+            });
+        }
+        Reply::ok(json!({ "organization": organization }))
+    }
+
+    /// Contentstack's budget per organization, by its plan (10 reads/s, 10 writes/s and 1 bulk
+    /// call/s by default), over a sliding second. `Ok` with the budget's limit and what is left
+    /// of it after this request (`None` with rate limiting off), or `Err` with the limit it is over.
+    fn rate_limit(
+        &self,
+        email: &str,
+        method: &Method,
+        path: &str,
+    ) -> Result<Option<(u32, u32)>, u32> {
         let mut state = self.state();
         if !state.rate_limit {
-            return None;
+            return Ok(None);
         }
-        let org = state.accounts.get(email)?.account.org_uid.clone();
-        let is_write = !matches!(*method, Method::GET | Method::HEAD);
+        let Some(org) = state.accounts.get(email).map(|a| a.account.org_uid.clone()) else {
+            return Ok(None);
+        };
+        let budget = Budget::of(method, path);
+        let limit = budget.limit(&state.plans.get(&org).copied().unwrap_or_default());
         let now = Instant::now();
-        let window = state.rate_windows.entry((org, is_write)).or_default();
+        let window = state.rate_windows.entry((org, budget)).or_default();
         while window
             .front()
             .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
         {
             window.pop_front();
         }
-        if window.len() >= RATE_LIMIT as usize {
+        if window.len() >= limit as usize {
             state.rate_limited += 1;
-            let mut reply = error(
-                429,
-                429,
-                "Too many requests. Please try again later.",
-                json!({}),
-            );
-            reply
-                .headers
-                .insert("x-ratelimit-limit", HeaderValue::from(RATE_LIMIT));
-            reply
-                .headers
-                .insert("x-ratelimit-remaining", HeaderValue::from(0));
-            return Some(reply);
+            return Err(limit);
         }
         window.push_back(now);
-        None
+        Ok(Some((limit, limit - window.len() as u32)))
     }
+}
+
+/// Contentstack's 429: no `Retry-After`, the budget's limit and nothing left of it.
+fn too_many_requests(limit: u32) -> Reply {
+    let mut reply = error(
+        429,
+        429,
+        "Too many requests. Please try again later.",
+        json!({}),
+    );
+    reply
+        .headers
+        .insert("x-ratelimit-limit", HeaderValue::from(limit));
+    reply
+        .headers
+        .insert("x-ratelimit-remaining", HeaderValue::from(0));
+    reply
 }
 
 fn user_json(email: &str, org: &str) -> Value {

@@ -1,0 +1,327 @@
+//! The read path (docs/design.md#read-coalescing): a bodiless `GET` that may be shared is answered
+//! from the profile's cache, or follows an identical read already in flight, or leads one and
+//! shares its answer. Writes drop what they may have changed, here and, in a fleet, on every
+//! replica.
+//!
+//! What is held in memory to be shared is bounded twice: [`SHARE_LIMIT`] per answer (a longer one
+//! streams to its own client and each follower sends its own request) and [`SHARE_BUDGET`] across
+//! all answers being read at once.
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response};
+use tokio::time::Instant;
+
+use super::cache::{Invalidation, ReadCache, is_wide};
+use super::coalesce::{FlightState, ReadKey, Role, SharedAnswer, read_key};
+use super::error::ProxyError;
+use super::{Outbound, Proxy};
+use crate::body::{self, Chunks, Relay, RequestBody};
+use crate::config::{Config, ProfileConfig};
+use crate::metrics::{CacheResult, Metrics};
+use crate::store::Invalidated;
+use crate::token::TokenManager;
+
+/// Says where an answer to a shareable read came from: `hit` (the cache), `coalesced` (another
+/// client's identical read), `miss` (Contentstack, for this request).
+pub const CACHE_HEADER: &str = "x-cma-auth-proxy-cache";
+
+/// The largest answer shared between clients or cached.
+pub const SHARE_LIMIT: u64 = 8 << 20;
+
+/// The most held in memory, across all answers being read to be shared, at one time; past it an
+/// answer streams to its own client as any other.
+pub const SHARE_BUDGET: u64 = 64 << 20;
+
+/// Bytes held by answers being read to be shared, process-wide.
+static SHARING: AtomicU64 = AtomicU64::new(0);
+
+/// The reads of each profile: its cache, and the account under which a fleet shares its writes.
+#[derive(Default)]
+pub struct ProfileReads {
+    pub cache: Option<Arc<ReadCache>>,
+    pub account: Option<String>,
+}
+
+pub type Reads = HashMap<Arc<str>, ProfileReads>;
+
+/// Caches for `config`, keeping those whose settings did not change (and what they hold).
+pub fn reads(config: &Config, tokens: &TokenManager, metrics: &Metrics, previous: &Reads) -> Reads {
+    config
+        .profiles
+        .iter()
+        .map(|p| {
+            metrics.reads_of(&p.name, p.cache.is_some());
+            let cache = p.cache.as_ref().map(|settings| {
+                match previous.get(&p.name).and_then(|r| r.cache.as_ref()) {
+                    Some(cache) if cache.config == *settings => cache.clone(),
+                    _ => Arc::new(ReadCache::new(settings)),
+                }
+            });
+            let account = tokens.shared_budget(p).map(|(_, account)| account);
+            (p.name.clone(), ProfileReads { cache, account })
+        })
+        .collect()
+}
+
+/// A read that may be shared, and how.
+pub struct SharedRead {
+    key: ReadKey,
+    /// The profile's cache, when its `paths` cover this read.
+    cache: Option<Arc<ReadCache>>,
+    coalesce: bool,
+    path: Box<str>,
+    wide: bool,
+}
+
+impl Proxy {
+    /// Whether this request is a read that may be shared: a `GET` without a body, of a profile that
+    /// coalesces or caches it, whose headers [`read_key`] accepts. A request that is not costs a
+    /// comparison or two.
+    pub(super) fn shareable_read(
+        &self,
+        profile: &ProfileConfig,
+        outbound: &Outbound,
+        body: &RequestBody,
+    ) -> Option<SharedRead> {
+        if outbound.method != Method::GET
+            || !matches!(body, RequestBody::Replayable(bytes) if bytes.is_empty())
+        {
+            return None;
+        }
+        let path = outbound.uri.path();
+        let cache = self
+            .reads
+            .load()
+            .get(&profile.name)
+            .and_then(|r| r.cache.clone())
+            .filter(|cache| cache.covers(path));
+        if !profile.coalesce_reads && cache.is_none() {
+            return None;
+        }
+        let path_and_query = outbound.uri.path_and_query().map_or(path, |p| p.as_str());
+        let key = read_key(&profile.name, path_and_query, &outbound.headers)?;
+        Some(SharedRead {
+            key,
+            wide: cache.is_some() && is_wide(outbound.uri.query()),
+            cache,
+            coalesce: profile.coalesce_reads,
+            path: path.into(),
+        })
+    }
+
+    /// Answers a shareable read: from the cache, by following a flight, or by leading one.
+    pub(super) async fn forward_read(
+        &self,
+        profile: &Arc<ProfileConfig>,
+        outbound: Outbound,
+        read: SharedRead,
+        record: &mut super::AccessRecord,
+    ) -> Result<Response<Relay>, ProxyError> {
+        if let Some(cache) = &read.cache {
+            if let Some(answer) = cache.get(&read.key) {
+                self.metrics.cache(&profile.name, CacheResult::Hit);
+                return Ok(answered(&answer, "hit", Some(answer.received.elapsed())));
+            }
+            self.metrics.cache(&profile.name, CacheResult::Miss);
+        }
+        // A follower waits for the leader no longer than it would wait for Contentstack.
+        let deadline = Instant::now() + outbound.timeout;
+        let leader = loop {
+            if !read.coalesce {
+                break None;
+            }
+            let mut follower = match self.flights.join(&read.key, &profile.name, &read.path) {
+                Role::Leader(leader) => break Some(leader),
+                Role::Follower(follower) => follower,
+            };
+            let settled = tokio::time::timeout_at(
+                deadline,
+                follower.wait_for(|s| !matches!(s, FlightState::Pending)),
+            )
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout(outbound.timeout))?
+            .map(|state| state.clone())
+            // The flight is gone without a word: as abandoned.
+            .unwrap_or(FlightState::Abandoned);
+            match settled {
+                FlightState::Done(answer) => {
+                    self.metrics.read_coalesced(&profile.name);
+                    return Ok(answered(&answer, "coalesced", None));
+                }
+                FlightState::Unshared => break None,
+                FlightState::Abandoned | FlightState::Pending => continue,
+            }
+        };
+        let epoch = read.cache.as_ref().map(|c| c.epoch());
+        let empty = RequestBody::Replayable(Bytes::new());
+        let response = self.dispatch(profile, outbound, empty, record).await?;
+        let worth_keeping = read.cache.is_some() && response.status() == http::StatusCode::OK;
+        let mut leader = leader;
+        if !worth_keeping && leader.as_mut().is_none_or(|l| l.finish_if_alone()) {
+            return Ok(marked(response, "miss"));
+        }
+        let (parts, mut relay) = response.into_parts();
+        let (chunks, complete) = match read_to_share(&mut relay, deadline).await {
+            Ok(read) => read,
+            // The leader's guard abandons the flight: each follower tries again.
+            Err(e) => return Err(ProxyError::UpstreamBroken(e)),
+        };
+        if !complete {
+            if let Some(leader) = leader {
+                leader.finish(FlightState::Unshared);
+            }
+            relay.prepend(chunks);
+            return Ok(marked(Response::from_parts(parts, relay), "miss"));
+        }
+        let answer = Arc::new(SharedAnswer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body::concat(chunks),
+            received: std::time::Instant::now(),
+        });
+        if let Some(leader) = leader {
+            leader.finish(FlightState::Done(answer.clone()));
+        }
+        if let (Some(cache), Some(epoch)) = (&read.cache, epoch)
+            && cache.store(read.key, &read.path, read.wide, &answer, epoch)
+        {
+            self.metrics.cache(&profile.name, CacheResult::Store);
+        }
+        Ok(answered(&answer, "miss", None))
+    }
+
+    /// A write went through `profile`: drop what it may have changed, here and on the other
+    /// replicas of a fleet.
+    pub(super) async fn written(&self, profile: &ProfileConfig, path: &str) {
+        let what = Invalidation::of(path);
+        if profile.coalesce_reads {
+            self.flights
+                .detach(&profile.name, |read| what.affects(read, true));
+        }
+        let account = {
+            let reads = self.reads.load();
+            let Some(reads) = reads.get(&profile.name) else {
+                return;
+            };
+            let Some(cache) = &reads.cache else { return };
+            cache.invalidate(&what);
+            self.metrics.cache(&profile.name, CacheResult::Invalidate);
+            reads.account.clone()
+        };
+        // Awaited, so that when the write's answer reaches its client the other replicas have
+        // been told (the store's timeout bounds it; a store that is down is skipped at once).
+        if let (Some(account), Some(store)) = (account, self.tokens.store())
+            && let Err(e) = store.publish_invalidation(&account, path).await
+        {
+            tracing::debug!(profile = %profile.name, "cannot tell the fleet about a write: {e}");
+        }
+    }
+
+    /// Another replica of the fleet wrote `path` (`None`: something that must drop everything)
+    /// through the account `account`.
+    fn written_elsewhere(&self, account: &str, path: Option<&str>) {
+        let what = path.map_or(Invalidation::All, Invalidation::of);
+        for (name, reads) in self.reads.load().iter() {
+            if reads.account.as_deref() == Some(account)
+                && let Some(cache) = &reads.cache
+            {
+                cache.invalidate(&what);
+                self.metrics.cache(name, CacheResult::Invalidate);
+            }
+        }
+    }
+
+    /// In a fleet, listens for the other replicas' writes; the caches serve nothing until the
+    /// subscription is up, and nothing while it is lost.
+    pub fn listen_to_fleet(self: &Arc<Self>) {
+        let Some(store) = self.tokens.store() else {
+            return;
+        };
+        self.fleet_invalidations(false);
+        let proxy = Arc::downgrade(self);
+        store.listen_for_invalidations(move |event| {
+            let Some(proxy) = proxy.upgrade() else { return };
+            match event {
+                Invalidated::Write { account, path } => proxy.written_elsewhere(account, path),
+                Invalidated::Listening(live) => proxy.fleet_invalidations(live),
+            }
+        });
+    }
+
+    /// Whether other replicas' writes reach this one: while they may not, no cache serves.
+    pub(super) fn fleet_invalidations(&self, live: bool) {
+        self.hears_fleet.store(live, Ordering::Release);
+        for reads in self.reads.load().values() {
+            if let Some(cache) = &reads.cache {
+                cache.set_live(live);
+            }
+        }
+    }
+}
+
+/// An upstream response for the client, marked with where it came from.
+fn marked(mut response: Response<Relay>, from: &'static str) -> Response<Relay> {
+    response
+        .headers_mut()
+        .insert(CACHE_HEADER, HeaderValue::from_static(from));
+    response
+}
+
+/// A shared answer for one client. A cache hit says how old it is.
+fn answered(
+    answer: &SharedAnswer,
+    from: &'static str,
+    age: Option<std::time::Duration>,
+) -> Response<Relay> {
+    let mut response = Response::new(Relay::full(answer.body.clone()));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers.clone();
+    if let Some(age) = age {
+        response
+            .headers_mut()
+            .insert(http::header::AGE, HeaderValue::from(age.as_secs()));
+    }
+    marked(response, from)
+}
+
+/// Reads an answer to be shared: the chunks, and whether they are all of it. It stops early, and
+/// the caller streams the rest behind what was read, past [`SHARE_LIMIT`], once the answers being
+/// read hold [`SHARE_BUDGET`] in all, or at `deadline` (a trickling upstream must not hold the
+/// followers longer than they would wait for their own request). Not `body::read_up_to`: a chunk
+/// read before the deadline must survive it, so the deadline bounds each chunk, not the loop.
+async fn read_to_share(
+    relay: &mut Relay,
+    deadline: Instant,
+) -> Result<(VecDeque<Bytes>, bool), body::BoxError> {
+    let mut held = Held(0);
+    let mut chunks = VecDeque::new();
+    loop {
+        if held.0 > SHARE_LIMIT || SHARING.load(Ordering::Relaxed) > SHARE_BUDGET {
+            return Ok((chunks, false));
+        }
+        // Cancel-safe: a frame not yet returned stays in the body.
+        match tokio::time::timeout_at(deadline, relay.next_chunk()).await {
+            Err(_) => return Ok((chunks, false)),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok(None)) => return Ok((chunks, true)),
+            Ok(Ok(Some(chunk))) => {
+                held.0 += chunk.len() as u64;
+                SHARING.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                chunks.push_back(chunk);
+            }
+        }
+    }
+}
+
+/// What one answer being read holds of [`SHARE_BUDGET`], given back when the reading ends (the
+/// answer is then held by the responses and the cache, which have bounds of their own).
+struct Held(u64);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        SHARING.fetch_sub(self.0, Ordering::Relaxed);
+    }
+}
