@@ -162,7 +162,20 @@ fn check_login(config: &Config) -> ExitCode {
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path, std::env::vars()).map_err(|e| {
-        eprintln!("cma-auth-proxy: invalid configuration: {e}");
+        match &e {
+            // The first `run` after `dev`: say where a configuration comes from.
+            config::ConfigError::File { key, path, source }
+                if key == "--config" && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                eprintln!(
+                    "cma-auth-proxy: no configuration file at {}; copy config/cma-auth-proxy.example.toml \
+                     there and edit it (README, \"First real run\"), or pass --config FILE; \
+                     to try the proxy first, `cma-auth-proxy dev` needs no configuration",
+                    path.display()
+                )
+            }
+            e => eprintln!("cma-auth-proxy: invalid configuration: {e}"),
+        }
         ExitCode::from(EXIT_USAGE)
     })
 }
@@ -181,8 +194,11 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let quiet_watcher = quiet_watcher(&filter.to_string());
+    // Colour codes only for a person at a terminal: in a file or a pipe they are noise that every
+    // reader has to strip.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.finish().with(quiet_watcher).init(),
