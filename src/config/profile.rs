@@ -258,6 +258,13 @@ pub(super) fn validate(
             "a profile name may hold only letters, digits, '-' and '_'",
         ));
     }
+    // Logs and metrics say `profile=none` for a request refused before a profile was chosen.
+    if name == "none" {
+        return Err(invalid(
+            &key,
+            "the name `none` is reserved: logs and metrics use it for requests that no profile served",
+        ));
+    }
     let password = read_secret(
         &key,
         "password",
