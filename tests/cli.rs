@@ -105,6 +105,31 @@ fn usage_errors_exit_64_and_version_exits_0() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
+/// Every option says what it takes.
+#[test]
+fn every_option_has_help() {
+    for (command, options) in [
+        ("run", &["--config <FILE>"][..]),
+        ("check", &["--config <FILE>", "--login"]),
+        ("dev", &["--listen <ADDR>", "--admin-listen <ADDR>"]),
+    ] {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for option in options {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(option))
+                .unwrap_or_else(|| panic!("{option} not in {help}"));
+            // The option, then its description on the same line.
+            let described = line.trim_start()[option.len()..].trim();
+            assert!(described.len() > 10, "{command} {option}: {line:?}");
+        }
+    }
+}
+
 #[test]
 fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
     let mut child = Command::new(BIN)
@@ -131,10 +156,13 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
         }
     });
     let mut curls = Vec::new();
+    let mut banner = String::new();
     loop {
         let line = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("dev prints its banner");
+        banner.push_str(&line);
+        banner.push('\n');
         if let Some(cmd) = line.trim().strip_prefix("curl ") {
             curls.push(format!("curl {cmd}"));
         }
@@ -151,9 +179,14 @@ fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.trim_end().ends_with("200"), "{cmd} answered: {text}");
         let body = text.trim_end().rsplit_once('\n').unwrap().0;
-        serde_json::from_str::<serde_json::Value>(body)
+        let body = serde_json::from_str::<serde_json::Value>(body)
             .unwrap_or_else(|e| panic!("{cmd}: {e}: {body}"));
+        // The banner's "two-factor on" is what the account says of itself.
+        if cmd.contains("/v3/user") {
+            assert_eq!(body["user"]["tfa_enabled"], true, "{body}");
+        }
     }
+    assert!(banner.contains("two-factor on"), "{banner}");
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
         .status()
