@@ -7,7 +7,33 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
+use crate::metrics::Format;
 use crate::proxy::Proxy;
+
+/// The admin endpoints and what each answers, listed at `/` so that a person who opens the admin
+/// address finds the rest.
+const ENDPOINTS: &[(&str, &str)] = &[
+    (
+        "/livez",
+        "200 while the process serves HTTP (never tied to Contentstack)",
+    ),
+    (
+        "/startupz",
+        "200 once every login profile has logged in once",
+    ),
+    (
+        "/readyz",
+        "200 while every profile can serve; 503 after SIGTERM or without a usable token",
+    ),
+    (
+        "/status",
+        "JSON: per profile token age, last login, last error, backoff; config version; fleet store",
+    ),
+    (
+        "/metrics",
+        "Prometheus metrics (OpenMetrics when the scraper accepts it, else text 0.0.4)",
+    ),
+];
 
 pub struct Admin {
     proxy: Arc<Proxy>,
@@ -24,6 +50,7 @@ impl Admin {
             return text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
         }
         match req.uri().path() {
+            "/" => text(StatusCode::OK, &endpoint_list()),
             "/livez" => text(StatusCode::OK, "ok\n"),
             "/startupz" => {
                 let profiles = self.proxy.tokens().snapshot();
@@ -49,21 +76,39 @@ impl Admin {
                 }
             }
             "/status" => self.status().await,
-            "/metrics" => self.metrics().await,
-            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            "/metrics" => {
+                let accept = req
+                    .headers()
+                    .get(header::ACCEPT)
+                    .and_then(|v| v.to_str().ok());
+                self.metrics(Format::accepted(accept)).await
+            }
+            _ => text(
+                StatusCode::NOT_FOUND,
+                &format!("not found\n\n{}", endpoint_list()),
+            ),
         }
     }
 
-    async fn metrics(&self) -> Response<Bytes> {
+    async fn metrics(&self, format: Format) -> Response<Bytes> {
         let metrics = self.proxy.metrics();
+        let snapshot = self.proxy.tokens().snapshot();
         // Token ages are read at scrape time; a profile without a token has no series.
-        for p in self.proxy.tokens().snapshot() {
+        for p in &snapshot {
             metrics.token_age(&p.name, p.token_age);
         }
-        let mut response = Response::new(Bytes::from(metrics.encode()));
+        let config = self.proxy.config();
+        let management = config.profiles.iter().filter(|p| !p.is_login());
+        metrics.profile_states(
+            snapshot
+                .iter()
+                .map(|p| (&*p.name, p.ready(), p.retry_in))
+                .chain(management.map(|p| (&*p.name, true, None))),
+        );
+        let mut response = Response::new(Bytes::from(metrics.encode(format)));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            HeaderValue::from_static(format.content_type()),
         );
         response
     }
@@ -81,6 +126,7 @@ impl Admin {
                     "ready": p.ready(),
                     "token_age_seconds": p.token_age.map(|d| d.as_secs()),
                     "last_login_at": p.last_attempt.map(|(at, _)| unix(at)),
+                    "last_login_at_rfc3339": p.last_attempt.map(|(at, _)| rfc3339(at)),
                     "last_login_outcome": p.last_attempt.map(|(_, o)| o.as_str()),
                     "last_error": p.last_error,
                     "backoff_remaining_seconds": p.retry_in.map(secs),
@@ -103,14 +149,20 @@ impl Admin {
             serde_json::json!({
                 "state": s.state.as_str(),
                 "since": unix(s.since),
+                "since_rfc3339": rfc3339(s.since),
                 "last_error": s.last_error,
                 "next_probe_in_seconds": s.next_probe_in.map(secs),
             })
         });
         let body = serde_json::json!({
+            // The build's, as `--version` prints it; the configuration's is `config.version`.
             "version": env!("CARGO_PKG_VERSION"),
             "draining": self.proxy.is_draining(),
-            "config": { "version": config.version, "loaded_at": unix(config.loaded_at) },
+            "config": {
+                "version": config.version,
+                "loaded_at": unix(config.loaded_at),
+                "loaded_at_rfc3339": rfc3339(config.loaded_at),
+            },
             "profiles": profiles,
             "token_store": token_store,
         });
@@ -140,6 +192,19 @@ fn budget_status(limiter: &crate::ratelimit::RateLimiter) -> serde_json::Value {
 
 fn unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// The same second as [`unix`], for people: `2026-11-29T13:38:17Z` (UTC).
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn endpoint_list() -> String {
+    let mut list = String::from("cma-auth-proxy admin endpoints:\n");
+    for (path, what) in ENDPOINTS {
+        list.push_str(&format!("  {path:<10} {what}\n"));
+    }
+    list
 }
 
 fn secs(d: Duration) -> f64 {

@@ -26,12 +26,15 @@ struct Cli {
 enum Command {
     /// Serve with the configuration file.
     Run {
-        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        /// The TOML configuration (config/cma-auth-proxy.example.toml lists every key); relative
+        /// paths in it are relative to its directory
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
     /// Validate the configuration (and the secret files it names) and exit.
     Check {
-        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        /// The TOML configuration to validate, as `run --config` takes it
+        #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG_PATH)]
         config: PathBuf,
         /// Also log in once per profile, validate the token with GET /v3/user, and log out.
         #[arg(long)]
@@ -40,9 +43,11 @@ enum Command {
     /// Serve in front of a built-in simulated CMA with a demo account.
     #[cfg(feature = "dev")]
     Dev {
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Where clients send CMA requests ("IP:PORT", port 0 for any free port, or "unix:/path")
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
         listen: config::ListenAddr,
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// Where the probes, /status and /metrics are served
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
         admin_listen: config::ListenAddr,
         /// Serve the proxy over TLS with a certificate for `cma-auth-proxy` from a private CA made
         /// for this run, and print how to point Contentstack's CLI (csdx) at it.
@@ -169,7 +174,20 @@ fn check_login(config: &Config) -> ExitCode {
 
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     Config::load(path, std::env::vars()).map_err(|e| {
-        eprintln!("cma-auth-proxy: invalid configuration: {e}");
+        match &e {
+            // The first `run` after `dev`: say where a configuration comes from.
+            config::ConfigError::File { key, path, source }
+                if key == "--config" && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                eprintln!(
+                    "cma-auth-proxy: no configuration file at {}; copy config/cma-auth-proxy.example.toml \
+                     there and edit it (README, \"First real run\"), or pass --config FILE; \
+                     to try the proxy first, `cma-auth-proxy dev` needs no configuration",
+                    path.display()
+                )
+            }
+            e => eprintln!("cma-auth-proxy: invalid configuration: {e}"),
+        }
         ExitCode::from(EXIT_USAGE)
     })
 }
@@ -188,8 +206,11 @@ fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let quiet_watcher = quiet_watcher(&filter.to_string());
+    // Colour codes only for a person at a terminal: in a file or a pipe they are noise that every
+    // reader has to strip.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.finish().with(quiet_watcher).init(),
@@ -228,7 +249,12 @@ fn quiet_watcher(
     })
 }
 
-/// Resolves on the first SIGTERM or SIGINT; a second one exits at once.
+/// A signal this soon after the first is taken for the same one: a terminal's Ctrl-C and
+/// `timeout -s INT` signal the whole process group, so a wrapper that forwards the signal to the
+/// proxy as well delivers it twice within a moment.
+const SAME_SIGNAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resolves on the first SIGTERM or SIGINT; a second one later than [`SAME_SIGNAL`] exits at once.
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("cannot listen for SIGTERM");
@@ -237,13 +263,25 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("shutting down (send the signal again to exit at once)");
+    let first = std::time::Instant::now();
+    tracing::info!(
+        "shutting down (send the signal again, a second or more from now, to exit at once)"
+    );
     tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if first.elapsed() < SAME_SIGNAL {
+                tracing::debug!(
+                    "another signal within a second of the first: taken for the same one \
+                     (a process group's signal, delivered twice)"
+                );
+                continue;
+            }
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(1);
         }
-        tracing::warn!("second signal: exiting without draining");
-        std::process::exit(1);
     });
 }

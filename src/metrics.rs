@@ -12,19 +12,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+mod exposition;
 mod labels;
 
+pub use exposition::Format;
+pub use labels::NO_PROFILE;
+use labels::Profile;
 pub use labels::{
-    CacheResult, ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, SessionAction,
-    StoreEvent, StoreState, Trigger,
+    CacheResult, ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, RequestOutcome,
+    SessionAction, StoreEvent, StoreState, Trigger,
 };
-use labels::{NO_PROFILE, Profile};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     profile: Profile,
     method: &'static str,
     status: u16,
+}
+
+/// `request_duration_seconds{profile,outcome}`: profiles × 3 outcomes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DurationLabels {
+    profile: Profile,
+    outcome: RequestOutcome,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -103,11 +113,13 @@ struct VersionLabels {
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
-    request_duration: Histogram,
-    upstream_duration: Histogram,
+    request_duration: Family<DurationLabels, Histogram>,
+    upstream_duration: Family<ProfileLabels, Histogram>,
     logins: Family<LoginLabels, Counter>,
     logouts: Family<ProfileLabels, Counter>,
     token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    profile_ready: Family<ProfileLabels, Gauge>,
+    login_backoff: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     reauth: Family<ReauthLabels, Counter>,
     reauth_backoffs: Family<ReauthLabels, Counter>,
     replays: Family<ReplayLabels, Counter>,
@@ -138,16 +150,20 @@ impl Metrics {
             "Requests answered, by profile, method and status",
             requests.clone(),
         );
-        let request_duration = Histogram::new(DURATION_BUCKETS);
+        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
+        );
         registry.register(
             "request_duration_seconds",
-            "Time from request to response headers, as seen by the client",
+            "Time from request to response headers, as seen by the client, by profile and outcome (ok, upstream_error, proxy_error)",
             request_duration.clone(),
         );
-        let upstream_duration = Histogram::new(DURATION_BUCKETS);
+        let upstream_duration = Family::<ProfileLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
+        );
         registry.register(
             "upstream_duration_seconds",
-            "Time Contentstack took to answer a forwarded request (headers)",
+            "Time Contentstack took to answer a forwarded request (headers), by profile",
             upstream_duration.clone(),
         );
         let logins = Family::<LoginLabels, Counter>::default();
@@ -163,6 +179,18 @@ impl Metrics {
             "token_age_seconds",
             "Age of the cached token (absent without one)",
             token_age.clone(),
+        );
+        let profile_ready = Family::<ProfileLabels, Gauge>::default();
+        registry.register(
+            "profile_ready",
+            "1 when the profile can serve (a token, or a re-login one request away), else 0",
+            profile_ready.clone(),
+        );
+        let login_backoff = Family::default();
+        registry.register(
+            "login_backoff_seconds",
+            "Seconds until the profile may try to log in again (0 when not backing off)",
+            login_backoff.clone(),
         );
         let reauth = Family::<ReauthLabels, Counter>::default();
         registry.register(
@@ -255,7 +283,7 @@ impl Metrics {
             })
             .set(1);
         registry.register("build_info", "Version of this build", build_info);
-        Arc::new(Metrics {
+        let metrics = Metrics {
             registry,
             requests,
             request_duration,
@@ -263,6 +291,8 @@ impl Metrics {
             logins,
             logouts,
             token_age,
+            profile_ready,
+            login_backoff,
             reauth,
             reauth_backoffs,
             replays,
@@ -277,7 +307,87 @@ impl Metrics {
             emulated_sessions,
             reads_coalesced,
             cache,
-        })
+        };
+        // Series an alert's increase() needs from its first event on exist from the start.
+        for &outcome in ReloadOutcome::ALL {
+            metrics
+                .config_reloads
+                .get_or_create_owned(&ReloadLabels { outcome });
+        }
+        for &outcome in ReplayOutcome::ALL {
+            metrics
+                .replays
+                .get_or_create_owned(&ReplayLabels { outcome });
+        }
+        for &reason in ConnectionLimit::ALL {
+            metrics
+                .connection_limits
+                .get_or_create_owned(&LimitLabels { reason });
+        }
+        Arc::new(metrics)
+    }
+
+    /// Creates, at 0, the series of every reason a refusal can have (`denied_total{reason}`).
+    pub fn denied_reasons(&self, reasons: &[&'static str]) {
+        for &reason in reasons {
+            self.denied.get_or_create_owned(&DeniedLabels { reason });
+        }
+    }
+
+    /// Creates, at 0, the per-profile series of `profile`: at start, and for a profile a reload
+    /// adds. A login profile gets its logins, re-logins and logouts; a profile with a budget its
+    /// waits.
+    pub fn profile(&self, profile: &str, logs_in: bool, rate_limited: bool) {
+        let name = Profile::from(profile);
+        let profile = || name.clone();
+        if logs_in {
+            for &outcome in LoginOutcome::ALL {
+                self.logins.get_or_create_owned(&LoginLabels {
+                    profile: profile(),
+                    outcome,
+                });
+            }
+            for &trigger in Trigger::ALL {
+                self.reauth.get_or_create_owned(&ReauthLabels {
+                    profile: profile(),
+                    trigger,
+                });
+            }
+            // Only a request's 401 and the background validation are held back.
+            for trigger in [Trigger::Unauthorized, Trigger::Validate] {
+                self.reauth_backoffs.get_or_create_owned(&ReauthLabels {
+                    profile: profile(),
+                    trigger,
+                });
+            }
+            self.logouts
+                .get_or_create_owned(&ProfileLabels { profile: profile() });
+        }
+        if rate_limited {
+            self.rate_limit_waits
+                .get_or_create_owned(&ProfileLabels { profile: profile() });
+        }
+    }
+
+    /// The profiles' readiness and remaining login backoff, set at scrape time for the profiles
+    /// there are now (a profile a reload removed loses its series).
+    pub fn profile_states<'a>(
+        &self,
+        states: impl IntoIterator<Item = (&'a str, bool, Option<Duration>)>,
+    ) {
+        self.profile_ready.clear();
+        self.login_backoff.clear();
+        for (profile, ready, backoff) in states {
+            let labels = ProfileLabels {
+                profile: profile.into(),
+            };
+            self.profile_ready
+                .get_or_create(&labels)
+                .set(i64::from(ready));
+            self.login_backoff
+                .get_or_create(&labels)
+                .set(backoff.unwrap_or_default().as_secs_f64());
+        }
     }
 
     /// Creates the read series of `profile` at 0, so that a rate over them exists before the
@@ -315,7 +425,8 @@ impl Metrics {
     }
 
     /// A request answered: counted by profile (`none` when refused before one was chosen),
-    /// method and status, with its durations.
+    /// method and status, with its durations by profile and outcome (`proxy_answer`: the proxy
+    /// answered itself).
     pub fn request(
         &self,
         profile: Option<Arc<str>>,
@@ -323,14 +434,26 @@ impl Metrics {
         status: u16,
         elapsed: Duration,
         upstream: Option<Duration>,
+        proxy_answer: bool,
     ) {
-        self.request_duration.observe(elapsed.as_secs_f64());
+        let profile = Profile(profile.unwrap_or_else(|| NO_PROFILE.clone()));
+        let outcome = RequestOutcome::of(status, proxy_answer);
+        self.request_duration
+            .get_or_create(&DurationLabels {
+                profile: profile.clone(),
+                outcome,
+            })
+            .observe(elapsed.as_secs_f64());
         if let Some(upstream) = upstream {
-            self.upstream_duration.observe(upstream.as_secs_f64());
+            self.upstream_duration
+                .get_or_create(&ProfileLabels {
+                    profile: profile.clone(),
+                })
+                .observe(upstream.as_secs_f64());
         }
         self.requests
             .get_or_create(&RequestLabels {
-                profile: Profile(profile.unwrap_or_else(|| NO_PROFILE.clone())),
+                profile,
                 method: method_label(method),
                 status,
             })
@@ -472,12 +595,15 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition.
-    pub fn encode(&self) -> String {
+    /// The exposition in `format`.
+    pub fn encode(&self, format: Format) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
-        out
+        match format {
+            Format::OpenMetrics => out,
+            Format::Text => exposition::to_text(&out),
+        }
     }
 }
 
@@ -509,7 +635,8 @@ mod tests {
             &Method::GET,
             200,
             Duration::from_millis(1),
-            None,
+            Some(Duration::from_millis(1)),
+            false,
         );
         m.login("default", LoginOutcome::Success);
         m.logout("default");
@@ -524,11 +651,11 @@ mod tests {
         m.reads_of("default", true);
         m.read_coalesced("default");
         m.cache("default", CacheResult::Store);
-        let text = m.encode();
+        let text = m.encode(Format::OpenMetrics);
         for needle in [
             r#"cma_auth_proxy_requests_total{profile="default",method="GET",status="200"} 1"#,
-            "cma_auth_proxy_request_duration_seconds_bucket",
-            "cma_auth_proxy_upstream_duration_seconds_bucket",
+            r#"cma_auth_proxy_request_duration_seconds_bucket{le="0.001",profile="default",outcome="ok"}"#,
+            r#"cma_auth_proxy_upstream_duration_seconds_bucket{le="0.001",profile="default"}"#,
             r#"cma_auth_proxy_logins_total{profile="default",outcome="success"} 1"#,
             r#"cma_auth_proxy_logouts_total{profile="default"} 1"#,
             r#"cma_auth_proxy_token_age_seconds{profile="default"} 1.5"#,
@@ -547,6 +674,44 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
+    }
+
+    /// A series an alert computes `increase()` over must exist before its first event, or the
+    /// first event is missed: every known label value starts at 0.
+    #[test]
+    fn known_label_values_start_at_zero() {
+        let m = Metrics::new();
+        m.denied_reasons(&["policy_denied", "bad_request"]);
+        m.profile("default", true, true);
+        m.profile("token", false, false);
+        m.profile_states([("default", false, Some(Duration::from_millis(1500)))]);
+        let text = m.encode(Format::Text);
+        for needle in [
+            r#"cma_auth_proxy_logins_total{profile="default",outcome="success"} 0"#,
+            r#"cma_auth_proxy_logins_total{profile="default",outcome="rejected"} 0"#,
+            r#"cma_auth_proxy_logins_total{profile="default",outcome="transient"} 0"#,
+            r#"cma_auth_proxy_reauth_total{profile="default",trigger="401"} 0"#,
+            r#"cma_auth_proxy_reauth_total{profile="default",trigger="validate"} 0"#,
+            r#"cma_auth_proxy_reauth_total{profile="default",trigger="max_age"} 0"#,
+            r#"cma_auth_proxy_reauth_total{profile="default",trigger="rotate"} 0"#,
+            r#"cma_auth_proxy_reauth_backoffs_total{profile="default",trigger="401"} 0"#,
+            r#"cma_auth_proxy_reauth_backoffs_total{profile="default",trigger="validate"} 0"#,
+            r#"cma_auth_proxy_logouts_total{profile="default"} 0"#,
+            r#"cma_auth_proxy_rate_limit_waits_total{profile="default"} 0"#,
+            r#"cma_auth_proxy_config_reloads_total{outcome="success"} 0"#,
+            r#"cma_auth_proxy_config_reloads_total{outcome="error"} 0"#,
+            r#"cma_auth_proxy_replays_total{outcome="replayed"} 0"#,
+            r#"cma_auth_proxy_replays_total{outcome="not_replayable"} 0"#,
+            r#"cma_auth_proxy_replays_total{outcome="login_failed"} 0"#,
+            r#"cma_auth_proxy_denied_total{reason="policy_denied"} 0"#,
+            r#"cma_auth_proxy_denied_total{reason="bad_request"} 0"#,
+            r#"cma_auth_proxy_profile_ready{profile="default"} 0"#,
+            r#"cma_auth_proxy_login_backoff_seconds{profile="default"} 1.5"#,
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
+        // A management-token profile never logs in.
+        assert!(!text.contains(r#"profile="token""#), "{text}");
     }
 
     #[test]

@@ -64,7 +64,10 @@ fn environment_overrides_the_file() {
     let valid = "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n";
     let (code, out) = check(valid, &[("CMA_AUTH_PROXY_UPSTREAM__REGION", "mars")]);
     assert_eq!(code, 64, "{out}");
-    assert!(out.contains("mars"), "{out}");
+    assert!(
+        out.contains("environment variable CMA_AUTH_PROXY_UPSTREAM__REGION (`upstream.region`): expected one of \"na\""),
+        "{out}"
+    );
 }
 
 #[test]
@@ -102,9 +105,38 @@ fn usage_errors_exit_64_and_version_exits_0() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
 
+/// Every option says what it takes.
+#[test]
+fn every_option_has_help() {
+    for (command, options) in [
+        ("run", &["--config <FILE>"][..]),
+        ("check", &["--config <FILE>", "--login"]),
+        ("dev", &["--listen <ADDR>", "--admin-listen <ADDR>"]),
+    ] {
+        let out = Command::new(BIN)
+            .args([command, "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        for option in options {
+            let line = help
+                .lines()
+                .find(|l| l.trim_start().starts_with(option))
+                .unwrap_or_else(|| panic!("{option} not in {help}"));
+            // The option, then its description on the same line.
+            let described = line.trim_start()[option.len()..].trim();
+            assert!(described.len() > 10, "{command} {option}: {line:?}");
+        }
+    }
+}
+
 #[test]
 fn dev_prints_curl_commands_that_work_as_printed_and_exits_0_on_sigterm() {
     let (mut child, banner) = start_dev(&[]);
+    assert!(
+        banner.iter().any(|l| l.contains("two-factor on")),
+        "{banner:?}"
+    );
     let curls = run_printed_curls(&banner);
     assert_eq!(curls, 2, "{banner:?}");
     terminate(&mut child);
@@ -211,8 +243,12 @@ fn run_printed_curls(banner: &[String]) -> usize {
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(text.trim_end().ends_with("200"), "{cmd} answered: {text}");
         let body = text.trim_end().rsplit_once('\n').unwrap().0;
-        serde_json::from_str::<serde_json::Value>(body)
+        let body = serde_json::from_str::<serde_json::Value>(body)
             .unwrap_or_else(|e| panic!("{cmd}: {e}: {body}"));
+        // The banner's "two-factor on" is what the account says of itself.
+        if cmd.contains("/v3/user") {
+            assert_eq!(body["user"]["tfa_enabled"], true, "{body}");
+        }
     }
     curls.len()
 }
@@ -277,7 +313,7 @@ fn check_errors_point_at_the_line_or_variable_and_never_print_a_secret() {
             None,
             "line 3",
         ),
-        (format!("{profile}password = 77811234\n"), None, "line 3"),
+        (format!("{profile}password = [77811234]\n"), None, "line 3"),
         (
             format!("{profile}password = [\"{SECRET}\"]\n"),
             None,
@@ -289,7 +325,7 @@ fn check_errors_point_at_the_line_or_variable_and_never_print_a_secret() {
             "line 3",
         ),
         (
-            format!("{profile}management_token = 7781.5\n"),
+            format!("{profile}management_token = [7781.5]\n"),
             None,
             "line 3",
         ),
@@ -411,4 +447,133 @@ fn check_warns_about_open_files_inline_secrets_and_a_plain_listener_beyond_loopb
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
     assert!(stdout.contains("configuration valid"), "{stdout}");
+}
+
+/// `run` and `check` where no configuration was written yet: the answer says where it looked and
+/// how to get one.
+#[test]
+fn without_a_configuration_run_and_check_say_how_to_get_one() {
+    let dir = tempdir();
+    for command in ["run", "check"] {
+        let out = Command::new(BIN)
+            .arg(command)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "no configuration file at {}; copy config/cma-auth-proxy.example.toml there and edit it",
+                dir.canonicalize().unwrap().join("config/cma-auth-proxy.toml").display()
+            )) && stderr.contains("`cma-auth-proxy dev` needs no configuration"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+/// README's "First real run", step by step, against the simulator (whose address replaces the
+/// example's region through the environment, as an operator could): the example copied, the
+/// password file written with mode 0600, `check --login`, `run`.
+#[test]
+fn the_first_real_run_works_as_the_readme_says() {
+    use std::os::unix::fs::PermissionsExt;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fake = runtime.block_on(common::fake());
+    let dir = tempdir();
+    std::fs::create_dir(dir.join("config")).unwrap();
+    let config = dir.join("config/cma-auth-proxy.toml");
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/config/cma-auth-proxy.example.toml"
+        ),
+        &config,
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // The example's e-mail is the simulator account's; a real run edits it.
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(&format!("email = \"{}\"", common::EMAIL))
+    );
+    let upstream = ("CMA_AUTH_PROXY_UPSTREAM__URL", fake.url());
+    let cma_auth_proxy = |args: &[&str], env: &[(&str, String)]| {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .current_dir(&dir)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        command
+    };
+
+    // Before the password file exists, `check` says how to create it.
+    let out = cma_auth_proxy(&["check", "--login"], std::slice::from_ref(&upstream))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let password = dir.canonicalize().unwrap().join("config/password");
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "`install -m 600 /dev/null {}`",
+            password.display()
+        )),
+        "{stderr}"
+    );
+    std::fs::write(&password, format!("{}\n", common::PASSWORD)).unwrap();
+    std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = cma_auth_proxy(&["check", "--login"], std::slice::from_ref(&upstream))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stderr.contains("warning:"), "{stderr}");
+    assert!(
+        stdout.contains("profile default: ok: logged in as svc@example.com"),
+        "{stdout}"
+    );
+
+    let mut child = cma_auth_proxy(
+        &["run"],
+        &[
+            upstream,
+            ("CMA_AUTH_PROXY_SERVER__LISTEN", "127.0.0.1:0".into()),
+            ("CMA_AUTH_PROXY_SERVER__ADMIN_LISTEN", "127.0.0.1:0".into()),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .stdout(Stdio::null())
+    .spawn()
+    .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let child = KillOnDrop(child);
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let started = lines
+        .iter()
+        .find(|line| line.contains("cma-auth-proxy started"))
+        .expect("run starts");
+    let listen = started
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("listen="))
+        .expect("the start line names the listener");
+    let status = runtime.block_on(async {
+        reqwest::get(format!("http://{listen}/v3/user"))
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200, "{:?}", lines.try_iter().collect::<Vec<_>>());
+    drop(child);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

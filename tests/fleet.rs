@@ -72,7 +72,9 @@ async fn get(client: &reqwest::Client, replica: &str) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cold_burst_across_eight_replicas_causes_one_login() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let replicas: Vec<Binary> = (0..8).map(|_| replica(&fake, &redis, "", "")).collect();
     let statuses = burst(&replicas, 400).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -89,7 +91,9 @@ async fn a_cold_burst_across_eight_replicas_causes_one_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_eviction_under_load_causes_one_relogin_fleet_wide_and_no_client_401() {
     let fake = Arc::new(fake().await);
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let replicas: Vec<Binary> = (0..8).map(|_| replica(&fake, &redis, "", "")).collect();
     let client = reqwest::Client::new();
     for r in &replicas {
@@ -142,7 +146,9 @@ async fn a_login_slower_than_the_lock_ttl_keeps_the_lock_and_stays_the_only_one(
     // A TOTP step wait or a slow Contentstack can outlast `lock_ttl`: the holder renews its lock,
     // so the waiting replicas keep waiting for its token instead of logging in themselves.
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     fake.set_login_delay(Some(std::time::Duration::from_secs(3)));
     let replicas: Vec<Binary> = (0..3)
         .map(|_| replica(&fake, &redis, "lock_ttl = \"1s\"", ""))
@@ -164,7 +170,9 @@ async fn a_login_slower_than_the_lock_ttl_keeps_the_lock_and_stays_the_only_one(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lock_holder_killed_mid_login_lets_another_replica_log_in() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     fake.set_login_delay(Some(std::time::Duration::from_secs(30)));
     let mut holder = replica(&fake, &redis, "lock_ttl = \"1s\"", "");
     eventually(10, "the holder's login is in flight", || async {
@@ -202,7 +210,9 @@ async fn a_lock_holder_killed_mid_login_lets_another_replica_log_in() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redis_down_keeps_replicas_serving_and_they_converge_when_it_returns() {
     let fake = fake().await;
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let replicas: Vec<Binary> = (0..3)
         .map(|_| replica(&fake, &redis, "timeout = \"100ms\"", ""))
         .collect();
@@ -256,7 +266,9 @@ async fn redis_down_keeps_replicas_serving_and_they_converge_when_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_replicas_share_the_organization_budget_and_draw_no_429() {
     let fake = fake_with(FakeCma::builder().account(account())).await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let replicas: Vec<Binary> = (0..8)
         .map(|_| {
             replica(
@@ -288,7 +300,9 @@ async fn eight_replicas_share_the_organization_budget_and_draw_no_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_at_rest_are_sealed() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let r = replica(&fake, &redis, "", "");
     assert_eq!(get(&reqwest::Client::new(), &r.url).await, 200);
     let keys = redis.cli(&["--scan", "--pattern", "cma-auth-proxy:token:*"]);
@@ -311,7 +325,9 @@ async fn tokens_at_rest_are_sealed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_share_the_session_over_rediss_with_a_private_ca() {
     let fake = fake().await;
-    let redis = RedisServer::start_tls();
+    let Some(redis) = RedisServer::start_tls_or_skip() else {
+        return;
+    };
     let ca = redis.tls.as_ref().unwrap().join("ca.pem");
     let store = format!("ca_file = \"{}\"", ca.display());
     let replicas: Vec<Binary> = (0..2).map(|_| replica(&fake, &redis, &store, "")).collect();
@@ -346,7 +362,9 @@ async fn a_rediss_server_the_ca_file_does_not_vouch_for_is_not_trusted() {
     // Without `ca_file` the public roots apply, and a private CA's server is refused: the replica
     // works alone (and says so) rather than talking to a server it cannot verify.
     let fake = fake().await;
-    let redis = RedisServer::start_tls();
+    let Some(redis) = RedisServer::start_tls_or_skip() else {
+        return;
+    };
     let replica = replica(&fake, &redis, "", "");
     let client = reqwest::Client::new();
     assert_eq!(get(&client, &replica.url).await, 200);
@@ -521,7 +539,9 @@ async fn a_store_answering_garbage_is_skipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_refusing_connections_is_skipped_and_used_again_once_it_is_back() {
     let fake = fake().await;
-    let mut redis = RedisServer::start();
+    let Some(mut redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     redis.stop();
     let replica = replica(&fake, &redis, STORE_TIMEOUT, LOOSE_BUDGET);
     let client = reqwest::Client::new();
@@ -564,7 +584,9 @@ async fn a_store_refusing_connections_is_skipped_and_used_again_once_it_is_back(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_store_that_stops_answering_is_skipped_until_it_answers_again() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let relay = Relay::start(redis.port).await;
     let store = format!("encryption_key_file = \"key\"\n{STORE_TIMEOUT}");
     let replica = replica_at(&fake, &relay.url, &store, LOOSE_BUDGET);
@@ -674,7 +696,9 @@ fn dump(redis: &RedisServer) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tokens_planted_in_the_store_are_refused_when_sealed() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let key = store_key("token", &fake);
     let client = reqwest::Client::new();
     // Stored in the clear by someone without the key.
@@ -708,7 +732,9 @@ async fn tokens_planted_in_the_store_are_refused_when_sealed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_key_a_token_dated_in_the_future_is_refused_and_the_opt_out_is_loud() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let tomorrow = now_ms() + 86_400_000;
     redis.cli(&[
         "SET",
@@ -735,9 +761,11 @@ async fn without_the_key_a_token_dated_in_the_future_is_refused_and_the_opt_out_
 
 /// Starts a replica, lets it log in, plants [`forged_failure`], evicts the session and asks
 /// again: the re-login reads the forged record.
-async fn relogin_after_a_forged_failure(sealed: bool) -> (FakeCma, Binary, reqwest::Response) {
+async fn relogin_after_a_forged_failure(
+    sealed: bool,
+) -> Option<(FakeCma, Binary, reqwest::Response)> {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let redis = RedisServer::start_or_skip()?;
     let profile = "rejected_retry = \"3s\"";
     let replica = if sealed {
         replica(&fake, &redis, "", profile)
@@ -753,19 +781,23 @@ async fn relogin_after_a_forged_failure(sealed: bool) -> (FakeCma, Binary, reqwe
         .send()
         .await
         .unwrap();
-    (fake, replica, response)
+    Some((fake, replica, response))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_forged_failure_record_is_refused_when_sealed() {
-    let (fake, _replica, response) = relogin_after_a_forged_failure(true).await;
+    let Some((fake, _replica, response)) = relogin_after_a_forged_failure(true).await else {
+        return;
+    };
     assert_eq!(response.status(), 200);
     assert_eq!(fake.logins(), 2, "{:?}", fake.login_attempts());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn without_the_key_a_forged_failure_record_holds_logins_back_no_longer_than_our_settings() {
-    let (fake, replica, response) = relogin_after_a_forged_failure(false).await;
+    let Some((fake, replica, response)) = relogin_after_a_forged_failure(false).await else {
+        return;
+    };
     assert_eq!(response.status(), 503);
     let retry_after: u64 = response.headers()["retry-after"]
         .to_str()
@@ -787,7 +819,9 @@ async fn without_the_key_a_forged_failure_record_holds_logins_back_no_longer_tha
 /// A login lock someone planted (`SET` with `extra` expiry arguments) before the replica starts.
 async fn a_planted_lock_expires(extra: &[&str]) {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let mut set = vec![
         "SET".to_owned(),
         store_key("lock", &fake),
@@ -830,7 +864,9 @@ async fn a_login_lock_planted_with_a_long_expiry_gets_lock_ttl() {
 async fn the_store_holds_nothing_derived_from_the_password_and_no_upstream_text() {
     for sealed in [true, false] {
         let fake = fake().await;
-        let redis = RedisServer::start();
+        let Some(redis) = RedisServer::start_or_skip() else {
+            return;
+        };
         // The replica's password is refused: its failure is shared through the store.
         fake.set_password(EMAIL, "another password");
         let _replica = if sealed {
@@ -867,7 +903,9 @@ async fn the_store_holds_nothing_derived_from_the_password_and_no_upstream_text(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_oversized_value_in_the_store_is_not_read() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     // 64 MiB under the token and the failure key (SETRANGE makes them inside Redis at once).
     for kind in ["token", "fail"] {
         redis.cli(&["SETRANGE", &store_key(kind, &fake), "67108863", "x"]);
@@ -896,7 +934,9 @@ async fn an_oversized_value_in_the_store_is_not_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_value_of_another_type_in_the_store_is_replaced_by_the_fleet_login() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let key = store_key("token", &fake);
     redis.cli(&["HSET", &key, "token", "blt-planted"]);
     let replica = replica(&fake, &redis, "", "");
@@ -919,7 +959,9 @@ async fn a_value_of_another_type_in_the_store_is_replaced_by_the_fleet_login() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_planted_rate_state_does_not_hold_requests_back() {
     let fake = fake().await;
-    let redis = RedisServer::start();
+    let Some(redis) = RedisServer::start_or_skip() else {
+        return;
+    };
     let account = cma_auth_proxy::store::account_key(&fake.url(), EMAIL);
     // The next slot in 30 years.
     redis.cli(&[

@@ -646,7 +646,11 @@ async fn a_profile_with_rejected_credentials_leaves_the_other_serving() {
             .copied()
     };
     assert_eq!(logins("alpha", "rejected"), Some(1.0));
-    assert_eq!(logins("alpha", "success"), None);
+    assert_eq!(
+        logins("alpha", "success"),
+        Some(0.0),
+        "present from the start"
+    );
     assert_eq!(logins("beta", "success"), Some(1.0));
 }
 

@@ -152,8 +152,21 @@ async fn metrics_after_a_scripted_scenario() {
         get(r#"cma_auth_proxy_denied_total{reason="policy_denied"}"#),
         1.0
     );
-    assert_eq!(get("cma_auth_proxy_request_duration_seconds_count"), 5.0);
-    assert_eq!(get("cma_auth_proxy_upstream_duration_seconds_count"), 4.0);
+    // Latency by profile and outcome: 4 answered by Contentstack, 1 refused by the proxy itself.
+    assert_eq!(
+        get(r#"cma_auth_proxy_request_duration_seconds_count{profile="default",outcome="ok"}"#),
+        4.0
+    );
+    assert_eq!(
+        get(
+            r#"cma_auth_proxy_request_duration_seconds_count{profile="none",outcome="proxy_error"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(r#"cma_auth_proxy_upstream_duration_seconds_count{profile="default"}"#),
+        4.0
+    );
     assert_eq!(get("cma_auth_proxy_in_flight_requests"), 0.0);
     assert!(get(r#"cma_auth_proxy_token_age_seconds{profile="default"}"#) >= 0.0);
     assert_eq!(
@@ -224,4 +237,54 @@ async fn max_token_age_logs_in_afresh_and_logs_the_old_session_out() {
         1.0,
     )
     .await;
+}
+
+/// `/status` gives every time in RFC 3339 (UTC) beside its Unix seconds, and the build's version
+/// in one place; the admin root lists the endpoints instead of a bare 404.
+#[tokio::test]
+async fn status_times_read_as_dates_and_the_admin_root_lists_the_endpoints() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    eventually(10, "a login", || async {
+        !proxy.status_json().await["profiles"]["default"]["last_login_at"].is_null()
+    })
+    .await;
+    let status = proxy.status_json().await;
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    for (unix, rfc3339) in [
+        (
+            &status["profiles"]["default"]["last_login_at"],
+            &status["profiles"]["default"]["last_login_at_rfc3339"],
+        ),
+        (
+            &status["config"]["loaded_at"],
+            &status["config"]["loaded_at_rfc3339"],
+        ),
+    ] {
+        let unix = unix.as_u64().unwrap();
+        let date = humantime::parse_rfc3339(rfc3339.as_str().unwrap()).unwrap();
+        assert_eq!(
+            date.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+            unix,
+            "{rfc3339}"
+        );
+        assert!(rfc3339.as_str().unwrap().ends_with('Z'), "UTC: {rfc3339}");
+    }
+
+    for path in ["/", "/nothing-here"] {
+        let response = reqwest::get(format!("{}{path}", proxy.admin))
+            .await
+            .unwrap();
+        let expected = if path == "/" { 200 } else { 404 };
+        assert_eq!(response.status(), expected);
+        let text = response.text().await.unwrap();
+        for endpoint in ["/livez", "/startupz", "/readyz", "/status", "/metrics"] {
+            assert!(
+                text.contains(&format!("  {endpoint} ")),
+                "{endpoint} in {text}"
+            );
+        }
+    }
 }

@@ -108,6 +108,8 @@ async fn a_second_signal_exits_at_once() {
     .await;
     binary.signal("TERM");
     binary.wait_for_line("draining: not ready");
+    // The subject here is time itself: a signal within a second of the first is the same one.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     binary.signal("INT");
     let code = tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
         .await
@@ -117,4 +119,32 @@ async fn a_second_signal_exits_at_once() {
         slow.await.unwrap().is_err(),
         "the 60 s request was cut, not awaited"
     );
+}
+
+/// `timeout -s INT` and a terminal's Ctrl-C signal the whole process group; with a wrapper that
+/// forwards the signal too, the proxy gets it twice within a moment. That is one request to stop:
+/// it drains (the request in flight is answered) and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_signal_delivered_twice_in_a_moment_counts_once() {
+    let fake = Arc::new(fake().await);
+    let config = write_config(&fake.url(), "");
+    let mut binary = Binary::start(&config, &[]);
+    wait_ready(&binary.admin).await;
+    let slow = reqwest::Client::new()
+        .get(format!("{}/v3/_sim/slow?ms=1500", binary.url))
+        .send();
+    let slow = tokio::spawn(slow);
+    eventually(30, "the slow request reached the CMA", || async {
+        fake.requests().iter().any(|r| r.path == "/v3/_sim/slow")
+    })
+    .await;
+    binary.signal("INT");
+    // Once the first has been taken (a second one before it would merge with it anyway).
+    binary.wait_for_line("shutting down");
+    binary.signal("INT");
+    let code = tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "one stop, drained");
+    assert_eq!(slow.await.unwrap().unwrap().status(), 200);
 }

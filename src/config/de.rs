@@ -1,22 +1,214 @@
-//! A serde deserializer over the configuration tree: it fills the `File*` shapes, reads an
-//! environment variable's string as a number or a boolean where the key wants one, and fails with
-//! a [`DeError`] that knows the key and where it was written.
+//! The file and the environment layered and read into the `File*` shapes by the `config` crate,
+//! and the text of its errors.
 //!
-//! serde's own messages quote the value they refused ("invalid type: integer `123456`"), which for
-//! a mistyped password is the password. Here a type or value error says what was expected and
-//! what *kind* of value was found, never the value; a message written by some other visitor (a
-//! duration parser, say) is kept only for keys that hold no secret.
-use std::collections::btree_map;
-use std::fmt;
-
-use serde::de::{self, DeserializeSeed, Expected, MapAccess, SeqAccess, Unexpected, Visitor};
+//! `config`'s own error texts quote what they refused (`invalid type: string "…"`), which for a
+//! mistyped password is the password, and serde's messages, which it passes on as they are, do
+//! the same. So no text of a `config::ConfigError` is ever shown or kept as a source: each variant
+//! is rendered here from its structure, the key it names, what the key expected (`config`'s and
+//! serde's names for it, put in the words of a TOML file with an example) and the *kind* of value
+//! the layered configuration holds there, looked up by key. Where the key was written comes from
+//! [`Origins`]. A refused value is never shown, secret or not.
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IntoDeserializer};
 
 use super::ConfigError;
-use super::source::{Node, Origin, Value};
+use super::source::{Environment, Origins, TomlFile, child_key};
 
 /// Secret keys of a profile; with `token_store.url` (which may carry a password), the keys whose
 /// values no message may show.
 pub(super) const PROFILE_SECRETS: &[&str] = &["password", "totp_secret", "management_token"];
+
+/// Lays the environment over the file and reads the result into `T`. Returns the layered values
+/// too, for what the shapes do not keep (which secrets were written inline).
+pub(super) fn layer<T: DeserializeOwned>(
+    file: TomlFile,
+    environment: Environment,
+    origins: &Origins,
+) -> Result<(T, config::Value), ConfigError> {
+    let layered = config::Config::builder()
+        .add_source(file)
+        .add_source(environment)
+        .build()
+        .map_err(|e| render(e, &config::Value::default(), origins))?;
+    let values = layered.cache.clone();
+    let shaped = layered
+        .try_deserialize()
+        .map_err(|e| render(e, &values, origins))?;
+    Ok((shaped, values))
+}
+
+/// A setting with a fixed set of values (`log.format = "json"`), read as a string first, so that
+/// a wrong one is refused by serde's own message naming every value the key takes (`config` would
+/// name the Rust type instead).
+pub(super) fn one_of<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    T::deserialize(IntoDeserializer::<serde::de::value::Error>::into_deserializer(text.as_str()))
+        .map_err(serde::de::Error::custom)
+}
+
+/// A `config` error as the operator reads it: the key, where it was written, what was expected
+/// and the kind of value found.
+fn render(error: config::ConfigError, values: &config::Value, origins: &Origins) -> ConfigError {
+    let (key, error) = match error {
+        config::ConfigError::At { error, key, .. } => (key.unwrap_or_default(), *error),
+        other => (String::new(), other),
+    };
+    let (key, problem) = match error {
+        config::ConfigError::Type {
+            key: at, expected, ..
+        } => {
+            let key = at.unwrap_or(key);
+            let problem = expected_and_found(&key, expected, values);
+            (key, problem)
+        }
+        config::ConfigError::Message(message) => message_problem(key, &message, values),
+        config::ConfigError::NotFound(key) => (key, "is missing".to_owned()),
+        // Not made by the sources here or by reading values (`Frozen`, `PathParse`, `FileParse`,
+        // `Foreign`, and whatever a later `config` adds): their text may hold anything.
+        _ => (key, "cannot be read".to_owned()),
+    };
+    let at = origins.get(&key).cloned();
+    ConfigError::Invalid { key, problem, at }
+}
+
+/// serde's messages, passed on by `config` as text: read for the parts that are names (of keys
+/// and of what a key expects), never for the value they may quote.
+fn message_problem(key: String, message: &str, values: &config::Value) -> (String, String) {
+    if let Some(rest) = message.strip_prefix("unknown field `") {
+        // A key's name, once checked to be one of the table's keys, is no value.
+        let name = rest.split('`').next().unwrap_or_default();
+        if kind_at(&key, values).is_some_and(|table| has_key(table, name)) {
+            let known = rest
+                .split_once("expected ")
+                .map(|(_, names)| names.trim_start_matches("one of "));
+            let problem = match known {
+                Some(names) => format!("unknown key; the keys here are {names}"),
+                None => "unknown key; this table takes none".to_owned(),
+            };
+            return (child_key(&key, name), problem);
+        }
+        return (key, "holds an unknown key".to_owned());
+    }
+    if is_secret_key(&key) {
+        let problem = format!("expected a string, found {}", found(&key, values));
+        return (key, problem);
+    }
+    let problem = match message.rfind(", expected ") {
+        // What a key expects comes from the shape (`a duration`, `one of `na`, `eu``), after
+        // whatever value the message quoted.
+        Some(at) => {
+            let expected = &message[at + ", expected ".len()..];
+            expected_and_found(&key, expected, values)
+        }
+        None => format!(
+            "is not one of the values this key takes (found {}); see config/cma-auth-proxy.example.toml",
+            found(&key, values)
+        ),
+    };
+    (key, problem)
+}
+
+fn expected_and_found(key: &str, expected: &str, values: &config::Value) -> String {
+    let expected_text = expected_text(expected);
+    let mut problem = format!("expected {expected_text}, found {}", found(key, values));
+    // `30` meant as a duration: the fix is one letter, and a duration is no secret.
+    if expected_text.starts_with("a duration")
+        && !is_secret_key(key)
+        && let Some(number) = kind_at(key, values).and_then(bare_number)
+    {
+        problem.push_str(&format!("; write \"{number}s\" for {number} seconds"));
+    }
+    problem
+}
+
+fn bare_number(value: &config::ValueKind) -> Option<String> {
+    match value {
+        config::ValueKind::I64(n) => Some(n.to_string()),
+        config::ValueKind::U64(n) => Some(n.to_string()),
+        config::ValueKind::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(s.clone())
+        }
+        _ => None,
+    }
+}
+
+/// `config`'s and serde's names of what a key wants, in the words of a TOML file, with an example.
+fn expected_text(expected: &str) -> String {
+    let plain = |text: &str| text.to_owned();
+    match expected {
+        t if t.starts_with("struct ") || t == "a map" => plain("a table"),
+        "a sequence" | "an array" => plain("an array such as [\"a\", \"b\"]"),
+        "a boolean" | "bool" => plain("true or false"),
+        "a string" => plain("a string"),
+        "a floating point" | "f32" | "f64" => plain("a number such as 10 or 2.5"),
+        // bytesize's names for a size.
+        "parsable string" | "an integer or string" => {
+            plain("a size such as \"64KiB\" or \"1MiB\" (or a whole number of bytes)")
+        }
+        "u8" | "u16" | "u32" | "u64" | "usize" => plain("a whole number (0 or more)"),
+        t if t.starts_with("an unsigned") => plain("a whole number (0 or more)"),
+        t if t.contains("integer") || t.starts_with('i') && t[1..].parse::<u8>().is_ok() => {
+            plain("an integer")
+        }
+        "path string" => plain("a path (a string)"),
+        "a duration" => plain("a duration such as \"30s\", \"5m\" or \"1h\""),
+        // serde's list of the values a setting takes: "one of `na`, `eu`".
+        t if t.starts_with("one of ") || t.starts_with('`') => t.replace('`', "\""),
+        _ => plain("another kind of value"),
+    }
+}
+
+/// The kind of value the layered configuration holds at `key`, never the value itself.
+fn found(key: &str, values: &config::Value) -> &'static str {
+    match kind_at(key, values) {
+        None => "nothing",
+        Some(config::ValueKind::Nil) => "nothing",
+        Some(config::ValueKind::Boolean(_)) => "a boolean",
+        Some(
+            config::ValueKind::I64(_)
+            | config::ValueKind::I128(_)
+            | config::ValueKind::U64(_)
+            | config::ValueKind::U128(_),
+        ) => "an integer",
+        Some(config::ValueKind::Float(_)) => "a float",
+        Some(config::ValueKind::String(_)) => "a string",
+        Some(config::ValueKind::Table(_)) => "a table",
+        Some(config::ValueKind::Array(_)) => "an array",
+    }
+}
+
+fn has_key(table: &config::ValueKind, name: &str) -> bool {
+    matches!(table, config::ValueKind::Table(entries) if entries.contains_key(name))
+}
+
+/// The value at a key as `config` names it in errors: `profiles.default.stacks[0]`.
+pub(super) fn kind_at<'v>(key: &str, values: &'v config::Value) -> Option<&'v config::ValueKind> {
+    let mut value = values;
+    if key.is_empty() {
+        return Some(&value.kind);
+    }
+    for segment in key.split('.') {
+        let (name, indexes) = segment.split_once('[').unwrap_or((segment, ""));
+        if !name.is_empty() {
+            let config::ValueKind::Table(entries) = &value.kind else {
+                return None;
+            };
+            value = entries.get(name)?;
+        }
+        for index in indexes.split('[').filter(|i| !i.is_empty()) {
+            let index: usize = index.trim_end_matches(']').parse().ok()?;
+            let config::ValueKind::Array(items) = &value.kind else {
+                return None;
+            };
+            value = items.get(index)?;
+        }
+    }
+    Some(&value.kind)
+}
 
 pub(super) fn is_secret_key(key: &str) -> bool {
     // `profiles.x.password[0]`: an element of an array written where the secret belongs.
@@ -28,359 +220,113 @@ pub(super) fn is_secret_key(key: &str) -> bool {
     }
 }
 
-pub(super) fn from_node<'de, T: de::Deserialize<'de>>(node: &'de Node) -> Result<T, ConfigError> {
-    T::deserialize(NodeDeserializer {
-        node,
-        key: String::new(),
-    })
-    .map_err(DeError::into_config_error)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-#[derive(Debug)]
-pub(super) struct DeError {
-    message: String,
-    /// Whether `message` came from a visitor that may have quoted the value.
-    may_quote_value: bool,
-    key: Option<String>,
-    origin: Option<Origin>,
-}
+    const SECRET: &str = "Sekr1t-4471";
 
-impl DeError {
-    fn plain(message: String) -> Self {
-        DeError {
-            message,
-            may_quote_value: false,
-            key: None,
+    fn values(pairs: &[(&str, config::Value)]) -> config::Value {
+        let mut profile: config::Map<String, config::Value> = config::Map::new();
+        for (k, v) in pairs {
+            profile.insert(k.to_string(), v.clone());
+        }
+        let mut profiles: config::Map<String, config::Value> = config::Map::new();
+        profiles.insert("default".to_owned(), profile.into());
+        let mut root: config::Map<String, config::Value> = config::Map::new();
+        root.insert("profiles".to_owned(), profiles.into());
+        root.into()
+    }
+
+    fn shown(error: config::ConfigError, values: &config::Value) -> String {
+        let rendered = render(error, values, &Origins::default());
+        let text = format!("{rendered} {rendered:?}");
+        assert!(!text.contains("Sekr1t") && !text.contains("4471"), "{text}");
+        text
+    }
+
+    /// Every variant of `config::ConfigError`, each holding the secret in every text it carries:
+    /// none of it is shown.
+    #[test]
+    fn no_variant_of_a_config_error_shows_its_text() {
+        let secret_value = config::Value::new(None, SECRET);
+        let values = values(&[("password", secret_value.clone())]);
+        let boxed = || -> Box<dyn std::error::Error + Send + Sync> { SECRET.into() };
+        // A real `Type` error, made by `config` itself from the secret.
+        let type_error = config::Value::new(None, config::ValueKind::String(SECRET.into()))
+            .try_deserialize::<u32>()
+            .unwrap_err();
+        assert!(type_error.to_string().contains(SECRET), "{type_error}");
+        let at = |error: config::ConfigError| config::ConfigError::At {
+            error: Box::new(error),
+            origin: Some(SECRET.into()),
+            key: Some("profiles.default.password".into()),
+        };
+        for error in [
+            config::ConfigError::Frozen,
+            config::ConfigError::NotFound("profiles.default.password".into()),
+            config::ConfigError::PathParse { cause: boxed() },
+            config::ConfigError::FileParse {
+                uri: Some(SECRET.into()),
+                cause: boxed(),
+            },
+            type_error,
+            at(config::ConfigError::Message(format!(
+                "invalid type: string \"{SECRET}\", expected u32"
+            ))),
+            at(config::ConfigError::Message(SECRET.into())),
+            at(config::ConfigError::Foreign(boxed())),
+            config::ConfigError::Message(format!("invalid value: string \"{SECRET}\"")),
+        ] {
+            shown(error, &values);
+        }
+    }
+
+    #[test]
+    fn what_was_expected_comes_with_an_example_and_the_kind_found() {
+        let values = values(&[
+            ("grace", config::Value::new(None, 30)),
+            ("rate", config::Value::new(None, "lots")),
+        ]);
+        let at = |key: &str, message: &str| config::ConfigError::At {
+            error: Box::new(config::ConfigError::Message(message.into())),
             origin: None,
-        }
-    }
-
-    /// The innermost key wins: errors pass up through every enclosing table.
-    fn locate(mut self, key: &str, origin: &Origin) -> Self {
-        if self.key.is_none() {
-            self.key = Some(key.to_owned());
-            self.origin = Some(origin.clone());
-        }
-        self
-    }
-
-    fn into_config_error(self) -> ConfigError {
-        let key = self.key.unwrap_or_default();
-        let problem = if self.may_quote_value && is_secret_key(&key) {
-            "expected a string".to_owned()
-        } else {
-            self.message
+            key: Some(key.into()),
         };
-        ConfigError::Invalid {
-            key,
-            problem,
-            at: self.origin,
-        }
-    }
-}
-
-impl fmt::Display for DeError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for DeError {}
-
-impl de::Error for DeError {
-    fn custom<T: fmt::Display>(message: T) -> Self {
-        DeError {
-            message: message.to_string(),
-            may_quote_value: true,
-            key: None,
-            origin: None,
-        }
-    }
-
-    fn invalid_type(found: Unexpected<'_>, expected: &dyn Expected) -> Self {
-        Self::plain(format!(
-            "expected {}, found {}",
-            expected_text(expected),
-            kind_of(&found)
-        ))
-    }
-
-    fn invalid_value(found: Unexpected<'_>, expected: &dyn Expected) -> Self {
-        let found = match found {
-            Unexpected::Signed(_) | Unexpected::Unsigned(_) => "an integer out of range",
-            Unexpected::Str(_) => "a string that is not one",
-            other => kind_of(&other),
-        };
-        Self::plain(format!(
-            "expected {}, found {found}",
-            expected_text(expected)
-        ))
-    }
-
-    fn invalid_length(len: usize, expected: &dyn Expected) -> Self {
-        Self::plain(format!(
-            "expected {}, found {len} elements",
-            expected_text(expected)
-        ))
-    }
-
-    /// The value named no setting this key takes. Quoting it is as safe as a custom message: no
-    /// secret key is one of these.
-    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
-        let names: Vec<String> = expected.iter().map(|n| format!("{n:?}")).collect();
-        DeError {
-            message: format!("{variant:?} is not one of {}", names.join(", ")),
-            may_quote_value: true,
-            key: None,
-            origin: None,
-        }
-    }
-
-    fn unknown_field(_field: &str, expected: &'static [&'static str]) -> Self {
-        Self::plain(format!("unknown key; the keys here are {}", list(expected)))
-    }
-
-    fn missing_field(field: &'static str) -> Self {
-        Self::plain(format!("missing key `{field}`"))
-    }
-
-    fn duplicate_field(field: &'static str) -> Self {
-        Self::plain(format!("duplicate key `{field}`"))
-    }
-}
-
-fn list(names: &[&str]) -> String {
-    let names: Vec<String> = names.iter().map(|n| format!("`{n}`")).collect();
-    names.join(", ")
-}
-
-/// serde's names of what a field wants, in the words of a TOML file.
-fn expected_text(expected: &dyn Expected) -> String {
-    let text = expected.to_string();
-    match text.as_str() {
-        t if t.starts_with("struct ") || t == "a map" => "a table".into(),
-        "a sequence" => "an array".into(),
-        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
-        "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
-        "f32" | "f64" => "a number".into(),
-        "path string" => "a path (a string)".into(),
-        "a duration" => "a duration such as \"250ms\", \"5m\" or \"1h\"".into(),
-        // bytesize's name for a size written as text.
-        "parsable string" => "a size such as \"64KiB\" or \"1GiB\"".into(),
-        _ => text,
-    }
-}
-
-/// The kind of a refused value, never the value itself.
-fn kind_of(found: &Unexpected<'_>) -> &'static str {
-    match found {
-        Unexpected::Bool(_) => "a boolean",
-        Unexpected::Unsigned(_) | Unexpected::Signed(_) => "an integer",
-        Unexpected::Float(_) => "a float",
-        Unexpected::Char(_) | Unexpected::Str(_) => "a string",
-        Unexpected::Bytes(_) => "bytes",
-        Unexpected::Unit => "nothing",
-        Unexpected::Option => "an optional value",
-        Unexpected::NewtypeStruct => "a newtype",
-        Unexpected::Seq => "an array",
-        Unexpected::Map => "a table",
-        Unexpected::Enum
-        | Unexpected::UnitVariant
-        | Unexpected::NewtypeVariant
-        | Unexpected::TupleVariant
-        | Unexpected::StructVariant => "an enum",
-        Unexpected::Other(_) => "another kind of value",
-    }
-}
-
-fn child_key(parent: &str, name: &str) -> String {
-    if parent.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{parent}.{name}")
-    }
-}
-
-struct NodeDeserializer<'de> {
-    node: &'de Node,
-    key: String,
-}
-
-/// Environment variables are strings; a key that wants a number or a boolean reads it as one.
-macro_rules! from_env_string {
-    ($($method:ident => $visit:ident($ty:ty)),* $(,)?) => {$(
-        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-            let node = self.node;
-            match &node.value {
-                Value::String(text) if matches!(node.origin, Origin::Env { .. }) => {
-                    let result: Result<V::Value, DeError> = match text.trim().parse::<$ty>() {
-                        Ok(value) => visitor.$visit(value),
-                        Err(_) => Err(de::Error::invalid_type(Unexpected::Str(text), &visitor)),
-                    };
-                    result.map_err(|e| e.locate(&self.key, &node.origin))
-                }
-                _ => self.deserialize_any(visitor),
-            }
-        }
-    )*};
-}
-
-impl<'de> de::Deserializer<'de> for NodeDeserializer<'de> {
-    type Error = DeError;
-
-    fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        let node = self.node;
-        match &node.value {
-            Value::String(text) => visitor.visit_borrowed_str(text),
-            Value::Integer(i) => visitor.visit_i64(*i),
-            Value::Float(f) => visitor.visit_f64(*f),
-            Value::Boolean(b) => visitor.visit_bool(*b),
-            Value::Datetime => Err(de::Error::invalid_type(
-                Unexpected::Other("a date-time"),
-                &visitor,
-            )),
-            Value::Array(items) => visitor.visit_seq(Items {
-                items: items.iter().enumerate(),
-                key: &self.key,
-            }),
-            Value::Table(entries) => visitor.visit_map(Entries {
-                kind: entries.get_key_value(KIND),
-                entries: entries.iter(),
-                pending: None,
-                key: &self.key,
-            }),
-        }
-        .map_err(|e| e.locate(&self.key, &node.origin))
-    }
-
-    from_env_string! {
-        deserialize_bool => visit_bool(bool),
-        deserialize_i8 => visit_i8(i8),
-        deserialize_i16 => visit_i16(i16),
-        deserialize_i32 => visit_i32(i32),
-        deserialize_i64 => visit_i64(i64),
-        deserialize_u8 => visit_u8(u8),
-        deserialize_u16 => visit_u16(u16),
-        deserialize_u32 => visit_u32(u32),
-        deserialize_u64 => visit_u64(u64),
-        deserialize_f32 => visit_f32(f32),
-        deserialize_f64 => visit_f64(f64),
-    }
-
-    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
-        // TOML has no null: a key that is present has a value.
-        visitor.visit_some(self)
-    }
-
-    /// A setting with a fixed set of values (`log.format = "json"`): the string names the variant.
-    fn deserialize_enum<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        _variants: &'static [&'static str],
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        let node = self.node;
-        match &node.value {
-            Value::String(text) => visitor
-                .visit_enum(de::value::BorrowedStrDeserializer::<DeError>::new(text))
-                .map_err(|e| e.locate(&self.key, &node.origin)),
-            _ => self.deserialize_any(visitor),
-        }
-    }
-
-    fn deserialize_newtype_struct<V: Visitor<'de>>(
-        self,
-        _name: &'static str,
-        visitor: V,
-    ) -> Result<V::Value, DeError> {
-        visitor.visit_newtype_struct(self)
-    }
-
-    serde::forward_to_deserialize_any! {
-        i128 u128 char str string bytes byte_buf unit unit_struct seq tuple tuple_struct map
-        struct identifier ignored_any
-    }
-}
-
-struct Items<'a, 'de> {
-    items: std::iter::Enumerate<std::slice::Iter<'de, Node>>,
-    key: &'a str,
-}
-
-impl<'de> SeqAccess<'de> for Items<'_, 'de> {
-    type Error = DeError;
-
-    fn next_element_seed<T: DeserializeSeed<'de>>(
-        &mut self,
-        seed: T,
-    ) -> Result<Option<T::Value>, DeError> {
-        let Some((index, node)) = self.items.next() else {
-            return Ok(None);
-        };
-        seed.deserialize(NodeDeserializer {
-            node,
-            key: format!("{}[{index}]", self.key),
-        })
-        .map(Some)
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        Some(self.items.len())
-    }
-}
-
-/// The key that says which kind a tagged section is (`token_store.kind`).
-const KIND: &str = "kind";
-
-/// A table's entries in key order, but `kind` first: a tagged section reads its kind before the
-/// keys that depend on it.
-struct Entries<'a, 'de> {
-    kind: Option<(&'de String, &'de Node)>,
-    entries: btree_map::Iter<'de, String, Node>,
-    /// The entry whose key was just read, waiting for its value to be asked for.
-    pending: Option<(&'de String, &'de Node)>,
-    key: &'a str,
-}
-
-impl<'de> MapAccess<'de> for Entries<'_, 'de> {
-    type Error = DeError;
-
-    fn next_key_seed<K: DeserializeSeed<'de>>(
-        &mut self,
-        seed: K,
-    ) -> Result<Option<K::Value>, DeError> {
-        let next = match self.kind.take() {
-            Some(kind) => Some(kind),
-            None => self.entries.find(|(name, _)| *name != KIND),
-        };
-        let Some((name, node)) = next else {
-            return Ok(None);
-        };
-        self.pending = Some((name, node));
-        // An unknown key is refused here, while reading the key: point at it. Such an error can
-        // quote only the key's name, never its value.
-        seed.deserialize(de::value::BorrowedStrDeserializer::new(name))
-            .map(Some)
-            .map_err(|e: DeError| {
-                DeError {
-                    may_quote_value: false,
-                    ..e
-                }
-                .locate(&child_key(self.key, name), &node.origin)
-            })
-    }
-
-    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let (name, node) = self.pending.take().ok_or_else(|| {
-            <DeError as de::Error>::custom("a value was asked for before its key")
-        })?;
-        seed.deserialize(NodeDeserializer {
-            node,
-            key: child_key(self.key, name),
-        })
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        None
+        let text = shown(
+            at(
+                "profiles.default.grace",
+                "invalid value: string \"30\", expected a duration",
+            ),
+            &values,
+        );
+        assert!(
+            text.contains("expected a duration such as \"30s\", \"5m\" or \"1h\", found an integer; write \"30s\" for 30 seconds"),
+            "{text}"
+        );
+        let text = shown(
+            at(
+                "profiles.default.rate",
+                "invalid value: string \"lots\", expected parsable string",
+            ),
+            &values,
+        );
+        assert!(
+            text.contains("expected a size such as \"64KiB\" or \"1MiB\" (or a whole number of bytes), found a string"),
+            "{text}"
+        );
+        let text = shown(
+            at(
+                "profiles.default",
+                "unknown field `rate`, expected one of `email`, `password`",
+            ),
+            &values,
+        );
+        assert!(
+            text.contains(
+                "`profiles.default.rate`: unknown key; the keys here are `email`, `password`"
+            ),
+            "{text}"
+        );
     }
 }

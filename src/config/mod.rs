@@ -1,8 +1,10 @@
 //! Configuration: the file/env shapes (`File*`, serde, unknown keys refused) and their validation into
 //! the typed [`Config`] the rest of the program reads, one file per section (`server.rs`,
 //! `upstream.rs`, `profile.rs`, `token_store.rs`; `[policy]` and `[log]` are small enough to live
-//! here). `source.rs` builds the tree as written, `de.rs` reads it into the shapes, `files.rs`
-//! reads the files the configuration names, `warning.rs` says what is valid but unwise.
+//! here). `source.rs` reads the file and the environment as written (with where each value was
+//! written), `de.rs` has the `config` crate layer them and read them into the shapes and renders
+//! its errors, `files.rs` reads the files the configuration names, `warning.rs` says what is
+//! valid but unwise.
 //!
 //! Precedence, applied in [`Config::load`]: environment (`CMA_AUTH_PROXY_` + path joined by `__`)
 //! over the TOML file over the defaults named here. Secret files are read during validation, so a
@@ -55,19 +57,27 @@ pub enum ConfigError {
     /// Not TOML; `problem` is the parser's description of what it expected.
     #[error("{at}: not valid TOML: {problem}")]
     Syntax { at: Origin, problem: String },
-    #[error("`{key}`{}: {problem}", in_parentheses(.at))]
+    #[error("{}: {problem}", key_as_written(.key, .at))]
     Invalid {
         key: String,
         problem: String,
         /// Where `key` was written, when the configuration has it.
         at: Option<Origin>,
     },
-    #[error("`{key}`: cannot read secret file {path}: {source}")]
+    #[error(
+        "{}: cannot read secret file {}: {source}{}",
+        key_as_written(.key, .at),
+        .path.display(),
+        how_to_create(.path, .source)
+    )]
     SecretFile {
         key: String,
+        /// Resolved: relative paths are relative to the configuration file.
         path: PathBuf,
         #[source]
         source: std::io::Error,
+        /// Where `key` was written, when the configuration has it.
+        at: Option<Origin>,
     },
     #[error("`{key}`: cannot read {path}: {source}")]
     File {
@@ -80,23 +90,64 @@ pub enum ConfigError {
     Policy(#[from] PolicyError),
 }
 
-fn in_parentheses(at: &Option<Origin>) -> String {
-    at.as_ref().map(|at| format!(" ({at})")).unwrap_or_default()
+/// The key as the operator wrote it: a line of the file, or the environment variable (named first,
+/// since that is what they typed).
+fn key_as_written(key: &str, at: &Option<Origin>) -> String {
+    match at {
+        None => format!("`{key}`"),
+        Some(Origin::Env { var }) => format!("environment variable {var} (`{key}`)"),
+        Some(at) => format!("`{key}` ({at})"),
+    }
+}
+
+/// A secret file that is not there: what to put where, so that only the proxy can read it.
+fn how_to_create(path: &Path, error: &std::io::Error) -> String {
+    if error.kind() != std::io::ErrorKind::NotFound {
+        return String::new();
+    }
+    format!(
+        "; create it holding the secret alone, readable by the proxy's user only: \
+         `install -m 600 /dev/null {0}`, then write the secret into {0}",
+        path.display()
+    )
 }
 
 impl ConfigError {
-    /// Adds where the key of a validation error was written, found in the configuration tree.
-    fn located_in(self, tree: &source::Node) -> Self {
+    /// Adds where the key of a validation error was written.
+    fn located_in(self, origins: &source::Origins) -> Self {
         match self {
             ConfigError::Invalid {
                 key,
                 problem,
                 at: None,
             } => {
-                let at = tree.get(&key).map(|node| node.origin.clone());
+                let at = origins.get(&key).cloned();
                 ConfigError::Invalid { key, problem, at }
             }
+            ConfigError::SecretFile {
+                key,
+                path,
+                source,
+                at: None,
+            } => {
+                let at = origins.get(&key).cloned();
+                ConfigError::SecretFile {
+                    key,
+                    path,
+                    source,
+                    at,
+                }
+            }
             other => other,
+        }
+    }
+
+    fn secret_file(key: impl Into<String>, path: &Path, source: std::io::Error) -> Self {
+        ConfigError::SecretFile {
+            key: key.into(),
+            path: path.to_owned(),
+            source,
+            at: None,
         }
     }
 }
@@ -128,6 +179,7 @@ struct FileConfig {
 struct FilePolicy {
     allow: Vec<String>,
     deny: Vec<String>,
+    #[serde(deserialize_with = "de::one_of")]
     client_credentials: ClientCredentials,
     session_endpoint: SessionEndpoint,
 }
@@ -146,6 +198,7 @@ impl Default for FilePolicy {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FileLog {
+    #[serde(deserialize_with = "de::one_of")]
     format: LogFormat,
     level: String,
 }
@@ -242,6 +295,9 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
+        // Absolute, so that every path an error names (this file's, a secret file's resolved
+        // against it) can be found from wherever the operator reads it.
+        let path = &absolute(path);
         let mut sources = Sources::default();
         let bytes = sources
             .read_config(path)
@@ -281,10 +337,12 @@ impl Config {
             sources.digest.update(key.as_bytes());
             sources.digest.update(value.as_bytes());
         }
-        let tree = source::load(text, file, &env)?;
-        let file_config: FileConfig = de::from_node(&tree)?;
-        sources.warnings.extend(inline_secrets(&tree));
-        validate(file_config, base_dir, sources).map_err(|e| e.located_in(&tree))
+        let mut origins = source::Origins::default();
+        let file = source::TomlFile::parse(text, file, &mut origins)?;
+        let environment = source::Environment::read(&env, &mut origins)?;
+        let (file_config, values): (FileConfig, _) = de::layer(file, environment, &origins)?;
+        sources.warnings.extend(inline_secrets(&values, &origins));
+        validate(file_config, base_dir, sources).map_err(|e| e.located_in(&origins))
     }
 
     pub fn profile(&self, name: &str) -> Option<&Arc<ProfileConfig>> {
@@ -348,19 +406,21 @@ fn validate(
 }
 
 /// Secrets written in the file or passed in the environment rather than named by a `*_file` key.
-fn inline_secrets(tree: &source::Node) -> Vec<ConfigWarning> {
-    let Some(source::Value::Table(profiles)) = tree.get("profiles").map(|node| &node.value) else {
+fn inline_secrets(values: &config::Value, origins: &source::Origins) -> Vec<ConfigWarning> {
+    let Some(config::ValueKind::Table(profiles)) = de::kind_at("profiles", values) else {
         return Vec::new();
     };
     profiles
         .iter()
         .flat_map(|(name, profile)| {
             de::PROFILE_SECRETS.iter().filter_map(move |secret| {
-                let node = profile.get(secret)?;
-                Some(ConfigWarning::InlineSecret {
-                    key: format!("profiles.{name}.{secret}"),
-                    at: node.origin.clone(),
-                })
+                let config::ValueKind::Table(keys) = &profile.kind else {
+                    return None;
+                };
+                keys.get(*secret)?;
+                let key = format!("profiles.{name}.{secret}");
+                let at = origins.get(&key)?.clone();
+                Some(ConfigWarning::InlineSecret { key, at })
             })
         })
         .collect()
@@ -382,6 +442,19 @@ fn read_pem_roots(key: &str, path: &Path, sources: &mut Sources) -> Result<Vec<u
         ));
     }
     Ok(pem)
+}
+
+/// `path` from the root, its directory resolved as the system resolves it (`..`, symlinks) and its
+/// file name kept (it may be a Kubernetes `..data` symlink that a reload must see swapped).
+fn absolute(path: &Path) -> PathBuf {
+    let directory = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(directory), path.file_name()) {
+        (Ok(directory), Some(name)) => directory.join(name),
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_owned()),
+    }
 }
 
 fn resolve(base_dir: Option<&Path>, path: &Path) -> PathBuf {

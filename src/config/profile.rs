@@ -233,19 +233,28 @@ fn read_secret(
         )),
         (Some(value), None) => Ok(Some(SecretString::from(value))),
         (None, Some(path)) => {
+            let file_key = format!("{key_prefix}.{name}_file");
+            if path.as_os_str().is_empty() {
+                return Err(invalid(
+                    file_key,
+                    format!("is empty; name the file that holds the {name}"),
+                ));
+            }
             let path = resolve(base_dir, &path);
             let bytes = sources
                 .read_secret(&path)
-                .map_err(|source| ConfigError::SecretFile {
-                    key: format!("{key_prefix}.{name}_file"),
-                    path: path.clone(),
-                    source,
-                })?;
+                .map_err(|source| ConfigError::secret_file(&file_key, &path, source))?;
             let text = String::from_utf8(bytes)
-                .map_err(|_| invalid(format!("{key_prefix}.{name}_file"), "is not UTF-8"))?;
+                .map_err(|_| invalid(&file_key, format!("{} is not UTF-8", path.display())))?;
             // Secret volumes and `echo` leave a trailing newline; it is never part of the secret.
             let value = text.strip_suffix('\n').unwrap_or(&text);
             let value = value.strip_suffix('\r').unwrap_or(value);
+            if value.is_empty() {
+                return Err(invalid(
+                    file_key,
+                    format!("{} is empty; write the {name} into it", path.display()),
+                ));
+            }
             Ok(Some(SecretString::from(value.to_owned())))
         }
         (None, None) => Ok(None),
@@ -267,6 +276,13 @@ pub(super) fn validate(
         return Err(invalid(
             &key,
             "a profile name may hold only letters, digits, '-' and '_'",
+        ));
+    }
+    // Logs and metrics say `profile=none` for a request refused before a profile was chosen.
+    if name == "none" {
+        return Err(invalid(
+            &key,
+            "the name `none` is reserved: logs and metrics use it for requests that no profile served",
         ));
     }
     let password = read_secret(

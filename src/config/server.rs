@@ -253,11 +253,7 @@ fn read_tls_files(
     let key = resolve(base_dir, key);
     let key_pem = sources
         .read_secret(&key)
-        .map_err(|source| ConfigError::SecretFile {
-            key: "server.tls_key_file".into(),
-            path: key,
-            source,
-        })?;
+        .map_err(|source| ConfigError::secret_file("server.tls_key_file", &key, source))?;
     // The PEM reader's errors may quote a line of the file: say only that the key is unusable.
     if !crate::tls::has_private_key(&key_pem) {
         return Err(invalid(

@@ -1,12 +1,15 @@
-//! The configuration as written: the TOML file with the `CMA_AUTH_PROXY_*` environment laid over
-//! it, as one tree in which every value remembers where it was written (a line of the file, or an
-//! environment variable), so that errors and warnings can send the operator there.
+//! The configuration as written, as two `config::Source`s that the `config` crate layers (the
+//! environment over the file): the TOML file, parsed with positions, and the `CMA_AUTH_PROXY_*`
+//! environment. Every value carries where it was written (a line and column of the file, or an
+//! environment variable) as its `config` origin, and [`Origins`] keeps the same for every key,
+//! tables included (`config` keeps no origin for a table), so that errors and warnings can send the
+//! operator there.
 //!
 //! Nothing built here quotes configuration text. The TOML parser's own error display shows the
 //! offending line, which may be `password = "…` with the secret in it; a syntax error is therefore
 //! rebuilt from its position and the parser's description of the problem (fixed phrases such as
-//! "missing closing quote"), never from the source.
-use std::collections::BTreeMap;
+//! "missing closing quote"), never from the source. `Debug` of a source shows no value.
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,171 +47,223 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A value of the configuration and where it was written. No `Debug`: it holds secrets as written.
-pub(super) struct Node {
-    pub value: Value,
-    pub origin: Origin,
+/// Where each key of the configuration was written, by its path as `config` names it in errors
+/// (`profiles.default.stacks[0]`). The environment's entries replace the file's, as its values do.
+#[derive(Debug, Default)]
+pub(super) struct Origins {
+    keys: BTreeMap<String, Origin>,
+    /// The keys that are tables in the file: a variable that sets a key inside one leaves it a
+    /// table of the file, while one that sets a key inside a file's scalar makes it a table of its
+    /// own.
+    tables: BTreeSet<String>,
 }
 
-pub(super) enum Value {
-    String(String),
-    Integer(i64),
-    Float(f64),
-    Boolean(bool),
-    /// TOML's date-times, kept as text; no key takes one, so they only ever meet a type error.
-    Datetime,
-    Array(Vec<Node>),
-    Table(BTreeMap<String, Node>),
-}
+impl Origins {
+    pub fn get(&self, key: &str) -> Option<&Origin> {
+        self.keys.get(key)
+    }
 
-impl Value {
-    /// What kind of value this is, for messages that must not show the value itself.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Value::String(_) => "a string",
-            Value::Integer(_) => "an integer",
-            Value::Float(_) => "a float",
-            Value::Boolean(_) => "a boolean",
-            Value::Datetime => "a date-time",
-            Value::Array(_) => "an array",
-            Value::Table(_) => "a table",
-        }
+    fn set(&mut self, key: String, origin: Origin) {
+        self.keys.insert(key, origin);
     }
 }
 
-impl Node {
-    /// The node at a dotted key path (`profiles.default.password`), if the configuration has one.
-    pub fn get(&self, key: &str) -> Option<&Node> {
-        key.split('.')
-            .try_fold(self, |node, segment| match &node.value {
-                Value::Table(entries) => entries.get(segment),
-                _ => None,
-            })
+/// The configuration file, converted with the position of every value: a `config::Source`.
+#[derive(Clone)]
+pub(super) struct TomlFile(config::Map<String, config::Value>);
+
+impl fmt::Debug for TomlFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TomlFile { .. }")
     }
 }
 
-/// Parses the file text and lays the environment over it. `env` holds only the variables that
-/// start with [`ENV_PREFIX`]`_`.
-pub(super) fn load(
-    text: &str,
-    file: Option<&Path>,
-    env: &BTreeMap<String, String>,
-) -> Result<Node, ConfigError> {
-    let positions = Positions::new(text, file);
-    let document = DeTable::parse(text).map_err(|e| ConfigError::Syntax {
-        at: positions.origin(e.span().map_or(text.len(), |s| s.start)),
-        problem: e.message().to_owned(),
-    })?;
-    let mut root = Node {
-        value: Value::Table(BTreeMap::new()),
-        origin: positions.origin(0),
-    };
-    if let Value::Table(entries) = &mut root.value {
+impl config::Source for TomlFile {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+impl TomlFile {
+    /// Parses `text`, recording in `origins` where each key was written.
+    pub fn parse(
+        text: &str,
+        file: Option<&Path>,
+        origins: &mut Origins,
+    ) -> Result<TomlFile, ConfigError> {
+        let positions = Positions::new(text, file);
+        let document = DeTable::parse(text).map_err(|e| ConfigError::Syntax {
+            at: positions.origin(e.span().map_or(text.len(), |s| s.start)),
+            problem: e.message().to_owned(),
+        })?;
+        let mut table = config::Map::new();
         for (key, value) in document.get_ref() {
-            let node = convert(value, &positions)?;
-            entries.insert(key.get_ref().to_string(), node);
+            let key = key.get_ref().to_string();
+            let value = convert(value, &key, &positions, origins)?;
+            table.insert(key, value);
         }
+        Ok(TomlFile(table))
     }
-    for (var, value) in env {
-        apply_env(&mut root, var, value)?;
-    }
-    Ok(root)
 }
 
-fn convert(value: &toml::Spanned<DeValue<'_>>, positions: &Positions) -> Result<Node, ConfigError> {
+fn convert(
+    value: &toml::Spanned<DeValue<'_>>,
+    key: &str,
+    positions: &Positions,
+    origins: &mut Origins,
+) -> Result<config::Value, ConfigError> {
     let origin = positions.origin(value.span().start);
-    let value = match value.get_ref() {
-        DeValue::String(s) => Value::String(s.to_string()),
+    let kind = match value.get_ref() {
+        DeValue::String(s) => config::ValueKind::String(s.to_string()),
         DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
-            Ok(i) => Value::Integer(i),
-            Err(_) => {
-                return Err(ConfigError::Syntax {
-                    at: origin,
-                    problem: "integer out of range".into(),
-                });
-            }
+            Ok(i) => config::ValueKind::I64(i),
+            Err(_) => return Err(syntax(origin, "integer out of range")),
         },
         DeValue::Float(f) => match f.as_str().parse() {
-            Ok(f) => Value::Float(f),
-            Err(_) => {
-                return Err(ConfigError::Syntax {
-                    at: origin,
-                    problem: "invalid float".into(),
-                });
-            }
+            Ok(f) => config::ValueKind::Float(f),
+            Err(_) => return Err(syntax(origin, "invalid float")),
         },
-        DeValue::Boolean(b) => Value::Boolean(*b),
-        DeValue::Datetime(_) => Value::Datetime,
-        DeValue::Array(items) => Value::Array(
+        DeValue::Boolean(b) => config::ValueKind::Boolean(*b),
+        // No key takes one, and `config` has no such kind: say so here, where the position is.
+        DeValue::Datetime(_) => {
+            return Err(ConfigError::Invalid {
+                key: key.to_owned(),
+                problem: "is a date-time, which no key takes".into(),
+                at: Some(origin),
+            });
+        }
+        DeValue::Array(items) => config::ValueKind::Array(
             items
                 .iter()
-                .map(|item| convert(item, positions))
+                .enumerate()
+                .map(|(i, item)| convert(item, &format!("{key}[{i}]"), positions, origins))
                 .collect::<Result<_, _>>()?,
         ),
-        DeValue::Table(table) => Value::Table(
+        DeValue::Table(table) => config::ValueKind::Table(
             table
                 .iter()
-                .map(|(k, v)| Ok((k.get_ref().to_string(), convert(v, positions)?)))
+                .map(|(k, v)| {
+                    let name = k.get_ref().to_string();
+                    let child = convert(v, &format!("{key}.{name}"), positions, origins)?;
+                    Ok((name, child))
+                })
                 .collect::<Result<_, ConfigError>>()?,
         ),
     };
-    Ok(Node { value, origin })
+    if matches!(kind, config::ValueKind::Table(_)) {
+        origins.tables.insert(key.to_owned());
+    }
+    let value = config::Value::new(Some(&origin.to_string()), kind);
+    origins.set(key.to_owned(), origin);
+    Ok(value)
 }
 
-/// `CMA_AUTH_PROXY_PROFILES__DEFAULT__EMAIL=x` sets `profiles.default.email = "x"`. Environment
-/// values are strings; where a key wants a number or a boolean, the deserializer reads the string
-/// as one.
-fn apply_env(root: &mut Node, var: &str, value: &str) -> Result<(), ConfigError> {
-    let origin = Origin::Env { var: var.into() };
+fn syntax(at: Origin, problem: &str) -> ConfigError {
+    ConfigError::Syntax {
+        at,
+        problem: problem.into(),
+    }
+}
+
+/// The `CMA_AUTH_PROXY_*` variables as a `config::Source`: `CMA_AUTH_PROXY_PROFILES__DEFAULT__EMAIL=x`
+/// sets `profiles.default.email = "x"`. Values are strings; `config` reads one as a number or a
+/// boolean where a key wants one.
+#[derive(Clone)]
+pub(super) struct Environment(config::Map<String, config::Value>);
+
+impl fmt::Debug for Environment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Environment { .. }")
+    }
+}
+
+impl config::Source for Environment {
+    fn clone_into_box(&self) -> Box<dyn config::Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, config::Value>, config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+impl Environment {
+    /// `env` holds only the variables that start with [`ENV_PREFIX`]`_`.
+    pub fn read(
+        env: &BTreeMap<String, String>,
+        origins: &mut Origins,
+    ) -> Result<Environment, ConfigError> {
+        let mut root: config::Map<String, config::Value> = config::Map::new();
+        for (var, value) in env {
+            let origin = Origin::Env { var: var.clone() };
+            let path = key_path(var)?;
+            let (leaf, parents) = path.split_last().expect("a key path has a segment");
+            let mut table = &mut root;
+            let mut key = String::new();
+            for segment in parents {
+                key = child_key(&key, segment);
+                // A table the file already has keeps its position; one the environment makes
+                // points at the variable.
+                if !origins.tables.contains(&key) {
+                    origins.set(key.clone(), origin.clone());
+                }
+                let entry: &mut config::Value = table
+                    .entry(segment.clone())
+                    .or_insert_with(|| config::Map::<String, config::Value>::new().into());
+                if !matches!(entry.kind, config::ValueKind::Table(_)) {
+                    *entry = config::Map::<String, config::Value>::new().into();
+                }
+                let config::ValueKind::Table(inner) = &mut entry.kind else {
+                    unreachable!("made a table just above")
+                };
+                table = inner;
+            }
+            let text = origin.to_string();
+            table.insert(
+                leaf.clone(),
+                config::Value::new(Some(&text), value.as_str()),
+            );
+            origins.set(child_key(&key, leaf), origin);
+        }
+        Ok(Environment(root))
+    }
+}
+
+/// The key path a variable names, lower-cased: `CMA_AUTH_PROXY_SERVER__MAX_BODY` → `server`,
+/// `max_body`.
+fn key_path(var: &str) -> Result<Vec<String>, ConfigError> {
     let path: Vec<String> = var[ENV_PREFIX.len() + 1..]
         .split("__")
         .map(str::to_ascii_lowercase)
         .collect();
-    if path.iter().any(String::is_empty) {
-        return Err(ConfigError::Invalid {
-            key: var.into(),
-            problem: format!(
-                "names no configuration key: use {ENV_PREFIX}_ and the key path joined by `__`, \
-                 e.g. {ENV_PREFIX}_UPSTREAM__REGION"
-            ),
-            at: None,
-        });
-    }
-    let (leaf, parents) = path.split_last().expect("split yields a segment");
-    let mut node = root;
-    for (depth, segment) in parents.iter().enumerate() {
-        node = table_for_env(node, &path[..depth], &origin)?
-            .entry(segment.clone())
-            .or_insert_with(|| Node {
-                value: Value::Table(BTreeMap::new()),
-                origin: origin.clone(),
-            });
-    }
-    let value = Node {
-        value: Value::String(value.into()),
-        origin: origin.clone(),
+    let is_key = |segment: &String| {
+        !segment.is_empty()
+            && segment
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
     };
-    table_for_env(node, parents, &origin)?.insert(leaf.clone(), value);
-    Ok(())
+    if path.iter().all(is_key) {
+        return Ok(path);
+    }
+    Err(ConfigError::Invalid {
+        key: var.into(),
+        problem: format!(
+            "names no configuration key: use {ENV_PREFIX}_ and the key path joined by `__`, \
+             e.g. {ENV_PREFIX}_UPSTREAM__REGION"
+        ),
+        at: None,
+    })
 }
 
-/// The table an environment variable sets a key in; an error when the file made it something else.
-fn table_for_env<'n>(
-    node: &'n mut Node,
-    key: &[String],
-    env: &Origin,
-) -> Result<&'n mut BTreeMap<String, Node>, ConfigError> {
-    match &mut node.value {
-        Value::Table(entries) => Ok(entries),
-        other => Err(ConfigError::Invalid {
-            key: key.join("."),
-            problem: format!(
-                "is {} ({}), so no environment variable can set a key inside it",
-                other.kind(),
-                node.origin
-            ),
-            at: Some(env.clone()),
-        }),
+pub(super) fn child_key(parent: &str, name: &str) -> String {
+    if parent.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{parent}.{name}")
     }
 }
 

@@ -298,8 +298,16 @@ fn redis_ca_file_needs_rediss_and_a_pem_certificate() {
 
 #[test]
 fn unknown_region_and_token_store_are_errors() {
-    assert!(error_of(&format!("[upstream]\nregion = \"mars\"\n{MINIMAL}")).contains("mars"));
-    assert!(error_of(&format!("[token_store]\nkind = \"disk\"\n{MINIMAL}")).contains("disk"));
+    let e = error_of(&format!("[upstream]\nregion = \"mars\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("`upstream.region` (line 2, column 10): expected one of \"na\", \"eu\", \"au\", \"azure-na\", \"azure-eu\", \"gcp-na\", \"gcp-eu\", found a string"),
+        "{e}"
+    );
+    let e = error_of(&format!("[token_store]\nkind = \"disk\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("`token_store.kind` (line 2, column 8): expected \"memory\" or \"redis\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -360,36 +368,70 @@ fn syntax_errors_say_where_and_what_was_expected_never_the_text() {
 #[test]
 fn type_errors_on_secret_keys_name_key_and_line_but_never_the_value() {
     let profile = "[profiles.default]\nemail = \"a@b.c\"\n";
-    for (key, line) in [
-        ("password", "password = 44711234"),
-        ("password", "password = true"),
-        ("password", "password = [\"Sekr1t-4471\", 4471]"),
-        ("password", "password = { inner = \"Sekr1t-4471\" }"),
-        ("password", "password.inner = \"Sekr1t-4471\""),
-        ("totp_secret", "totp_secret = 4471.5\npassword = \"x\""),
+    for (key, line, found) in [
+        ("password", "password = [\"Sekr1t-4471\", 4471]", "an array"),
         (
-            "management_token",
-            "management_token = 4471-05-27T07:32:00Z",
+            "password",
+            "password = { inner = \"Sekr1t-4471\" }",
+            "a table",
+        ),
+        ("password", "password.inner = \"Sekr1t-4471\"", "a table"),
+        (
+            "totp_secret",
+            "totp_secret = [4471.5]\npassword = \"x\"",
+            "an array",
         ),
     ] {
         let e = Config::from_toml(&format!("{profile}{line}\n"), no_env(), None).unwrap_err();
         let shown = assert_no_secret(&e, &[]);
         assert!(
             shown.starts_with(&format!("`profiles.default.{key}` (line 3, column "))
-                && shown.contains("): expected a string, found a"),
+                && shown.ends_with(&format!("): expected a string, found {found}")),
             "{line}: {shown}"
         );
     }
+    // No key takes a date-time; said without the value.
     let e = Config::from_toml(
-        &format!("[token_store]\nkind = \"redis\"\nurl = 44711234\n{MINIMAL}"),
+        &format!("{profile}management_token = 4471-05-27T07:32:00Z\n"),
+        no_env(),
+        None,
+    )
+    .unwrap_err();
+    let shown = assert_no_secret(&e, &[]);
+    assert_eq!(
+        shown,
+        "`profiles.default.management_token` (line 3, column 20): is a date-time, which no key takes"
+    );
+    let e = Config::from_toml(
+        &format!("[token_store]\nkind = \"redis\"\nurl = [44711234]\n{MINIMAL}"),
         no_env(),
         None,
     )
     .unwrap_err();
     let shown = assert_no_secret(&e, &[]);
     assert!(
-        shown.starts_with("`token_store.url` (line 3, column 7)"),
+        shown
+            .starts_with("`token_store.url` (line 3, column 7): expected a string, found an array"),
         "{shown}"
+    );
+}
+
+/// `config` reads a number or a boolean where a key wants a string, so a secret written without
+/// quotes is that text (and warned about as any inline secret), not an error that could show it.
+#[test]
+fn a_secret_written_as_a_number_is_its_text() {
+    let c = Config::from_toml(
+        "[profiles.default]\nemail = \"a@b.c\"\npassword = 44711234\n",
+        no_env(),
+        None,
+    )
+    .unwrap();
+    let login = c.profiles[0].login().unwrap();
+    assert_eq!(login.password.expose_secret(), "44711234");
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| matches!(w, ConfigWarning::InlineSecret { key, .. } if key == "profiles.default.password"))
     );
 }
 
@@ -405,23 +447,31 @@ fn environment_errors_name_the_variable_and_never_the_value() {
     for (var, needle) in [
         (
             "CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS",
-            "`server.max_connections` (environment variable CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS): expected a whole number (0 or more), found a string",
+            "environment variable CMA_AUTH_PROXY_SERVER__MAX_CONNECTIONS (`server.max_connections`): expected an integer, found a string",
         ),
         (
             "CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER",
-            "`profiles.default.password` (environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER): is a string (line 4, column 20), so no environment variable can set a key inside it",
+            "environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT__PASSWORD__INNER (`profiles.default.password`): expected a string, found a table",
         ),
         (
             "CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER",
-            "`profiles.other.password` (environment variable CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER): expected a string, found a table",
+            "environment variable CMA_AUTH_PROXY_PROFILES__OTHER__PASSWORD__INNER (`profiles.other.password`): expected a string, found a table",
         ),
         (
             "CMA_AUTH_PROXY_PROFILES__DEFAULT",
-            "`profiles.default` (environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT): expected a table, found a string",
+            "environment variable CMA_AUTH_PROXY_PROFILES__DEFAULT (`profiles.default`): expected a table, found a string",
         ),
         (
             "CMA_AUTH_PROXY_SERVER____LISTEN",
             "`CMA_AUTH_PROXY_SERVER____LISTEN`: names no configuration key",
+        ),
+        (
+            "CMA_AUTH_PROXY_SERVER__LISTNE",
+            "environment variable CMA_AUTH_PROXY_SERVER__LISTNE (`server.listne`): unknown key; the keys here are `listen`, `admin_listen`,",
+        ),
+        (
+            "CMA_AUTH_PROXY_SERVR__LISTEN",
+            "environment variable CMA_AUTH_PROXY_SERVR__LISTEN (`servr`): unknown key; the keys here are `server`, `upstream`,",
         ),
     ] {
         let e = Config::from_toml(MINIMAL, env(&[(var, MARKER)]), None).unwrap_err();
@@ -455,12 +505,14 @@ fn environment_strings_are_read_as_numbers_and_booleans_where_a_key_wants_one() 
     let rate_limit = p.rate_limit.as_ref().unwrap();
     assert_eq!(rate_limit.reads_per_second, Some(2.5));
     assert_eq!(rate_limit.burst, 3);
-    // The file is typed: a number in quotes is a string.
-    let e = error_of(&format!("[server]\nmax_connections = \"10\"\n{MINIMAL}"));
-    assert!(
-        e.starts_with("`server.max_connections` (line 2, column 19): expected a whole number"),
-        "{e}"
-    );
+    // `config` reads the file's values the same way: a number in quotes is a number.
+    let c = Config::from_toml(
+        &format!("[server]\nmax_connections = \"10\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.limits.max_connections, 10);
 }
 
 #[test]
@@ -479,17 +531,17 @@ fn validation_errors_say_where_the_key_was_written() {
     .to_string();
     assert!(
         e.starts_with(
-            "`upstream.region` (environment variable CMA_AUTH_PROXY_UPSTREAM__REGION): \"mars\""
+            "environment variable CMA_AUTH_PROXY_UPSTREAM__REGION (`upstream.region`): expected one of \"na\""
         ),
         "{e}"
     );
     let dir = tempdir();
     let path = dir.join("config.toml");
-    std::fs::write(&path, format!("{MINIMAL}\n[server]\nlisten = 8080\n")).unwrap();
+    std::fs::write(&path, format!("{MINIMAL}\n[server]\nlisten = [8080]\n")).unwrap();
     let e = Config::load(&path, no_env()).unwrap_err().to_string();
     assert!(
         e.starts_with(&format!(
-            "`server.listen` (line 7, column 10 of {}): expected a string, found an integer",
+            "`server.listen` (line 7, column 10 of {}): expected a string, found an array",
             path.display()
         )),
         "{e}"
@@ -710,4 +762,77 @@ fn session_endpoint_is_emulated_unless_denied() {
     ));
     assert!(e.contains("`policy.session_endpoint`"), "{e}");
     assert!(e.contains("line 2"), "{e}");
+}
+
+/// What a first-time operator gets wrong, each answered with the key as written, what to write
+/// instead, and the path the proxy actually looked at.
+#[test]
+fn errors_name_what_to_fix() {
+    let e = error_of(&format!("[server]\nshutdown_grace = 30\n{MINIMAL}"));
+    assert_eq!(
+        e,
+        "`server.shutdown_grace` (line 2, column 18): expected a duration such as \"30s\", \"5m\" or \"1h\", found an integer; write \"30s\" for 30 seconds"
+    );
+    for size in ["\"\"", "\"lots\"", "1.5", "\"-1\""] {
+        let e = error_of(&format!("[server]\nmax_body = {size}\n{MINIMAL}"));
+        assert!(
+            e.starts_with("`server.max_body` (line 2, column 12): expected a size such as \"64KiB\" or \"1MiB\" (or a whole number of bytes), found a"),
+            "{size}: {e}"
+        );
+        assert!(!e.contains("parse") && !e.contains("float from"), "{e}");
+    }
+
+    // Relative paths are relative to the configuration file, and shown resolved.
+    let dir = tempdir();
+    let path = dir.join("config.toml");
+    let profile = "[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"password\"\n";
+    std::fs::write(&path, profile).unwrap();
+    let secret = dir.join("password");
+    let e = Config::load(&path, no_env()).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "`profiles.default.password_file` (line 3, column 17 of {}): cannot read secret file {}: ",
+            path.display(),
+            secret.display()
+        )) && e.ends_with(&format!(
+            "create it holding the secret alone, readable by the proxy's user only: `install -m 600 /dev/null {0}`, then write the secret into {0}",
+            secret.display()
+        )),
+        "{e}"
+    );
+    // A relative --config too: the file's own path is shown absolute.
+    let cwd = std::env::current_dir().unwrap();
+    let relative = pathdiff(&path, &cwd);
+    let e = Config::load(&relative, no_env()).unwrap_err().to_string();
+    assert!(e.contains(&format!("of {}", path.display())), "{e}");
+
+    // An empty secret file is reported under the key that names it.
+    std::fs::write(&secret, "\n").unwrap();
+    let e = Config::load(&path, no_env()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "`profiles.default.password_file` (line 3, column 17 of {}): {} is empty; write the password into it",
+            path.display(),
+            secret.display()
+        )
+    );
+    let e = error_of("[profiles.default]\nemail = \"a@b.c\"\npassword_file = \"\"\n");
+    assert_eq!(
+        e,
+        "`profiles.default.password_file` (line 3, column 17): is empty; name the file that holds the password"
+    );
+}
+
+/// `path` relative to `base` through `..` segments (both absolute).
+fn pathdiff(path: &Path, base: &Path) -> PathBuf {
+    let mut ups = PathBuf::new();
+    let mut base = base.to_path_buf();
+    loop {
+        if let Ok(rest) = path.strip_prefix(&base) {
+            return ups.join(rest);
+        }
+        ups.push("..");
+        assert!(base.pop(), "no common prefix");
+    }
 }

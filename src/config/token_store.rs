@@ -1,137 +1,54 @@
 //! `[token_store]`: where tokens live. `kind = "memory"` keeps each process's own; `kind = "redis"`
 //! shares one session per account across a fleet, sealed with a key every replica holds.
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use super::files::Sources;
 use super::{ConfigError, invalid, read_pem_roots, resolve};
 
-/// The `[token_store]` table: `kind`, and the keys of that kind. The configuration tree hands a
-/// table's `kind` first, so the keys are read as that kind's own: a key of another kind is refused
-/// where it was written, as an unknown key would be.
-#[derive(Debug, Default)]
-pub(super) enum FileTokenStore {
-    #[default]
-    Memory,
-    Redis(FileRedisStore),
-}
-
-/// The keys of `kind = "redis"`, with their defaults.
-#[derive(Debug, Deserialize)]
+/// The `[token_store]` table as written: `kind`, and the keys of `kind = "redis"` (memory takes
+/// none), each `None` when not written, so that a key of the other kind is refused where it was
+/// written.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(super) struct FileRedisStore {
+pub(super) struct FileTokenStore {
+    #[serde(deserialize_with = "super::de::one_of")]
+    kind: Kind,
     url: Option<String>,
-    key_prefix: String,
+    key_prefix: Option<String>,
     encryption_key_file: Option<PathBuf>,
-    allow_plaintext: bool,
+    allow_plaintext: Option<bool>,
     #[serde(with = "humantime_serde")]
-    timeout: Duration,
+    timeout: Option<Duration>,
     #[serde(with = "humantime_serde")]
-    lock_ttl: Duration,
+    lock_ttl: Option<Duration>,
     ca_file: Option<PathBuf>,
 }
 
-impl Default for FileRedisStore {
-    fn default() -> Self {
-        Self {
-            url: None,
-            key_prefix: "cma-auth-proxy:".into(),
-            encryption_key_file: None,
-            allow_plaintext: false,
-            timeout: Duration::from_millis(250),
-            lock_ttl: Duration::from_secs(35),
-            ca_file: None,
-        }
-    }
-}
-
-#[derive(Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Kind {
+    #[default]
     Memory,
     Redis,
 }
 
-/// The keys of `[token_store]`: `kind`, then those of `kind = "redis"` (memory takes none).
-const KEYS: &[&str] = &[
-    "kind",
-    "url",
-    "key_prefix",
-    "encryption_key_file",
-    "allow_plaintext",
-    "timeout",
-    "lock_ttl",
-    "ca_file",
-];
-
-/// A key of the table other than `kind` while the kind is memory: refused, at the key. Never
-/// made, so nothing is ever matched on it.
-enum NotForMemory {}
-
-impl<'de> Deserialize<'de> for NotForMemory {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <&str>::deserialize(deserializer)?;
-        Err(not_for_memory(name))
-    }
-}
-
-fn not_for_memory<E: de::Error>(name: &str) -> E {
-    if KEYS.contains(&name) {
-        E::custom("applies only to kind = \"redis\"")
-    } else {
-        E::unknown_field(name, KEYS)
-    }
-}
-
-impl<'de> Deserialize<'de> for FileTokenStore {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_map(TokenStoreVisitor)
-    }
-}
-
-struct TokenStoreVisitor;
-
-impl<'de> Visitor<'de> for TokenStoreVisitor {
-    type Value = FileTokenStore;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a table")
-    }
-
-    fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<FileTokenStore, M::Error> {
-        // Without `kind` the store is memory, which takes no other key.
-        let kind = if map.next_key::<KindKey>()?.is_some() {
-            map.next_value::<Kind>()?
-        } else {
-            Kind::Memory
-        };
-        match kind {
-            Kind::Memory => match map.next_key::<NotForMemory>()? {
-                None => Ok(FileTokenStore::Memory),
-                Some(never) => match never {},
-            },
-            Kind::Redis => FileRedisStore::deserialize(de::value::MapAccessDeserializer::new(map))
-                .map(FileTokenStore::Redis),
-        }
-    }
-}
-
-/// The `kind` key, the first of the table if it is there at all; any other first key is one that
-/// memory (the default kind) does not take.
-struct KindKey;
-
-impl<'de> Deserialize<'de> for KindKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <&str>::deserialize(deserializer)?;
-        if name == "kind" {
-            Ok(KindKey)
-        } else {
-            Err(not_for_memory(name))
-        }
+impl FileTokenStore {
+    /// The redis keys written, by name.
+    fn redis_keys(&self) -> impl Iterator<Item = &'static str> {
+        [
+            ("url", self.url.is_some()),
+            ("key_prefix", self.key_prefix.is_some()),
+            ("encryption_key_file", self.encryption_key_file.is_some()),
+            ("allow_plaintext", self.allow_plaintext.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("lock_ttl", self.lock_ttl.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, written)| written.then_some(name))
     }
 }
 
@@ -186,10 +103,15 @@ pub(super) fn validate(
     base_dir: Option<&Path>,
     sources: &mut Sources,
 ) -> Result<TokenStoreConfig, ConfigError> {
-    let store = match store {
-        FileTokenStore::Memory => return Ok(TokenStoreConfig::Memory),
-        FileTokenStore::Redis(store) => store,
-    };
+    if let Kind::Memory = store.kind {
+        return match store.redis_keys().next() {
+            None => Ok(TokenStoreConfig::Memory),
+            Some(name) => Err(invalid(
+                format!("token_store.{name}"),
+                "applies only to kind = \"redis\"",
+            )),
+        };
+    }
     let url = store
         .url
         .filter(|u| u.starts_with("redis://") || u.starts_with("rediss://"))
@@ -205,13 +127,9 @@ pub(super) fn validate(
         .encryption_key_file
         .map(|path| {
             let path = resolve(base_dir, &path);
-            let bytes = sources
-                .read_secret(&path)
-                .map_err(|source| ConfigError::SecretFile {
-                    key: "token_store.encryption_key_file".into(),
-                    path: path.clone(),
-                    source,
-                })?;
+            let bytes = sources.read_secret(&path).map_err(|source| {
+                ConfigError::secret_file("token_store.encryption_key_file", &path, source)
+            })?;
             parse_key(&bytes).ok_or_else(|| {
                 invalid(
                     "token_store.encryption_key_file",
@@ -223,7 +141,7 @@ pub(super) fn validate(
     // Whoever can write to Redis could otherwise plant the token every replica uses and
     // the failure records that stop them logging in: sealing is the default, and going
     // without takes an explicit, logged opt-out.
-    match (&encryption_key, store.allow_plaintext) {
+    match (&encryption_key, store.allow_plaintext.unwrap_or(false)) {
         (None, false) => {
             return Err(invalid(
                 "token_store.encryption_key_file",
@@ -254,7 +172,8 @@ pub(super) fn validate(
             sources,
         )?),
     };
-    let (timeout, lock_ttl) = (store.timeout, store.lock_ttl);
+    let timeout = store.timeout.unwrap_or(Duration::from_millis(250));
+    let lock_ttl = store.lock_ttl.unwrap_or(Duration::from_secs(35));
     if timeout.is_zero() || lock_ttl.is_zero() {
         return Err(invalid(
             "token_store",
@@ -263,7 +182,9 @@ pub(super) fn validate(
     }
     Ok(TokenStoreConfig::Redis(RedisConfig {
         url,
-        key_prefix: store.key_prefix,
+        key_prefix: store
+            .key_prefix
+            .unwrap_or_else(|| "cma-auth-proxy:".to_owned()),
         timeout,
         lock_ttl,
         encryption_key,

@@ -41,6 +41,7 @@ impl Region {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileUpstream {
+    #[serde(deserialize_with = "super::de::one_of")]
     region: Region,
     url: String,
     ca_file: String,

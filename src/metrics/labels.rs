@@ -140,8 +140,31 @@ label_values! {
     }
 }
 
-/// The profile label of requests refused before a profile was chosen.
-pub(super) static NO_PROFILE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("none"));
+label_values! {
+    /// How a request ended, as an operator slices its latency (`request_duration_seconds{outcome}`).
+    pub enum RequestOutcome {
+        /// Contentstack answered 1xx–3xx.
+        Ok => "ok",
+        /// Contentstack answered 4xx or 5xx.
+        UpstreamError => "upstream_error",
+        /// The proxy answered itself (an error of the table in the README).
+        ProxyError => "proxy_error",
+    }
+}
+
+impl RequestOutcome {
+    pub fn of(status: u16, proxy_answer: bool) -> RequestOutcome {
+        match (proxy_answer, status) {
+            (true, _) => RequestOutcome::ProxyError,
+            (false, 400..) => RequestOutcome::UpstreamError,
+            (false, _) => RequestOutcome::Ok,
+        }
+    }
+}
+
+/// The profile label (and the access log's profile) of requests refused before a profile was
+/// chosen; no profile may take this name.
+pub static NO_PROFILE: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from("none"));
 
 /// A profile name as a label value: an `Arc` clone per request instead of a `String` allocation.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]

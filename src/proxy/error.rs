@@ -17,6 +17,19 @@ use crate::token::{LoginError, LoginFailure};
 /// Header that marks a response as the proxy's own.
 pub const ERROR_HEADER: &str = "x-cma-auth-proxy-error";
 
+/// The reasons of the answers that refuse a request (4xx), which `denied_total{reason}` counts and
+/// shows from the start, at 0 (each arm's test checks its reason against this list).
+pub const DENIED_REASONS: &[&str] = &[
+    "policy_denied",
+    "client_credentials_rejected",
+    "bad_request",
+    "method_not_allowed",
+    "body_too_large",
+    "body_timeout",
+    "rate_limited",
+    "malformed_login",
+];
+
 /// Why a request was malformed, for `bad_request`.
 #[derive(Debug, thiserror::Error)]
 pub enum BadRequest {
@@ -225,6 +238,11 @@ mod tests {
         assert_eq!(body["errors"]["cma_auth_proxy"][0], reason);
         assert!(body["error_code"].as_u64().unwrap() > 900);
         assert!(!body["error_message"].as_str().unwrap().is_empty());
+        assert_eq!(
+            DENIED_REASONS.contains(&reason),
+            response.status().is_client_error(),
+            "{reason} in DENIED_REASONS"
+        );
         response
     }
 

@@ -49,6 +49,9 @@ pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
 /// its response, filled in as the request goes.
 #[derive(Default)]
 pub struct AccessRecord {
+    /// The target as judged (and, if the request goes on, forwarded); `None` when it was refused
+    /// before it could be judged.
+    pub judged: Option<http::uri::PathAndQuery>,
     pub profile: Option<Arc<str>>,
     pub upstream: Option<Duration>,
     pub error: Option<&'static str>,
@@ -97,7 +100,8 @@ impl Proxy {
         clients: UpstreamClients,
         metrics: Arc<Metrics>,
     ) -> Self {
-        metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
+        metrics.denied_reasons(error::DENIED_REASONS);
+        declare_profiles(&metrics, &config);
         Self {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
             flights: coalesce::Flights::default(),
@@ -124,8 +128,7 @@ impl Proxy {
     /// Serves new requests with `config` from now on; requests in flight keep the one they started
     /// with.
     pub fn replace_config(&self, config: Arc<Config>) {
-        self.metrics
-            .emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
+        declare_profiles(&self.metrics, &config);
         self.limiters.store(Arc::new(limiters(
             &config,
             &self.tokens,
@@ -175,7 +178,6 @@ impl Proxy {
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
-        let path = uri.path();
         let mut record = AccessRecord::default();
         let response = match self.forward(req, peer, &mut record).await {
             Ok(response) => response,
@@ -185,6 +187,7 @@ impl Proxy {
                     self.metrics.denied(e.reason());
                 }
                 if e.status().is_server_error() {
+                    let path = logged_path(&record, &uri);
                     tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error_text::error_chain_text(&e));
                 }
                 // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
@@ -207,14 +210,15 @@ impl Proxy {
             response.status().as_u16(),
             elapsed,
             record.upstream,
+            record.error.is_some(),
         );
         tracing::info!(
-            method = %method,
-            path = %path,
+            method = %crate::error_text::escape(method.as_str()),
+            path = %logged_path(&record, &uri),
             status = response.status().as_u16(),
-            profile = record.profile.as_deref().unwrap_or("-"),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
-            upstream_ms = record.upstream.map(|d| d.as_secs_f64() * 1000.0),
+            profile = record.profile.as_deref().unwrap_or(&crate::metrics::NO_PROFILE),
+            duration_ms = millis(elapsed),
+            upstream_ms = record.upstream.map(millis),
             bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
             error = record.error,
             "request"
@@ -235,6 +239,7 @@ impl Proxy {
         self.sessions.placeholder().remove_from(&mut parts);
         let mode = config.policy.client_credentials;
         let target = target::judge(&parts.method, &parts.uri, mode)?;
+        record.judged = Some(target.path_and_query()?);
         admit(&parts, &config)?;
         // Before anything reads a header: what is not forwarded must not decide anything either.
         headers::remove_hop_by_hop(&mut parts.headers);
@@ -497,6 +502,30 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The path of the access log and of error lines: the one judged and forwarded (`//x/v3/…` went
+/// upstream as `/x/v3/…`, and is logged so), or as received when it could not be judged; escaped
+/// either way, since it is what a client sent.
+fn logged_path<'a>(record: &'a AccessRecord, received: &'a Uri) -> std::borrow::Cow<'a, str> {
+    let path = record
+        .judged
+        .as_ref()
+        .map_or(received.path(), |judged| judged.path());
+    crate::error_text::escape(path)
+}
+
+/// Milliseconds to the microsecond: `0.897`, not `0.8971790000000001`.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
+}
+
+/// Every profile's series, at 0, in the metrics (again after a reload: new profiles get theirs).
+fn declare_profiles(metrics: &Metrics, config: &Config) {
+    for p in &config.profiles {
+        metrics.profile(&p.name, p.is_login(), p.rate_limit.is_some());
+    }
+    metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
 }
 
 /// A request ready to go upstream, kept so it can be sent a second time.

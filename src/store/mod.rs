@@ -55,7 +55,8 @@ impl std::fmt::Debug for SharedToken {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("redis: {0}")]
+    /// Escaped: the text may quote what the server sent, newlines included.
+    #[error("redis: {}", crate::error_text::escape_controls(&.0.to_string()))]
     Redis(#[source] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),

@@ -485,6 +485,34 @@ pub async fn proxy_from_file(path: &std::path::Path) -> Proxy {
     Proxy::new(running)
 }
 
+/// For a test whose prerequisite (`missing`, with how to install it) is not there: fails under
+/// `CI` (which installs everything), else says SKIPPED where a person sees it (straight to the
+/// process's stderr, which the test harness does not capture) and lets the test return.
+pub fn skip_unless_ci(test: &str, missing: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {missing}; CI is set, so this test may not be skipped"
+    );
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {test}: {missing} ***\n");
+}
+
+/// Whether `redis-server` can be started; when it cannot, [`skip_unless_ci`].
+pub fn redis_server_or_skip(test: &str) -> bool {
+    let installed = std::process::Command::new("redis-server")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed {
+        skip_unless_ci(
+            test,
+            "redis-server is not installed (Debian: redis-server; .ci/run installs it)",
+        );
+    }
+    installed
+}
+
 /// A `redis-server` of the test's own on a free loopback port (no persistence).
 pub struct RedisServer {
     pub port: u16,
@@ -497,6 +525,17 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> RedisServer {
         Self::start_with(None)
+    }
+
+    /// [`RedisServer::start`], or `None` (the test returns) when `redis-server` is not installed
+    /// and `CI` is not set; see [`skip_unless_ci`].
+    pub fn start_or_skip() -> Option<RedisServer> {
+        redis_server_or_skip("a test of the fleet store").then(Self::start)
+    }
+
+    /// [`RedisServer::start_tls`], or `None` like [`RedisServer::start_or_skip`].
+    pub fn start_tls_or_skip() -> Option<RedisServer> {
+        redis_server_or_skip("a test of the fleet store over TLS").then(Self::start_tls)
     }
 
     /// A server that speaks only TLS, with a certificate for 127.0.0.1 from a fresh private CA.

@@ -348,12 +348,12 @@ impl Sim {
 
     fn user(&self, email: &str) -> Reply {
         let state = self.state();
-        let org = state
-            .accounts
-            .get(email)
-            .map(|a| a.account.org_uid.clone())
-            .unwrap_or_default();
-        Reply::ok(json!({ "user": user_json(email, &org) }))
+        let account = state.accounts.get(email).map(|a| &a.account);
+        let org = account.map(|a| a.org_uid.clone()).unwrap_or_default();
+        let mut user = user_json(email, &org);
+        // As Contentstack says: an account that logs in with a TOTP code has two-factor on.
+        user["tfa_enabled"] = account.is_some_and(|a| a.totp_secret.is_some()).into();
+        Reply::ok(json!({ "user": user }))
     }
 
     /// `GET /v3/organizations/{uid}`, with the plan's features when `include_plan`: only for a
@@ -525,12 +525,14 @@ fn judge_login(
         .then(|| account.sessions.pop_front())
         .flatten();
     let org = account.account.org_uid.clone();
+    let tfa_enabled = account.account.totp_secret.is_some();
     if let Some(old) = evicted {
         state.sessions.remove(&old);
     }
     state.sessions.insert(token.clone(), email.to_owned());
     state.issued.push(token.clone());
     let mut user = user_json(email, &org);
+    user["tfa_enabled"] = tfa_enabled.into();
     user["authtoken"] = token.into();
     (
         Reply::ok(json!({ "notice": "Login Successful.", "user": user })),
