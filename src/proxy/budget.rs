@@ -53,18 +53,20 @@ impl Proxy {
                 continue;
             }
             let fingerprint = token.fingerprint().to_owned();
-            // The plan's two reads count against the organization's budget like any other.
-            for _ in 0..2 {
-                if let Decision::After(wait) =
-                    limiter.acquire_within(RequestKind::Read, PLAN_WAIT).await
-                {
-                    tokio::time::sleep(wait).await;
+            // The plan's reads count against the organization's budget like any other: each
+            // waits for a slot of its own right before it is sent.
+            let pace = || async {
+                match limiter.acquire_within(RequestKind::Read, PLAN_WAIT).await {
+                    Decision::Now => {}
+                    Decision::After(wait) => tokio::time::sleep(wait).await,
+                    // Busier than PLAN_WAIT: wait that long, then go (it is two reads per login).
+                    Decision::Refuse(wait) => tokio::time::sleep(wait.min(PLAN_WAIT)).await,
                 }
-            }
+            };
             let plan = self
                 .tokens
                 .auth()
-                .organization_plan(&token, settings.organization_uid.as_deref())
+                .organization_plan(&token, settings.organization_uid.as_deref(), pace)
                 .await;
             drop(token);
             let plan = match plan {

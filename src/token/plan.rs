@@ -63,15 +63,22 @@ struct Feature {
 
 impl AuthClient {
     /// The plan of `organization_uid`, or of the account's organization when `None`: the only
-    /// one, else the first it owns, else the first.
-    pub async fn organization_plan(
+    /// one, else the first it owns, else the first. `pace` is awaited before each call: the calls
+    /// count against the organization's budget like any other read.
+    pub async fn organization_plan<F, P>(
         &self,
         token: &Token,
         organization_uid: Option<&str>,
-    ) -> Result<OrganizationPlan, CallError> {
+        mut pace: P,
+    ) -> Result<OrganizationPlan, CallError>
+    where
+        P: FnMut() -> F,
+        F: Future<Output = ()>,
+    {
         let uid = match organization_uid {
             Some(uid) => uid.to_owned(),
             None => {
+                pace().await;
                 let user: UserAnswer = self.get_json(token, "/v3/user").await?;
                 let orgs = user.user.organizations;
                 let chosen = orgs.iter().find(|o| o.is_owner).or(orgs.first());
@@ -84,6 +91,7 @@ impl AuthClient {
             return Err(CallError::Unexpected("an organization uid that is not one"));
         }
         let path = format!("/v3/organizations/{uid}?include_plan=true");
+        pace().await;
         let answer: OrganizationAnswer = self.get_json(token, &path).await?;
         let features = answer
             .organization
