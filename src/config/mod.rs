@@ -1,7 +1,7 @@
 //! Configuration: the file/env shapes (`File*`, serde, unknown keys refused) and their validation into
 //! the typed [`Config`] the rest of the program reads, one file per section (`server.rs`,
-//! `upstream.rs`, `profile.rs`, `token_store.rs`; `[policy]` and `[log]` are small enough to live
-//! here). `source.rs` builds the tree as written, `de.rs` reads it into the shapes, `files.rs`
+//! `upstream.rs`, `profile.rs` with its `oauth.rs`, `token_store.rs`; `[policy]` and `[log]` are
+//! small enough to live here). `source.rs` builds the tree as written, `de.rs` reads it into the shapes, `files.rs`
 //! reads the files the configuration names, `warning.rs` says what is valid but unwise.
 //!
 //! Precedence, applied in [`Config::load`]: environment (`CMA_AUTH_PROXY_` + path joined by `__`)
@@ -11,6 +11,7 @@
 //! no error or warning quotes configuration text or a secret's value (see `source` and `de`).
 mod de;
 mod files;
+mod oauth;
 mod profile;
 mod server;
 mod source;
@@ -30,6 +31,7 @@ use sha2::Digest;
 use crate::policy::{ClientCredentials, Policy, PolicyError};
 use files::Sources;
 pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
+pub use oauth::{BootstrapToken, OAuthCredentials};
 pub use profile::{
     Credentials, LoginCredentials, ManagementToken, ProfileConfig, RateLimitConfig, TotpSecret,
 };
@@ -302,17 +304,24 @@ fn validate(
              (or `management_token_file`)",
         ));
     }
+    // Before the profiles: an OAuth profile keeps its refresh token where the store says.
+    let token_store = token_store::validate(file.token_store, base_dir, &mut sources)?;
+    let oauth_context = oauth::Context {
+        upstream: &upstream,
+        token_store: &token_store,
+    };
     let profiles = file
         .profiles
         .into_iter()
-        .map(|(name, p)| profile::validate(name, p, base_dir, &mut sources).map(Arc::new))
+        .map(|(name, p)| {
+            profile::validate(name, p, &oauth_context, base_dir, &mut sources).map(Arc::new)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let policy = Policy::new(
         &file.policy.allow,
         &file.policy.deny,
         file.policy.client_credentials,
     )?;
-    let token_store = token_store::validate(file.token_store, base_dir, &mut sources)?;
     let log = LogConfig {
         format: file.log.format,
         level: file.log.level,

@@ -1,5 +1,6 @@
-//! `[token_store]`: where tokens live. `kind = "memory"` keeps each process's own; `kind = "redis"`
-//! shares one session per account across a fleet, sealed with a key every replica holds.
+//! `[token_store]`: where tokens live. `kind = "memory"` keeps each process's own (and may take a key
+//! sealing what OAuth profiles keep on disk); `kind = "redis"` shares one session per account
+//! across a fleet, sealed with a key every replica holds.
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,11 +14,17 @@ use super::{ConfigError, invalid, read_pem_roots, resolve};
 /// The `[token_store]` table: `kind`, and the keys of that kind. The configuration tree hands a
 /// table's `kind` first, so the keys are read as that kind's own: a key of another kind is refused
 /// where it was written, as an unknown key would be.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) enum FileTokenStore {
-    #[default]
-    Memory,
+    /// `encryption_key_file`, the one key memory takes.
+    Memory(Option<PathBuf>),
     Redis(FileRedisStore),
+}
+
+impl Default for FileTokenStore {
+    fn default() -> Self {
+        FileTokenStore::Memory(None)
+    }
 }
 
 /// The keys of `kind = "redis"`, with their defaults.
@@ -68,14 +75,20 @@ const KEYS: &[&str] = &[
     "ca_file",
 ];
 
-/// A key of the table other than `kind` while the kind is memory: refused, at the key. Never
-/// made, so nothing is ever matched on it.
-enum NotForMemory {}
+/// A key of the table: `kind`, the one key memory takes too, or a key of `kind = "redis"` only,
+/// refused at the key while the kind is memory.
+enum TableKey {
+    Kind,
+    EncryptionKeyFile,
+}
 
-impl<'de> Deserialize<'de> for NotForMemory {
+impl<'de> Deserialize<'de> for TableKey {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <&str>::deserialize(deserializer)?;
-        Err(not_for_memory(name))
+        match <&str>::deserialize(deserializer)? {
+            "kind" => Ok(TableKey::Kind),
+            "encryption_key_file" => Ok(TableKey::EncryptionKeyFile),
+            name => Err(not_for_memory(name)),
+        }
     }
 }
 
@@ -103,42 +116,40 @@ impl<'de> Visitor<'de> for TokenStoreVisitor {
     }
 
     fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<FileTokenStore, M::Error> {
-        // Without `kind` the store is memory, which takes no other key.
-        let kind = if map.next_key::<KindKey>()?.is_some() {
+        // The tree hands `kind` first when it is there; without it the store is memory.
+        let mut next = map.next_key::<TableKey>()?;
+        let kind = if let Some(TableKey::Kind) = next {
+            next = None;
             map.next_value::<Kind>()?
         } else {
             Kind::Memory
         };
-        match kind {
-            Kind::Memory => match map.next_key::<NotForMemory>()? {
-                None => Ok(FileTokenStore::Memory),
-                Some(never) => match never {},
-            },
-            Kind::Redis => FileRedisStore::deserialize(de::value::MapAccessDeserializer::new(map))
-                .map(FileTokenStore::Redis),
+        if let Kind::Redis = kind {
+            return FileRedisStore::deserialize(de::value::MapAccessDeserializer::new(map))
+                .map(FileTokenStore::Redis);
         }
-    }
-}
-
-/// The `kind` key, the first of the table if it is there at all; any other first key is one that
-/// memory (the default kind) does not take.
-struct KindKey;
-
-impl<'de> Deserialize<'de> for KindKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let name = <&str>::deserialize(deserializer)?;
-        if name == "kind" {
-            Ok(KindKey)
-        } else {
-            Err(not_for_memory(name))
+        let mut key_file = None;
+        if next.is_none() {
+            next = map.next_key::<TableKey>()?;
         }
+        while let Some(key) = next {
+            match key {
+                TableKey::Kind => return Err(de::Error::duplicate_field("kind")),
+                TableKey::EncryptionKeyFile => key_file = Some(map.next_value::<PathBuf>()?),
+            }
+            next = map.next_key::<TableKey>()?;
+        }
+        Ok(FileTokenStore::Memory(key_file))
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenStoreConfig {
-    /// Each process keeps its own token.
-    Memory,
+    /// Each process keeps its own token; `encryption_key` seals what OAuth profiles keep in their
+    /// `state_dir`.
+    Memory {
+        encryption_key: Option<EncryptionKey>,
+    },
     /// One session per account shared by a fleet through Redis.
     Redis(RedisConfig),
 }
@@ -178,6 +189,12 @@ impl std::fmt::Debug for RedisConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncryptionKey(pub [u8; 32]);
 
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// How to make the fleet's sealing key, for error and warning text.
 const MAKE_A_KEY: &str = "generate one with `openssl rand -base64 32 > store-key`, give every replica the same file (e.g. from one Kubernetes Secret) and set encryption_key_file";
 
@@ -187,7 +204,12 @@ pub(super) fn validate(
     sources: &mut Sources,
 ) -> Result<TokenStoreConfig, ConfigError> {
     let store = match store {
-        FileTokenStore::Memory => return Ok(TokenStoreConfig::Memory),
+        FileTokenStore::Memory(key_file) => {
+            let encryption_key = key_file
+                .map(|path| read_key(&path, base_dir, sources))
+                .transpose()?;
+            return Ok(TokenStoreConfig::Memory { encryption_key });
+        }
         FileTokenStore::Redis(store) => store,
     };
     let url = store
@@ -203,22 +225,7 @@ pub(super) fn validate(
         .map_err(|_| invalid("token_store.url", "is not a valid Redis URL"))?;
     let encryption_key = store
         .encryption_key_file
-        .map(|path| {
-            let path = resolve(base_dir, &path);
-            let bytes = sources
-                .read_secret(&path)
-                .map_err(|source| ConfigError::SecretFile {
-                    key: "token_store.encryption_key_file".into(),
-                    path: path.clone(),
-                    source,
-                })?;
-            parse_key(&bytes).ok_or_else(|| {
-                invalid(
-                    "token_store.encryption_key_file",
-                    format!("must hold a 32-byte key as 64 hex digits or base64: {MAKE_A_KEY}"),
-                )
-            })
-        })
+        .map(|path| read_key(&path, base_dir, sources))
         .transpose()?;
     // Whoever can write to Redis could otherwise plant the token every replica uses and
     // the failure records that stop them logging in: sealing is the default, and going
@@ -269,6 +276,27 @@ pub(super) fn validate(
         encryption_key,
         roots_pem,
     }))
+}
+
+fn read_key(
+    path: &Path,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<EncryptionKey, ConfigError> {
+    let path = resolve(base_dir, path);
+    let bytes = sources
+        .read_secret(&path)
+        .map_err(|source| ConfigError::SecretFile {
+            key: "token_store.encryption_key_file".into(),
+            path: path.clone(),
+            source,
+        })?;
+    parse_key(&bytes).ok_or_else(|| {
+        invalid(
+            "token_store.encryption_key_file",
+            format!("must hold a 32-byte key as 64 hex digits or base64: {MAKE_A_KEY}"),
+        )
+    })
 }
 
 /// A 32-byte key written as hex or base64, with or without a trailing newline.
