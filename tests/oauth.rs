@@ -117,7 +117,10 @@ fn assert_all_ok(statuses: &[u16]) {
     for s in statuses {
         *counts.entry(*s).or_insert(0) += 1;
     }
-    assert!(counts.keys().all(|s| *s == 200), "statuses seen, with their counts: {counts:?}");
+    assert!(
+        counts.keys().all(|s| *s == 200),
+        "statuses seen, with their counts: {counts:?}"
+    );
 }
 
 /// Runs `n` clients that each send GET /v3/user in a loop until `stop`; their statuses.
@@ -508,8 +511,7 @@ async fn a_new_refresh_token_file_ends_the_refused_window_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers()
-{
+async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers() {
     let fake = Arc::new(oauth_fake(Duration::from_secs(4)).await);
     let mut redis = RedisServer::start();
     let bootstrap = fake.authorize_oauth_app().unwrap();

@@ -140,19 +140,31 @@ async fn approve(url: &str) -> u16 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oauth_login_authorizes_with_pkce_and_keeps_the_refresh_token_where_the_proxy_reads_it() {
+async fn oauth_login_authorizes_with_pkce_and_a_running_proxy_takes_the_refresh_token_it_keeps() {
     let setup = setup("").await;
+    // A proxy without any refresh token yet: refused, and it says what to run.
+    let config = cma_auth_proxy::Config::load(&setup.config, Vec::new()).unwrap();
+    let proxy = cma_auth_proxy::start(config).await.unwrap();
+    let url = format!("http://{}/v3/user", proxy.proxy_addr().tcp().unwrap());
+    let response = reqwest::get(&url).await.unwrap();
+    assert_proxy_answer(&response, 503, "login_rejected");
+    let body = response.text().await.unwrap();
+    assert!(body.contains("oauth login --profile"), "{body}");
+
     let login = Login::start(&setup.config, &[]);
-    let url = login.url();
-    assert!(url.contains("code_challenge_method=S256"), "{url}");
-    assert!(!url.contains(SECRET));
+    let authorization = login.url();
+    assert!(
+        authorization.contains("code_challenge_method=S256"),
+        "{authorization}"
+    );
+    assert!(!authorization.contains(SECRET));
     // Something else on the loopback address, or a stale tab, with another state: refused, and the
     // command keeps waiting.
     let stray = reqwest::get(format!("{}?code=forged&state=not-ours", setup.redirect))
         .await
         .unwrap();
     assert_eq!(stray.status(), 400);
-    assert_eq!(approve(&url).await, 200);
+    assert_eq!(approve(&authorization).await, 200);
     let (code, stdout, stderr) = tokio::task::spawn_blocking(move || login.finish())
         .await
         .unwrap();
@@ -167,11 +179,11 @@ async fn oauth_login_authorizes_with_pkce_and_keeps_the_refresh_token_where_the_
     for token in &issued {
         assert!(!stdout.contains(token) && !stderr.contains(token));
     }
-    // A proxy with that configuration serves with the kept token: no refresh_token_file at all.
-    let config = cma_auth_proxy::Config::load(&setup.config, Vec::new()).unwrap();
-    let proxy = cma_auth_proxy::start(config).await.unwrap();
-    let url = format!("http://{}/v3/user", proxy.proxy_addr().tcp().unwrap());
-    assert_eq!(reqwest::get(&url).await.unwrap().status(), 200);
+    // The running proxy takes the kept token without waiting out its refused window.
+    eventually(10, "the proxy serves", || async {
+        reqwest::get(&url).await.unwrap().status() == 200
+    })
+    .await;
     let attempts = setup.fake.refresh_attempts();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status, 200);

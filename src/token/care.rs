@@ -16,6 +16,9 @@ use crate::metrics::Trigger;
 const CARE_IDLE: Duration = Duration::from_secs(60);
 /// How often a replica of a fleet compares its token with the shared one.
 const FLEET_SYNC: Duration = Duration::from_secs(2);
+/// How often an OAuth profile without a usable token looks for a new refresh token kept by
+/// `oauth login` (or another replica), in case refused ones hold it back.
+const KEPT_LOOK: Duration = Duration::from_secs(2);
 /// The care loop never spins faster than this, whatever the settings.
 const CARE_MIN_TICK: Duration = Duration::from_millis(50);
 
@@ -70,7 +73,12 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
             .as_ref()
             .and_then(|t| renewal_in(t, config.max_token_age))
             .map(|left| left.max(state.retry_in().unwrap_or_default()));
-        let wait = [until_validate, until_renewal, until_sync]
+        // Without a usable token an OAuth profile may be held back by a refused refresh token, now
+        // or once its first refresh fails.
+        let until_kept = (matches!(state.source, super::source::Source::OAuth(_))
+            && token.as_ref().is_none_or(|t| !t.is_usable()))
+        .then_some(KEPT_LOOK);
+        let wait = [until_validate, until_renewal, until_sync, until_kept]
             .into_iter()
             .flatten()
             .min()
@@ -91,6 +99,9 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
         let config = state.config.load_full();
         this.sync(&state).await;
         this.keep_again(&state).await;
+        if this.look_for_new_grant(&state).await {
+            let _ = this.token(&name).await;
+        }
         let Some(token) = state.current() else {
             continue;
         };

@@ -13,7 +13,7 @@ use super::session::{LoginFailure, TransientCause};
 use super::state::ProfileState;
 use super::state_file::{StateFile, StateFileError};
 use super::{Token, TokenManager};
-use crate::store::{RedisStore, SharedGrant, Stored};
+use crate::store::{RedisStore, SharedGrant};
 
 /// Where a refresh keeps the refresh token it obtains.
 #[derive(Clone, Copy)]
@@ -121,35 +121,66 @@ impl TokenManager {
         grant: &Grant,
         keep: Keep<'_>,
     ) -> Result<(), LoginFailure> {
-        match keep {
-            Keep::Local => {
-                let Some(file) = grant.file.clone() else {
-                    return Ok(());
-                };
-                let path = file.path().display().to_string();
-                match load(file).await {
-                    Ok(Some(kept)) => {
-                        grant.consider(kept);
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::warn!(profile = %state.name(), path, "ignoring the kept refresh token: {}", crate::error_text::error_chain_text(&e))
-                    }
-                }
+        match self.kept(state, grant, keep).await {
+            Ok(Some(kept)) => {
+                grant.consider(kept);
                 Ok(())
             }
+            Ok(None) => Ok(()),
+            Err(Unread::File(e)) => {
+                tracing::warn!(profile = %state.name(), "ignoring the kept refresh token: {}", crate::error_text::error_chain_text(&e));
+                Ok(())
+            }
+            Err(Unread::Store) => Err(LoginFailure::Transient(TransientCause::StoreNeeded)),
+        }
+    }
+
+    /// The refresh token kept in `keep`, if there is a usable one.
+    async fn kept(
+        &self,
+        state: &ProfileState,
+        grant: &Grant,
+        keep: Keep<'_>,
+    ) -> Result<Option<SharedGrant>, Unread> {
+        match keep {
+            Keep::Local => match grant.file.clone() {
+                Some(file) => load(file).await.map_err(Unread::File),
+                None => Ok(None),
+            },
             Keep::Fleet(store) => match store.get_grant(&state.account).await {
-                Ok(Stored::Valid(kept)) => {
-                    grant.consider(kept);
-                    Ok(())
-                }
-                Ok(Stored::Absent | Stored::Invalid) => Ok(()),
+                Ok(stored) => Ok(stored.valid()),
                 Err(e) => {
                     self.store_unavailable(&e);
-                    Err(LoginFailure::Transient(TransientCause::StoreNeeded))
+                    Err(Unread::Store)
                 }
             },
         }
+    }
+
+    /// While refused refresh tokens hold an OAuth profile back, looks at what is kept: a token put
+    /// there since (by `oauth login`, or another replica) lifts the hold at once, as a new
+    /// `refresh_token_file` does through a reload. Returns whether it did.
+    pub(super) async fn look_for_new_grant(&self, state: &Arc<ProfileState>) -> bool {
+        let super::source::Source::OAuth(grant) = &state.source else {
+            return false;
+        };
+        if !state.held_back_as_refused() {
+            return false;
+        }
+        let keep = match &self.inner.store {
+            Some(store) => Keep::Fleet(store),
+            None => Keep::Local,
+        };
+        // Quietly: this runs every few seconds while the profile is held back.
+        let Ok(Some(kept)) = self.kept(state, grant, keep).await else {
+            return false;
+        };
+        if !grant.consider(kept) {
+            return false;
+        }
+        tracing::info!(profile = %state.name(), "a new refresh token was kept; trying it now");
+        state.lift_hold();
+        true
     }
 
     /// Without a fleet store: keeps a refresh token that could not be kept when it was obtained.
@@ -169,6 +200,12 @@ impl TokenManager {
             }
         }
     }
+}
+
+/// Why what is kept could not be read.
+enum Unread {
+    File(StateFileError),
+    Store,
 }
 
 /// File work runs off the request threads: a sync to disk can take a while.

@@ -231,6 +231,22 @@ impl ProfileState {
             .map(|at| at - now)
     }
 
+    /// Whether logins are held back because the credentials were refused (not for trouble on
+    /// the way).
+    pub(super) fn held_back_as_refused(&self) -> bool {
+        let status = self.status();
+        status.retry_at.is_some_and(|at| at > Instant::now())
+            && status
+                .last_failure
+                .as_ref()
+                .is_some_and(|f| f.is_rejected())
+    }
+
+    /// New credentials arrived that the refusal did not concern: the next attempt may go now.
+    pub(super) fn lift_hold(&self) {
+        self.status().retry_at = None;
+    }
+
     pub(super) fn record_success(&self) {
         let mut status = self.status();
         status.ever_logged_in = true;
