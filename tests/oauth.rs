@@ -684,3 +684,31 @@ async fn a_fleet_store_that_lost_the_refresh_token_gets_it_back_before_anyone_ne
     drop(replica);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_token_that_cannot_be_kept_is_used_shown_and_kept_once_possible() {
+    let fake = oauth_fake(Duration::from_secs(3600)).await;
+    let bootstrap = fake.authorize_oauth_app().unwrap();
+    let files = Files::new(&bootstrap);
+    // A directory where the state file goes: no write can replace it, not even root's.
+    std::fs::create_dir(files.state_file()).unwrap();
+    let proxy = proxy(&fake, "", &files.profile("")).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    let status = proxy.status_json().await;
+    assert_eq!(
+        status["profiles"]["default"]["refresh_token_saved"], false,
+        "{status}"
+    );
+    std::fs::remove_dir(files.state_file()).unwrap();
+    eventually(10, "kept at last", || async {
+        proxy.status_json().await["profiles"]["default"]["refresh_token_saved"] == true
+    })
+    .await;
+    let kept = std::fs::read_to_string(files.state_file()).unwrap();
+    let issued = fake.issued_oauth_tokens();
+    assert!(
+        kept.contains(&issued[1]),
+        "the rotated refresh token, not the bootstrap"
+    );
+    assert_eq!(fake.refreshes(), 1);
+}

@@ -17,7 +17,8 @@ const CARE_IDLE: Duration = Duration::from_secs(60);
 /// How often a replica of a fleet compares its token with the shared one.
 const FLEET_SYNC: Duration = Duration::from_secs(2);
 /// How often an OAuth profile without a usable token looks for a new refresh token kept by
-/// `oauth login` (or another replica), in case refused ones hold it back.
+/// `oauth login` (or another replica), in case refused ones hold it back; and how soon one whose
+/// refresh token could not be kept tries again.
 const KEPT_LOOK: Duration = Duration::from_secs(2);
 /// The care loop never spins faster than this, whatever the settings.
 const CARE_MIN_TICK: Duration = Duration::from_millis(50);
@@ -74,10 +75,13 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
             .and_then(|t| renewal_in(t, config.max_token_age))
             .map(|left| left.max(state.retry_in().unwrap_or_default()));
         // Without a usable token an OAuth profile may be held back by a refused refresh token, now
-        // or once its first refresh fails.
-        let until_kept = (matches!(state.source, super::source::Source::OAuth(_))
-            && token.as_ref().is_none_or(|t| !t.is_usable()))
-        .then_some(KEPT_LOOK);
+        // or once its first refresh fails; and a refresh token not kept yet is tried again soon.
+        let until_kept = match &state.source {
+            super::source::Source::OAuth(grant) => (grant.is_unsaved()
+                || token.as_ref().is_none_or(|t| !t.is_usable()))
+            .then_some(KEPT_LOOK),
+            super::source::Source::Login(_) => None,
+        };
         let wait = [until_validate, until_renewal, until_sync, until_kept]
             .into_iter()
             .flatten()

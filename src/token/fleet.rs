@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::refresh::Keep;
+use super::refresh::{Identity, Keep};
 use super::source::Source;
 use super::state::{LoginError, ProfileState};
 use super::{LoginFailure, Token, TokenKind, TokenLease, TokenManager, TransientCause};
@@ -245,7 +245,7 @@ impl TokenManager {
                 if !same && (local_only || newer) && self.adopt(state, shared).await.is_some() {
                     self.inner.metrics.store_event(StoreEvent::Adopt);
                     if let (true, Some(own)) = (local_only, local) {
-                        self.retire(name.clone(), state.account.clone(), own);
+                        self.retire(name, state.account.clone(), own);
                     }
                 }
             }
@@ -419,35 +419,6 @@ impl TokenManager {
                 return Err(StoreError::LockHeld(patience));
             }
             tokio::time::sleep(POLL).await;
-        }
-    }
-}
-
-/// Who an OAuth profile's token acts for, and where its refresh token is kept.
-#[derive(Debug, Clone, Default)]
-pub struct Identity {
-    pub user_uid: Option<String>,
-    pub organization_uid: Option<String>,
-    /// `None` when the newest refresh token could not be kept.
-    pub kept_in: Option<String>,
-}
-
-impl ProfileState {
-    fn identity(&self, fleet: bool) -> Identity {
-        let Source::OAuth(grant) = &self.source else {
-            return Identity::default();
-        };
-        let newest = grant.newest();
-        let kept_in = match (&grant.file, fleet) {
-            _ if grant.is_unsaved() => None,
-            (_, true) => Some("the fleet store".to_owned()),
-            (Some(file), false) => Some(file.path().display().to_string()),
-            (None, false) => None,
-        };
-        Identity {
-            user_uid: newest.as_ref().and_then(|g| g.user_uid.clone()),
-            organization_uid: newest.and_then(|g| g.organization_uid),
-            kept_in,
         }
     }
 }

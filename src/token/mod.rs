@@ -31,10 +31,9 @@ mod state_file;
 pub mod totp;
 
 pub use authtoken::{Token, TokenKind, TokenLease};
-pub use fleet::Identity;
 pub use grant::first_of_chain;
 pub use manager::TokenManager;
-pub use refresh::{KeepError, keep_authorization};
+pub use refresh::{Identity, KeepError, keep_authorization};
 pub use session::{AuthClient, LoginFailure, TransientCause, Validity, Verdict};
 pub use state::{LoginError, ProfileStatus};
 pub use state_file::StateFileError;

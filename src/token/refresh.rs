@@ -193,11 +193,48 @@ impl TokenManager {
             return;
         }
         let _single_flight = state.login_lock.lock().await;
-        if let Some(newest) = grant.newest().filter(|_| grant.is_unsaved()) {
-            self.keep(state, grant, &newest, Keep::Local).await;
-            if !grant.is_unsaved() {
-                tracing::info!(profile = %state.name(), "the refresh token is kept again");
+        if !grant.is_unsaved() {
+            return;
+        }
+        // Only an obtained token needs keeping: one handed in is in its refresh_token_file.
+        match grant.obtained() {
+            Some(newest) => {
+                self.keep(state, grant, &newest, Keep::Local).await;
+                if !grant.is_unsaved() {
+                    tracing::info!(profile = %state.name(), "the refresh token is kept at last");
+                }
             }
+            None => grant.set_unsaved(false),
+        }
+    }
+}
+
+/// Who an OAuth profile's token acts for, and where its refresh token is kept.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub user_uid: Option<String>,
+    pub organization_uid: Option<String>,
+    /// `None` when the newest refresh token could not be kept.
+    pub kept_in: Option<String>,
+}
+
+impl ProfileState {
+    /// Who the profile's token acts for (OAuth profiles), and where its refresh token is kept.
+    pub(super) fn identity(&self, fleet: bool) -> Identity {
+        let super::source::Source::OAuth(grant) = &self.source else {
+            return Identity::default();
+        };
+        let newest = grant.newest();
+        let kept_in = match (&grant.file, fleet) {
+            _ if grant.is_unsaved() => None,
+            (_, true) => Some("the fleet store".to_owned()),
+            (Some(file), false) => Some(file.path().display().to_string()),
+            (None, false) => None,
+        };
+        Identity {
+            user_uid: newest.as_ref().and_then(|g| g.user_uid.clone()),
+            organization_uid: newest.and_then(|g| g.organization_uid),
+            kept_in,
         }
     }
 }
