@@ -31,8 +31,8 @@ impl TokenKind {
 /// The most a renewal is drawn earlier than its latest moment, as a share of the lifetime, so that
 /// replicas and restarts started together do not renew together.
 const RENEW_JITTER: f64 = 0.05;
-/// No token is renewed younger than this, whatever lifetime the token endpoint claims: a refresh
-/// per second at most, however short-lived the answers.
+/// No token is renewed, or given up as expired, younger than this, whatever lifetime the token
+/// endpoint claims: a refresh per second at most, however short-lived the answers.
 const MIN_RENEW_AGE: Duration = Duration::from_secs(1);
 
 /// When an expiring token should be renewed and when it stops being usable.
@@ -57,7 +57,12 @@ impl Expiry {
             .saturating_sub(margin)
             .saturating_sub(spread)
             .max(MIN_RENEW_AGE);
-        let usable_for = lifetime.saturating_sub((lifetime / 10).min(Duration::from_secs(60)));
+        // However short the lifetime claimed, a token is used for a second: if it is really dead
+        // by then, the 401s it meets are bounded like any (see `backoff::RejectionStreak`), where
+        // treating it as expired at once would refresh for every request.
+        let usable_for = lifetime
+            .saturating_sub((lifetime / 10).min(Duration::from_secs(60)))
+            .max(MIN_RENEW_AGE);
         Expiry {
             expires_at: obtained_at + lifetime,
             usable_until: obtained + usable_for,
@@ -253,5 +258,57 @@ impl Drop for TokenLease {
 impl std::fmt::Debug for TokenLease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "TokenLease({:?})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expiry(lifetime: Duration, jitter: f64) -> (Duration, Duration) {
+        let now = Instant::now();
+        let e = Expiry::new(now, SystemTime::now(), lifetime, jitter);
+        (e.renew_at - now, e.usable_until - now)
+    }
+
+    #[test]
+    fn an_access_token_is_renewed_well_ahead_and_used_until_just_before_its_expiry() {
+        let hour = Duration::from_secs(3600);
+        // 10 % (six minutes) ahead, plus up to 5 % (three minutes) of jitter; used until a minute
+        // before the end, as the SDKs treat it.
+        assert_eq!(
+            expiry(hour, 0.0),
+            (Duration::from_secs(54 * 60), Duration::from_secs(59 * 60))
+        );
+        assert_eq!(expiry(hour, 1.0).0, Duration::from_secs(51 * 60));
+        // Ten minutes: a minute ahead at least.
+        let ten = Duration::from_secs(600);
+        assert_eq!(
+            expiry(ten, 0.0),
+            (Duration::from_secs(540), Duration::from_secs(540))
+        );
+        // Short lifetimes: no earlier than half-way.
+        let eight = Duration::from_secs(8);
+        assert_eq!(
+            expiry(eight, 0.0),
+            (Duration::from_secs(4), Duration::from_millis(7200))
+        );
+        // A lifetime claimed absurdly short: a second, not a refresh per request.
+        let blink = Duration::from_millis(1);
+        assert_eq!(expiry(blink, 0.5), (MIN_RENEW_AGE, MIN_RENEW_AGE));
+    }
+
+    #[test]
+    fn a_bearer_token_goes_in_authorization_and_shows_only_its_fingerprint() {
+        let token = Token::bearer("at-secret", Duration::from_secs(3600)).unwrap();
+        assert_eq!(token.header_name(), http::header::AUTHORIZATION);
+        assert_eq!(token.header(), "Bearer at-secret");
+        assert!(token.header().is_sensitive());
+        assert!(token.is_usable());
+        assert!(!format!("{token:?}").contains("secret"));
+        assert!(Token::bearer("a\r\nb", Duration::from_secs(1)).is_none());
+        let login = Token::new(HeaderValue::from_static("blt1"));
+        assert_eq!(login.header_name(), "authtoken");
+        assert_eq!((login.expires_at(), login.renew_in()), (None, None));
     }
 }
