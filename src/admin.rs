@@ -98,7 +98,7 @@ impl Admin {
             metrics.token_age(&p.name, p.token_age);
         }
         let config = self.proxy.config();
-        let management = config.profiles.iter().filter(|p| !p.is_login());
+        let management = config.profiles.iter().filter(|p| !p.has_session());
         metrics.profile_states(
             snapshot
                 .iter()
@@ -116,24 +116,27 @@ impl Admin {
     async fn status(&self) -> Response<Bytes> {
         let config = self.proxy.config();
         let snapshot = self.proxy.tokens().snapshot();
-        let login_profiles = config.profiles.iter().filter(|p| p.is_login()).count();
+        let login_profiles = config.profiles.iter().filter(|p| p.has_session()).count();
         let mut profiles = serde_json::Map::new();
         for p in &snapshot {
-            profiles.insert(
-                p.name.to_string(),
-                serde_json::json!({
-                    "mode": "login",
-                    "ready": p.ready(),
-                    "token_age_seconds": p.token_age.map(|d| d.as_secs()),
-                    "last_login_at": p.last_attempt.map(|(at, _)| unix(at)),
-                    "last_login_at_rfc3339": p.last_attempt.map(|(at, _)| rfc3339(at)),
-                    "last_login_outcome": p.last_attempt.map(|(_, o)| o.as_str()),
-                    "last_error": p.last_error,
-                    "backoff_remaining_seconds": p.retry_in.map(secs),
-                }),
-            );
+            let mut profile = serde_json::json!({
+                "mode": p.mode,
+                "ready": p.ready(),
+                "token_age_seconds": p.token_age.map(|d| d.as_secs()),
+                "last_login_at": p.last_attempt.map(|(at, _)| unix(at)),
+                "last_login_at_rfc3339": p.last_attempt.map(|(at, _)| rfc3339(at)),
+                "last_login_outcome": p.last_attempt.map(|(_, o)| o.as_str()),
+                "last_error": p.last_error,
+                "backoff_remaining_seconds": p.retry_in.map(secs),
+            });
+            if p.mode == "oauth" {
+                profile["token_expires_in_seconds"] =
+                    p.token_expires_in.map(|d| d.as_secs()).into();
+                profile["refresh_token_saved"] = (!p.refresh_token_unsaved).into();
+            }
+            profiles.insert(p.name.to_string(), profile);
         }
-        for p in config.profiles.iter().filter(|p| !p.is_login()) {
+        for p in config.profiles.iter().filter(|p| !p.has_session()) {
             profiles.insert(
                 p.name.to_string(),
                 serde_json::json!({ "mode": "management_token", "ready": true }),

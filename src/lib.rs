@@ -14,6 +14,7 @@ pub mod config;
 pub mod dev;
 pub mod error_text;
 pub mod metrics;
+pub mod oauth_login;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
@@ -137,7 +138,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source: source.into(),
     })?;
     tokens.start_care();
-    for profile in config.profiles.iter().filter(|p| p.is_login()) {
+    for profile in config.profiles.iter().filter(|p| p.has_session()) {
         let tokens = tokens.clone();
         let name = profile.name.clone();
         // Failures are logged and remembered by the token manager; requests see them as 503s.
@@ -357,21 +358,25 @@ pub struct ProfileCheck {
 }
 
 /// `check --login`: for every login profile, log in once, validate the token with `GET /v3/user`,
-/// and log out. Management-token profiles are reported as not checked (they need a stack).
+/// and log out; for every OAuth profile, refresh once (keeping the new refresh token, as in
+/// service), validate, and say whom the token acts for and until when. Management-token profiles
+/// are reported as not checked (they need a stack).
 pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartError> {
     let auth = session_client(config, upstream_tls(config)?)?;
+    let tokens = token::TokenManager::new(config, auth.clone(), metrics::Metrics::new())?;
     let mut out = Vec::new();
     for profile in &config.profiles {
-        let outcome = match profile.login() {
-            None => Ok(
+        let outcome = match &profile.credentials {
+            config::Credentials::ManagementToken(_) => Ok(
                 "management token: not checked (no login; it is validated per stack)".to_owned(),
             ),
-            Some(login) => {
+            config::Credentials::Login(login) => {
                 let code = login.totp_secret.as_ref().map(|secret| {
                     token::totp::code_at(secret, token::totp::step_at(SystemTime::now()))
                 });
                 check_one(&auth, &login.email, &login.password, code.as_deref()).await
             }
+            config::Credentials::OAuth(_) => check_oauth(&tokens, &profile.name).await,
         };
         out.push(ProfileCheck {
             profile: profile.name.clone(),
@@ -381,13 +386,53 @@ pub async fn check_login(config: &Config) -> Result<Vec<ProfileCheck>, StartErro
     Ok(out)
 }
 
+/// One refresh of an OAuth profile, through the token manager so that the new refresh token is
+/// kept exactly as the running proxy keeps it; then `GET /v3/user` with the new access token.
+async fn check_oauth(tokens: &token::TokenManager, profile: &str) -> Result<String, String> {
+    let (token, identity) = tokens
+        .renew_now(profile)
+        .await
+        .map_err(|e| error_text::error_chain_text(&e))?;
+    let valid_for = token
+        .expires_at()
+        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+        .unwrap_or_default();
+    let until = token
+        .expires_at()
+        .map(|at| humantime_serde::re::humantime::format_rfc3339_seconds(at).to_string())
+        .unwrap_or_default();
+    let who = format!(
+        "user {}, organization {}, access token valid for {}s (until {until})",
+        identity.user_uid.as_deref().unwrap_or("unknown"),
+        identity.organization_uid.as_deref().unwrap_or("unknown"),
+        valid_for.as_secs(),
+    );
+    let Some(kept_in) = identity.kept_in else {
+        return Err(format!(
+            "refreshed ({who}), but the new refresh token could not be kept (see the log); the old one may no longer work"
+        ));
+    };
+    match tokens.auth().validate(&token).await {
+        Ok(token::Validity::Valid) => Ok(format!(
+            "refreshed: {who}; token valid (GET /v3/user); the new refresh token is kept in {kept_in}"
+        )),
+        Ok(token::Validity::Dead) => Err(format!(
+            "refreshed ({who}), but Contentstack rejected the new access token at once; the new refresh token is kept in {kept_in}"
+        )),
+        Err(e) => Err(format!(
+            "refreshed ({who}), but validating the token failed: {}; the new refresh token is kept in {kept_in}",
+            error_text::error_chain_text(&e)
+        )),
+    }
+}
+
 /// The TLS configuration towards Contentstack, shared by the forwarder and the session client.
-fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
+pub(crate) fn upstream_tls(config: &Config) -> Result<rustls::ClientConfig, StartError> {
     Ok(tls::client_config(config.upstream.extra_roots())?)
 }
 
-/// The session client (login, logout, validation).
-fn session_client(
+/// The session client (login, logout, validation, the OAuth token endpoint).
+pub(crate) fn session_client(
     config: &Config,
     tls: rustls::ClientConfig,
 ) -> Result<token::AuthClient, StartError> {

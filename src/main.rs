@@ -40,6 +40,11 @@ enum Command {
         #[arg(long)]
         login: bool,
     },
+    /// OAuth profiles: authorize the app as a user, once.
+    Oauth {
+        #[command(subcommand)]
+        command: OAuthCommand,
+    },
     /// Serve in front of a built-in simulated CMA with a demo account.
     #[cfg(feature = "dev")]
     Dev {
@@ -53,6 +58,25 @@ enum Command {
         /// for this run, and print how to point Contentstack's CLI (csdx) at it.
         #[arg(long)]
         tls: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OAuthCommand {
+    /// Authorize the profile's app (PKCE): print the URL to open, receive the browser on the
+    /// loopback redirect_uri, and keep the refresh token where the profile reads it.
+    Login {
+        /// The OAuth profile (a [profiles.NAME.oauth] table).
+        #[arg(long)]
+        profile: String,
+        #[arg(long, default_value = config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// Print the refresh token on stdout instead of keeping it (for a Kubernetes Secret).
+        #[arg(long)]
+        print: bool,
+        /// How long to wait for the browser.
+        #[arg(long, default_value = "5m", value_parser = humantime_serde::re::humantime::parse_duration)]
+        wait: std::time::Duration,
     },
 }
 
@@ -117,6 +141,22 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Oauth {
+            command:
+                OAuthCommand::Login {
+                    profile,
+                    config,
+                    print,
+                    wait,
+                },
+        } => {
+            let c = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            init_logging(LogFormat::Text, "warn");
+            oauth_login(&c, &profile, print, wait)
+        }
         #[cfg(feature = "dev")]
         Command::Dev {
             listen,
@@ -169,6 +209,55 @@ fn check_login(config: &Config) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `oauth login`: the operator's lines on stderr; on stdout the outcome, or with `--print` the
+/// refresh token alone (so that it can be piped into a Secret).
+fn oauth_login(config: &Config, profile: &str, print: bool, wait: std::time::Duration) -> ExitCode {
+    use cma_auth_proxy::oauth_login::OAuthLoginError;
+    let outcome = runtime().block_on(cma_auth_proxy::oauth_login::oauth_login(
+        config,
+        profile,
+        print,
+        wait,
+        |line| eprintln!("{line}"),
+    ));
+    match outcome {
+        Ok(authorized) => {
+            let who = format!(
+                "user {}, organization {}",
+                authorized.user_uid.as_deref().unwrap_or("unknown"),
+                authorized.organization_uid.as_deref().unwrap_or("unknown")
+            );
+            match authorized.kept_in {
+                None => {
+                    eprintln!(
+                        "profile {profile}: authorized ({who}); the refresh token follows on stdout"
+                    );
+                    println!(
+                        "{}",
+                        secrecy::ExposeSecret::expose_secret(&authorized.refresh_token)
+                    );
+                }
+                Some(kept_in) => println!(
+                    "profile {profile}: authorized ({who}); the refresh token is kept in {kept_in}"
+                ),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "cma-auth-proxy oauth login: {}",
+                cma_auth_proxy::error_text::error_chain_text(&e)
+            );
+            match e {
+                OAuthLoginError::NoProfile(_)
+                | OAuthLoginError::NotOAuth(_)
+                | OAuthLoginError::NotLoopback { .. } => ExitCode::from(EXIT_USAGE),
+                _ => ExitCode::FAILURE,
+            }
+        }
     }
 }
 

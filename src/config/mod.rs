@@ -1,10 +1,10 @@
 //! Configuration: the file/env shapes (`File*`, serde, unknown keys refused) and their validation into
 //! the typed [`Config`] the rest of the program reads, one file per section (`server.rs`,
-//! `upstream.rs`, `profile.rs`, `token_store.rs`; `[policy]` and `[log]` are small enough to live
-//! here). `source.rs` reads the file and the environment as written (with where each value was
-//! written), `de.rs` has the `config` crate layer them and read them into the shapes and renders
-//! its errors, `files.rs` reads the files the configuration names, `warning.rs` says what is
-//! valid but unwise.
+//! `upstream.rs`, `profile.rs` with its `oauth.rs`, `token_store.rs`; `[policy]` and `[log]` are
+//! small enough to live here). `source.rs` reads the file and the environment as written (with
+//! where each value was written), `de.rs` has the `config` crate layer them and read them into the
+//! shapes and renders its errors, `files.rs` reads the files the configuration names, `warning.rs`
+//! says what is valid but unwise.
 //!
 //! Precedence, applied in [`Config::load`]: environment (`CMA_AUTH_PROXY_` + path joined by `__`)
 //! over the TOML file over the defaults named here. Secret files are read during validation, so a
@@ -14,6 +14,7 @@
 mod cache;
 mod de;
 mod files;
+mod oauth;
 mod profile;
 mod server;
 mod source;
@@ -34,6 +35,7 @@ use crate::policy::{ClientCredentials, Policy, PolicyError, SessionEndpoint};
 pub use cache::CacheConfig;
 use files::Sources;
 pub use files::{CONFIG_FILE_LIMIT, PEM_FILE_LIMIT, SECRET_FILE_LIMIT};
+pub use oauth::{BootstrapToken, OAuthCredentials};
 pub use profile::{
     Credentials, LoginCredentials, ManagementToken, ProfileConfig, RateLimitConfig, TotpSecret,
 };
@@ -364,10 +366,18 @@ fn validate(
              (or `management_token_file`)",
         ));
     }
+    // Before the profiles: an OAuth profile keeps its refresh token where the store says.
+    let token_store = token_store::validate(file.token_store, base_dir, &mut sources)?;
+    let oauth_context = oauth::Context {
+        upstream: &upstream,
+        token_store: &token_store,
+    };
     let profiles = file
         .profiles
         .into_iter()
-        .map(|(name, p)| profile::validate(name, p, base_dir, &mut sources).map(Arc::new))
+        .map(|(name, p)| {
+            profile::validate(name, p, &oauth_context, base_dir, &mut sources).map(Arc::new)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut policy = Policy::new(
         &file.policy.allow,
@@ -375,7 +385,6 @@ fn validate(
         file.policy.client_credentials,
     )?;
     policy.session_endpoint = file.policy.session_endpoint;
-    let token_store = token_store::validate(file.token_store, base_dir, &mut sources)?;
     let log = LogConfig {
         format: file.log.format,
         level: file.log.level,

@@ -1,5 +1,6 @@
-//! `[profiles.NAME]`: an account's credentials (a login, or a management token), the stacks it
-//! serves, how its token is cared for and how its logins back off, and its request budget.
+//! `[profiles.NAME]`: an account's credentials (a login, an OAuth app's user authorization in
+//! `oauth.rs`, or a management token), the stacks it serves, how its token is cared for and how its
+//! logins back off, and its request budget.
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 
 use super::cache::{CacheConfig, FileCache};
 use super::files::Sources;
+use super::oauth::{self, FileOAuth, OAuthCredentials};
 use super::{ConfigError, invalid, resolve};
 
 #[derive(Debug, Deserialize)]
@@ -37,6 +39,7 @@ pub(super) struct FileProfile {
     rate_limit: Option<FileRateLimit>,
     coalesce_reads: bool,
     cache: Option<FileCache>,
+    oauth: Option<FileOAuth>,
 }
 
 impl Default for FileProfile {
@@ -59,6 +62,7 @@ impl Default for FileProfile {
             rate_limit: None,
             coalesce_reads: true,
             cache: None,
+            oauth: None,
         }
     }
 }
@@ -127,15 +131,25 @@ pub struct RateLimitConfig {
 }
 
 impl ProfileConfig {
-    pub fn is_login(&self) -> bool {
-        self.login().is_some()
+    /// Whether the profile has a session the token manager obtains and keeps (a login or an OAuth
+    /// authorization), unlike a management token.
+    pub fn has_session(&self) -> bool {
+        !matches!(self.credentials, Credentials::ManagementToken(_))
     }
 
-    /// The credentials of a login profile; `None` for a management-token profile.
+    /// The credentials of a login profile; `None` for other profiles.
     pub fn login(&self) -> Option<&Arc<LoginCredentials>> {
         match &self.credentials {
             Credentials::Login(login) => Some(login),
-            Credentials::ManagementToken(_) => None,
+            Credentials::ManagementToken(_) | Credentials::OAuth(_) => None,
+        }
+    }
+
+    /// The app and authorization of an OAuth profile; `None` for other profiles.
+    pub fn oauth(&self) -> Option<&Arc<OAuthCredentials>> {
+        match &self.credentials {
+            Credentials::OAuth(oauth) => Some(oauth),
+            Credentials::Login(_) | Credentials::ManagementToken(_) => None,
         }
     }
 }
@@ -146,6 +160,9 @@ pub enum Credentials {
     Login(Arc<LoginCredentials>),
     /// Injected as `authorization: <token>`; never logs in.
     ManagementToken(ManagementToken),
+    /// Acts through an OAuth app with a user's authorization: access tokens obtained by refresh,
+    /// injected as `authorization: Bearer <token>`.
+    OAuth(Arc<OAuthCredentials>),
 }
 
 /// What a login sends. `Debug` shows only the e-mail; two are equal when every field is, secrets
@@ -264,6 +281,7 @@ fn read_secret(
 pub(super) fn validate(
     name: String,
     p: FileProfile,
+    oauth_context: &oauth::Context<'_>,
     base_dir: Option<&Path>,
     sources: &mut Sources,
 ) -> Result<ProfileConfig, ConfigError> {
@@ -309,14 +327,35 @@ pub(super) fn validate(
         base_dir,
         sources,
     )?;
-    let credentials = match (management, password) {
-        (Some(_), Some(_)) => {
+    let credentials = match (management, password, p.oauth) {
+        (management, password, Some(oauth)) => {
+            if p.email.is_some() || password.is_some() || totp.is_some() || management.is_some() {
+                return Err(invalid(
+                    &key,
+                    "an OAuth profile takes no `email`, `password`, `totp_secret` or `management_token`: it acts through the app's authorization",
+                ));
+            }
+            if !p.max_token_age.is_zero() {
+                return Err(invalid(
+                    format!("{key}.max_token_age"),
+                    "does not apply to an OAuth profile: its access tokens are refreshed ahead of their expiry",
+                ));
+            }
+            Credentials::OAuth(Arc::new(oauth::validate(
+                &key,
+                oauth,
+                oauth_context,
+                base_dir,
+                sources,
+            )?))
+        }
+        (Some(_), Some(_), None) => {
             return Err(invalid(
                 &key,
                 "has both a password and a management token; a profile logs in or uses a management token, not both",
             ));
         }
-        (Some(token), None) => {
+        (Some(token), None, None) => {
             if p.email.is_some() || totp.is_some() {
                 return Err(invalid(
                     &key,
@@ -335,7 +374,7 @@ pub(super) fn validate(
             value.set_sensitive(true);
             Credentials::ManagementToken(ManagementToken(value))
         }
-        (None, Some(password)) => {
+        (None, Some(password), None) => {
             let email = p
                 .email
                 .filter(|e| !e.trim().is_empty())
@@ -359,10 +398,10 @@ pub(super) fn validate(
                 totp_secret,
             }))
         }
-        (None, None) => {
+        (None, None, None) => {
             return Err(invalid(
                 &key,
-                "has neither `password_file` (with `email`) nor `management_token_file`",
+                "has neither `password_file` (with `email`), `management_token_file` nor an `[oauth]` table",
             ));
         }
     };

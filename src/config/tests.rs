@@ -162,7 +162,7 @@ fn management_token_profile() {
         None,
     )
     .unwrap();
-    assert!(!c.profiles[0].is_login());
+    assert!(!c.profiles[0].has_session());
     assert!(!format!("{c:?}").contains("cs-mgmt-token"));
 }
 
@@ -835,4 +835,200 @@ fn pathdiff(path: &Path, base: &Path) -> PathBuf {
         ups.push("..");
         assert!(base.pop(), "no common prefix");
     }
+}
+
+/// The OAuth profile `default` with `settings` (TOML lines of its `oauth` table), its refresh
+/// token file and state directory in a fresh directory, for other modules' unit tests.
+pub(crate) fn oauth_profile(settings: &str) -> ProfileConfig {
+    let dir = tempdir();
+    std::fs::write(dir.join("refresh-token"), "rt-bootstrap\n").unwrap();
+    std::fs::create_dir(dir.join("state")).unwrap();
+    let c = Config::from_toml(
+        &format!("[profiles.default.oauth]\n{OAUTH}{settings}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    // Read during validation; the tests that use the profile never touch the files.
+    std::fs::remove_dir_all(dir).unwrap();
+    (*c.profiles[0]).clone()
+}
+
+const OAUTH: &str = r#"app_id = "app0"
+client_id = "client0"
+redirect_uri = "http://127.0.0.1:8184/callback"
+refresh_token_file = "refresh-token"
+state_dir = "state"
+"#;
+
+#[test]
+fn an_oauth_profile_derives_its_endpoints_from_the_region() {
+    let p = oauth_profile("");
+    let oauth = p.oauth().unwrap();
+    assert_eq!(
+        oauth.token_url,
+        "https://developerhub-api.contentstack.com/token"
+    );
+    assert_eq!(
+        oauth.authorize_url,
+        "https://app.contentstack.com/#!/apps/app0/authorize"
+    );
+    assert_eq!(
+        oauth.bootstrap.as_ref().unwrap().token.expose_secret(),
+        "rt-bootstrap"
+    );
+    assert!(oauth.client_secret.is_none());
+    assert!(p.has_session() && p.login().is_none());
+    // The refresh token never shows.
+    let debug = format!("{p:?}");
+    assert!(!debug.contains("rt-bootstrap"), "{debug}");
+
+    let dir = tempdir();
+    std::fs::write(dir.join("refresh-token"), "rt").unwrap();
+    std::fs::create_dir(dir.join("state")).unwrap();
+    let c = Config::from_toml(
+        &format!("[upstream]\nregion = \"azure-eu\"\n[profiles.default.oauth]\n{OAUTH}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    let oauth = c.profiles[0].oauth().unwrap();
+    assert_eq!(
+        oauth.token_url,
+        "https://azure-eu-developerhub-api.contentstack.com/token"
+    );
+    // A custom upstream (a simulator) serves the OAuth endpoints itself, unless they are written.
+    let c = Config::from_toml(
+        &format!(
+            "[upstream]\nurl = \"http://127.0.0.1:9\"\n[profiles.default.oauth]\n{OAUTH}token_url = \"http://127.0.0.1:10/token\"\n"
+        ),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    let oauth = c.profiles[0].oauth().unwrap();
+    assert_eq!(oauth.token_url, "http://127.0.0.1:10/token");
+    assert_eq!(
+        oauth.authorize_url,
+        "http://127.0.0.1:9/#!/apps/app0/authorize"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn oauth_keys_are_validated_by_name() {
+    let dir = tempdir();
+    std::fs::write(dir.join("refresh-token"), "rt-secret-value").unwrap();
+    std::fs::write(dir.join("empty"), "\n").unwrap();
+    std::fs::create_dir(dir.join("state")).unwrap();
+    let error = |toml: &str| {
+        Config::from_toml(toml, no_env(), Some(&dir))
+            .unwrap_err()
+            .to_string()
+    };
+    let without = |key: &str| {
+        OAUTH
+            .lines()
+            .filter(|l| !l.starts_with(key))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let table = "[profiles.default.oauth]\n";
+    for key in ["app_id", "client_id", "redirect_uri"] {
+        let e = error(&format!("{table}{}", without(key)));
+        assert!(
+            e.contains(&format!("`profiles.default.oauth.{key}`")) && e.contains("required"),
+            "{e}"
+        );
+    }
+    let e = error(&format!("{table}{}", without("state_dir")));
+    assert!(
+        e.contains("`profiles.default.oauth.state_dir`") && e.contains("required"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{table}{}state_dir = \"refresh-token\"\n",
+        without("state_dir")
+    ));
+    assert!(e.contains("is not a directory"), "{e}");
+    let e = error(&format!(
+        "[token_store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1\"\nallow_plaintext = true\n{table}{OAUTH}"
+    ));
+    assert!(
+        e.contains("`profiles.default.oauth.state_dir`") && e.contains("fleet store"),
+        "{e}"
+    );
+    let e = error(&format!(
+        "{table}{}redirect_uri = \"ftp://x\"\n",
+        without("redirect_uri")
+    ));
+    assert!(e.contains("`profiles.default.oauth.redirect_uri`"), "{e}");
+    let e = error(&format!("{table}{OAUTH}token_url = \"not a url\"\n"));
+    assert!(e.contains("`profiles.default.oauth.token_url`"), "{e}");
+    let e = error(&format!("{table}{}app_id = \"a/b\"\n", without("app_id")));
+    assert!(e.contains("`profiles.default.oauth.app_id`"), "{e}");
+    let e = error(&format!(
+        "{table}{}refresh_token_file = \"empty\"\n",
+        without("refresh_token_file")
+    ));
+    assert!(
+        e.contains("`profiles.default.oauth.refresh_token_file`") && e.contains("empty"),
+        "{e}"
+    );
+    let e = error(&format!("{table}{OAUTH}bogus = 1\n"));
+    assert!(e.contains("bogus") || e.contains("unknown key"), "{e}");
+    // One way to obtain tokens per profile.
+    let e = error(&format!(
+        "[profiles.default]\nemail = \"a@b.c\"\npassword = \"pw\"\n{table}{OAUTH}"
+    ));
+    assert!(e.contains("an OAuth profile takes no"), "{e}");
+    let e = error(&format!(
+        "[profiles.default]\nmax_token_age = \"1h\"\n{table}{OAUTH}"
+    ));
+    assert!(e.contains("`profiles.default.max_token_age`"), "{e}");
+    for e in [
+        error(&format!("{table}{OAUTH}token_url = \"nope\"\n")),
+        error(&format!("{table}{OAUTH}bogus = 1\n")),
+    ] {
+        assert!(!e.contains("rt-secret-value"), "{e}");
+    }
+    // Without a refresh token file the profile is valid: `oauth login` keeps one in state_dir.
+    Config::from_toml(
+        &format!("{table}{}", without("refresh_token_file")),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn a_memory_token_store_may_take_a_key_to_seal_oauth_state() {
+    let dir = tempdir();
+    std::fs::write(dir.join("key"), "cd".repeat(32)).unwrap();
+    std::fs::write(dir.join("refresh-token"), "rt").unwrap();
+    std::fs::create_dir(dir.join("state")).unwrap();
+    let c = Config::from_toml(
+        &format!("[token_store]\nencryption_key_file = \"key\"\n[profiles.default.oauth]\n{OAUTH}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap();
+    assert!(matches!(
+        c.token_store,
+        TokenStoreConfig::Memory {
+            encryption_key: Some(_)
+        }
+    ));
+    assert!(c.profiles[0].oauth().unwrap().state_key.is_some());
+    // The other keys of the store are still redis's own.
+    let e = Config::from_toml(
+        &format!("[token_store]\nencryption_key_file = \"key\"\ntimeout = \"1s\"\n{MINIMAL}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("applies only to kind = \"redis\""), "{e}");
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -1,5 +1,6 @@
-//! `[token_store]`: where tokens live. `kind = "memory"` keeps each process's own; `kind = "redis"`
-//! shares one session per account across a fleet, sealed with a key every replica holds.
+//! `[token_store]`: where tokens live. `kind = "memory"` keeps each process's own (and may take a key
+//! sealing what OAuth profiles keep on disk); `kind = "redis"` shares one session per account
+//! across a fleet, sealed with a key every replica holds.
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -9,8 +10,8 @@ use super::files::Sources;
 use super::{ConfigError, invalid, read_pem_roots, resolve};
 
 /// The `[token_store]` table as written: `kind`, and the keys of `kind = "redis"` (memory takes
-/// none), each `None` when not written, so that a key of the other kind is refused where it was
-/// written.
+/// only `encryption_key_file`), each `None` when not written, so that a key of the other kind is
+/// refused where it was written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct FileTokenStore {
@@ -36,12 +37,11 @@ enum Kind {
 }
 
 impl FileTokenStore {
-    /// The redis keys written, by name.
+    /// The keys written that only `kind = "redis"` takes, by name.
     fn redis_keys(&self) -> impl Iterator<Item = &'static str> {
         [
             ("url", self.url.is_some()),
             ("key_prefix", self.key_prefix.is_some()),
-            ("encryption_key_file", self.encryption_key_file.is_some()),
             ("allow_plaintext", self.allow_plaintext.is_some()),
             ("timeout", self.timeout.is_some()),
             ("lock_ttl", self.lock_ttl.is_some()),
@@ -54,8 +54,11 @@ impl FileTokenStore {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenStoreConfig {
-    /// Each process keeps its own token.
-    Memory,
+    /// Each process keeps its own token; `encryption_key` seals what OAuth profiles keep in their
+    /// `state_dir`.
+    Memory {
+        encryption_key: Option<EncryptionKey>,
+    },
     /// One session per account shared by a fleet through Redis.
     Redis(RedisConfig),
 }
@@ -95,6 +98,12 @@ impl std::fmt::Debug for RedisConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncryptionKey(pub [u8; 32]);
 
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
 /// How to make the fleet's sealing key, for error and warning text.
 const MAKE_A_KEY: &str = "generate one with `openssl rand -base64 32 > store-key`, give every replica the same file (e.g. from one Kubernetes Secret) and set encryption_key_file";
 
@@ -103,9 +112,14 @@ pub(super) fn validate(
     base_dir: Option<&Path>,
     sources: &mut Sources,
 ) -> Result<TokenStoreConfig, ConfigError> {
+    let encryption_key = store
+        .encryption_key_file
+        .as_deref()
+        .map(|path| read_key(path, base_dir, sources))
+        .transpose()?;
     if let Kind::Memory = store.kind {
         return match store.redis_keys().next() {
-            None => Ok(TokenStoreConfig::Memory),
+            None => Ok(TokenStoreConfig::Memory { encryption_key }),
             Some(name) => Err(invalid(
                 format!("token_store.{name}"),
                 "applies only to kind = \"redis\"",
@@ -123,21 +137,6 @@ pub(super) fn validate(
         })?;
     redis::Client::open(url.as_str())
         .map_err(|_| invalid("token_store.url", "is not a valid Redis URL"))?;
-    let encryption_key = store
-        .encryption_key_file
-        .map(|path| {
-            let path = resolve(base_dir, &path);
-            let bytes = sources.read_secret(&path).map_err(|source| {
-                ConfigError::secret_file("token_store.encryption_key_file", &path, source)
-            })?;
-            parse_key(&bytes).ok_or_else(|| {
-                invalid(
-                    "token_store.encryption_key_file",
-                    format!("must hold a 32-byte key as 64 hex digits or base64: {MAKE_A_KEY}"),
-                )
-            })
-        })
-        .transpose()?;
     // Whoever can write to Redis could otherwise plant the token every replica uses and
     // the failure records that stop them logging in: sealing is the default, and going
     // without takes an explicit, logged opt-out.
@@ -190,6 +189,24 @@ pub(super) fn validate(
         encryption_key,
         roots_pem,
     }))
+}
+
+/// The sealing key `encryption_key_file` names.
+fn read_key(
+    path: &Path,
+    base_dir: Option<&Path>,
+    sources: &mut Sources,
+) -> Result<EncryptionKey, ConfigError> {
+    let path = resolve(base_dir, path);
+    let bytes = sources.read_secret(&path).map_err(|source| {
+        ConfigError::secret_file("token_store.encryption_key_file", &path, source)
+    })?;
+    parse_key(&bytes).ok_or_else(|| {
+        invalid(
+            "token_store.encryption_key_file",
+            format!("must hold a 32-byte key as 64 hex digits or base64: {MAKE_A_KEY}"),
+        )
+    })
 }
 
 /// A 32-byte key written as hex or base64, with or without a trailing newline.

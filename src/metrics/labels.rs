@@ -41,6 +41,8 @@ label_values! {
         Validate => "validate",
         /// `max_token_age` passed.
         MaxAge => "max_age",
+        /// An OAuth access token was renewed ahead of its expiry.
+        Expiry => "expiry",
         /// The credentials changed on reload.
         Rotate => "rotate",
     }

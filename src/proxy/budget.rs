@@ -38,7 +38,7 @@ impl Proxy {
 
     async fn learn_once(&self, learned: &mut HashMap<Arc<str>, (Weak<RateLimiter>, String)>) {
         let config = self.config();
-        for profile in config.profiles.iter().filter(|p| p.is_login()) {
+        for profile in config.profiles.iter().filter(|p| p.login().is_some()) {
             let Some((settings, limiter)) = self.limiters.load().get(&profile.name).cloned() else {
                 continue;
             };

@@ -142,7 +142,9 @@ impl ProxyError {
             ProxyError::Login(e) => Shape {
                 retry_after: Some(e.retry_after),
                 ..match *e.failure {
-                    LoginFailure::Rejected { .. } => {
+                    LoginFailure::Rejected { .. }
+                    | LoginFailure::RefreshRefused { .. }
+                    | LoginFailure::NotAuthorized => {
                         shape(StatusCode::SERVICE_UNAVAILABLE, "login_rejected", 901)
                     }
                     LoginFailure::Transient(_) => {
@@ -271,6 +273,26 @@ mod tests {
         let text = String::from_utf8(r.body().to_vec()).unwrap();
         assert!(text.contains("104"), "{text}");
         assert!(text.contains("rotate"), "{text}");
+        // An OAuth profile's refused refresh, or no refresh token at all, is refused credentials
+        // too: the same answer, naming its own fix.
+        for (failure, fix) in [
+            (
+                LoginFailure::RefreshRefused {
+                    http_status: 400,
+                    error: Some(crate::token::oauth::OAuthError::InvalidGrant),
+                },
+                "invalid_grant",
+            ),
+            (LoginFailure::NotAuthorized, "oauth login"),
+        ] {
+            let r = check(
+                login_error(failure, Duration::from_secs(300)),
+                503,
+                "login_rejected",
+            );
+            let text = String::from_utf8(r.body().to_vec()).unwrap();
+            assert!(text.contains(fix), "{text}");
+        }
     }
 
     #[test]

@@ -36,8 +36,7 @@ use crate::body::{self, Relay, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{Decision, RateLimiter, RequestKind};
-use crate::token::session::{TOKEN_INVALID, error_code};
-use crate::token::{Token, TokenLease, TokenManager, Validity};
+use crate::token::{Token, TokenLease, TokenManager, Validity, Verdict};
 use error::{BadRequest, ProxyError};
 use target::Target;
 use upstream::UpstreamClients;
@@ -319,7 +318,7 @@ impl Proxy {
                 let response = self.send(&outbound, headers, body, record).await?;
                 Ok(relay_response(response))
             }
-            Credentials::Login(_) => {
+            Credentials::Login(_) | Credentials::OAuth(_) => {
                 self.forward_with_session(profile, outbound, body, record)
                     .await
             }
@@ -327,7 +326,7 @@ impl Proxy {
     }
 
     /// Steps 5–7: send with the profile's token; on a 401 that says the token is dead, drop that
-    /// token (only if still current), log in once, and replay a kept body once.
+    /// token (only if still current), log in (or refresh) once, and replay a kept body once.
     async fn forward_with_session(
         &self,
         profile: &ProfileConfig,
@@ -394,8 +393,10 @@ impl Proxy {
             .ok_or(ProxyError::ShuttingDown)
     }
 
-    /// Whether an upstream 401 means "this token is dead" (`error_code` 105). A body in an encoding
-    /// the proxy cannot read is settled by asking Contentstack about the token directly.
+    /// Whether an upstream 401 means "this token is dead" (`error_code` 105, or an OAuth access
+    /// token's invalid-or-expired answer, see [`session::verdict`]). A body in an encoding the
+    /// proxy cannot read, or one that does not say, is settled by asking Contentstack about the
+    /// token directly.
     async fn token_is_dead(
         &self,
         headers: &HeaderMap,
@@ -403,9 +404,15 @@ impl Proxy {
         token: &Token,
     ) -> bool {
         let raw = body::concat(chunks.clone());
-        match error_body::decode(headers, &raw) {
-            Some(decoded) => error_code(&decoded) == Some(TOKEN_INVALID),
-            None => matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead)),
+        let verdict = error_body::decode(headers, &raw).map_or(Verdict::Unsure, |decoded| {
+            crate::token::session::verdict(token.kind(), &decoded)
+        });
+        match verdict {
+            Verdict::Dead => true,
+            Verdict::NotTheToken => false,
+            Verdict::Unsure => {
+                matches!(self.tokens.auth().validate(token).await, Ok(Validity::Dead))
+            }
         }
     }
 
@@ -523,7 +530,7 @@ fn millis(d: Duration) -> f64 {
 /// Every profile's series, at 0, in the metrics (again after a reload: new profiles get theirs).
 fn declare_profiles(metrics: &Metrics, config: &Config) {
     for p in &config.profiles {
-        metrics.profile(&p.name, p.is_login(), p.rate_limit.is_some());
+        metrics.profile(&p.name, p.has_session(), p.rate_limit.is_some());
     }
     metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
 }
@@ -540,9 +547,11 @@ struct Outbound {
     profile: Arc<str>,
 }
 
+/// The request's headers with the profile's token: `authtoken`, or an OAuth profile's
+/// `authorization: Bearer …` (client-sent credentials are gone by now).
 fn with_token(headers: &HeaderMap, token: &Token) -> HeaderMap {
     let mut headers = headers.clone();
-    headers.insert(headers::AUTHTOKEN, token.header().clone());
+    headers.insert(token.header_name(), token.header().clone());
     headers
 }
 

@@ -4,7 +4,10 @@
 //!
 //! Keys, under `key_prefix`, per account (a digest of upstream and e-mail, so replicas with
 //! different profile names still share):
-//! - `token:{acct}`: `{sha256 of the token, hex}:{obtained unix ms}:{p|s}:{token | sealed token}`
+//! - `token:{acct}`: `{sha256 of the token, hex}:{obtained unix ms}[+{lifetime ms}]:{p|s}:{token |
+//!   sealed token}` (a lifetime for OAuth access tokens)
+//! - `grant:{acct}`: an OAuth profile's newest refresh token, `{issued unix ms}:{p|s}:{JSON | sealed
+//!   JSON}`, written by the lock holder right after each refresh
 //! - `lock:{acct}`: the login lock, `SET NX PX` with a random fencing value, released by its holder
 //! - `fail:{acct}`: the last failed login (status and `error_code`, when, until when, and a keyed
 //!   tag of the credentials), sealed; expiring when the next attempt is due
@@ -29,19 +32,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::HeaderValue;
+use secrecy::SecretString;
 
-use crate::config::{LoginCredentials, RedisConfig};
+use crate::config::{LoginCredentials, OAuthCredentials, RedisConfig};
 use crate::metrics::{Metrics, StoreEvent};
 pub use invalidations::Invalidated;
 pub use link::LinkStatus;
-use record::{Codec, Invalid, MAX_VALUE};
-pub use record::{SharedFailure, sha256_hex, unix_ms};
+pub use record::{Codec, Invalid, MAX_LIFETIME, MAX_VALUE, SharedFailure, sha256_hex, unix_ms};
 
-/// A session as the store shares it: the `authtoken` header value and when some replica
-/// obtained it.
+/// A session as the store shares it: the header value requests carry (`authtoken`, or an OAuth
+/// `Bearer` access token), when some replica obtained it, and when it expires (OAuth only).
 pub struct SharedToken {
     pub header: HeaderValue,
     pub obtained_at: SystemTime,
+    pub expires_at: Option<SystemTime>,
 }
 
 impl std::fmt::Debug for SharedToken {
@@ -49,6 +53,32 @@ impl std::fmt::Debug for SharedToken {
         f.debug_struct("SharedToken")
             .field("header", &"[REDACTED]")
             .field("obtained_at", &self.obtained_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// An OAuth profile's newest refresh token, as the fleet store and a `state_dir` file keep it.
+/// Refresh tokens of one authorization form a chain (each refresh replaces the token): `origin`
+/// names the chain (the SHA-256 of its first token, hex), `generation` counts refreshes along it,
+/// `issued_at` is when this one was obtained. `Debug` never shows the token.
+#[derive(Clone)]
+pub struct SharedGrant {
+    pub refresh_token: SecretString,
+    pub issued_at: SystemTime,
+    pub origin: String,
+    pub generation: u64,
+    pub user_uid: Option<String>,
+    pub organization_uid: Option<String>,
+}
+
+impl std::fmt::Debug for SharedGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedGrant")
+            .field("refresh_token", &"[REDACTED]")
+            .field("issued_at", &self.issued_at)
+            .field("origin", &self.origin)
+            .field("generation", &self.generation)
             .finish()
     }
 }
@@ -110,6 +140,7 @@ pub struct RedisStore {
     unlock: redis::Script,
     extend: redis::Script,
     delete_if: redis::Script,
+    put_if_newer: redis::Script,
     rate: redis::Script,
     /// This replica's name in the invalidations it publishes, so that it ignores its own.
     origin: String,
@@ -139,6 +170,7 @@ impl RedisStore {
             unlock: redis::Script::new(scripts::UNLOCK),
             extend: redis::Script::new(scripts::EXTEND),
             delete_if: redis::Script::new(scripts::DELETE_IF),
+            put_if_newer: redis::Script::new(scripts::PUT_IF_NEWER),
             rate: redis::Script::new(scripts::RATE),
             origin: record::hex(&rand::random::<[u8; 8]>()),
         })
@@ -159,6 +191,16 @@ impl RedisStore {
             &login.email,
             secrecy::ExposeSecret::expose_secret(&login.password),
             login.totp_secret.as_ref().map(|t| t.bytes()),
+        )
+    }
+
+    /// [`Self::credentials_tag`] for an OAuth profile.
+    pub fn oauth_credentials_tag(&self, oauth: &OAuthCredentials) -> Option<String> {
+        use secrecy::ExposeSecret;
+        self.codec.oauth_credentials_tag(
+            &oauth.client_id,
+            oauth.client_secret.as_ref().map(|s| s.expose_secret()),
+            oauth.bootstrap.as_ref().map(|b| b.token.expose_secret()),
         )
     }
 
@@ -327,6 +369,43 @@ impl RedisStore {
             )
             .await?;
         Ok(extended == 1)
+    }
+
+    /// The account's newest refresh token (OAuth profiles).
+    pub async fn get_grant(&self, account: &str) -> Result<Stored<SharedGrant>, StoreError> {
+        self.read_checked("grant", account, |codec, value| {
+            codec.open_grant(account, value, SystemTime::now())
+        })
+        .await
+    }
+
+    /// Keeps `grant` as the account's refresh token, replacing whatever was there: the lock
+    /// holder, right after a refresh, and `oauth login`.
+    pub async fn put_grant(&self, account: &str, grant: &SharedGrant) -> Result<(), StoreError> {
+        self.query(
+            redis::cmd("SET")
+                .arg(self.key("grant", account))
+                .arg(self.codec.grant(account, grant)),
+        )
+        .await
+    }
+
+    /// Keeps `grant` unless the store holds one issued later; returns whether it was kept. For a
+    /// replica putting back what a store that lost its data no longer has.
+    pub async fn put_grant_if_newer(
+        &self,
+        account: &str,
+        grant: &SharedGrant,
+    ) -> Result<bool, StoreError> {
+        let kept: i64 = self
+            .invoke(
+                self.put_if_newer
+                    .key(self.key("grant", account))
+                    .arg(self.codec.grant(account, grant))
+                    .arg(unix_ms(grant.issued_at)),
+            )
+            .await?;
+        Ok(kept == 1)
     }
 
     /// The last failed login of the account, if readable (see [`SharedFailure::hold`] for

@@ -7,7 +7,8 @@
 //! (`allow_plaintext`) a planted token cannot be told from a real one: that is the opt-out's cost.
 //!
 //! Nothing stored is derived from the password without the fleet key, and no upstream text is
-//! stored: a failure is shared as its status and `error_code` only.
+//! stored: a failure is shared as its status and `error_code` only. An OAuth profile's refresh
+//! token (a "grant") is kept in the same format in the store and in a `state_dir` file.
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -18,12 +19,18 @@ use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::SharedToken;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{SharedGrant, SharedToken};
 use crate::config::{EncryptionKey, ProfileConfig};
 
 /// The most a replica reads of one value. A token value is about 150 bytes, a failure record
 /// about 250: anything near this is not ours, and is not read further.
 pub const MAX_VALUE: usize = 8 * 1024;
+
+/// The longest lifetime a shared access token may claim: Contentstack's last an hour, and a value
+/// claiming more was not written by a replica.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// How far ahead of this replica's clock another replica's may be. A date later than that was
 /// not written by a replica, and would make a planted token look newest or a failure last forever.
@@ -125,17 +132,22 @@ impl Codec {
         }
     }
 
-    /// `{sha256 of the token, hex}:{obtained unix ms}:{p|s}:{token | sealed token}`. The digest
-    /// lets a Lua script compare-and-delete without the key; the seal covers digest and date.
+    /// `{sha256 of the token, hex}:{obtained unix ms}[+{lifetime ms}]:{p|s}:{token | sealed token}`
+    /// (a lifetime for tokens that expire: OAuth access tokens). The digest lets a Lua script
+    /// compare-and-delete without the key; the seal covers digest, date and lifetime.
     pub fn token(&self, account: &str, token: &SharedToken) -> String {
         let secret = token.header.as_bytes();
         let digest = sha256_hex(secret);
         let obtained = unix_ms(token.obtained_at);
+        let dates = match token.expires_at {
+            None => obtained.to_string(),
+            Some(expires) => format!("{obtained}+{}", unix_ms(expires).saturating_sub(obtained)),
+        };
         match &self.keys {
-            None => format!("{digest}:{obtained}:p:{}", String::from_utf8_lossy(secret)),
+            None => format!("{digest}:{dates}:p:{}", String::from_utf8_lossy(secret)),
             Some(keys) => {
-                let sealed = keys.seal(&token_context(account, &digest, obtained), secret);
-                format!("{digest}:{obtained}:s:{sealed}")
+                let sealed = keys.seal(&token_context(account, &digest, &dates), secret);
+                format!("{digest}:{dates}:s:{sealed}")
             }
         }
     }
@@ -148,17 +160,28 @@ impl Codec {
     ) -> Result<SharedToken, Invalid> {
         let text = bounded_text(value)?;
         let mut fields = text.splitn(4, ':');
-        let (Some(digest), Some(obtained), Some(mode), Some(body)) =
+        let (Some(digest), Some(dates), Some(mode), Some(body)) =
             (fields.next(), fields.next(), fields.next(), fields.next())
         else {
             return Err(Invalid::Malformed);
         };
+        let (obtained, lifetime) = match dates.split_once('+') {
+            None => (dates, None),
+            Some((obtained, lifetime)) => (obtained, Some(lifetime)),
+        };
         let obtained: u64 = obtained.parse().map_err(|_| Invalid::Malformed)?;
         not_after(obtained, now)?;
+        let lifetime = lifetime
+            .map(|ms| ms.parse::<u64>().map(Duration::from_millis))
+            .transpose()
+            .map_err(|_| Invalid::Malformed)?;
+        if lifetime.is_some_and(|l| l > MAX_LIFETIME) {
+            return Err(Invalid::Malformed);
+        }
         let secret = match (mode, &self.keys) {
             ("p", None) => body.as_bytes().to_vec(),
             ("s", Some(keys)) => {
-                keys.open(&token_context(account, digest, obtained), body.as_bytes())?
+                keys.open(&token_context(account, digest, dates), body.as_bytes())?
             }
             ("p" | "s", _) => return Err(Invalid::OtherSetting),
             _ => return Err(Invalid::Malformed),
@@ -169,9 +192,66 @@ impl Codec {
             return Err(Invalid::Malformed);
         }
         let header = HeaderValue::from_bytes(&secret).map_err(|_| Invalid::Malformed)?;
+        let obtained_at = UNIX_EPOCH + Duration::from_millis(obtained);
         Ok(SharedToken {
             header,
-            obtained_at: UNIX_EPOCH + Duration::from_millis(obtained),
+            obtained_at,
+            expires_at: lifetime.map(|l| obtained_at + l),
+        })
+    }
+
+    /// `{issued unix ms}:{p|s}:{JSON | sealed JSON}`: an OAuth profile's newest refresh token, in
+    /// the fleet store and in a `state_dir` file alike. The seal covers the date.
+    pub fn grant(&self, account: &str, grant: &SharedGrant) -> String {
+        let issued = unix_ms(grant.issued_at);
+        let json = serde_json::to_string(&GrantBody {
+            refresh_token: grant.refresh_token.expose_secret().to_owned(),
+            origin: grant.origin.clone(),
+            generation: grant.generation,
+            user_uid: grant.user_uid.clone(),
+            organization_uid: grant.organization_uid.clone(),
+        })
+        .expect("serializable");
+        match &self.keys {
+            None => format!("{issued}:p:{json}"),
+            Some(keys) => format!(
+                "{issued}:s:{}",
+                keys.seal(&grant_context(account, issued), json.as_bytes())
+            ),
+        }
+    }
+
+    pub fn open_grant(
+        &self,
+        account: &str,
+        value: &[u8],
+        now: SystemTime,
+    ) -> Result<SharedGrant, Invalid> {
+        let text = bounded_text(value)?;
+        let mut fields = text.splitn(3, ':');
+        let (Some(issued), Some(mode), Some(body)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return Err(Invalid::Malformed);
+        };
+        let issued: u64 = issued.parse().map_err(|_| Invalid::Malformed)?;
+        not_after(issued, now)?;
+        let json = match (mode, &self.keys) {
+            ("p", None) => body.as_bytes().to_vec(),
+            ("s", Some(keys)) => keys.open(&grant_context(account, issued), body.as_bytes())?,
+            ("p" | "s", _) => return Err(Invalid::OtherSetting),
+            _ => return Err(Invalid::Malformed),
+        };
+        let body: GrantBody = serde_json::from_slice(&json).map_err(|_| Invalid::Malformed)?;
+        if body.refresh_token.is_empty() {
+            return Err(Invalid::Malformed);
+        }
+        Ok(SharedGrant {
+            refresh_token: SecretString::from(body.refresh_token),
+            issued_at: UNIX_EPOCH + Duration::from_millis(issued),
+            origin: body.origin,
+            generation: body.generation,
+            user_uid: body.user_uid,
+            organization_uid: body.organization_uid,
         })
     }
 
@@ -227,10 +307,46 @@ impl Codec {
         );
         Some(hex(&tag[..16]))
     }
+
+    /// [`Self::credentials_tag`] of an OAuth profile: the app's client and the refresh token the
+    /// operator handed in, so a new `refresh_token_file` (or a new client secret) is not held back
+    /// by the failure of the one before.
+    pub fn oauth_credentials_tag(
+        &self,
+        client_id: &str,
+        client_secret: Option<&str>,
+        bootstrap: Option<&str>,
+    ) -> Option<String> {
+        let keys = self.keys.as_ref()?;
+        let tag = keyed_digest(
+            &keys.credentials_tag,
+            &[
+                b"oauth",
+                client_id.as_bytes(),
+                client_secret.unwrap_or_default().as_bytes(),
+                bootstrap.unwrap_or_default().as_bytes(),
+            ],
+        );
+        Some(hex(&tag[..16]))
+    }
 }
 
-fn token_context(account: &str, digest: &str, obtained: u64) -> Vec<u8> {
-    format!("token\0{account}\0{digest}\0{obtained}").into_bytes()
+fn token_context(account: &str, digest: &str, dates: &str) -> Vec<u8> {
+    format!("token\0{account}\0{digest}\0{dates}").into_bytes()
+}
+
+fn grant_context(account: &str, issued: u64) -> Vec<u8> {
+    format!("grant\0{account}\0{issued}").into_bytes()
+}
+
+/// What a kept refresh token is stored as, inside the (sealed) value.
+#[derive(Serialize, Deserialize)]
+struct GrantBody {
+    refresh_token: String,
+    origin: String,
+    generation: u64,
+    user_uid: Option<String>,
+    organization_uid: Option<String>,
 }
 
 fn failure_context(account: &str) -> Vec<u8> {

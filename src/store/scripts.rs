@@ -28,6 +28,18 @@ local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 64) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
 "#;
 
+/// Sets the value unless the one there was issued later (its leading `{issued ms}:`). A value
+/// whose date cannot be read is replaced: no replica wrote it.
+pub(super) const PUT_IF_NEWER: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local issued = tonumber(string.match(v, '^(%d+):'))
+  if issued and issued > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"#;
+
 /// GCRA on the server's clock: returns the wait in ms (0 = go now), or -wait when refused.
 /// No replica reserves further ahead than `reach`: a stored time beyond it was not written by
 /// one, and is treated as no reservation rather than holding requests back.

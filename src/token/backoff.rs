@@ -17,7 +17,9 @@ pub fn delay(
     jitter: f64,
 ) -> Duration {
     match failure {
-        LoginFailure::Rejected { .. } => profile.rejected_retry,
+        LoginFailure::Rejected { .. }
+        | LoginFailure::RefreshRefused { .. }
+        | LoginFailure::NotAuthorized => profile.rejected_retry,
         LoginFailure::Transient(_) => {
             let exp = failures.saturating_sub(1).min(32);
             let ceiling = profile

@@ -1,8 +1,9 @@
-//! Background care of each login profile's token, one task per profile: validation against
+//! Background care of each session profile's token, one task per profile: validation against
 //! `GET /v3/user` every `validate_interval` (so an evicted token is found before a client meets
-//! it), a fresh login after `max_token_age`, and, with a fleet store, keeping in step with the
-//! fleet's shared session. The tasks hold no reference to the manager while they sleep, and end
-//! with it.
+//! it), a fresh login after `max_token_age`, an OAuth access token's refresh ahead of its expiry
+//! (and keeping a refresh token that could not be kept before), and, with a fleet store, keeping
+//! in step with the fleet's shared session. The tasks hold no reference to the manager while they
+//! sleep, and end with it.
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -15,11 +16,16 @@ use crate::metrics::Trigger;
 const CARE_IDLE: Duration = Duration::from_secs(60);
 /// How often a replica of a fleet compares its token with the shared one.
 const FLEET_SYNC: Duration = Duration::from_secs(2);
+/// How often an OAuth profile without a usable token looks for a new refresh token kept by
+/// `oauth login` (or another replica), in case refused ones hold it back; and how soon one whose
+/// refresh token could not be kept tries again.
+const KEPT_LOOK: Duration = Duration::from_secs(2);
 /// The care loop never spins faster than this, whatever the settings.
 const CARE_MIN_TICK: Duration = Duration::from_millis(50);
 
 impl TokenManager {
-    /// (Re)starts one background task per login profile for `validate_interval` and `max_token_age`.
+    /// (Re)starts one background task per session profile for `validate_interval`, `max_token_age`
+    /// and OAuth renewals.
     pub fn start_care(&self) {
         let names: Vec<Arc<str>> = self.inner.profiles.load().keys().cloned().collect();
         let weak = Arc::downgrade(&self.inner);
@@ -46,8 +52,8 @@ impl TokenManager {
     }
 }
 
-/// Watches over one profile's token until the token manager is gone: validates it, refreshes it at
-/// max age, and keeps it in step with the fleet.
+/// Watches over one profile's token until the token manager is gone: validates it, renews it at
+/// max age or ahead of its expiry, and keeps it in step with the fleet.
 async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, name: Arc<str>) {
     let mut last_validated = Instant::now();
     loop {
@@ -63,13 +69,20 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
         let until_validate = config
             .validate_interval
             .map(|every| every.saturating_sub(last_validated.elapsed()));
-        // A refresh that is backing off waits for its backoff, not for the (passed) age.
-        let until_max_age = config
-            .max_token_age
-            .zip(token.as_ref())
-            .map(|(max, t)| max.saturating_sub(t.age()))
+        // A renewal that is backing off waits for its backoff, not for the (passed) moment.
+        let until_renewal = token
+            .as_ref()
+            .and_then(|t| renewal_in(t, config.max_token_age))
             .map(|left| left.max(state.retry_in().unwrap_or_default()));
-        let wait = [until_validate, until_max_age, until_sync]
+        // Without a usable token an OAuth profile may be held back by a refused refresh token, now
+        // or once its first refresh fails; and a refresh token not kept yet is tried again soon.
+        let until_kept = match &state.source {
+            super::source::Source::OAuth(grant) => (grant.is_unsaved()
+                || token.as_ref().is_none_or(|t| !t.is_usable()))
+            .then_some(KEPT_LOOK),
+            super::source::Source::Login(_) => None,
+        };
+        let wait = [until_validate, until_renewal, until_sync, until_kept]
             .into_iter()
             .flatten()
             .min()
@@ -89,10 +102,18 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
         };
         let config = state.config.load_full();
         this.sync(&state).await;
+        this.keep_again(&state).await;
+        if this.look_for_new_grant(&state).await {
+            let _ = this.token(&name).await;
+        }
         let Some(token) = state.current() else {
             continue;
         };
         state.status().rejections.alive(token.age());
+        if token.renew_in() == Some(Duration::ZERO) {
+            this.refresh(&state, token, Trigger::Expiry).await;
+            continue;
+        }
         if config.max_token_age.is_some_and(|max| token.age() >= max) {
             this.refresh(&state, token, Trigger::MaxAge).await;
             continue;
@@ -100,6 +121,7 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
         if config
             .validate_interval
             .is_some_and(|every| last_validated.elapsed() >= every)
+            && token.is_usable()
         {
             last_validated = Instant::now();
             match this.inner.auth.validate(&token).await {
@@ -116,4 +138,12 @@ async fn watch_token(weak: Weak<Inner>, token_cached: Arc<tokio::sync::Notify>, 
             }
         }
     }
+}
+
+/// How long until `token` is due for renewal: an access token ahead of its expiry, an `authtoken`
+/// at `max_token_age` (if set).
+fn renewal_in(token: &super::Token, max_token_age: Option<Duration>) -> Option<Duration> {
+    token
+        .renew_in()
+        .or_else(|| max_token_age.map(|max| max.saturating_sub(token.age())))
 }

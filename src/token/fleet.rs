@@ -1,13 +1,18 @@
 //! How a token manager uses the fleet store: obtain the shared session (or be the one replica that
-//! logs in for everyone), share failures so refused credentials are tried once per window across the
-//! fleet, refresh at max age under the fleet lock, and converge on one session after an outage.
-//! Whenever the store fails, the replica works on its own (its cache, its logins) and says so.
+//! logs in, or refreshes an OAuth authorization, for everyone), share failures so refused
+//! credentials are tried once per window across the fleet, renew at max age or ahead of expiry
+//! under the fleet lock, and converge on one session after an outage. Whenever the store fails, a
+//! login profile works on its own (its cache, its logins) and says so; an OAuth profile keeps
+//! serving its access token but does not refresh alone, since that would spend a refresh token
+//! the other replicas still hold.
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::refresh::{Identity, Keep};
+use super::source::Source;
 use super::state::{LoginError, ProfileState};
-use super::{LoginFailure, Token, TokenManager, TransientCause};
+use super::{LoginFailure, Token, TokenKind, TokenLease, TokenManager, TransientCause};
 use crate::metrics::StoreEvent;
 use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms};
 
@@ -57,19 +62,29 @@ impl TokenManager {
     /// Obtains a token for `state`, with the login lock of this process held.
     pub(super) async fn obtain(&self, state: &Arc<ProfileState>) -> Result<Arc<Token>, LoginError> {
         let Some(store) = self.inner.store.clone() else {
-            return self.login(state).await;
+            return self.renew(state, Keep::Local).await;
         };
         match self.obtain_shared(&store, state).await {
             Ok(result) => result,
             Err(e) => {
                 self.store_unavailable(&e);
-                let result = self.login(state).await;
-                if result.is_ok() {
-                    state.local_only.store(true, Ordering::Relaxed);
-                }
-                result
+                self.renew_alone(state).await
             }
         }
+    }
+
+    /// The store failed: a login profile logs in on its own; an OAuth profile does not refresh.
+    async fn renew_alone(&self, state: &Arc<ProfileState>) -> Result<Arc<Token>, LoginError> {
+        if let Source::OAuth(_) = state.source {
+            let error = state.record_failure(LoginFailure::Transient(TransientCause::StoreNeeded));
+            tracing::warn!(profile = %state.name(), retry_after_ms = error.retry_after.as_millis() as u64, "{}", crate::error_text::error_chain_text(&error));
+            return Err(error);
+        }
+        let result = self.renew(state, Keep::Local).await;
+        if result.is_ok() {
+            state.local_only.store(true, Ordering::Relaxed);
+        }
+        result
     }
 
     async fn obtain_shared(
@@ -78,7 +93,7 @@ impl TokenManager {
         state: &Arc<ProfileState>,
     ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
         let account = &state.account;
-        let credentials_tag = store.credentials_tag(&state.login);
+        let credentials_tag = state.source.credentials_tag(store);
         // A holder that died leaves its lock for `lock_ttl`; a live one renews it for as long as
         // its login can take.
         let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
@@ -111,7 +126,7 @@ impl TokenManager {
                 let result = match published {
                     Some(token) => Ok(token),
                     None => {
-                        with_lock_renewed(store, account, &lock, self.login_for_fleet(store, state))
+                        with_lock_renewed(store, account, &lock, self.renew_for_fleet(store, state))
                             .await
                     }
                 };
@@ -129,21 +144,23 @@ impl TokenManager {
         }
     }
 
-    /// Logs in for the whole fleet (the fleet lock is held) and publishes the outcome.
-    async fn login_for_fleet(
+    /// Logs in, or refreshes, for the whole fleet (the fleet lock is held) and publishes the
+    /// outcome. A refresh has kept its new refresh token in the store before this publishes the
+    /// access token.
+    async fn renew_for_fleet(
         &self,
         store: &RedisStore,
         state: &Arc<ProfileState>,
     ) -> Result<Arc<Token>, LoginError> {
         self.inner.metrics.store_event(StoreEvent::FleetLogin);
-        let result = self.login(state).await;
+        let result = self.renew(state, Keep::Fleet(store)).await;
         let published = match &result {
             Ok(token) => match store.put(&state.account, &token.shared()).await {
                 Ok(()) => store.clear_failure(&state.account).await,
                 Err(e) => Err(e),
             },
             Err(error) => {
-                let tag = store.credentials_tag(&state.login);
+                let tag = state.source.credentials_tag(store);
                 let shared = SharedFailure::new(error, tag);
                 store
                     .set_failure(&state.account, &shared, error.retry_after)
@@ -158,10 +175,15 @@ impl TokenManager {
     }
 
     /// Takes a token from the store into this replica's cache, unless this replica already saw
-    /// Contentstack reject it (a read that raced with the eviction).
+    /// Contentstack reject it (a read that raced with the eviction), or it is an access token past
+    /// its use (or not the kind of token this profile sends).
     async fn adopt(&self, state: &Arc<ProfileState>, shared: SharedToken) -> Option<Arc<Token>> {
-        let token = Token::restored(shared.header, shared.obtained_at);
-        if state.is_dead(&token) {
+        let kind = state.source.kind();
+        if shared.expires_at.is_some() != (kind == TokenKind::Bearer) {
+            return None;
+        }
+        let token = Token::restored(kind, shared.header, shared.obtained_at, shared.expires_at);
+        if state.is_dead(&token) || !token.is_usable() {
             return None;
         }
         let token = Arc::new(token);
@@ -173,9 +195,10 @@ impl TokenManager {
         Some(token)
     }
 
-    /// Max age with a fleet: one replica logs in under the fleet lock and publishes; the others
-    /// adopt the newer token when they sync. While the store is unavailable the replica refreshes
-    /// on its own. Returns whether this replica refreshed.
+    /// Max age, or an access token due for renewal, with a fleet: one replica renews under the
+    /// fleet lock and publishes; the others adopt the newer token when they sync. While the store
+    /// is unavailable a login profile logs in on its own (an OAuth profile waits for the store).
+    /// Returns whether this replica renewed.
     pub(super) async fn refresh_shared(
         &self,
         store: &RedisStore,
@@ -189,17 +212,13 @@ impl TokenManager {
             Ok(None) => return false,
             Err(e) => {
                 self.store_unavailable(&e);
-                let refreshed = self.login(state).await.is_ok();
-                if refreshed {
-                    state.local_only.store(true, Ordering::Relaxed);
-                }
-                return refreshed;
+                return self.renew_alone(state).await.is_ok();
             }
         };
         let still_shared =
             matches!(store.get(account).await, Ok(Stored::Valid(t)) if t.header == old.header());
         let refreshed = still_shared
-            && with_lock_renewed(store, account, &lock, self.login_for_fleet(store, state))
+            && with_lock_renewed(store, account, &lock, self.renew_for_fleet(store, state))
                 .await
                 .is_ok();
         let _ = store.unlock(account, lock).await;
@@ -252,6 +271,59 @@ impl TokenManager {
                 }
             }
         }
+        if let Source::OAuth(grant) = &state.source {
+            self.sync_grant(&store, state, grant).await;
+        }
+    }
+
+    /// Keeps this replica's idea of the newest refresh token in step with the store's, and puts
+    /// back one the store no longer has (it restarted empty, or a refresh could not keep its token
+    /// there), unless a newer one is there by then.
+    async fn sync_grant(
+        &self,
+        store: &RedisStore,
+        state: &ProfileState,
+        grant: &super::grant::Grant,
+    ) {
+        let account = &state.account;
+        let stored = match store.get_grant(account).await {
+            Ok(stored) => stored,
+            Err(e) => return self.store_unavailable(&e),
+        };
+        let (put_back, unreadable) = match stored {
+            Stored::Valid(kept) => {
+                grant.consider(kept);
+                (grant.is_unsaved(), false)
+            }
+            Stored::Absent => (true, false),
+            Stored::Invalid => (true, true),
+        };
+        // Only a token that came from a refresh or the store: one merely handed in at start-up is
+        // compared with the kept one by the next refresh, under the rules it needs.
+        let Some(ours) = grant.obtained().filter(|_| put_back) else {
+            return;
+        };
+        let kept = if unreadable {
+            // Left alone, a value no replica can read would keep the fleet from sharing again.
+            store.put_grant(account, &ours).await.map(|()| true)
+        } else {
+            store.put_grant_if_newer(account, &ours).await
+        };
+        match kept {
+            Ok(true) => {
+                grant.set_unsaved(false);
+                self.inner.metrics.store_event(StoreEvent::Publish);
+                tracing::info!(profile = %state.name(), "put the newest refresh token back into the fleet store");
+            }
+            // A newer one is there: take it.
+            Ok(false) => {
+                grant.set_unsaved(false);
+                if let Ok(Stored::Valid(kept)) = store.get_grant(account).await {
+                    grant.consider(kept);
+                }
+            }
+            Err(e) => self.store_unavailable(&e),
+        }
     }
 
     /// The store failed: this replica carries on alone. A failed call was counted and logged by
@@ -282,6 +354,8 @@ impl SharedFailure {
                 http_status,
                 error_code,
             } => (true, *http_status, *error_code),
+            LoginFailure::RefreshRefused { http_status, .. } => (true, *http_status, None),
+            LoginFailure::NotAuthorized => (true, 0, None),
             LoginFailure::Transient(TransientCause::Status(status)) => (false, *status, None),
             LoginFailure::Transient(_) => (false, 0, None),
         };
@@ -293,6 +367,58 @@ impl SharedFailure {
             failed_at_ms: unix_ms(now),
             retry_at_ms: unix_ms(now + error.retry_after),
             credentials_tag,
+        }
+    }
+}
+
+impl TokenManager {
+    /// `check --login` for an OAuth profile: one refresh now, the new refresh token kept as in
+    /// service (under the fleet lock, with a store). Returns the new token and who it acts for.
+    pub async fn renew_now(&self, profile: &str) -> Result<(TokenLease, Identity), LoginError> {
+        let Some(state) = self.state(profile) else {
+            return Err(LoginError {
+                profile: profile.into(),
+                failure: Arc::new(LoginFailure::Transient(TransientCause::ProfileRemoved)),
+                retry_after: Duration::from_secs(1),
+            });
+        };
+        let _single_flight = state.login_lock.clone().lock_owned().await;
+        let token = match self.inner.store.clone() {
+            None => self.renew(&state, Keep::Local).await?,
+            Some(store) => match self.renew_with_fleet_lock(&store, &state).await {
+                Ok(result) => result?,
+                Err(e) => {
+                    self.store_unavailable(&e);
+                    self.renew_alone(&state).await?
+                }
+            },
+        };
+        Ok((
+            TokenLease::new(token),
+            state.identity(self.inner.store.is_some()),
+        ))
+    }
+
+    async fn renew_with_fleet_lock(
+        &self,
+        store: &RedisStore,
+        state: &Arc<ProfileState>,
+    ) -> Result<Result<Arc<Token>, LoginError>, StoreError> {
+        let patience = store.lock_ttl().max(LONGEST_LOGIN) + Duration::from_secs(5);
+        let deadline = Instant::now() + patience;
+        loop {
+            if let Some(lock) = store.lock(&state.account).await? {
+                let account = &state.account;
+                let result =
+                    with_lock_renewed(store, account, &lock, self.renew_for_fleet(store, state))
+                        .await;
+                let _ = store.unlock(account, lock).await;
+                return Ok(result);
+            }
+            if Instant::now() > deadline {
+                return Err(StoreError::LockHeld(patience));
+            }
+            tokio::time::sleep(POLL).await;
         }
     }
 }

@@ -1,29 +1,31 @@
 //! The token manager: hands requests the current token of their profile, and when there is none
-//! runs the profile's one login (single flight) while every other request for it waits; drops a
-//! token Contentstack rejected only if it is still the current one; applies reloaded profiles;
-//! logs sessions out at shutdown.
+//! (or an access token expired) runs the profile's one login or OAuth refresh (single flight)
+//! while every other request for it waits; drops a token Contentstack rejected only if it is still
+//! the current one; applies reloaded profiles; logs sessions out at shutdown.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use super::refresh::Keep;
 use super::session::{AuthClient, LoginFailure, TransientCause};
+use super::source::Source;
 use super::state::{LoginError, ProfileState, ProfileStatus};
 use super::{Token, TokenLease, retire, totp};
 use crate::config::{Config, LoginCredentials, ProfileConfig, TokenStoreConfig, TotpSecret};
 use crate::metrics::{LoginOutcome, Metrics, Trigger};
 use crate::store::{self, RedisStore};
 
-/// The login profiles, by name. Replaced as a whole by a reload.
+/// The profiles with a session (login or OAuth), by name. Replaced as a whole by a reload.
 type Profiles = HashMap<Arc<str>, Arc<ProfileState>>;
 
 pub(super) struct Inner {
-    /// Every login profile's state, each holding its current token: the one place a token lives.
+    /// Every session profile's state, each holding its current token: the one place a token lives.
     pub(super) profiles: ArcSwap<Profiles>,
     /// Reloads apply one at a time.
     reconfiguring: Mutex<()>,
-    /// The background care task (validation, max age) of each login profile.
+    /// The background care task (validation, max age, renewal ahead of expiry) of each profile.
     pub(super) care: Mutex<Vec<tokio::task::AbortHandle>>,
     /// Wakes the care tasks when a token is cached, so that their timers start from it.
     pub(super) token_cached: Arc<tokio::sync::Notify>,
@@ -65,12 +67,12 @@ impl TokenManager {
             .profiles
             .iter()
             .filter_map(|p| {
-                let state = ProfileState::new(p.clone(), p.login()?.clone(), &base_url);
+                let state = ProfileState::new(p.clone(), &base_url)?;
                 Some((p.name.clone(), Arc::new(state)))
             })
             .collect();
         let store = match &config.token_store {
-            TokenStoreConfig::Memory => None,
+            TokenStoreConfig::Memory { .. } => None,
             TokenStoreConfig::Redis(redis) => {
                 Some(Arc::new(RedisStore::new(redis, metrics.clone())?))
             }
@@ -95,7 +97,7 @@ impl TokenManager {
     }
 
     /// The fleet store and the account key under which `profile` shares a request budget, when
-    /// there is a store and the profile logs in (management tokens have no account).
+    /// there is a store and the profile has a session (management tokens have no account).
     pub fn shared_budget(&self, profile: &ProfileConfig) -> Option<(Arc<RedisStore>, String)> {
         let store = self.inner.store.clone()?;
         let state = self.state(&profile.name)?;
@@ -130,7 +132,7 @@ impl TokenManager {
     }
 
     /// The profile's token, leased for one request: the current one, else the one from the login
-    /// in flight (started here if none).
+    /// or refresh in flight (started here if none). An access token past its use counts as none.
     pub async fn token(&self, profile: &str) -> Result<TokenLease, LoginError> {
         loop {
             let state = {
@@ -143,14 +145,14 @@ impl TokenManager {
                         retry_after: Duration::from_secs(1),
                     });
                 };
-                if let Some(token) = state.current() {
+                if let Some(token) = state.current().filter(|t| t.is_usable()) {
                     return Ok(TokenLease::new(token));
                 }
                 state.clone()
             };
             state.check_blocked()?;
             let guard = state.login_lock.clone().lock_owned().await;
-            if let Some(token) = state.current() {
+            if let Some(token) = state.current().filter(|t| t.is_usable()) {
                 return Ok(TokenLease::new(token));
             }
             if !self.is_current(&state) {
@@ -181,30 +183,35 @@ impl TokenManager {
         }
     }
 
-    /// Logs in with the state's credentials and makes the token current. Call with the login lock
-    /// held.
-    pub(super) async fn login(&self, state: &Arc<ProfileState>) -> Result<Arc<Token>, LoginError> {
-        let LoginCredentials {
-            email,
-            password,
-            totp_secret,
-        } = &*state.login;
+    /// Obtains a new token with the state's credentials (a login, or an OAuth refresh whose new
+    /// refresh token goes to `keep` first) and makes it current. Call with the login lock held.
+    pub(super) async fn renew(
+        &self,
+        state: &Arc<ProfileState>,
+        keep: Keep<'_>,
+    ) -> Result<Arc<Token>, LoginError> {
         let name = state.name();
-        let code = match totp_secret {
-            Some(secret) => Some(self.totp_code(state, secret).await),
-            None => None,
+        let obtained = match &state.source {
+            Source::Login(login) => self.log_in(state, login).await,
+            Source::OAuth(grant) => self.refresh_grant(state, grant, keep).await,
         };
-        match self
-            .inner
-            .auth
-            .login(email, password, code.as_deref())
-            .await
-        {
+        match obtained {
             Ok(token) => {
                 let token = Arc::new(token);
                 state.record_success();
                 self.inner.metrics.login(name, LoginOutcome::Success);
-                tracing::info!(profile = %name, token = %token.fingerprint(), "logged in");
+                match token.expires_at() {
+                    None => {
+                        tracing::info!(profile = %name, token = %token.fingerprint(), "logged in")
+                    }
+                    Some(expires) => {
+                        let valid_s = expires
+                            .duration_since(SystemTime::now())
+                            .unwrap_or_default()
+                            .as_secs();
+                        tracing::info!(profile = %name, token = %token.fingerprint(), valid_s, "refreshed the OAuth access token")
+                    }
+                }
                 if self.is_current(state) {
                     state.set_current(token.clone());
                     self.inner.token_cached.notify_waiters();
@@ -228,6 +235,27 @@ impl TokenManager {
         }
     }
 
+    /// `POST /v3/user-session`, with a TOTP code for a time step not used yet.
+    async fn log_in(
+        &self,
+        state: &ProfileState,
+        login: &LoginCredentials,
+    ) -> Result<Token, LoginFailure> {
+        let LoginCredentials {
+            email,
+            password,
+            totp_secret,
+        } = login;
+        let code = match totp_secret {
+            Some(secret) => Some(self.totp_code(state, secret).await),
+            None => None,
+        };
+        self.inner
+            .auth
+            .login(email, password, code.as_deref())
+            .await
+    }
+
     /// A code for a time step this profile has not used yet, waiting for the next step if needed.
     async fn totp_code(&self, state: &ProfileState, secret: &TotpSecret) -> String {
         loop {
@@ -245,16 +273,20 @@ impl TokenManager {
         }
     }
 
-    /// What `/status` and the probes report of every login profile.
+    /// What `/status` and the probes report of every profile with a session.
     pub fn snapshot(&self) -> Vec<ProfileStatus> {
         let mut states: Vec<_> = self.inner.profiles.load().values().cloned().collect();
         states.sort_by(|a, b| a.name().cmp(b.name()));
         states.iter().map(|state| state.report()).collect()
     }
 
-    /// The current token, leased for one request, without logging in.
+    /// The current token, leased for one request, without logging in (none when an access token
+    /// is past its use).
     pub fn cached(&self, profile: &str) -> Option<TokenLease> {
-        self.state(profile)?.current().map(TokenLease::new)
+        self.state(profile)?
+            .current()
+            .filter(|t| t.is_usable())
+            .map(TokenLease::new)
     }
 
     /// Drops `stale` if it is still the profile's current token; a newer token is kept.
@@ -304,30 +336,28 @@ impl TokenManager {
         let mut relogin = Vec::new();
         let mut next = Profiles::new();
         for p in &config.profiles {
-            let Some(login) = p.login() else { continue };
+            if !p.has_session() {
+                continue;
+            }
+            let fresh = || ProfileState::new(p.clone(), &self.inner.base_url).map(Arc::new);
             let state = match current.get(&p.name) {
-                Some(old) if *old.login == **login => {
+                Some(old) if old.source.same_credentials(p) => {
                     old.config.store(p.clone());
                     old.clone()
                 }
                 Some(old) => {
+                    let Some(state) = fresh() else { continue };
                     tracing::info!(profile = %p.name, "credentials changed; logging in with the new ones");
+                    state.source.carry_over(&old.source);
                     retired.push(old.clone());
                     relogin.push(p.name.clone());
                     self.inner.metrics.reauth(&p.name, Trigger::Rotate);
-                    Arc::new(ProfileState::new(
-                        p.clone(),
-                        login.clone(),
-                        &self.inner.base_url,
-                    ))
+                    state
                 }
                 None => {
+                    let Some(state) = fresh() else { continue };
                     relogin.push(p.name.clone());
-                    Arc::new(ProfileState::new(
-                        p.clone(),
-                        login.clone(),
-                        &self.inner.base_url,
-                    ))
+                    state
                 }
             };
             next.insert(p.name.clone(), state);
@@ -386,7 +416,8 @@ impl TokenManager {
         .await;
     }
 
-    /// Replaces a token that is still valid (max age): log in first, then retire the old session.
+    /// Replaces a token that is still valid (max age, or an access token due for renewal): obtain
+    /// the new one first, then retire the old one.
     pub(super) async fn refresh(
         &self,
         state: &Arc<ProfileState>,
@@ -399,7 +430,7 @@ impl TokenManager {
             return;
         }
         let refreshed = match &self.inner.store {
-            None => self.login(state).await.is_ok(),
+            None => self.renew(state, Keep::Local).await.is_ok(),
             Some(store) => self.refresh_shared(store, state, &old).await,
         };
         if refreshed {

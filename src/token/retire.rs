@@ -1,14 +1,15 @@
 //! Retiring sessions: a session that is no longer wanted (rotated credentials, a max-age refresh,
 //! a fleet converging on one session) is logged out as soon as no request uses it any more, at
 //! most [`RETIRE_WAIT`] later, and at once when the proxy shuts down, so none of the account's 20
-//! sessions is left behind. Use is counted by [`TokenLease`](super::TokenLease)s.
+//! sessions is left behind. Use is counted by [`TokenLease`](super::TokenLease)s. An OAuth access
+//! token retires the same way, but has nothing to log out.
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Token, TokenManager};
+use super::{Token, TokenKind, TokenManager};
 
 /// A retiring session is logged out once the requests using it are done, or after this long:
 /// a request that holds it longer (a slow upload) then meets a 401 and is replayed, or fails, as
@@ -84,6 +85,11 @@ impl TokenManager {
     }
 
     pub(super) async fn logout(&self, profile: &str, token: &Token) {
+        // An OAuth access token has no session to end: it expires by itself, and the one call that
+        // ends it (revoking the app's authorization) would end the refresh token with it.
+        if token.kind() == TokenKind::Bearer {
+            return;
+        }
         match self.inner.auth.logout(token).await {
             Ok(()) => {
                 self.inner.metrics.logout(profile);

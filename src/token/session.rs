@@ -1,4 +1,5 @@
-//! The session calls to Contentstack (reqwest over rustls): log in, log out, validate.
+//! The session calls to Contentstack (reqwest over rustls): log in, log out, validate (the OAuth
+//! token endpoint's calls are in `oauth.rs`, on the same client and under the same rules).
 //!
 //! Owns the classification of login failures (docs/design.md#the-login-discipline): refused
 //! credentials vs. transient trouble, decided by `error_code` first and HTTP status second, because
@@ -14,7 +15,8 @@ use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::Token;
+use super::oauth::OAuthError;
+use super::{Token, TokenKind};
 use crate::metrics::LoginOutcome;
 
 /// Every session call gives up after this long; a login that hangs must not hold requests forever.
@@ -34,6 +36,12 @@ const TFA_REQUIRED: i64 = 294;
 const TFA_INVALID: i64 = 295;
 /// The `error_code` of a dead or missing authtoken.
 pub const TOKEN_INVALID: i64 = 105;
+/// `error_code`s of 401s that are not about the token (a two-factor code needed, a missing
+/// permission for an environment): the official SDKs do not refresh on these either.
+const NOT_ABOUT_THE_TOKEN: [i64; 2] = [294, 161];
+/// What the CMA's `error_message` says of an OAuth access token it no longer accepts (the CLI
+/// refreshes on the same words); matched without regard to case.
+const ACCESS_TOKEN_INVALID: &str = "access token is invalid or expired";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoginFailure {
@@ -44,6 +52,20 @@ pub enum LoginFailure {
         http_status: u16,
         error_code: Option<i64>,
     },
+    /// The token endpoint refused an OAuth profile's refresh token or its client (the app's
+    /// authorization was revoked, the refresh token expired or was already used, a wrong client
+    /// secret): handled like refused credentials. Only the status and the OAuth error code are
+    /// kept, never the answer's text.
+    #[error("{}", refresh_refused_text(*.http_status, *.error))]
+    RefreshRefused {
+        http_status: u16,
+        error: Option<OAuthError>,
+    },
+    /// An OAuth profile has no refresh token at all: none handed in, none kept.
+    #[error(
+        "no refresh token for this OAuth profile: none in refresh_token_file and none kept; run `cma-auth-proxy oauth login --profile NAME` once"
+    )]
+    NotAuthorized,
     /// Retried with exponential backoff.
     #[error("login failing transiently: {0}")]
     Transient(#[source] TransientCause),
@@ -52,9 +74,21 @@ pub enum LoginFailure {
 impl LoginFailure {
     /// The outcome a failed login is counted and shown under.
     pub fn outcome(&self) -> LoginOutcome {
+        if self.is_rejected() {
+            LoginOutcome::Rejected
+        } else {
+            LoginOutcome::Transient
+        }
+    }
+
+    /// Whether Contentstack refused the credentials (or there are none): not retried before
+    /// `rejected_retry` or a change of the credentials.
+    pub fn is_rejected(&self) -> bool {
         match self {
-            LoginFailure::Rejected { .. } => LoginOutcome::Rejected,
-            LoginFailure::Transient(_) => LoginOutcome::Transient,
+            LoginFailure::Rejected { .. }
+            | LoginFailure::RefreshRefused { .. }
+            | LoginFailure::NotAuthorized => true,
+            LoginFailure::Transient(_) => false,
         }
     }
 }
@@ -69,6 +103,12 @@ pub enum TransientCause {
     Timeout(Duration),
     #[error("Contentstack answered 200 without an authtoken")]
     NoToken,
+    #[error("the token endpoint answered 200 without a usable bearer access token")]
+    NoAccessToken,
+    #[error(
+        "the fleet store is unavailable: an OAuth profile refreshes only through it, so that replicas never use one refresh token twice"
+    )]
+    StoreNeeded,
     #[error("the login answer is larger than {0} bytes; it was not read")]
     TooLarge(usize),
     #[error("{0}")]
@@ -103,7 +143,7 @@ pub struct Redirect {
 }
 
 impl Redirect {
-    fn of(response: &reqwest::Response) -> Redirect {
+    pub(super) fn of(response: &reqwest::Response) -> Redirect {
         let to = response
             .headers()
             .get(http::header::LOCATION)
@@ -121,6 +161,13 @@ impl Redirect {
             to,
         }
     }
+}
+
+fn refresh_refused_text(status: u16, error: Option<OAuthError>) -> String {
+    let error = error.map_or_else(String::new, |e| format!(", {}", e.as_str()));
+    format!(
+        "refresh refused by Contentstack's token endpoint (HTTP {status}{error}): the app's authorization was revoked, or the refresh token expired or was replaced; run `cma-auth-proxy oauth login` and hand in the new refresh token (refresh_token_file)"
+    )
 }
 
 fn rejected_text(status: u16, code: Option<i64>) -> String {
@@ -144,10 +191,48 @@ fn rejected_text(status: u16, code: Option<i64>) -> String {
     format!("login rejected by Contentstack: {cause}")
 }
 
-/// Contentstack's error body; only the field the proxy reads (its text never is).
+/// Contentstack's error body; only the fields the proxy reads (its text is never kept).
 #[derive(Deserialize)]
 struct ErrorBody {
     error_code: Option<i64>,
+    error_message: Option<String>,
+}
+
+/// What a 401's body says of the token that was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The token is dead: drop it, obtain another.
+    Dead,
+    /// The 401 is about something else (a permission): the token stays.
+    NotTheToken,
+    /// Cannot tell from the body: ask Contentstack about the token.
+    Unsure,
+}
+
+/// Reads a 401's body for what it says of a token of `kind`. An `authtoken` is dead on
+/// `error_code` 105 only. For an OAuth access token the research found no documented code: its
+/// 401 is recognised by 105 or by the words the CLI matches, and any other 401 that is not one of
+/// the known other causes (294, 161) is settled by asking (`GET /v3/user`).
+pub fn verdict(kind: TokenKind, body: &[u8]) -> Verdict {
+    let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+    let code = parsed.as_ref().and_then(|b| b.error_code);
+    match kind {
+        TokenKind::Authtoken if code == Some(TOKEN_INVALID) => Verdict::Dead,
+        TokenKind::Authtoken => Verdict::NotTheToken,
+        TokenKind::Bearer => {
+            let says_invalid = parsed
+                .as_ref()
+                .and_then(|b| b.error_message.as_deref())
+                .is_some_and(|m| m.to_ascii_lowercase().contains(ACCESS_TOKEN_INVALID));
+            if code == Some(TOKEN_INVALID) || says_invalid {
+                Verdict::Dead
+            } else if code.is_some_and(|c| NOT_ABOUT_THE_TOKEN.contains(&c)) {
+                Verdict::NotTheToken
+            } else {
+                Verdict::Unsure
+            }
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -258,12 +343,13 @@ impl AuthClient {
     ) -> Result<reqwest::Response, CallError> {
         self.http
             .request(method, self.url(path))
-            .header("authtoken", token.header().clone())
+            .header(token.header_name(), token.header().clone())
             .send()
             .await
             .map_err(CallError::Network)
     }
 
+    /// Ends an `authtoken`'s session.
     pub async fn logout(&self, token: &Token) -> Result<(), CallError> {
         let response = self
             .with_token(http::Method::DELETE, "/v3/user-session", token)
@@ -291,8 +377,10 @@ impl AuthClient {
                     .await
                     .map_err(CallError::Network)?
                     .ok_or(CallError::TooLarge(ERROR_BODY_LIMIT))?;
-                match error_code(&body) {
-                    Some(TOKEN_INVALID) => Ok(Validity::Dead),
+                // The cheapest authenticated call needs no permission: for an access token, any 401
+                // not known to be about something else means the token is not accepted.
+                match (verdict(token.kind(), &body), token.kind()) {
+                    (Verdict::Dead, _) | (Verdict::Unsure, TokenKind::Bearer) => Ok(Validity::Dead),
                     _ => Err(CallError::Status(401)),
                 }
             }
@@ -301,7 +389,7 @@ impl AuthClient {
     }
 }
 
-fn transient(e: reqwest::Error) -> LoginFailure {
+pub(super) fn transient(e: reqwest::Error) -> LoginFailure {
     LoginFailure::Transient(if e.is_timeout() {
         TransientCause::Timeout(AUTH_CALL_TIMEOUT)
     } else {
@@ -377,8 +465,8 @@ mod tests {
     fn kind(status: u16, body: &str) -> &'static str {
         match classify_login(status, Some(body.as_bytes())) {
             Ok(_) => "ok",
-            Err(LoginFailure::Rejected { .. }) => "rejected",
-            Err(LoginFailure::Transient(_)) => "transient",
+            Err(e) if e.is_rejected() => "rejected",
+            Err(_) => "transient",
         }
     }
 
@@ -423,6 +511,31 @@ mod tests {
             kind(400, r#"{"error_message":"SSO","error_code":999}"#),
             "rejected"
         );
+    }
+
+    #[test]
+    fn a_401_is_read_by_the_kind_of_token_that_was_sent() {
+        use Verdict::*;
+        let evicted = br#"{"error_message":"You're not allowed in here unless you're logged in.","error_code":105,"errors":{"authtoken":["is not valid."]}}"#;
+        let expired = br#"{"error_message":"The provided access token is invalid or expired or revoked","error_code":300}"#;
+        let permission = br#"{"error_message":"You don't have permission for this environment.","error_code":161}"#;
+        let other = br#"{"error_message":"Something else.","error_code":999}"#;
+        assert_eq!(verdict(TokenKind::Authtoken, evicted), Dead);
+        assert_eq!(verdict(TokenKind::Authtoken, expired), NotTheToken);
+        assert_eq!(verdict(TokenKind::Authtoken, other), NotTheToken);
+        assert_eq!(verdict(TokenKind::Bearer, evicted), Dead);
+        assert_eq!(verdict(TokenKind::Bearer, expired), Dead);
+        assert_eq!(
+            verdict(
+                TokenKind::Bearer,
+                br#"{"error_message":"ACCESS TOKEN IS INVALID OR EXPIRED"}"#
+            ),
+            Dead
+        );
+        assert_eq!(verdict(TokenKind::Bearer, permission), NotTheToken);
+        // No documented code for an expired access token: an unknown 401 is settled by asking.
+        assert_eq!(verdict(TokenKind::Bearer, other), Unsure);
+        assert_eq!(verdict(TokenKind::Bearer, b"<html>"), Unsure);
     }
 
     #[test]

@@ -1,7 +1,7 @@
-//! One login profile's state, the single source of truth about it: its settings, the credentials it
-//! logs in with, its current token, and how its logins have gone (backoff, TOTP steps, the
-//! login-storm count). [`ProfileStatus`] is what the admin endpoints see of it, [`LoginError`]
-//! what a request gets while no token can be had.
+//! One profile's session state, the single source of truth about it: its settings, how it obtains
+//! its token (a login, or an OAuth refresh: `source.rs`), its current token, and how its logins
+//! and refreshes have gone (backoff, TOTP steps, the login-storm count). [`ProfileStatus`] is what
+//! the admin endpoints see of it, [`LoginError`] what a request gets while no token can be had.
 use std::collections::VecDeque;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,15 +12,16 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use super::Token;
 use super::backoff::{self, RejectionStreak};
 use super::session::{LoginFailure, TransientCause};
-use crate::config::{LoginCredentials, ProfileConfig};
+use super::source::Source;
+use crate::config::ProfileConfig;
 use crate::metrics::LoginOutcome;
-use crate::store::{self, SharedFailure};
+use crate::store::SharedFailure;
 
 /// Why a request cannot have a token now; becomes a 503 with `Retry-After`. Its text names the
 /// failure down to its cause (a refused connection, a certificate error), as logs and clients
 /// need it; the failure stays its source too.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("profile {profile:?}: {}; next login attempt in {}s{}", crate::error_text::error_chain_text(&**failure), retry_after.as_secs().max(1), if matches!(**failure, LoginFailure::Rejected{..}) { " or when the credentials change" } else { "" })]
+#[error("profile {profile:?}: {}; next login attempt in {}s{}", crate::error_text::error_chain_text(&**failure), retry_after.as_secs().max(1), if failure.is_rejected() { " or when the credentials change" } else { "" })]
 pub struct LoginError {
     pub profile: Arc<str>,
     #[source]
@@ -28,11 +29,18 @@ pub struct LoginError {
     pub retry_after: Duration,
 }
 
-/// A login profile as the admin endpoints see it. Holds no secret and no token.
+/// A profile with a session as the admin endpoints see it. Holds no secret and no token.
 #[derive(Debug, Clone)]
 pub struct ProfileStatus {
     pub name: Arc<str>,
+    /// `login` or `oauth`.
+    pub mode: &'static str,
     pub token_age: Option<Duration>,
+    /// How long the current OAuth access token remains valid.
+    pub token_expires_in: Option<Duration>,
+    /// An OAuth profile's newest refresh token could not be kept (state file or fleet store): it
+    /// is lost if the process stops before a later attempt keeps it.
+    pub refresh_token_unsaved: bool,
     pub ever_logged_in: bool,
     /// The last login attempt failed (and no success since).
     pub failing: bool,
@@ -67,14 +75,15 @@ pub(super) struct LoginStatus {
 /// How many fingerprints of rejected tokens a profile remembers.
 const DEAD_REMEMBERED: usize = 8;
 
-/// One login profile's state. Replaced as a whole when its credentials change, which clears the
+/// One profile's session state. Replaced as a whole when its credentials change, which clears the
 /// backoff and the TOTP history with it; other setting changes keep it.
 pub(super) struct ProfileState {
     name: Arc<str>,
     /// The profile's settings; replaced in place by a reload that keeps the credentials.
     pub(super) config: ArcSwap<ProfileConfig>,
-    /// What this state logs in with: fixed for its life (other credentials, another state).
-    pub(super) login: Arc<LoginCredentials>,
+    /// How this state obtains tokens, with credentials fixed for its life (other credentials,
+    /// another state).
+    pub(super) source: Source,
     /// The token requests use; replaced by a login, dropped only by compare-and-swap.
     current: ArcSwapOption<Token>,
     /// Held by the one login in flight; waiters queue here, then find the token.
@@ -93,15 +102,13 @@ pub(super) struct ProfileState {
 }
 
 impl ProfileState {
-    pub(super) fn new(
-        config: Arc<ProfileConfig>,
-        login: Arc<LoginCredentials>,
-        base_url: &str,
-    ) -> Self {
-        Self {
+    /// The state of `config`'s profile; `None` for a management-token profile, which has none.
+    pub(super) fn new(config: Arc<ProfileConfig>, base_url: &str) -> Option<Self> {
+        let account = Source::account(&config, base_url)?;
+        Some(Self {
             name: config.name.clone(),
-            account: store::account_key(base_url, &login.email),
-            login,
+            source: Source::of(&config, &account)?,
+            account,
             config: ArcSwap::new(config),
             current: ArcSwapOption::empty(),
             login_lock: Arc::default(),
@@ -109,7 +116,7 @@ impl ProfileState {
             loaded_at: SystemTime::now(),
             local_only: AtomicBool::default(),
             dead: Mutex::default(),
-        }
+        })
     }
 
     pub(super) fn name(&self) -> &Arc<str> {
@@ -173,13 +180,23 @@ impl ProfileState {
 
     /// What `/status` and the probes report of this profile.
     pub(super) fn report(&self) -> ProfileStatus {
-        let token = self.current();
+        // An access token past its use is as good as none.
+        let token = self.current().filter(|t| t.is_usable());
         let status = self.status();
         let now = Instant::now();
         let retry_in = status.retry_at.filter(|at| *at > now).map(|at| at - now);
         ProfileStatus {
             name: self.name.clone(),
+            mode: self.source.mode(),
             token_age: token.as_ref().map(|t| t.age()),
+            token_expires_in: token
+                .as_ref()
+                .and_then(|t| t.expires_at())
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default()),
+            refresh_token_unsaved: match &self.source {
+                Source::OAuth(grant) => grant.is_unsaved(),
+                Source::Login(_) => false,
+            },
             ever_logged_in: status.ever_logged_in,
             // Failed logins, or logins held back because fresh tokens were rejected.
             failing: status.consecutive_failures > 0 || retry_in.is_some(),
@@ -212,6 +229,22 @@ impl ProfileState {
             .retry_at
             .filter(|at| *at > now)
             .map(|at| at - now)
+    }
+
+    /// Whether logins are held back because the credentials were refused (not for trouble on
+    /// the way).
+    pub(super) fn held_back_as_refused(&self) -> bool {
+        let status = self.status();
+        status.retry_at.is_some_and(|at| at > Instant::now())
+            && status
+                .last_failure
+                .as_ref()
+                .is_some_and(|f| f.is_rejected())
+    }
+
+    /// New credentials arrived that the refusal did not concern: the next attempt may go now.
+    pub(super) fn lift_hold(&self) {
+        self.status().retry_at = None;
     }
 
     pub(super) fn record_success(&self) {
@@ -270,10 +303,7 @@ impl ProfileState {
         retry_after: Duration,
     ) -> LoginError {
         let failure = if shared.rejected {
-            LoginFailure::Rejected {
-                http_status: shared.http_status,
-                error_code: shared.error_code,
-            }
+            self.source.refused(shared)
         } else if shared.http_status != 0 {
             LoginFailure::Transient(TransientCause::Fleet(format!(
                 "Contentstack answered HTTP {}",
@@ -312,8 +342,7 @@ mod tests {
 
     fn state() -> ProfileState {
         let profile = Arc::new(crate::config::tests::login_profile(""));
-        let login = profile.login().unwrap().clone();
-        ProfileState::new(profile, login, "https://api.contentstack.io")
+        ProfileState::new(profile, "https://api.contentstack.io").unwrap()
     }
 
     fn token(value: &'static str) -> Arc<Token> {

@@ -6,7 +6,9 @@
 //! 104/294/295, single-use TOTP codes, account lockout after repeated bad passwords, at most 20 live
 //! sessions per user (the 21st login silently evicts the oldest), 401 with `error_code` 105 for dead
 //! tokens, and per-organization rate limits (a sliding second for reads, writes and bulk calls,
-//! each organization with its own plan) answered with 429 and `X-RateLimit-*` headers.
+//! each organization with its own plan) answered with 429 and `X-RateLimit-*` headers. It also
+//! plays an OAuth app of Developer Hub (`oauth.rs`): authorization, code exchange with PKCE,
+//! refresh with rotation, expiring access tokens, revocation.
 //!
 //! Where things are: the test controls (outages, evictions, misbehaving session endpoints, the
 //! request log) are methods on [`FakeCma`], here; the session layer and the `/v3/_sim/*` endpoints
@@ -17,6 +19,7 @@
 
 mod content;
 pub mod endless;
+mod oauth;
 mod reply;
 mod server;
 mod session;
@@ -30,6 +33,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+
+pub use oauth::{ACCESS_TOKEN_INVALID, DEFAULT_ACCESS_TTL, OAuthApp, RefreshAttempt};
 
 /// A user holds at most this many live sessions; the next login evicts the oldest.
 pub const MAX_SESSIONS: usize = 20;
@@ -187,6 +192,7 @@ struct State {
     /// Requests to `/v3/_sim/gate` wait until this turns true.
     gate_open: Option<watch::Sender<bool>>,
     content: content::ContentStore,
+    oauth: oauth::OAuthState,
 }
 
 /// A running simulated CMA on `127.0.0.1:0` (or the given address).
@@ -203,6 +209,8 @@ pub struct FakeCmaBuilder {
     rate_limit: bool,
     plans: HashMap<String, Plan>,
     addr: SocketAddr,
+    oauth_app: Option<OAuthApp>,
+    access_ttl: Duration,
 }
 
 impl Default for FakeCmaBuilder {
@@ -213,6 +221,8 @@ impl Default for FakeCmaBuilder {
             rate_limit: true,
             plans: HashMap::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            oauth_app: None,
+            access_ttl: DEFAULT_ACCESS_TTL,
         }
     }
 }
@@ -245,6 +255,18 @@ impl FakeCmaBuilder {
         self
     }
 
+    /// Registers an OAuth app in the simulated Developer Hub (its user must be an account too).
+    pub fn oauth_app(mut self, app: OAuthApp) -> Self {
+        self.oauth_app = Some(app);
+        self
+    }
+
+    /// How long the OAuth app's access tokens live (an hour unless a test shortens it).
+    pub fn access_token_ttl(mut self, ttl: Duration) -> Self {
+        self.access_ttl = ttl;
+        self
+    }
+
     pub async fn start(self) -> std::io::Result<FakeCma> {
         let stacks: Vec<(&str, &str)> = self
             .stacks
@@ -272,6 +294,7 @@ impl FakeCmaBuilder {
             plans: self.plans,
             gate_open: Some(watch::channel(false).0),
             content: content::ContentStore::new(&stacks),
+            oauth: oauth::OAuthState::new(self.oauth_app, self.access_ttl),
             ..State::default()
         };
         let state = Arc::new(Mutex::new(state));
@@ -428,6 +451,70 @@ impl FakeCma {
     /// Requests received for `path` so far (any method, any query).
     pub fn requests_to(&self, path: &str) -> usize {
         self.state().log.iter().filter(|r| r.path == path).count()
+    }
+
+    /// A new authorization of the OAuth app by its user, as if approved and exchanged: its refresh
+    /// token (what an operator hands the proxy). `None` without an app.
+    pub fn authorize_oauth_app(&self) -> Option<String> {
+        self.state().oauth.authorize()
+    }
+
+    /// Every refresh the token endpoint judged, in order.
+    pub fn refresh_attempts(&self) -> Vec<RefreshAttempt> {
+        self.state().oauth.refreshes.clone()
+    }
+
+    /// Successful refreshes so far.
+    pub fn refreshes(&self) -> usize {
+        self.state()
+            .oauth
+            .refreshes
+            .iter()
+            .filter(|r| r.status == 200)
+            .count()
+    }
+
+    /// Whether a refresh with `token` would succeed now.
+    pub fn is_refresh_token_live(&self, token: &str) -> bool {
+        self.state().oauth.is_refresh_token_live(token)
+    }
+
+    /// Every OAuth refresh and access token issued, in order.
+    pub fn issued_oauth_tokens(&self) -> Vec<String> {
+        let state = self.state();
+        let oauth = &state.oauth;
+        oauth
+            .issued_refresh_tokens
+            .iter()
+            .chain(&oauth.issued_access_tokens)
+            .cloned()
+            .collect()
+    }
+
+    /// Revokes every authorization of the OAuth app (as the user would in Contentstack's
+    /// "authorized apps" page): its refresh and access tokens stop working.
+    pub fn revoke_oauth(&self) {
+        self.state().oauth.revoke_all();
+    }
+
+    /// Revokes the one authorization `refresh_token` belongs to; returns whether there was one.
+    pub fn revoke_oauth_of(&self, refresh_token: &str) -> bool {
+        self.state().oauth.revoke_of(refresh_token)
+    }
+
+    /// Every access token issued so far expires now.
+    pub fn expire_access_tokens(&self) {
+        self.state().oauth.expire_access_tokens();
+    }
+
+    /// Access tokens issued from now on live this long.
+    pub fn set_access_token_ttl(&self, ttl: Duration) {
+        self.state().oauth.access_ttl = ttl;
+    }
+
+    /// While set, refreshes answer with this status (e.g. 503), as a failing token endpoint would.
+    pub fn set_token_outage(&self, status: Option<StatusCode>) {
+        self.state().oauth.outage = status;
     }
 
     /// Stops accepting, lets the open connections finish what they are answering (for a moment),

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::reply::{Body, Reply};
 use crate::{
     Budget, LOCKOUT_AFTER, LOG_CAPACITY, LoginAttempt, MAX_SESSIONS, MAX_SIM_BODY, Recorded, State,
-    content, hex, sha256_hex,
+    content, hex, oauth, sha256_hex,
 };
 
 /// TOTP time step (RFC 6238), as Contentstack and authenticator apps use it.
@@ -127,6 +127,21 @@ impl Sim {
             discard(body).await;
             return redirect;
         }
+        if oauth::is_oauth_path(&path) {
+            let body = match read_body(body).await {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let mut state = self.state();
+            return oauth::route(
+                &mut state,
+                &parts.method,
+                &path,
+                parts.uri.query(),
+                &parts.headers,
+                &body,
+            );
+        }
         if path == "/v3/user-session" {
             let body = match read_body(body).await {
                 Ok(b) => b,
@@ -148,7 +163,10 @@ impl Sim {
                 // Like nginx's discard_request_body: read and drop what the client is still
                 // sending, so it sees the 401 rather than a reset connection.
                 discard(body).await;
-                return dead_token();
+                return match oauth::bearer(&parts.headers) {
+                    Some(_) => oauth::access_token_invalid(),
+                    None => dead_token(),
+                };
             }
         };
         let budget = match self.rate_limit(&email, &parts.method, &path) {
@@ -263,13 +281,16 @@ impl Sim {
         }
     }
 
+    /// The user a request acts for: by its `authtoken`, or by an OAuth access token.
     fn authenticate(&self, headers: &HeaderMap) -> Option<String> {
-        let token = headers.get("authtoken")?.to_str().ok()?;
         let state = self.state();
         if state.reject_tokens {
             return None;
         }
-        state.sessions.get(token).cloned()
+        match headers.get("authtoken") {
+            Some(token) => state.sessions.get(token.to_str().ok()?).cloned(),
+            None => state.oauth.user_of(oauth::bearer(headers)?),
+        }
     }
 
     fn session_redirect(&self, method: &Method, path: &str) -> Option<Reply> {

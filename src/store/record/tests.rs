@@ -10,6 +10,7 @@ fn token(obtained: SystemTime) -> SharedToken {
     SharedToken {
         header: HeaderValue::from_static("blt-token"),
         obtained_at: obtained,
+        expires_at: None,
     }
 }
 
@@ -235,4 +236,106 @@ fn the_credentials_tag_needs_the_key_and_tells_credentials_apart() {
     let other_key = Codec::new(Some(&EncryptionKey([8; 32])));
     assert_ne!(other_key.credentials_tag("a@b.c", "pw", None).unwrap(), a);
     assert_eq!(Codec::new(None).credentials_tag("a@b.c", "pw", None), None);
+}
+
+#[test]
+fn an_expiring_token_keeps_its_lifetime_under_the_seal() {
+    let now = SystemTime::now();
+    for codec in [sealed(), Codec::new(None)] {
+        let shared = SharedToken {
+            expires_at: Some(now + Duration::from_secs(3600)),
+            ..token(now)
+        };
+        let value = codec.token(ACCOUNT, &shared);
+        let back = codec.open_token(ACCOUNT, value.as_bytes(), now).unwrap();
+        assert_eq!(back.expires_at.map(unix_ms), Some(unix_ms(now) + 3_600_000));
+    }
+    // A longer lifetime written in is refused, sealed or not; so is a changed one under a seal.
+    let codec = sealed();
+    let value = codec.token(
+        ACCOUNT,
+        &SharedToken {
+            expires_at: Some(now + Duration::from_secs(60)),
+            ..token(now)
+        },
+    );
+    let stretched = value.replacen("+60000:", "+86400000:", 1);
+    assert_ne!(stretched, value);
+    assert_eq!(
+        codec
+            .open_token(ACCOUNT, stretched.as_bytes(), now)
+            .unwrap_err(),
+        Invalid::NotSealedByUs
+    );
+    let plain = Codec::new(None);
+    let forever = format!(
+        "{}:{}+{}:p:blt-token",
+        sha256_hex(b"blt-token"),
+        unix_ms(now),
+        MAX_LIFETIME.as_millis() + 1
+    );
+    assert_eq!(
+        plain
+            .open_token(ACCOUNT, forever.as_bytes(), now)
+            .unwrap_err(),
+        Invalid::Malformed
+    );
+}
+
+#[test]
+fn a_kept_refresh_token_round_trips_sealed_and_shows_nothing() {
+    use secrecy::{ExposeSecret, SecretString};
+    let now = SystemTime::now();
+    let grant = SharedGrant {
+        refresh_token: SecretString::from("rt-secret-1".to_owned()),
+        issued_at: now,
+        origin: "abc".into(),
+        generation: 7,
+        user_uid: Some("blt-user".into()),
+        organization_uid: Some("blt-org".into()),
+    };
+    let codec = sealed();
+    let value = codec.grant(ACCOUNT, &grant);
+    assert!(!value.contains("rt-secret-1"), "{value}");
+    let back = codec.open_grant(ACCOUNT, value.as_bytes(), now).unwrap();
+    assert_eq!(back.refresh_token.expose_secret(), "rt-secret-1");
+    assert_eq!((back.generation, back.origin.as_str()), (7, "abc"));
+    // Redated, or moved to another account: refused.
+    let (date, rest) = value.split_once(':').unwrap();
+    let redated = format!("{}:{rest}", date.parse::<u64>().unwrap() - 1);
+    assert_eq!(
+        codec
+            .open_grant(ACCOUNT, redated.as_bytes(), now)
+            .unwrap_err(),
+        Invalid::NotSealedByUs
+    );
+    assert_eq!(
+        codec
+            .open_grant("other", value.as_bytes(), now)
+            .unwrap_err(),
+        Invalid::NotSealedByUs
+    );
+    assert_eq!(
+        Codec::new(None)
+            .open_grant(ACCOUNT, value.as_bytes(), now)
+            .unwrap_err(),
+        Invalid::OtherSetting
+    );
+    // Dated ahead of this replica's clock: refused, whoever wrote it.
+    let plain = Codec::new(None);
+    let future = plain.grant(
+        ACCOUNT,
+        &SharedGrant {
+            issued_at: now + Duration::from_secs(3600),
+            ..grant.clone()
+        },
+    );
+    assert_eq!(
+        plain
+            .open_grant(ACCOUNT, future.as_bytes(), now)
+            .unwrap_err(),
+        Invalid::FromTheFuture
+    );
+    let debug = format!("{grant:?}");
+    assert!(!debug.contains("rt-secret-1"), "{debug}");
 }
