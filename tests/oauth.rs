@@ -77,8 +77,9 @@ async fn five_hundred_cold_requests_cause_one_refresh_with_the_token_as_bearer()
     let files = Files::new(&bootstrap);
     let proxy = proxy(&fake, "", &files.profile("")).await;
     let (client, url) = (proxy.client.clone(), format!("{}/v3/user", proxy.url));
-    let statuses = concurrently(500, |_| {
-        let (client, url) = (client.clone(), url.clone());
+    // Distinct queries: identical concurrent reads would be coalesced into one upstream request.
+    let statuses = concurrently(500, |i| {
+        let (client, url) = (client.clone(), format!("{url}?n={i}"));
         async move { client.get(&url).send().await.unwrap().status().as_u16() }
     })
     .await;
