@@ -98,9 +98,28 @@ fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER);
     builder
 }
+
+/// HTTP/2 streams one connection may have open at once. Each is a request in flight, with its body
+/// and its upstream connection; hyper's default (200) would let one client connection hold that
+/// many (docs/design.md#listeners-and-limits).
+const H2_MAX_STREAMS: u32 = 100;
+/// How much of a request body a client may send on one stream before the proxy reads it, and on
+/// the connection as a whole. A stream the proxy is not reading yet (its request waits for a login
+/// or a slow upstream) holds its window's worth unread; with the connection's window four streams
+/// wide, such streams do not stall the bodies of the others, and the proxy holds at most 1 MiB of
+/// unread body per connection.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes queued per stream ahead of the client's reading (hyper's default is 400 KB): with
+/// [`H2_MAX_STREAMS`], what one connection can make the proxy queue stays a few MiB.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Serves the connections handed to `inbox` on the current runtime until the acceptor stops, then
 /// returns those still open, for the caller to drain under its deadline. Each connection is told

@@ -22,6 +22,7 @@ pub(super) struct FileServer {
     request_timeout: Duration,
     max_body: ByteSize,
     replay_body_limit: ByteSize,
+    replay_memory: ByteSize,
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
@@ -47,6 +48,8 @@ impl Default for FileServer {
             request_timeout: Duration::from_secs(120),
             max_body: ByteSize::gib(1),
             replay_body_limit: ByteSize::mib(1),
+            // With the proxy's own ~10 MiB, well inside the 96 MiB the deployment gives it.
+            replay_memory: ByteSize::mib(32),
             header_read_timeout: ConnectionLimits::default().header_read_timeout,
             idle_timeout: ConnectionLimits::default().idle_timeout,
             body_idle_timeout: BodyPace::default().idle_timeout,
@@ -70,6 +73,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub max_body: u64,
     pub replay_body_limit: u64,
+    /// What the request bodies kept for a replay may take together; past it, bodies stream.
+    pub replay_memory: u64,
     pub limits: ConnectionLimits,
     /// How steadily a client must deliver a request body.
     pub body_pace: BodyPace,
@@ -154,6 +159,13 @@ pub(super) fn validate(
             "must not exceed server.max_body",
         ));
     }
+    let replay_memory = s.replay_memory.as_u64();
+    if replay_memory < replay_body_limit {
+        return Err(invalid(
+            "server.replay_memory",
+            "must be at least server.replay_body_limit, or no body of that size could ever be kept",
+        ));
+    }
     let max_header_bytes = s.max_header_bytes.as_u64();
     // hyper's smallest read buffer; a request head never needs less.
     if max_header_bytes < 8192 {
@@ -217,6 +229,7 @@ pub(super) fn validate(
         request_timeout: s.request_timeout,
         max_body,
         replay_body_limit,
+        replay_memory,
         limits: ConnectionLimits {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,

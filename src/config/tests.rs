@@ -27,6 +27,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
     assert_eq!(c.server.max_body, 1 << 30);
     assert_eq!(c.server.replay_body_limit, 1 << 20);
+    assert_eq!(c.server.replay_memory, 32 << 20);
     assert_eq!(c.upstream.base_url, "https://api.contentstack.io");
     let p = &c.profiles[0];
     assert_eq!(&*p.name, "default");
@@ -114,6 +115,19 @@ fn body_pace_defaults_and_validation() {
     assert!(e.contains("server.body_idle_timeout"), "{e}");
     let e = error_of(&format!("[server]\nbody_min_rate = \"fast\"\n{MINIMAL}"));
     assert!(e.contains("server.body_min_rate"), "{e}");
+}
+
+#[test]
+fn replay_memory_holds_at_least_one_kept_body() {
+    let c = Config::from_toml(
+        &format!("[server]\nreplay_body_limit = \"64KiB\"\nreplay_memory = \"64KiB\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.replay_memory, 64 << 10);
+    let e = error_of(&format!("[server]\nreplay_memory = \"512KiB\"\n{MINIMAL}"));
+    assert!(e.contains("server.replay_memory"), "{e}");
 }
 
 #[test]

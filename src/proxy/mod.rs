@@ -23,7 +23,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 
-use crate::body::{self, Relay, RequestBody};
+use crate::body::{self, Relay, ReplayBudget, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{self, Decision, RateLimiter};
@@ -52,6 +52,8 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     /// Request budgets of the profiles with `rate_limit`, by profile name.
     limiters: ArcSwap<Limiters>,
+    /// The memory kept request bodies share (`server.replay_memory`).
+    replay_budget: Arc<ReplayBudget>,
 }
 
 type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
@@ -81,6 +83,7 @@ impl Proxy {
     ) -> Self {
         Self {
             limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
+            replay_budget: ReplayBudget::new(config.server.replay_memory),
             config: ArcSwap::new(config),
             tokens,
             clients,
@@ -101,6 +104,7 @@ impl Proxy {
             &self.tokens,
             &self.limiters.load(),
         )));
+        self.replay_budget.set_limit(config.server.replay_memory);
         self.config.store(config);
     }
 
@@ -207,6 +211,7 @@ impl Proxy {
             config.server.replay_body_limit,
             config.server.max_body,
             config.server.body_pace,
+            &self.replay_budget,
         )
         .await?;
         let outbound = Outbound {
@@ -225,9 +230,10 @@ impl Proxy {
             Credentials::ManagementToken(token) => {
                 let mut headers = outbound.headers.clone();
                 headers.insert(header::AUTHORIZATION, token.0.clone());
-                let body = match body {
-                    RequestBody::Replayable(bytes) => Relay::full(bytes),
-                    RequestBody::Streaming(relay) => relay,
+                // Held until the answer comes, like a body that may be replayed.
+                let (body, _held) = match body {
+                    RequestBody::Replayable(bytes, held) => (Relay::full(bytes), Some(held)),
+                    RequestBody::Streaming(relay) => (relay, None),
                 };
                 let response = self.send(&outbound, headers, body, record).await?;
                 Ok(relay_response(response))
@@ -245,12 +251,15 @@ impl Proxy {
         &self,
         profile: &ProfileConfig,
         outbound: Outbound,
-        body: RequestBody,
+        body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let token = self.token(profile).await?;
+        // A kept body holds its share of the replay budget until this request is done with it.
         let (first_body, replay) = match body {
-            RequestBody::Replayable(bytes) => (Relay::full(bytes.clone()), Some(bytes)),
+            RequestBody::Replayable(bytes, held) => {
+                (Relay::full(bytes.clone()), Some((bytes, held)))
+            }
             RequestBody::Streaming(relay) => (relay, None),
         };
         let response = self
@@ -274,7 +283,7 @@ impl Proxy {
         self.tokens
             .invalidate(&profile.name, &token, Trigger::Unauthorized)
             .await;
-        let Some(bytes) = replay else {
+        let Some((bytes, _held)) = replay else {
             self.metrics.replay(ReplayOutcome::NotReplayable);
             return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
         };
