@@ -119,7 +119,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         inbound_tls.clone(),
         metrics.clone(),
     );
-    let admin_options = server::ServeOptions::new("admin", server_config.limits, None, metrics);
+    let admin_options =
+        server::ServeOptions::new("admin", server_config.limits, None, metrics).making_room();
     let (stop_proxy, proxy_stop) = watch::channel(false);
     let (stop_admin, admin_stop) = watch::channel(false);
     let proxy_workers =

@@ -769,3 +769,75 @@ async fn a_stream_the_proxy_is_not_reading_yet_leaves_room_for_another_streams_b
         response.headers().get("x-cma-auth-proxy-error")
     );
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_off_after_send_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "send_timeout = \"500ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // A small receive buffer, and nothing read: the 50 MB answer soon has nowhere to go.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr(&proxy).parse().unwrap()).await.unwrap();
+    stalled
+        .write_all(b"GET /v3/_sim/download?bytes=50000000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    expect_limit_count(&proxy, "send_timeout", 1.0).await;
+    eventually(5, "the stalled connection gives its slot back", || async {
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_open_connections{listener="proxy"}"#,
+        )
+        .await
+            == 0.0
+    })
+    .await;
+    // Others are served meanwhile and after.
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_client_opens_no_window_is_reset_after_send_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "send_timeout = \"500ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // A client that gives every stream a window of 0 bytes and never opens it: no response body can
+    // be sent.
+    let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut send, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("{}/v3/_sim/download?bytes=100000", proxy.url))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let end = tokio::time::timeout(Duration::from_secs(5), body.data())
+        .await
+        .expect("the stream ends within 5 s");
+    assert!(matches!(end, Some(Err(_))), "reset, not finished: {end:?}");
+    expect_limit_count(&proxy, "send_timeout", 1.0).await;
+    // The stream was reset; the connection serves on.
+    let request = http::Request::builder()
+        .method("TRACE")
+        .uri(format!("{}/v3", proxy.url))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 405);
+}

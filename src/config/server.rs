@@ -28,6 +28,8 @@ pub(super) struct FileServer {
     #[serde(with = "humantime_serde")]
     idle_timeout: Duration,
     #[serde(with = "humantime_serde")]
+    send_timeout: Duration,
+    #[serde(with = "humantime_serde")]
     body_idle_timeout: Duration,
     body_min_rate: ByteSize,
     max_connections: usize,
@@ -52,6 +54,7 @@ impl Default for FileServer {
             replay_memory: ByteSize::mib(32),
             header_read_timeout: ConnectionLimits::default().header_read_timeout,
             idle_timeout: ConnectionLimits::default().idle_timeout,
+            send_timeout: ConnectionLimits::default().send_timeout,
             body_idle_timeout: BodyPace::default().idle_timeout,
             body_min_rate: ByteSize(BodyPace::default().min_rate),
             max_connections: ConnectionLimits::default().max_connections,
@@ -93,6 +96,9 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A response that makes no progress towards the client for this long ends: the HTTP/1
+    /// connection closes, the HTTP/2 stream is reset.
+    pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -103,6 +109,7 @@ impl Default for ConnectionLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
@@ -174,6 +181,7 @@ pub(super) fn validate(
     for (key, value) in [
         ("server.header_read_timeout", s.header_read_timeout),
         ("server.idle_timeout", s.idle_timeout),
+        ("server.send_timeout", s.send_timeout),
         ("server.body_idle_timeout", s.body_idle_timeout),
     ] {
         if value.is_zero() {
@@ -233,6 +241,7 @@ pub(super) fn validate(
         limits: ConnectionLimits {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
+            send_timeout: s.send_timeout,
             max_connections: s.max_connections,
             max_header_bytes: max_header_bytes as usize,
             max_headers: s.max_headers,

@@ -28,6 +28,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.max_body, 1 << 30);
     assert_eq!(c.server.replay_body_limit, 1 << 20);
     assert_eq!(c.server.replay_memory, 32 << 20);
+    assert_eq!(c.server.limits.send_timeout, Duration::from_secs(30));
     assert_eq!(c.upstream.base_url, "https://api.contentstack.io");
     let p = &c.profiles[0];
     assert_eq!(&*p.name, "default");
@@ -113,6 +114,8 @@ fn body_pace_defaults_and_validation() {
     );
     let e = error_of(&format!("[server]\nbody_idle_timeout = \"0s\"\n{MINIMAL}"));
     assert!(e.contains("server.body_idle_timeout"), "{e}");
+    let e = error_of(&format!("[server]\nsend_timeout = \"0s\"\n{MINIMAL}"));
+    assert!(e.contains("server.send_timeout"), "{e}");
     let e = error_of(&format!("[server]\nbody_min_rate = \"fast\"\n{MINIMAL}"));
     assert!(e.contains("server.body_min_rate"), "{e}");
 }
