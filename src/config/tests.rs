@@ -224,6 +224,15 @@ fn redis_token_store() {
         error_of(&format!("[token_store]\nkind = \"redis\"\n{MINIMAL}"))
             .contains("token_store.url")
     );
+    let e = Config::from_toml(
+        &format!("[token_store]\nkind = \"redis\"\nurl = \"rediss://:hunter2@redis.internal/#insecure\"\nallow_plaintext = true\n{MINIMAL}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("token_store.url") && e.contains("#insecure"), "{e}");
+    assert!(!e.contains("hunter2"), "{e}");
     assert!(
         error_of(&format!("[token_store]\nurl = \"redis://x\"\n{MINIMAL}"))
             .contains("only to kind")
