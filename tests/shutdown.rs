@@ -117,3 +117,24 @@ async fn a_second_signal_exits_at_once() {
         "the 60 s request was cut, not awaited"
     );
 }
+
+/// A login still in flight at shutdown finishes (within the grace period) and its session is logged
+/// out, rather than left among the account's 20.
+#[tokio::test]
+async fn a_login_in_flight_at_shutdown_is_waited_for_and_its_session_logged_out() {
+    let fake = fake().await;
+    fake.set_login_delay(Some(std::time::Duration::from_secs(1)));
+    let mut proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    // `start` begins the first login at once.
+    eventually(5, "the first login is in flight", || async {
+        fake.login_requests() == 1
+    })
+    .await;
+    assert!(proxy.shutdown().await);
+    assert_eq!(fake.logins(), 1, "the login in flight finished first");
+    assert_eq!(
+        fake.logouts(),
+        fake.issued_tokens(),
+        "its session was logged out"
+    );
+}

@@ -231,7 +231,10 @@ fn redis_token_store() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("token_store.url") && e.contains("#insecure"), "{e}");
+    assert!(
+        e.contains("token_store.url") && e.contains("#insecure"),
+        "{e}"
+    );
     assert!(!e.contains("hunter2"), "{e}");
     assert!(
         error_of(&format!("[token_store]\nurl = \"redis://x\"\n{MINIMAL}"))
