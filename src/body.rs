@@ -241,23 +241,30 @@ impl Body for Relay {
                 let Some(body) = rest else {
                     return Poll::Ready(None);
                 };
-                let frame = match client {
-                    None => std::task::ready!(Pin::new(body).poll_frame(cx)),
-                    Some(client) => {
-                        match std::task::ready!(poll_client_frame(body, &mut client.watch, cx)) {
-                            Ok(frame) => frame,
-                            Err(timeout) => {
-                                // Abandoned: nothing left to drain on drop.
-                                *rest = None;
-                                let error = client.fault.record(ClientFault::Stalled(timeout));
-                                return Poll::Ready(Some(Err(error)));
+                // Trailers are dropped, both ways: the CMA uses none, and a trailer could carry
+                // what the proxy removes from headers (a client's `authtoken`, an upstream's
+                // `x-cma-auth-proxy-error`). Only data goes through.
+                loop {
+                    let frame = match client {
+                        None => std::task::ready!(Pin::new(&mut *body).poll_frame(cx)),
+                        Some(client) => {
+                            match std::task::ready!(poll_client_frame(body, &mut client.watch, cx))
+                            {
+                                Ok(frame) => frame,
+                                Err(timeout) => {
+                                    // Abandoned: nothing left to drain on drop.
+                                    *rest = None;
+                                    let error = client.fault.record(ClientFault::Stalled(timeout));
+                                    return Poll::Ready(Some(Err(error)));
+                                }
                             }
                         }
-                    }
-                };
-                match frame {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
+                    };
+                    return match frame {
+                        Some(Ok(frame)) => {
+                            let Some(data) = frame.data_ref() else {
+                                continue;
+                            };
                             *seen += data.len() as u64;
                             if *seen > *limit {
                                 let error = match client {
@@ -268,11 +275,11 @@ impl Body for Relay {
                                 };
                                 return Poll::Ready(Some(Err(error)));
                             }
+                            Poll::Ready(Some(Ok(frame)))
                         }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-                    None => Poll::Ready(None),
+                        Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                        None => Poll::Ready(None),
+                    };
                 }
             }
         }
