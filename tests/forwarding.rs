@@ -385,3 +385,37 @@ async fn an_upstreams_response_trailers_never_reach_the_client() {
     assert_eq!(body.trailers().await.unwrap(), None);
     running.shutdown().await;
 }
+
+/// Connections from this process to `port` that are open, read from the kernel's table.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16) == Ok(port) && fields[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_burst_leaves_a_bounded_number_of_idle_upstream_connections() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "workers = 1", &profile(PASSWORD, "")).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    // 64 requests at once, each holding an upstream connection for a while.
+    let statuses = concurrently(64, |_| {
+        let request = proxy.get("/v3/_sim/slow?ms=300").send();
+        async move { request.await.unwrap().status().as_u16() }
+    })
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Idle, the pool keeps at most 32 of them (and the session client one of its own).
+    let port = fake.addr().port();
+    eventually(5, "the pool lets its surplus go", || async {
+        established_to(port) <= 33
+    })
+    .await;
+}
