@@ -296,12 +296,37 @@ fn read_tls_files(
     })
 }
 
-/// `server.listen` beyond loopback without TLS: anything that can connect acts as the account.
-pub(super) fn listener_warning(server: &ServerConfig) -> Option<ConfigWarning> {
-    match server.listen {
+/// Whoever can connect to `server.listen` acts as the account: a plain TCP listener beyond
+/// loopback, a unix socket every user may connect to, or one in a directory every user can write
+/// to (where another user can take the path first) is warned about.
+pub(super) fn listener_warnings(server: &ServerConfig) -> Vec<ConfigWarning> {
+    use std::os::unix::fs::MetadataExt;
+    let mut warnings = Vec::new();
+    match &server.listen {
         ListenAddr::Tcp(listen) if !listen.ip().is_loopback() && server.tls.is_none() => {
-            Some(ConfigWarning::ListenWithoutTls { listen })
+            warnings.push(ConfigWarning::ListenWithoutTls { listen: *listen });
         }
-        _ => None,
+        ListenAddr::Tcp(_) => {}
+        ListenAddr::Unix(socket) => {
+            let directory = match socket.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            // Even with the sticky bit: another user can create the path before the proxy does.
+            if std::fs::metadata(&directory).is_ok_and(|m| m.mode() & 0o002 != 0) {
+                warnings.push(ConfigWarning::SocketInOpenDirectory {
+                    socket: socket.clone(),
+                    directory,
+                });
+            }
+            // Connecting to a unix socket takes write permission on it.
+            if let Some(mode) = server.listen_mode.filter(|mode| mode & 0o002 != 0) {
+                warnings.push(ConfigWarning::SocketOpenToAll {
+                    socket: socket.clone(),
+                    mode,
+                });
+            }
+        }
     }
+    warnings
 }

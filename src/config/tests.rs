@@ -583,6 +583,78 @@ fn a_plain_listener_beyond_loopback_is_warned_about() {
 }
 
 #[test]
+fn a_unix_socket_others_can_reach_or_take_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = tempdir();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let closed = tempdir();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let warnings = |dir: &Path, mode: &str| -> Vec<String> {
+        Config::from_toml(
+            &format!(
+                "[server]\nlisten = \"unix:{}\"\n{mode}\n{MINIMAL}",
+                dir.join("cma.sock").display()
+            ),
+            no_env(),
+            None,
+        )
+        .unwrap()
+        .warnings
+        .into_iter()
+        .filter(|w| {
+            matches!(
+                w,
+                ConfigWarning::SocketInOpenDirectory { .. } | ConfigWarning::SocketOpenToAll { .. }
+            )
+        })
+        .map(|w| w.to_string())
+        .collect()
+    };
+    assert_eq!(
+        warnings(&closed, "listen_mode = \"0660\""),
+        Vec::<String>::new()
+    );
+    let w = warnings(&open, "");
+    assert!(
+        w.len() == 1 && w[0].contains("every user can write to"),
+        "{w:?}"
+    );
+    for mode in ["0666", "0777", "0602"] {
+        let w = warnings(&closed, &format!("listen_mode = \"{mode}\""));
+        assert!(
+            w.len() == 1 && w[0].contains("lets every user connect"),
+            "{mode}: {w:?}"
+        );
+    }
+}
+
+#[test]
+fn a_file_in_a_directory_others_can_write_to_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, MINIMAL).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let directory_warnings = |c: Config| -> Vec<String> {
+        c.warnings
+            .into_iter()
+            .filter(|w| matches!(w, ConfigWarning::OpenDirectory { .. }))
+            .map(|w| w.to_string())
+            .collect()
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(directory_warnings(Config::load(&config, no_env()).unwrap()).is_empty());
+    // Anyone could rename another file over the 0600 config: that is warned about.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let w = directory_warnings(Config::load(&config, no_env()).unwrap());
+    assert!(
+        w.len() == 1 && w[0].contains("writable by every user") && w[0].contains("rename"),
+        "{w:?}"
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+}
+
+#[test]
 fn files_open_to_other_users_are_warned_about() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempdir();
