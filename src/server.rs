@@ -274,8 +274,7 @@ impl<H: Handler> Connection<H> {
                 }
             })
         };
-        let writes = Arc::new(WriteBlocked::new());
-        let io = TokioIo::new(WriteWatch::new(io, writes.clone()));
+        let io = TokioIo::new(WriteWatch::new(io, activity.clone()));
         let connection = builder.serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
         let mut stalled_writes = StallTimer::default();
@@ -294,7 +293,7 @@ impl<H: Handler> Connection<H> {
                     return Poll::Ready(Some(result));
                 }
                 stalled_writes
-                    .poll_writes(&writes, send_timeout, cx)
+                    .poll_writes(&activity.writes, send_timeout, cx)
                     .map(|()| None)
             });
             tokio::select! {
@@ -369,6 +368,14 @@ struct Activity {
     /// Asked to close to make room for a new connection (see [`Room`]).
     evicting: AtomicBool,
     evicted: tokio::sync::Notify,
+    /// Since when the connection's writes wait for the client (`send_timeout`).
+    writes: WriteBlocked,
+}
+
+impl AsRef<WriteBlocked> for Activity {
+    fn as_ref(&self) -> &WriteBlocked {
+        &self.writes
+    }
 }
 
 struct Busy(Arc<Activity>);
@@ -382,6 +389,7 @@ impl Activity {
             born: Instant::now(),
             evicting: AtomicBool::new(false),
             evicted: tokio::sync::Notify::new(),
+            writes: WriteBlocked::new(),
         }
     }
 

@@ -67,19 +67,24 @@ impl WriteBlocked {
     }
 }
 
-/// A client's socket, noting in [`WriteBlocked`] whether a write is waiting for the client.
-pub(super) struct WriteWatch<I> {
+/// A client's socket, noting in [`WriteBlocked`] (kept in `A`, the connection's shared state)
+/// whether a write is waiting for the client.
+pub(super) struct WriteWatch<I, A> {
     io: I,
-    blocked: Arc<WriteBlocked>,
+    blocked: Arc<A>,
 }
 
-impl<I> WriteWatch<I> {
-    pub(super) fn new(io: I, blocked: Arc<WriteBlocked>) -> Self {
+impl<I, A: AsRef<WriteBlocked>> WriteWatch<I, A> {
+    pub(super) fn new(io: I, blocked: Arc<A>) -> Self {
         Self { io, blocked }
+    }
+
+    fn blocked(&self) -> &WriteBlocked {
+        (*self.blocked).as_ref()
     }
 }
 
-impl<I: AsyncRead + Unpin> AsyncRead for WriteWatch<I> {
+impl<I: AsyncRead + Unpin, A: Unpin> AsyncRead for WriteWatch<I, A> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -89,14 +94,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for WriteWatch<I> {
     }
 }
 
-impl<I: AsyncWrite + Unpin> AsyncWrite for WriteWatch<I> {
+impl<I: AsyncWrite + Unpin, A: AsRef<WriteBlocked> + Unpin> AsyncWrite for WriteWatch<I, A> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.blocked.note(&poll);
+        self.blocked().note(&poll);
         poll
     }
 
@@ -106,7 +111,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteWatch<I> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.blocked.note(&poll);
+        self.blocked().note(&poll);
         poll
     }
 
@@ -116,13 +121,13 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WriteWatch<I> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let poll = Pin::new(&mut self.io).poll_flush(cx);
-        self.blocked.note(&poll);
+        self.blocked().note(&poll);
         poll
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let poll = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.blocked.note(&poll);
+        self.blocked().note(&poll);
         poll
     }
 }
