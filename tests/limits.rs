@@ -594,7 +594,8 @@ async fn kept_bodies_share_a_memory_budget_and_bodies_past_it_stream() {
         // Three bodies of 40 kB, incomplete: two fit the budget and are kept (nothing goes upstream
         // before a kept body ends); the one that would take them past 100 KiB streams, so the
         // upstream sees it start while its body is still coming. Which one that is depends on the
-        // order the proxy reads them in.
+        // order the proxy reads them in; counted chunk by chunk, as chunked bodies are, two read
+        // side by side may both find the budget spent.
         let mut conns = Vec::new();
         for n in first..first + 3 {
             conns.push(body_then_silence(&proxy, &head(n), &part(39000)).await);
@@ -606,7 +607,11 @@ async fn kept_bodies_share_a_memory_budget_and_bodies_past_it_stream() {
             || async { streamed() > 0 },
         )
         .await;
-        assert_eq!(streamed(), 1, "the other two are kept, read whole first");
+        if chunked {
+            assert!(streamed() < 3, "the first to end within the budget is kept");
+        } else {
+            assert_eq!(streamed(), 1, "the other two are kept, read whole first");
+        }
         for conn in &mut conns {
             let mut rest = part(1000);
             if chunked {
