@@ -266,11 +266,12 @@ impl<H: Handler> Connection<H> {
             let activity = activity.clone();
             hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
+                // In flight until its response has been sent (or given up on), not only until
+                // the response's head is ready: a response still streaming is not idleness.
                 let busy = activity.begin();
                 async move {
                     let response = handler.call(req, peer).await;
-                    drop(busy);
-                    Ok::<_, Infallible>(response.map(Sending::new))
+                    Ok::<_, Infallible>(response.map(|body| Sending::new(body, busy)))
                 }
             })
         };
@@ -284,6 +285,8 @@ impl<H: Handler> Connection<H> {
         if finishing {
             connection.as_mut().graceful_shutdown();
         }
+        // When an idle connection asked to finish must be gone (see below).
+        let mut close_by: Option<Instant> = None;
         let result = loop {
             let idle_at = activity.idle_deadline(idle_timeout);
             // The connection, and whether its writes have waited for the client too long: a
@@ -329,7 +332,18 @@ impl<H: Handler> Connection<H> {
                         options.metrics.connection_limit(ConnectionLimit::IdleTimeout);
                         finishing = true;
                         connection.as_mut().graceful_shutdown();
+                        // Nothing is in flight, so all that is left is HTTP/2's goodbye (GOAWAY,
+                        // and a PING the client must answer); a client that never answers must
+                        // not hold the connection by it.
+                        close_by = Some(Instant::now() + options.limits.header_read_timeout);
                     }
+                }
+                _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => {
+                    if !activity.is_busy() {
+                        tracing::debug!("an idle connection did not finish when asked: closed");
+                        break Ok(());
+                    }
+                    close_by = Some(Instant::now() + options.limits.header_read_timeout);
                 }
             }
         };
@@ -378,7 +392,8 @@ impl AsRef<WriteBlocked> for Activity {
     }
 }
 
-struct Busy(Arc<Activity>);
+/// A request in flight on its connection, until dropped.
+pub(super) struct Busy(Arc<Activity>);
 
 impl Activity {
     fn new() -> Self {

@@ -846,3 +846,27 @@ async fn an_http2_stream_whose_client_opens_no_window_is_reset_after_send_timeou
     let (response, _) = send.send_request(request, true).unwrap();
     assert_eq!(response.await.unwrap().status(), 405);
 }
+
+#[tokio::test]
+async fn an_idle_http2_connection_that_ignores_its_goaway_is_closed() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"500ms\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // One request answered, then the client goes silent: it never polls its connection again, so
+    // the proxy's GOAWAY and PING at idle_timeout go unanswered.
+    let (_send, _silent) = h2_connection(&proxy).await;
+    expect_limit_count(&proxy, "idle_timeout", 1.0).await;
+    eventually(5, "the silent connection is closed", || async {
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_open_connections{listener="proxy"}"#,
+        )
+        .await
+            == 0.0
+    })
+    .await;
+}

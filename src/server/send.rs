@@ -11,7 +11,7 @@
 //!   granting it). The stream's task then waits for window with its body unpolled. [`Sending`]
 //!   wraps each response body and notes whether it is waiting for the client (handed over and not
 //!   asked for more) or for the upstream; [`StreamExecutor`] runs each stream's task inside
-//!   [`StreamDeadline`], which ends the task, and so resets the stream, once the body has waited
+//!   [`stream_deadline`], which ends the task, and so resets the stream, once the body has waited
 //!   for the client for `send_timeout`.
 //!
 //! Time spent waiting for the upstream never counts. Nothing here allocates or takes a lock per
@@ -28,6 +28,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+use super::Busy;
 use crate::metrics::{ConnectionLimit, Metrics};
 
 /// When a connection's writes began to wait, as milliseconds since the connection was made;
@@ -188,7 +189,7 @@ impl StallTimer {
 }
 
 /// Where a response body that is being sent notes whether it waits for its client, for the
-/// [`StreamDeadline`] of the task it is sent from (an HTTP/2 stream's). Set only while that task is
+/// [`stream_deadline`] of the task it is sent from (an HTTP/2 stream's). Set only while that task is
 /// being polled; an HTTP/1 response is watched at its socket instead and finds none.
 #[derive(Debug, Clone, Copy, Default)]
 struct BodyState {
@@ -210,19 +211,24 @@ fn note_body(update: impl FnOnce(&mut BodyState)) {
     });
 }
 
-/// A response body, noting whether it waits for its client (see [`StreamDeadline`]).
+/// A response body, noting whether it waits for its client (see [`stream_deadline`]), and keeping
+/// its request in flight until it is done.
 pub(super) struct Sending<B> {
     body: B,
+    _in_flight: Busy,
 }
 
 impl<B: Body> Sending<B> {
     /// A body just handed over with its response head: until hyper first asks for data, it waits
     /// for the client (an HTTP/2 stream without window is never asked).
-    pub(super) fn new(body: B) -> Self {
+    pub(super) fn new(body: B, in_flight: Busy) -> Self {
         if !body.is_end_stream() {
             note_body(|s| s.waiting = true);
         }
-        Self { body }
+        Self {
+            body,
+            _in_flight: in_flight,
+        }
     }
 }
 
@@ -263,7 +269,7 @@ impl<B> Drop for Sending<B> {
 }
 
 /// Runs the tasks hyper spawns for a connection (one per HTTP/2 stream) on the current runtime,
-/// each inside a [`StreamDeadline`].
+/// each inside [`stream_deadline`].
 #[derive(Clone)]
 pub(super) struct StreamExecutor {
     send_timeout: Duration,
