@@ -1,7 +1,7 @@
 //! Bodies: [`Relay`], the one body type the listeners answer with and the forwarder sends upstream,
 //! and [`take_request_body`], which keeps small request bodies so they can be replayed after a
-//! re-login and streams large ones. Every buffer here has a bound, and every wait for a client's
-//! body a deadline ([`BodyWatch`]); [`read_up_to`] is the one loop that reads a body up to a bound.
+//! re-login (as long as kept bodies fit their [`ReplayBudget`]) and streams the others. Every buffer here has a bound, and every wait for a client's
+//! body a deadline ([`BodyWatch`]); [`read_while`] is the one loop that reads a body up to a bound.
 //! A leaf: it knows nothing of configuration or of the proxy's errors ([`BodyError`] says what
 //! went wrong, the forwarder decides the answer).
 use std::collections::VecDeque;
@@ -15,8 +15,10 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+mod budget;
 mod pace;
 
+pub use budget::{Held, ReplayBudget};
 pub use pace::{BodyPace, BodyTimeout, BodyWatch};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -96,10 +98,12 @@ impl BodyFault {
     }
 }
 
-/// What a client's request body carries besides its bytes: its pace and where its failure goes.
+/// What a client's request body carries besides its bytes: its pace, where its failure goes, and
+/// the replay budget its chunks read ahead hold until they are sent.
 pub struct ClientBody {
     watch: BodyWatch,
     fault: BodyFault,
+    held: Option<Held<Arc<ReplayBudget>>>,
 }
 
 pub enum Relay {
@@ -163,17 +167,19 @@ impl Relay {
         Self::stream(prefix, rest, u64::MAX, None)
     }
 
-    /// A client's request body, after the chunks already read, limited to `max_body` in all and
-    /// kept to its pace by `watch`.
+    /// A client's request body, after the chunks already read (which `held` counts until they
+    /// are sent), limited to `max_body` in all and kept to its pace by `watch`.
     pub fn request(
         prefix: VecDeque<Bytes>,
         rest: Incoming,
         max_body: u64,
         watch: BodyWatch,
+        held: Option<Held<Arc<ReplayBudget>>>,
     ) -> Relay {
         let client = ClientBody {
             watch,
             fault: BodyFault::default(),
+            held,
         };
         Self::stream(prefix, rest, max_body, Some(Box::new(client)))
     }
@@ -245,28 +251,41 @@ impl Body for Relay {
                 client,
             } => {
                 if let Some(chunk) = prefix.pop_front() {
+                    if prefix.is_empty()
+                        && let Some(client) = client
+                    {
+                        // Handed on: no longer the proxy's to keep.
+                        client.held = None;
+                    }
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
                 let Some(body) = rest else {
                     return Poll::Ready(None);
                 };
-                let frame = match client {
-                    None => std::task::ready!(Pin::new(body).poll_frame(cx)),
-                    Some(client) => {
-                        match std::task::ready!(poll_client_frame(body, &mut client.watch, cx)) {
-                            Ok(frame) => frame,
-                            Err(timeout) => {
-                                // Abandoned: nothing left to drain on drop.
-                                *rest = None;
-                                let error = client.fault.record(ClientFault::Stalled(timeout));
-                                return Poll::Ready(Some(Err(error)));
+                // Trailers are dropped, both ways: the CMA uses none, and a trailer could carry
+                // what the proxy removes from headers (a client's `authtoken`, an upstream's
+                // `x-cma-auth-proxy-error`). Only data goes through.
+                loop {
+                    let frame = match client {
+                        None => std::task::ready!(Pin::new(&mut *body).poll_frame(cx)),
+                        Some(client) => {
+                            match std::task::ready!(poll_client_frame(body, &mut client.watch, cx))
+                            {
+                                Ok(frame) => frame,
+                                Err(timeout) => {
+                                    // Abandoned: nothing left to drain on drop.
+                                    *rest = None;
+                                    let error = client.fault.record(ClientFault::Stalled(timeout));
+                                    return Poll::Ready(Some(Err(error)));
+                                }
                             }
                         }
-                    }
-                };
-                match frame {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
+                    };
+                    return match frame {
+                        Some(Ok(frame)) => {
+                            let Some(data) = frame.data_ref() else {
+                                continue;
+                            };
                             *seen += data.len() as u64;
                             if *seen > *limit {
                                 let error = match client {
@@ -277,11 +296,11 @@ impl Body for Relay {
                                 };
                                 return Poll::Ready(Some(Err(error)));
                             }
+                            Poll::Ready(Some(Ok(frame)))
                         }
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-                    None => Poll::Ready(None),
+                        Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+                        None => Poll::Ready(None),
+                    };
                 }
             }
         }
@@ -314,51 +333,70 @@ impl Body for Relay {
 }
 
 /// A request body as the forwarder holds it.
-pub enum RequestBody {
-    /// Read in full (at most `replay_body_limit`): can be sent again after a re-login.
-    Replayable(Bytes),
-    /// Too large to keep: sent once.
+pub enum RequestBody<'b> {
+    /// Read in full (at most `replay_body_limit`, and within the replay budget, which it holds
+    /// while the forwarder does): can be sent again after a re-login.
+    Replayable(Bytes, Held<&'b ReplayBudget>),
+    /// Too large to keep, or past the budget: sent once.
     Streaming(Relay),
 }
 
-/// Reads up to `replay_limit` bytes of `body`. A body that ends within the limit is kept whole;
-/// a longer one continues as a stream behind what was read. `Content-Length` above `max_body`
-/// is refused before anything is read; a body that does not keep `pace` is abandoned.
-pub async fn take_request_body(
+/// Reads up to `replay_limit` bytes of `body`. A body that ends within the limit is kept whole, if
+/// it fits `budget`; a longer one, or one past the budget, continues as a stream behind what was
+/// read. `Content-Length` above `max_body` is refused before anything is read; a body that does
+/// not keep `pace` is abandoned.
+pub async fn take_request_body<'b>(
     mut body: Incoming,
     content_length: Option<u64>,
     replay_limit: u64,
     max_body: u64,
     pace: BodyPace,
-) -> Result<RequestBody, BodyError> {
+    budget: &'b Arc<ReplayBudget>,
+) -> Result<RequestBody<'b>, BodyError> {
     if content_length.is_some_and(|n| n > max_body) {
         return Err(BodyError::TooLarge { limit: max_body });
     }
+    let mut held = Held::none(&**budget);
     if body.is_end_stream() {
-        return Ok(RequestBody::Replayable(Bytes::new()));
+        return Ok(RequestBody::Replayable(Bytes::new(), held));
     }
     let mut watch = BodyWatch::new(pace);
-    if content_length.is_some_and(|n| n > replay_limit) {
+    // With its length known, a body is counted in the budget once, up front; otherwise chunk by
+    // chunk as it comes, and it stops being kept where the budget runs out.
+    let stream_now = match content_length {
+        Some(n) => n > replay_limit || !held.reserve(n),
+        None => false,
+    };
+    if stream_now {
         return Ok(RequestBody::Streaming(Relay::request(
             VecDeque::new(),
             body,
             max_body,
             watch,
+            None,
         )));
     }
     let mut client = ClientChunks {
         body: &mut body,
         watch: &mut watch,
     };
-    let (chunks, ended) = read_up_to(&mut client, replay_limit).await?;
-    Ok(if ended {
-        RequestBody::Replayable(concat(chunks))
+    let mut within_budget = true;
+    let (chunks, ended) = read_while(&mut client, |read, chunk| {
+        if content_length.is_none() && chunk > 0 {
+            within_budget = held.count(chunk);
+        }
+        read <= replay_limit && within_budget
+    })
+    .await?;
+    Ok(if ended && within_budget {
+        RequestBody::Replayable(concat(chunks), held)
     } else {
-        RequestBody::Streaming(Relay::request(chunks, body, max_body, watch))
+        let held = held.move_to(budget.clone());
+        RequestBody::Streaming(Relay::request(chunks, body, max_body, watch, Some(held)))
     })
 }
 
-/// Where [`read_up_to`] reads from: the data of a body, chunk by chunk. Non-data frames
+/// Where [`read_while`] reads from: the data of a body, chunk by chunk. Non-data frames
 /// (trailers) are skipped: the CMA uses none.
 pub trait Chunks {
     type Error;
@@ -419,19 +457,29 @@ impl Chunks for ClientChunks<'_> {
     }
 }
 
-/// The one bounded reader: reads `body` until it ends or more than `limit` bytes are in. Returns
-/// the chunks and whether the body ended; it holds at most `limit` bytes plus one chunk. When the
-/// body did not end, the caller sends the chunks followed by the rest, or gives up on it.
+/// Reads `body` until it ends or more than `limit` bytes are in. Returns the chunks and whether the
+/// body ended; it holds at most `limit` bytes plus one chunk. When the body did not end, the
+/// caller sends the chunks followed by the rest, or gives up on it.
 pub async fn read_up_to<C: Chunks>(
     body: &mut C,
     limit: u64,
 ) -> Result<(VecDeque<Bytes>, bool), C::Error> {
+    read_while(body, |read, _| read <= limit).await
+}
+
+/// The one bounded reader: reads `body` chunk by chunk for as long as `more(bytes read, size of
+/// the last chunk)` says, or until it ends. Returns the chunks and whether the body ended.
+pub async fn read_while<C: Chunks>(
+    body: &mut C,
+    mut more: impl FnMut(u64, u64) -> bool,
+) -> Result<(VecDeque<Bytes>, bool), C::Error> {
     let mut chunks = VecDeque::new();
-    let mut read = 0u64;
-    while read <= limit {
+    let (mut read, mut last) = (0u64, 0u64);
+    while more(read, last) {
         match body.next_chunk().await? {
             Some(data) => {
-                read += data.len() as u64;
+                last = data.len() as u64;
+                read += last;
                 chunks.push_back(data);
             }
             None => return Ok((chunks, true)),

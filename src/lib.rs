@@ -122,7 +122,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         inbound_tls.clone(),
         metrics.clone(),
     );
-    let admin_options = server::ServeOptions::new("admin", server_config.limits, None, metrics);
+    let admin_options =
+        server::ServeOptions::new("admin", server_config.limits, None, metrics).making_room();
     let (stop_proxy, proxy_stop) = watch::channel(false);
     let (stop_admin, admin_stop) = watch::channel(false);
     let proxy_workers =
@@ -317,6 +318,7 @@ impl Running {
     /// listener closes. Returns whether every in-flight request finished in time.
     pub async fn shutdown(self) -> bool {
         let grace = self.proxy.config().server.shutdown_grace;
+        let grace_ends = tokio::time::Instant::now() + grace;
         let _ = self.stop_reload.send(true);
         self.proxy.start_draining();
         let _ = self.stop_proxy.send(true);
@@ -336,6 +338,9 @@ impl Running {
                 "shutdown_grace passed; cutting the requests still in flight"
             );
         }
+        // A login started before the signal finishes first (within the grace period), so that its
+        // session is logged out below with the others.
+        self.proxy.tokens().finish_logins(grace_ends).await;
         if tokio::time::timeout(LOGOUT_TIMEOUT, self.proxy.tokens().logout_all())
             .await
             .is_err()

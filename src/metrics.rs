@@ -237,7 +237,7 @@ impl Metrics {
         let connection_limits = Family::<LimitLabels, Counter>::default();
         registry.register(
             "connection_limits",
-            "Connections refused or closed by a limit: too_many_connections, header_read_timeout, headers_too_large, malformed_request, idle_timeout, tls_handshake_failed",
+            "Connections refused or closed by a limit: too_many_connections, header_read_timeout, headers_too_large, malformed_request, idle_timeout, tls_handshake_failed, send_timeout (an HTTP/2 stream reset), evicted (idle, to admit a probe)",
             connection_limits.clone(),
         );
         let rate_limit_waits = Family::<ProfileLabels, Counter>::default();

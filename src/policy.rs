@@ -5,13 +5,13 @@
 //! `/v3/x;p/../user-session`) cannot slip past a rule. The request path sends upstream exactly the
 //! target the policy judged, re-serialized from the normalized form, or refuses the request as
 //! ambiguous: a path whose structure servers read in more than one way (an encoded `/`, a
-//! double-encoded escape, `..;`, `//..`, a trailing dot, bytes that are not UTF-8) is refused with
-//! 400 rather than checked in one reading and executed in another. Where servers differ only in how
-//! they read a segment (`;params` cut or kept, a `.json` format suffix), every reading is weighed:
-//! the session endpoint and deny rules refuse if any reading matches (deny rules also in any case,
-//! and `HEAD` for `GET`); allow rules admit only if every reading matches, exactly, so no spelling
-//! widens what they admit. This module is pure: no I/O, no logging, and nothing of the crate above
-//! it.
+//! double-encoded escape, an encoded `?` or `#`, `..;`, `//..`, a trailing dot, bytes that are not
+//! UTF-8) is refused with 400 rather than checked in one reading and executed in another. Where
+//! servers differ only in how they read a segment (`;params` cut or kept, a `.json` format suffix),
+//! every reading is weighed: the session endpoint and deny rules refuse if any reading matches (deny
+//! rules also in any case, and `HEAD` for `GET`); allow rules admit only if every reading matches,
+//! exactly, so no spelling widens what they admit. This module is pure: no I/O, no logging, and
+//! nothing of the crate above it.
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
@@ -64,6 +64,10 @@ pub enum PathError {
         "the path has '%25' followed by two hex digits, which a server that decodes twice reads as another character"
     )]
     DoubleEncoded,
+    #[error(
+        "the path has an encoded '?' or '#', which a server that decodes before it parses reads as the end of the path"
+    )]
+    EncodedDelimiter,
     #[error("the path has a control character (NUL, tab, CR, LF, ...)")]
     ControlCharacter,
     #[error(
@@ -420,6 +424,12 @@ fn canonical_segment(raw: &str) -> Result<String, PathError> {
     // others; `\` is a separator to some.
     if decoded.iter().any(|&b| b == b'/' || b == b'\\') {
         return Err(PathError::EncodedSeparator);
+    }
+    // `%3F` and `%23` are data to a strict server, but one that decodes the target before parsing
+    // it (a gateway reusing nginx's `$uri`, a hand-rolled router) reads `/v3/user-session%3F` as
+    // `/v3/user-session` and a query. No CMA path carries them.
+    if decoded.iter().any(|&b| b == b'?' || b == b'#') {
+        return Err(PathError::EncodedDelimiter);
     }
     // CR, LF and tab are trimmed or split on by some servers and never part of a CMA path.
     if decoded.iter().any(|&b| b < 0x20 || b == 0x7F) {

@@ -5,10 +5,15 @@
 //!
 //! Directories are watched, not files: Kubernetes updates a mounted Secret or ConfigMap by
 //! swapping a `..data` symlink, and editors save by renaming a new file over the old one, neither
-//! of which a watch on the old file would see. But a directory holds other files too (often the
-//! proxy's own log), so only events that name a configured file, or a `..data` swap, count: a busy
-//! neighbour must neither trigger reloads (each reload's log line would trigger the next) nor keep
-//! postponing one.
+//! of which a watch on the old file would see. A file's path may also pass through symlinks (a
+//! Secret item in a subdirectory, `sec/cma -> ..data/cma`; a release directory, `current ->
+//! releases/v2`; a secret linked in from elsewhere), and the directory that really holds it is
+//! replaced on every update. So each file is followed to where it really is, and what is watched is
+//! the directory that holds each step: the file as named, every symlink on its way, and the file it
+//! leads to. Only events that name one of those steps, or a watched directory itself (removed or
+//! moved), count: a busy neighbour, often the proxy's own log, must neither trigger reloads (each
+//! reload's log line would trigger the next) nor keep postponing one. After every reload the steps
+//! are worked out again and the watches rebuilt, since a rotation moves them.
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -27,9 +32,8 @@ use crate::server::InboundTls;
 const SETTLE: Duration = Duration::from_millis(200);
 /// … but never later than this after the first, however long the burst.
 const MAX_DELAY: Duration = Duration::from_secs(1);
-
-/// The name of the symlink Kubernetes swaps to update every file of a mounted volume at once.
-const KUBERNETES_DATA: &str = "..data";
+/// Symlinks followed on one path before giving up on it (the kernel's own limit is 40).
+const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WatchError {
@@ -41,22 +45,29 @@ pub enum WatchError {
     },
 }
 
-/// The files whose change means "reload", as absolute paths, and the directories they are in.
+/// The paths whose change means "reload" (each configured file, the symlinks on its way and the
+/// file it leads to, as absolute paths) and the directories that hold them.
 #[derive(Default)]
 struct Watched {
-    files: BTreeSet<PathBuf>,
+    steps: BTreeSet<PathBuf>,
     directories: BTreeSet<PathBuf>,
 }
 
 impl Watched {
     fn of(config: &Config) -> Watched {
-        let files: BTreeSet<PathBuf> = config
-            .watched_files
-            .iter()
-            .map(|f| std::path::absolute(f).unwrap_or_else(|_| f.clone()))
-            .collect();
-        let directories = files.iter().map(|f| directory_of(f)).collect();
-        Watched { files, directories }
+        let mut watched = Watched::default();
+        for file in &config.watched_files {
+            let file = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+            for step in steps_to(&file) {
+                let (directory, missing) = watch_point(&directory_of(&step));
+                // A directory that is not there (yet) is watched from the closest one that is, for
+                // its creation.
+                watched.steps.extend(missing);
+                watched.directories.insert(directory);
+                watched.steps.insert(step);
+            }
+        }
+        watched
     }
 
     /// Whether `event` may change the configuration. Called for every event in the watched
@@ -67,12 +78,76 @@ impl Watched {
             return true;
         }
         !event.kind.is_access()
-            && event.paths.iter().any(|path| {
-                self.files.contains(path)
-                    || (path.file_name().is_some_and(|name| name == KUBERNETES_DATA)
-                        && self.directories.contains(&directory_of(path)))
-            })
+            && event
+                .paths
+                .iter()
+                .any(|path| self.steps.contains(path) || self.directories.contains(path))
     }
+}
+
+/// The paths `file` is reached through: itself as named, each symlink met on the way (resolved as
+/// the kernel does, `..` after a symlink going up from where it led), and the file it leads to. A
+/// change to any of them can change what reading `file` gives. Parts that do not exist end the
+/// walk there.
+fn steps_to(file: &Path) -> Vec<PathBuf> {
+    use std::path::Component;
+    let mut steps = vec![file.to_owned()];
+    let mut pending: std::collections::VecDeque<PathBuf> = file
+        .components()
+        .map(|c| PathBuf::from(c.as_os_str()))
+        .collect();
+    let mut at = PathBuf::from("/");
+    let mut followed = 0;
+    while let Some(part) = pending.pop_front() {
+        match part.components().next() {
+            Some(Component::RootDir) => at = PathBuf::from("/"),
+            Some(Component::ParentDir) => {
+                at.pop();
+            }
+            Some(Component::Normal(name)) => {
+                let next = at.join(name);
+                let link = std::fs::symlink_metadata(&next)
+                    .is_ok_and(|m| m.file_type().is_symlink())
+                    .then(|| std::fs::read_link(&next).ok())
+                    .flatten();
+                match link {
+                    Some(target) if followed < MAX_SYMLINKS => {
+                        followed += 1;
+                        if !steps.contains(&next) {
+                            steps.push(next);
+                        }
+                        for (i, c) in target.components().enumerate() {
+                            pending.insert(i, PathBuf::from(c.as_os_str()));
+                        }
+                    }
+                    _ => at = next,
+                }
+            }
+            Some(Component::CurDir | Component::Prefix(_)) | None => {}
+        }
+    }
+    if !steps.contains(&at) {
+        steps.push(at);
+    }
+    steps
+}
+
+/// Where to watch `directory` from: itself when it exists, else its closest existing ancestor,
+/// together with the missing child of that ancestor on the way down (whose creation is the event
+/// to wait for).
+fn watch_point(directory: &Path) -> (PathBuf, Option<PathBuf>) {
+    let mut missing = None;
+    let mut at = directory;
+    while !at.is_dir() {
+        match at.parent() {
+            Some(parent) => {
+                missing = Some(at.to_owned());
+                at = parent;
+            }
+            None => break,
+        }
+    }
+    (at.to_owned(), missing)
 }
 
 /// What a reload reaches: the request path (and through it the token manager and the rate
@@ -138,9 +213,10 @@ pub async fn watch(
         } else {
             tracing::info!("SIGHUP: reloading the configuration");
         }
-        if reload(&path, &live).is_ok()
-            && let Err(e) = rewatch(&mut watcher, &watched, &proxy.config())
-        {
+        let _ = reload(&path, &live);
+        // Whatever the outcome: an update may have replaced the directories watched, or the
+        // symlinks leading to the files (a failed reload is retried at the next event).
+        if let Err(e) = rewatch(&mut watcher, &watched, &proxy.config()) {
             tracing::warn!("{}", crate::error_text::error_chain_text(&e));
         }
     }
@@ -158,7 +234,9 @@ async fn settle(changes: &mut mpsc::Receiver<()>) {
     }
 }
 
-/// Points the watcher at the directories of the files `config` was read from.
+/// Points the watcher at the directories that hold the files `config` was read from and the
+/// symlinks on their way. Every wanted directory is watched again, also one watched already: a
+/// directory replaced under the same path (a new inode) is then watched anew.
 fn rewatch(
     watcher: &mut RecommendedWatcher,
     watched: &RwLock<Watched>,
@@ -172,21 +250,22 @@ fn rewatch(
         .unwrap_or_else(|poisoned| poisoned.into_inner())
         .directories
         .clone();
-    for gone in current.difference(&wanted.directories) {
-        let _ = watcher.unwatch(gone);
-    }
-    for dir in wanted.directories.difference(&current) {
-        watcher
-            .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Watch {
+    let mut failed = None;
+    for dir in &wanted.directories {
+        if let Err(source) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+            failed.get_or_insert(WatchError::Watch {
                 path: dir.clone(),
                 source,
-            })?;
+            });
+        }
+    }
+    for gone in current.difference(&wanted.directories) {
+        let _ = watcher.unwatch(gone);
     }
     *watched
         .write()
         .unwrap_or_else(|poisoned| poisoned.into_inner()) = wanted;
-    Ok(())
+    failed.map_or(Ok(()), Err)
 }
 
 fn directory_of(file: &Path) -> PathBuf {
@@ -260,7 +339,7 @@ pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
 
 #[cfg(test)]
 mod tests {
-    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RenameMode};
+    use notify::event::{AccessKind, CreateKind, EventKind, ModifyKind, RemoveKind, RenameMode};
 
     use super::*;
 
@@ -270,13 +349,20 @@ mod tests {
         event
     }
 
+    /// `/etc/cma/config.toml`, and `/run/secrets/cma/password` as Kubernetes mounts it:
+    /// `password -> ..data/password`, `..data -> ..2026_01`.
     fn watched() -> Watched {
         Watched {
-            files: ["/etc/cma/config.toml", "/run/secrets/cma/password"]
-                .into_iter()
-                .map(PathBuf::from)
-                .collect(),
-            directories: ["/etc/cma", "/run/secrets/cma"]
+            steps: [
+                "/etc/cma/config.toml",
+                "/run/secrets/cma/password",
+                "/run/secrets/cma/..data",
+                "/run/secrets/cma/..2026_01/password",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .collect(),
+            directories: ["/etc/cma", "/run/secrets/cma", "/run/secrets/cma/..2026_01"]
                 .into_iter()
                 .map(PathBuf::from)
                 .collect(),
@@ -284,11 +370,12 @@ mod tests {
     }
 
     #[test]
-    fn only_events_naming_a_configured_file_or_a_data_swap_count() {
+    fn only_events_naming_a_step_to_a_configured_file_count() {
         let w = watched();
         let write = EventKind::Modify(ModifyKind::Any);
         let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::Both));
         let created = EventKind::Create(CreateKind::File);
+        let removed = EventKind::Remove(RemoveKind::Folder);
         assert!(w.concerns(&event(write, &["/etc/cma/config.toml"])));
         assert!(w.concerns(&event(created, &["/run/secrets/cma/password"])));
         // An editor's save: a new file renamed over the old one.
@@ -301,16 +388,56 @@ mod tests {
             renamed,
             &["/run/secrets/cma/..data_tmp", "/run/secrets/cma/..data"]
         )));
+        // The directory that held the file, deleted after a swap.
+        assert!(w.concerns(&event(removed, &["/run/secrets/cma/..2026_01"])));
         assert!(w.concerns(&event(EventKind::Other, &[]).set_flag(notify::event::Flag::Rescan)));
 
         // The proxy's own log, next to the config, and anything else there.
         assert!(!w.concerns(&event(write, &["/etc/cma/cma-auth-proxy.log"])));
         assert!(!w.concerns(&event(created, &["/etc/cma/..data_tmp"])));
+        // A `..data` that no configured file is reached through.
+        assert!(!w.concerns(&event(created, &["/etc/cma/..data"])));
         assert!(!w.concerns(&event(created, &["/elsewhere/..data"])));
         assert!(!w.concerns(&event(
             EventKind::Access(AccessKind::Any),
             &["/etc/cma/config.toml"]
         )));
+    }
+
+    #[test]
+    fn a_file_is_followed_through_every_symlink_on_its_way() {
+        let dir = std::env::temp_dir().join(format!("cma-reload-{}", rand::random::<u64>()));
+        // A Secret item in a subdirectory: sec/cma -> ..data/cma, ..data -> ..v1.
+        std::fs::create_dir_all(dir.join("sec/..v1/cma")).unwrap();
+        std::fs::write(dir.join("sec/..v1/cma/password"), "pw").unwrap();
+        std::os::unix::fs::symlink("..v1", dir.join("sec/..data")).unwrap();
+        std::os::unix::fs::symlink("..data/cma", dir.join("sec/cma")).unwrap();
+        // A secret linked in from another directory, through `..`.
+        std::fs::create_dir_all(dir.join("vault")).unwrap();
+        std::fs::create_dir_all(dir.join("conf")).unwrap();
+        std::fs::write(dir.join("vault/key"), "k").unwrap();
+        std::os::unix::fs::symlink("../vault/key", dir.join("conf/key")).unwrap();
+
+        assert_eq!(
+            steps_to(&dir.join("sec/cma/password")),
+            [
+                dir.join("sec/cma/password"),
+                dir.join("sec/cma"),
+                dir.join("sec/..data"),
+                dir.join("sec/..v1/cma/password"),
+            ]
+        );
+        assert_eq!(
+            steps_to(&dir.join("conf/key")),
+            [dir.join("conf/key"), dir.join("vault/key")]
+        );
+        // A path that does not exist is its own last step.
+        assert_eq!(steps_to(&dir.join("none/x")), [dir.join("none/x")]);
+        assert_eq!(
+            watch_point(&dir.join("none/deeper")),
+            (dir.clone(), Some(dir.join("none")))
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

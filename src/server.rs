@@ -1,6 +1,6 @@
 //! Listeners and connections: TCP (optionally TLS) or Unix sockets, HTTP/1.1 and HTTP/2 on one port,
-//! the per-connection limits (connection count, header size and count, header-read and idle
-//! timeouts), inbound TLS and its reload, and draining at shutdown. Knows nothing of CMA semantics:
+//! the per-connection limits (connection count, header size and count, header-read, idle and send
+//! timeouts, HTTP/2 streams and windows), inbound TLS and its reload, and draining at shutdown. Knows nothing of CMA semantics:
 //! what serves a listener's requests is a [`Handler`] given to it (`lib.rs` adapts the proxy and
 //! the admin endpoints); the proxy's error type is used only to render the refusal of a connection
 //! over `max_connections`, so that every error answer has one shape.
@@ -10,17 +10,20 @@
 mod accept;
 mod bind;
 mod inbound_tls;
+mod room;
+mod send;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{Semaphore, watch};
@@ -31,10 +34,12 @@ use tokio_util::task::TaskTracker;
 pub use accept::{Acceptor, Inbox, WorkerLink, worker_channel};
 pub use bind::{BindError, Bound, SocketFile, StdListener, bind};
 pub use inbound_tls::InboundTls;
+pub use room::Room;
 
 use crate::body::Relay;
 use crate::config::ConnectionLimits;
 use crate::metrics::{ConnectionLimit, Metrics};
+use send::{Sending, StallTimer, StreamExecutor, WriteBlocked, WriteWatch};
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -56,6 +61,9 @@ pub struct ServeOptions {
     pub slots: Arc<Semaphore>,
     /// The listener's name in metrics: `proxy` or `admin`.
     pub name: &'static str,
+    /// When full, close the longest idle connection to admit a new one (the admin listener, for
+    /// its probes).
+    pub room: Option<Arc<Room>>,
     /// This listener's `open_connections` series, created with the listener so that it reads 0
     /// (rather than being absent) before the first connection.
     open: prometheus_client::metrics::gauge::Gauge,
@@ -75,8 +83,16 @@ impl ServeOptions {
             metrics,
             slots: Arc::new(Semaphore::new(limits.max_connections)),
             name,
+            room: None,
             open,
         }
+    }
+
+    /// When full, the listener closes its longest idle connection to admit a new one, so that
+    /// keep-alive connections cannot lock probes out (docs/design.md#listeners-and-limits).
+    pub fn making_room(mut self) -> ServeOptions {
+        self.room = Some(Arc::default());
+        self
     }
 
     fn open_connections(&self) -> &prometheus_client::metrics::gauge::Gauge {
@@ -87,8 +103,9 @@ impl ServeOptions {
 /// The connections a listener has open, for draining.
 pub struct Connections(TaskTracker);
 
-fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn builder(limits: &ConnectionLimits, metrics: &Arc<Metrics>) -> auto::Builder<StreamExecutor> {
+    let executor = StreamExecutor::new(limits.send_timeout, metrics.clone());
+    let mut builder = auto::Builder::new(executor);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -98,9 +115,28 @@ fn builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_send_buf_size(H2_SEND_BUFFER);
     builder
 }
+
+/// HTTP/2 streams one connection may have open at once. Each is a request in flight, with its body
+/// and its upstream connection; hyper's default (200) would let one client connection hold that
+/// many (docs/design.md#listeners-and-limits).
+const H2_MAX_STREAMS: u32 = 100;
+/// How much of a request body a client may send on one stream before the proxy reads it, and on
+/// the connection as a whole. A stream the proxy is not reading yet (its request waits for a login
+/// or a slow upstream) holds its window's worth unread; with the connection's window four streams
+/// wide, such streams do not stall the bodies of the others, and the proxy holds at most 1 MiB of
+/// unread body per connection.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 1024 * 1024;
+/// Response bytes queued per stream ahead of the client's reading (hyper's default is 400 KB): with
+/// [`H2_MAX_STREAMS`], what one connection can make the proxy queue stays a few MiB.
+const H2_SEND_BUFFER: usize = 64 * 1024;
 
 /// Serves the connections handed to `inbox` on the current runtime until the acceptor stops, then
 /// returns those still open, for the caller to drain under its deadline. Each connection is told
@@ -112,7 +148,7 @@ pub async fn serve<H: Handler>(
     stop: watch::Receiver<bool>,
 ) -> Connections {
     let tracker = TaskTracker::new();
-    let builder = Arc::new(builder(&options.limits));
+    let builder = Arc::new(builder(&options.limits, &options.metrics));
     while let Some(accepted) = inbox.0.recv().await {
         let connection = Connection {
             handler: handler.clone(),
@@ -158,7 +194,7 @@ struct Connection<H> {
     handler: Arc<H>,
     peer: Option<IpAddr>,
     accepted_at: Instant,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<auto::Builder<StreamExecutor>>,
     options: ServeOptions,
     stop: watch::Receiver<bool>,
 }
@@ -222,29 +258,57 @@ impl<H: Handler> Connection<H> {
             ..
         } = self;
         let activity = Arc::new(Activity::new());
+        let _in_room = options
+            .room
+            .as_ref()
+            .map(|room| room.register(activity.clone()));
         let service = {
             let activity = activity.clone();
             hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
+                // In flight until its response has been sent (or given up on), not only until
+                // the response's head is ready: a response still streaming is not idleness.
                 let busy = activity.begin();
                 async move {
                     let response = handler.call(req, peer).await;
-                    drop(busy);
-                    Ok::<_, Infallible>(response)
+                    Ok::<_, Infallible>(response.map(|body| Sending::new(body, busy)))
                 }
             })
         };
-        let connection = builder.serve_connection(TokioIo::new(io), service);
+        let io = TokioIo::new(WriteWatch::new(io, activity.clone()));
+        let connection = builder.serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
-        let idle_timeout = options.limits.idle_timeout;
+        let mut stalled_writes = StallTimer::default();
+        let (idle_timeout, send_timeout) =
+            (options.limits.idle_timeout, options.limits.send_timeout);
         let mut finishing = *stop.borrow();
         if finishing {
             connection.as_mut().graceful_shutdown();
         }
+        // When an idle connection asked to finish must be gone (see below).
+        let mut close_by: Option<Instant> = None;
         let result = loop {
             let idle_at = activity.idle_deadline(idle_timeout);
+            // The connection, and whether its writes have waited for the client too long: a
+            // client that stops reading is cut off, not waited for (a graceful shutdown would wait).
+            let served = std::future::poll_fn(|cx| {
+                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    return Poll::Ready(Some(result));
+                }
+                stalled_writes
+                    .poll_writes(&activity.writes, send_timeout, cx)
+                    .map(|()| None)
+            });
             tokio::select! {
-                result = connection.as_mut() => break result,
+                served = served => match served {
+                    Some(result) => break result,
+                    None => {
+                        let limit = ConnectionLimit::SendTimeout;
+                        options.metrics.connection_limit(limit);
+                        tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
+                        break Ok(());
+                    }
+                },
                 _ = tokio::time::sleep_until(first_request_by), if !activity.has_begun() => {
                     if !activity.has_begun() {
                         let limit = ConnectionLimit::HeaderReadTimeout;
@@ -252,6 +316,12 @@ impl<H: Handler> Connection<H> {
                         tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                         break Ok(());
                     }
+                }
+                _ = activity.evicted.notified(), if options.room.is_some() => {
+                    let limit = ConnectionLimit::Evicted;
+                    options.metrics.connection_limit(limit);
+                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
+                    break Ok(());
                 }
                 _ = stop.changed(), if !finishing => {
                     finishing = true;
@@ -262,7 +332,18 @@ impl<H: Handler> Connection<H> {
                         options.metrics.connection_limit(ConnectionLimit::IdleTimeout);
                         finishing = true;
                         connection.as_mut().graceful_shutdown();
+                        // Nothing is in flight, so all that is left is HTTP/2's goodbye (GOAWAY,
+                        // and a PING the client must answer); a client that never answers must
+                        // not hold the connection by it.
+                        close_by = Some(Instant::now() + options.limits.header_read_timeout);
                     }
+                }
+                _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => {
+                    if !activity.is_busy() {
+                        tracing::debug!("an idle connection did not finish when asked: closed");
+                        break Ok(());
+                    }
+                    close_by = Some(Instant::now() + options.limits.header_read_timeout);
                 }
             }
         };
@@ -298,9 +379,21 @@ struct Activity {
     /// Milliseconds after `born` of the last request's end.
     last_ms: AtomicU64,
     born: Instant,
+    /// Asked to close to make room for a new connection (see [`Room`]).
+    evicting: AtomicBool,
+    evicted: tokio::sync::Notify,
+    /// Since when the connection's writes wait for the client (`send_timeout`).
+    writes: WriteBlocked,
 }
 
-struct Busy(Arc<Activity>);
+impl AsRef<WriteBlocked> for Activity {
+    fn as_ref(&self) -> &WriteBlocked {
+        &self.writes
+    }
+}
+
+/// A request in flight on its connection, until dropped.
+pub(super) struct Busy(Arc<Activity>);
 
 impl Activity {
     fn new() -> Self {
@@ -309,7 +402,25 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             born: Instant::now(),
+            evicting: AtomicBool::new(false),
+            evicted: tokio::sync::Notify::new(),
+            writes: WriteBlocked::new(),
         }
+    }
+
+    fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) > 0
+    }
+
+    fn is_evicted(&self) -> bool {
+        self.evicting.load(Ordering::Relaxed)
+    }
+
+    /// Asks the connection to close.
+    fn evict(&self) {
+        self.evicting.store(true, Ordering::Relaxed);
+        // Stored if the connection is not waiting right now: it sees it on its next wait.
+        self.evicted.notify_one();
     }
 
     fn begin(self: &Arc<Self>) -> Busy {

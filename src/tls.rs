@@ -62,6 +62,17 @@ pub fn client_config(
         .with_no_client_auth())
 }
 
+/// A client configuration that trusts exactly `roots` (the fleet store's: its `ca_file`, or the
+/// public roots).
+pub fn client_config_trusting(
+    roots: rustls::RootCertStore,
+) -> Result<rustls::ClientConfig, rustls::Error> {
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
 /// The server configuration of an inbound TLS listener, offering HTTP/2 and HTTP/1.1 by ALPN.
 pub fn server_config(
     cert_chain_pem: &[u8],

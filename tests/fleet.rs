@@ -977,3 +977,65 @@ async fn a_planted_rate_state_does_not_hold_requests_back() {
     );
     assert_eq!(get(&reqwest::Client::new(), &replica.url).await, 200);
 }
+
+/// A "Redis" that answers the first command with a bulk string announced as 1.9 GB and then
+/// streams it as fast as it is read. Returns its URL and the most bytes it got to send on one
+/// connection.
+async fn redis_with_a_huge_reply() -> (String, Arc<std::sync::atomic::AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("redis://{}", listener.local_addr().unwrap());
+    let most = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = most.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                if socket.read(&mut buf).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let mut sent = 0u64;
+                let chunk = vec![b'a'; 1 << 20];
+                if socket.write_all(b"$1900000000\r\n").await.is_err() {
+                    return;
+                }
+                while socket.write_all(&chunk).await.is_ok() {
+                    sent += chunk.len() as u64;
+                    counter.fetch_max(sent, Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    (url, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_announcing_a_huge_reply_is_cut_off_before_it_is_read() {
+    let fake = fake().await;
+    let (url, most_sent) = redis_with_a_huge_reply().await;
+    // A generous timeout: the bound, not the clock, must stop the read.
+    let replica = replica_at(
+        &fake,
+        &url,
+        "encryption_key_file = \"key\"\ntimeout = \"2s\"",
+        "",
+    );
+    eventually(10, "the store is found broken", || async {
+        status(&replica.admin).await["token_store"]["last_error"].is_string()
+    })
+    .await;
+    let error = status(&replica.admin).await["token_store"]["last_error"].clone();
+    assert!(
+        error.as_str().is_some_and(|e| e.contains("larger than")),
+        "{error}"
+    );
+    // What the proxy read of it is no more than what the sockets' buffers took.
+    let sent = most_sent.load(Ordering::SeqCst);
+    assert!(
+        sent < 32 << 20,
+        "{} MiB were sent before the proxy hung up",
+        sent >> 20
+    );
+    assert_eq!(get(&reqwest::Client::new(), &replica.url).await, 200);
+}

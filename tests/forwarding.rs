@@ -350,3 +350,78 @@ async fn a_proxy_error_answering_head_has_no_body_over_http2_and_http1() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_upstreams_response_trailers_never_reach_the_client() {
+    let upstream = canned_upstream(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\
+         trailer: x-cma-auth-proxy-error\r\n\r\n2\r\n{}\r\n0\r\n\
+         x-cma-auth-proxy-error: login_rejected\r\n\r\n",
+    )
+    .await;
+    let config = cma_auth_proxy::Config::from_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"http://{upstream}\"\n\
+             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n"
+        ),
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    let running = cma_auth_proxy::start(config).await.unwrap();
+    let proxy = running.proxy_addr().tcp().unwrap();
+    // HTTP/2 carries trailers to the client; the `h2` client shows them.
+    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("http://{proxy}/v3/content_types"))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        data.extend_from_slice(&chunk.unwrap());
+    }
+    assert_eq!(data, b"{}");
+    assert_eq!(body.trailers().await.unwrap(), None);
+    running.shutdown().await;
+}
+
+/// Connections from this process to `port` that are open, read from the kernel's table.
+fn established_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16) == Ok(port) && fields[3] == "01"
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn a_burst_leaves_a_bounded_number_of_idle_upstream_connections() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "workers = 1", &profile(PASSWORD, "")).await;
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    // 64 requests at once, each holding an upstream connection for a while.
+    let statuses = concurrently(64, |_| {
+        let request = proxy.get("/v3/_sim/slow?ms=300").send();
+        async move { request.await.unwrap().status().as_u16() }
+    })
+    .await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // Idle, the pool keeps at most 32 of them (and the session client one of its own).
+    let port = fake.addr().port();
+    eventually(5, "the pool lets its surplus go", || async {
+        established_to(port) <= 33
+    })
+    .await;
+}

@@ -498,3 +498,375 @@ async fn a_streamed_body_that_stalls_or_grows_too_large_is_the_clients_fault_ove
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     running.shutdown().await;
 }
+
+/// A request body sent up to its first `sent` bytes of `length`, then a byte every 100 ms: the
+/// connection, and whether the proxy answered it within `secs` seconds (and what).
+async fn front_load_then_trickle(
+    proxy: &Proxy,
+    length: usize,
+    sent: usize,
+    secs: u64,
+) -> Option<String> {
+    let head =
+        format!("POST /v3/_sim/upload HTTP/1.1\r\nhost: x\r\ncontent-length: {length}\r\n\r\n");
+    let mut conn = body_then_silence(proxy, &head, &vec![b'x'; sent]).await;
+    let (mut reader, mut writer) = conn.split();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(secs), async {
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                read = reader.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                },
+                _ = pace.tick() => {
+                    if writer.write_all(b"x").await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    answered
+        .ok()
+        .map(|()| String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test]
+async fn a_front_loaded_body_banks_no_time_for_trickling_later() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "body_idle_timeout = \"500ms\"\nbody_min_rate = \"1KiB\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // 512 KiB at once would once have earned 512 s of waiting; now at most body_idle_timeout of it
+    // carries over, and a byte every 100 ms is far below 1 KiB/s.
+    let answer = front_load_then_trickle(&proxy, 1 << 20, 512 << 10, 10)
+        .await
+        .expect("the trickle is cut off well within 10 s");
+    assert_body_timeout(&answer);
+    assert!(answer.contains("body_min_rate"), "{answer}");
+}
+
+#[tokio::test]
+async fn kept_bodies_share_a_memory_budget_and_bodies_past_it_stream() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "replay_body_limit = \"64KiB\"\nreplay_memory = \"100KiB\"\nbody_idle_timeout = \"30s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let seen = |n: u32| {
+        let query = format!("n={n}");
+        fake.requests()
+            .iter()
+            .any(|r| r.query.as_deref() == Some(query.as_str()))
+    };
+    // With a Content-Length (counted up front), then chunked (counted as the chunks come).
+    for (first, framing) in [
+        (1, "content-length: 40000"),
+        (4, "transfer-encoding: chunked"),
+    ] {
+        let chunked = framing.contains("chunked");
+        let head = |n: u32| {
+            format!(
+                "POST /v3/_sim/upload?n={n} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n{framing}\r\n\r\n"
+            )
+        };
+        let part = |len: usize| -> Vec<u8> {
+            let mut out = if chunked {
+                format!("{len:x}\r\n").into_bytes()
+            } else {
+                Vec::new()
+            };
+            out.extend(vec![b'x'; len]);
+            if chunked {
+                out.extend_from_slice(b"\r\n");
+            }
+            out
+        };
+        // Three bodies of 40 kB, incomplete: two fit the budget and are kept (nothing goes upstream
+        // before a kept body ends); the one that would take them past 100 KiB streams, so the
+        // upstream sees it start while its body is still coming. Which one that is depends on the
+        // order the proxy reads them in; counted chunk by chunk, as chunked bodies are, two read
+        // side by side may both find the budget spent.
+        let mut conns = Vec::new();
+        for n in first..first + 3 {
+            conns.push(body_then_silence(&proxy, &head(n), &part(39000)).await);
+        }
+        let streamed = || (first..first + 3).filter(|n| seen(*n)).count();
+        eventually(
+            5,
+            &format!("one request goes upstream before its body ends ({framing})"),
+            || async { streamed() > 0 },
+        )
+        .await;
+        if chunked {
+            assert!(streamed() < 3, "the first to end within the budget is kept");
+        } else {
+            assert_eq!(streamed(), 1, "the other two are kept, read whole first");
+        }
+        for conn in &mut conns {
+            let mut rest = part(1000);
+            if chunked {
+                rest.extend_from_slice(b"0\r\n\r\n");
+            }
+            conn.write_all(&rest).await.unwrap();
+            let answer = closed_within(conn, 5).await.expect("answered");
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+}
+
+/// An HTTP/2 connection to the proxy, made with the `h2` crate, whose settings and flow control
+/// the test can see. Returns it once the proxy's SETTINGS and window updates are in (a request the
+/// proxy answers itself has gone back and forth).
+async fn h2_connection(
+    proxy: &Proxy,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    h2::client::Connection<TcpStream, bytes::Bytes>,
+) {
+    let tcp = TcpStream::connect(addr(proxy)).await.unwrap();
+    let (mut send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    let request = http::Request::builder()
+        .method("TRACE")
+        .uri(format!("{}/v3", proxy.url))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = tokio::select! {
+        response = response => response.unwrap(),
+        _ = &mut connection => panic!("the connection ended"),
+    };
+    assert_eq!(response.status(), 405);
+    (send, connection)
+}
+
+fn h2_post(proxy: &Proxy, path: &str, length: usize) -> http::Request<()> {
+    http::Request::builder()
+        .method("POST")
+        .uri(format!("{}{path}", proxy.url))
+        .header("content-length", length)
+        .body(())
+        .unwrap()
+}
+
+/// What the proxy's HTTP/2 server announces: its SETTINGS (`id -> value`) and the window of the
+/// connection as a whole, read frame by frame from a raw connection.
+async fn h2_announced(proxy: &Proxy) -> (std::collections::HashMap<u16, u32>, u32) {
+    let mut tcp = TcpStream::connect(addr(proxy)).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame.
+    tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut settings = std::collections::HashMap::new();
+    // The spec's initial window of every connection, until a WINDOW_UPDATE on stream 0 raises it.
+    let mut connection_window = 65_535u32;
+    let (mut saw_settings, mut saw_update) = (false, false);
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !(saw_settings && saw_update) {
+            let mut head = [0u8; 9];
+            tcp.read_exact(&mut head).await.unwrap();
+            let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; length];
+            tcp.read_exact(&mut payload).await.unwrap();
+            match kind {
+                4 if flags & 1 == 0 => {
+                    for entry in payload.chunks(6) {
+                        let id = u16::from_be_bytes([entry[0], entry[1]]);
+                        let value = u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]);
+                        settings.insert(id, value);
+                    }
+                    saw_settings = true;
+                }
+                8 if stream == 0 => {
+                    connection_window += u32::from_be_bytes(payload[..4].try_into().unwrap());
+                    saw_update = true;
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the proxy announces its settings and raises the connection window");
+    (settings, connection_window)
+}
+
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 3;
+const SETTINGS_INITIAL_WINDOW_SIZE: u16 = 4;
+
+#[tokio::test]
+async fn an_http2_connection_takes_a_bounded_number_of_streams_with_room_between_them() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let (settings, connection_window) = h2_announced(&proxy).await;
+    assert_eq!(settings.get(&SETTINGS_MAX_CONCURRENT_STREAMS), Some(&100));
+    let stream_window = settings[&SETTINGS_INITIAL_WINDOW_SIZE];
+    assert!(
+        connection_window >= 4 * stream_window,
+        "a few unread streams cannot fill the connection's window: {stream_window} per stream, {connection_window} in all"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_the_proxy_is_not_reading_yet_leaves_room_for_another_streams_body() {
+    let fake = fake().await;
+    // The first login takes a while: the proxy does not read a streamed body before it has a token.
+    fake.set_login_delay(Some(Duration::from_secs(3)));
+    let proxy = proxy(
+        &fake,
+        "replay_body_limit = \"64KiB\"\nbody_idle_timeout = \"1s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let stream_window = h2_announced(&proxy).await.0[&SETTINGS_INITIAL_WINDOW_SIZE] as usize;
+    let (mut send, connection) = h2_connection(&proxy).await;
+    tokio::spawn(connection);
+    // Stream 1 announces more than replay_body_limit, so it streams and waits for the login unread;
+    // it sends its whole window.
+    let (_upload, mut first) = send
+        .send_request(h2_post(&proxy, "/v3/_sim/upload", 8 << 20), false)
+        .unwrap();
+    first.reserve_capacity(stream_window);
+    let mut sent = 0;
+    while sent < stream_window {
+        let granted = std::future::poll_fn(|cx| first.poll_capacity(cx))
+            .await
+            .unwrap()
+            .unwrap();
+        first
+            .send_data(bytes::Bytes::from(vec![b'x'; granted]), false)
+            .unwrap();
+        sent += granted;
+    }
+    // Stream 3, a small POST: its body must still find room in the connection's window.
+    let (response, mut second) = send
+        .send_request(h2_post(&proxy, "/v3/_sim/upload", 1000), false)
+        .unwrap();
+    second.reserve_capacity(1000);
+    tokio::spawn(async move {
+        while second.capacity() < 1000 {
+            match std::future::poll_fn(|cx| second.poll_capacity(cx)).await {
+                Some(Ok(_)) => {}
+                _ => return,
+            }
+        }
+        let _ = second.send_data(bytes::Bytes::from(vec![b'y'; 1000]), true);
+    });
+    let response = tokio::time::timeout(Duration::from_secs(20), response)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "{:?}",
+        response.headers().get("x-cma-auth-proxy-error")
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_cut_off_after_send_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "send_timeout = \"500ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // A small receive buffer, and nothing read: the 50 MB answer soon has nowhere to go.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stalled = socket.connect(addr(&proxy).parse().unwrap()).await.unwrap();
+    stalled
+        .write_all(b"GET /v3/_sim/download?bytes=50000000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    expect_limit_count(&proxy, "send_timeout", 1.0).await;
+    eventually(5, "the stalled connection gives its slot back", || async {
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_open_connections{listener="proxy"}"#,
+        )
+        .await
+            == 0.0
+    })
+    .await;
+    // Others are served meanwhile and after.
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn an_http2_stream_whose_client_opens_no_window_is_reset_after_send_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "send_timeout = \"500ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // A client that gives every stream a window of 0 bytes and never opens it: no response body can
+    // be sent.
+    let tcp = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let (mut send, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, bytes::Bytes>(tcp)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .uri(format!("{}/v3/_sim/download?bytes=100000", proxy.url))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let end = tokio::time::timeout(Duration::from_secs(5), body.data())
+        .await
+        .expect("the stream ends within 5 s");
+    assert!(matches!(end, Some(Err(_))), "reset, not finished: {end:?}");
+    expect_limit_count(&proxy, "send_timeout", 1.0).await;
+    // The stream was reset; the connection serves on.
+    let request = http::Request::builder()
+        .method("TRACE")
+        .uri(format!("{}/v3", proxy.url))
+        .body(())
+        .unwrap();
+    let (response, _) = send.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 405);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_that_ignores_its_goaway_is_closed() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "idle_timeout = \"300ms\"\nheader_read_timeout = \"500ms\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // One request answered, then the client goes silent: it never polls its connection again, so
+    // the proxy's GOAWAY and PING at idle_timeout go unanswered.
+    let (_send, _silent) = h2_connection(&proxy).await;
+    expect_limit_count(&proxy, "idle_timeout", 1.0).await;
+    eventually(5, "the silent connection is closed", || async {
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_open_connections{listener="proxy"}"#,
+        )
+        .await
+            == 0.0
+    })
+    .await;
+}

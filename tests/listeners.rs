@@ -180,3 +180,27 @@ async fn a_running_instance_keeps_its_socket_path_even_when_the_file_is_gone() {
     assert!(refused.contains("another cma-auth-proxy?"), "{refused}");
     first.shutdown().await;
 }
+
+/// A lock file planted as a symlink (in a directory others can write to) must not make the proxy
+/// create or lock the file it points to.
+#[tokio::test]
+async fn a_lock_file_planted_as_a_symlink_is_refused() {
+    let fake = fake().await;
+    let dir = tempdir();
+    let socket = dir.join("proxy.sock");
+    let target = dir.join("somewhere-else");
+    std::os::unix::fs::symlink(&target, dir.join("proxy.sock.lock")).unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"unix:{}\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n{}",
+        socket.display(),
+        fake.url(),
+        profile(PASSWORD, "")
+    );
+    let config = cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap();
+    let Err(error) = cma_auth_proxy::start(config).await else {
+        panic!("started with its lock file a symlink");
+    };
+    let error = cma_auth_proxy::error_text::error_chain_text(&error);
+    assert!(error.contains("symbolic link"), "{error}");
+    assert!(!target.exists(), "the symlink's target was created");
+}

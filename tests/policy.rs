@@ -378,6 +378,11 @@ async fn deny_rules_hold_against_bypass_spellings() {
         "/v3/content_types/blog%00",
         "/v3/content_types/blog%0d%0a",
         "/v3/../../v3/content_types/blog",
+        // An encoded `?` or `#`: a server that decodes the target before parsing it reads the path
+        // as ending there.
+        "/v3/content_types/blog%3F",
+        "/v3/content_types/blog%3f",
+        "/v3/content_types/blog%23x",
     ] {
         let (status, reason) = raw(&proxy, "DELETE", target, &key).await;
         assert_eq!(
@@ -437,6 +442,9 @@ async fn session_endpoint_is_refused_in_spellings_clients_would_normalize() {
         "/v3/user-session%2f",
         "/v3/..;/v3/user-session",
         "/v3/user-session/../user-session",
+        "/v3/user-session%3F",
+        "/v3/user-session%3f.json",
+        "/v3/user-session%23",
     ] {
         for method in ["POST", "DELETE", "GET", "delete"] {
             let (status, reason) = raw(&proxy, method, target, &[]).await;
@@ -832,6 +840,16 @@ async fn routing_reads_only_what_is_forwarded_and_one_api_key() {
         ("/v3/user?api_key=blt%255Fb", vec![]),
         ("/v3/user?api_key=blt+b", vec![]),
         ("/v3/user", vec![("api-key", "blt_b")]),
+        // A second key in encoded structure, read by a server that decodes the query once before
+        // parsing it, or by PHP, which reads an unmatched `[` in a name as `_`.
+        ("/v3/user?api_key%3Dblt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?x=1%26api_key%3Dblt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?x=1%3Bapi_key%3Dblt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api_key=blt_a%26api_key%3Dblt_b", vec![]),
+        ("/v3/user?api[key=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?api%5Bkey=blt_b", vec![("api_key", "blt_a")]),
+        ("/v3/user?x=%26_method%3DDELETE", vec![]),
+        ("/v3/user?x=%26authtoken%3Dt", vec![]),
     ] {
         let (status, reason) = raw(&proxy, "GET", target, &headers).await;
         assert_eq!(
@@ -879,6 +897,14 @@ async fn method_and_url_overrides_are_refused_in_every_spelling() {
         "x_original_url",
         "X-Rewrite-URL",
         "x_rewrite_url",
+        // Read by gateways and frameworks for routing or for building URLs.
+        "X-Original-Method",
+        "X-Forwarded-Method",
+        "X-Original-URI",
+        "X-Forwarded-Uri",
+        "X-Envoy-Original-Path",
+        "X-Forwarded-Prefix",
+        "x_forwarded_prefix",
     ] {
         let (status, reason) = raw(&proxy, "GET", "/v3/user", &[(name, "DELETE")]).await;
         assert_eq!((status, reason.as_str()), (400, "bad_request"), "{name}");
@@ -932,6 +958,18 @@ async fn client_credentials_in_cookies_and_the_query_are_stripped() {
         (sent.query.as_deref(), header(&sent, "cookie")),
         (None, None)
     );
+    // Some servers split cookies on `,` too, or take a quoted name: a pair that any of them reads
+    // as a credential goes.
+    let cookie = r#"a=1, authtoken=client-token; "authtoken"=2; b=2"#;
+    let (status, _) = raw(&proxy, "GET", "/v3/user", &[("cookie", cookie)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&last_forwarded(&fake), "cookie"), Some("b=2"));
+    let reached = forwarded(&fake).len();
+    for cookie in ["a=1,api_key=B", r#""api_key"=B"#, "a=1, _method=DELETE"] {
+        let (status, reason) = raw(&proxy, "GET", "/v3/user", &[("cookie", cookie)]).await;
+        assert_eq!((status, reason.as_str()), (400, "bad_request"), "{cookie}");
+    }
+    assert_eq!(forwarded(&fake).len(), reached);
 }
 
 #[tokio::test]

@@ -527,6 +527,20 @@ const PARAMS: &[&str] = &[
     "method=GET",
     "a=%26authtoken%3Dt",
     "a=%2F..%2Fuser-session",
+    // Structure in escapes: a decode-then-parse reader sees another parameter.
+    "api_key%3Dblt_b",
+    "x=1%26api_key%3Dblt_b",
+    "x=1%3Bapi_key%3Dblt_b",
+    "x=%2526api_key%253Dblt_b",
+    "x=%26_method%3DDELETE",
+    "api_key=blt_a%26api_key%3Dblt_b",
+    "x=%23",
+    // PHP reads an unmatched `[` in a name as `_`.
+    "api[key=blt_b",
+    "api%5Bkey=blt_b",
+    "auth[token=t",
+    "_method[=DELETE",
+    "api_key[x]=blt_b",
 ];
 
 fn query() -> impl Strategy<Value = String> {
@@ -561,8 +575,9 @@ fn request_target() -> impl Strategy<Value = String> {
 }
 
 /// How servers may read a path the proxy sends: strictly as it is, and leniently (`//` read as an
-/// authority and a path, percent-decoded once or twice, `..` resolved or not, slashes merged or
-/// not, `;params` cut or kept, a `.json` suffix dropped). Each reading in `/a/b` form.
+/// authority and a path, percent-decoded once or twice, the decoded text parsed again so that a
+/// decoded `?` or `#` ends the path, `..` resolved or not, slashes merged or not, `;params` cut or
+/// kept, a `.json` suffix dropped). Each reading in `/a/b` form.
 fn sent_readings(sent: &str) -> BTreeSet<String> {
     let mut starts = vec![sent.to_owned()];
     if let Some(rest) = sent.strip_prefix("//") {
@@ -575,8 +590,17 @@ fn sent_readings(sent: &str) -> BTreeSet<String> {
     for start in &starts {
         let once = decode(start.as_bytes(), false);
         for bytes in [decode(&once, false), once] {
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            for resolve_dots in [false, true] {
+            let decoded = String::from_utf8_lossy(&bytes).into_owned();
+            // Decode, then parse: what a decoded `?` or `#` follows is a query or a fragment.
+            let parsed = decoded
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            for (text, resolve_dots) in [false, true]
+                .into_iter()
+                .flat_map(|r| [(decoded.clone(), r), (parsed.clone(), r)])
+            {
                 for merge_slashes in [false, true] {
                     for strip_params in [false, true] {
                         let reading =
@@ -593,9 +617,33 @@ fn sent_readings(sent: &str) -> BTreeSet<String> {
     out
 }
 
-/// A parameter or cookie name as the most lenient server reads it: decoded until it no longer
-/// changes (`+` as a space), cut at `[`, trimmed, in lower case, `-`, `.` and spaces read as `_`.
-fn lenient_name(raw: &str) -> String {
+/// The parameters of a query as `(name, value)` pairs, read the ways servers read them: as the
+/// proxy does (split on `&` and `;`, then each part decoded), and decoded once or twice before
+/// being split (Java's `URLDecoder.decode(getQueryString())`, hand-rolled gateways), where an
+/// encoded `&`, `=`, `;` or `#` is structure.
+fn query_readings(query: &str) -> Vec<Vec<(String, String)>> {
+    let split = |text: &str| -> Vec<(String, String)> {
+        text.split('#')
+            .next()
+            .unwrap_or_default()
+            .split(['&', ';'])
+            .filter(|p| !p.is_empty())
+            .map(|p| {
+                let (name, value) = p.split_once('=').unwrap_or((p, ""));
+                (name.to_owned(), value.to_owned())
+            })
+            .collect()
+    };
+    let once = String::from_utf8_lossy(&decode(query.as_bytes(), false)).into_owned();
+    let twice = String::from_utf8_lossy(&decode(once.as_bytes(), false)).into_owned();
+    vec![split(query), split(&once), split(&twice)]
+}
+
+/// A parameter or cookie name as the most lenient servers read it: decoded until it no longer
+/// changes (`+` as a space), trimmed, in lower case, `-`, `.` and spaces read as `_`; then cut at
+/// `[` (`api_key[]`), and, where a `[` has no `]` after it, with that `[` read as `_` as PHP does
+/// (`api[key` is `api_key`).
+fn lenient_names(raw: &str) -> Vec<String> {
     let mut name = raw.replace('+', " ").into_bytes();
     loop {
         let decoded = decode(&name, false);
@@ -607,8 +655,14 @@ fn lenient_name(raw: &str) -> String {
             .into_bytes();
     }
     let name = String::from_utf8_lossy(&name).to_ascii_lowercase();
-    let name = name.split('[').next().unwrap_or_default().trim();
-    name.replace(['-', '.', ' '], "_")
+    let read = |name: &str| name.trim().replace(['-', '.', ' '], "_");
+    let mut out = vec![read(name.split('[').next().unwrap_or_default())];
+    if let Some(open) = name.find('[')
+        && !name[open..].contains(']')
+    {
+        out.push(read(&format!("{}_{}", &name[..open], &name[open + 1..])));
+    }
+    out
 }
 
 proptest! {
@@ -659,8 +713,8 @@ proptest! {
         }
     }
 
-    /// The query sent carries nothing the proxy did not judge: no credential, no method override,
-    /// and an `api_key` only as the one the request was routed by.
+    /// The query sent carries nothing the proxy did not judge, under any reading: no credential,
+    /// no method override, and an `api_key` only as the one the request was routed by.
     #[test]
     fn the_sent_query_carries_nothing_unjudged(raw in request_target()) {
         let Ok(uri) = raw.parse::<Uri>() else { return Ok(()) };
@@ -668,20 +722,31 @@ proptest! {
             return Ok(());
         };
         let sent = judged.path_and_query().expect("a judged target serializes");
-        for param in sent.query().unwrap_or_default().split(['&', ';']) {
-            let (name, value) = param.split_once('=').unwrap_or((param, ""));
-            let read = lenient_name(name);
-            prop_assert!(
-                !matches!(
-                    read.as_str(),
-                    "authtoken" | "authorization" | "_method" | "x_http_method_override"
-                ),
-                "{} sent with {}", raw, param
-            );
-            if read == "api_key" {
-                prop_assert_eq!(name, "api_key", "{}", raw);
-                let value = String::from_utf8_lossy(&decode(value.as_bytes(), false)).into_owned();
-                prop_assert_eq!(Some(value.as_str()), judged.api_key.as_deref(), "{}", raw);
+        for (reading, params) in query_readings(sent.query().unwrap_or_default()).iter().enumerate() {
+            for (name, value) in params {
+                for read in lenient_names(name) {
+                    prop_assert!(
+                        !matches!(
+                            read.as_str(),
+                            "authtoken" | "authorization" | "_method" | "x_http_method_override"
+                        ),
+                        "{} sent with {}={} (reading {})", raw, name, value, reading
+                    );
+                    if read == "api_key" {
+                        prop_assert_eq!(name, "api_key", "{} (reading {})", raw, reading);
+                        // The proxy's own reading decodes the value once; the others have.
+                        let value = if reading == 0 {
+                            String::from_utf8_lossy(&decode(value.as_bytes(), false)).into_owned()
+                        } else {
+                            value.clone()
+                        };
+                        prop_assert_eq!(
+                            Some(value.as_str()),
+                            judged.api_key.as_deref(),
+                            "{} (reading {})", raw, reading
+                        );
+                    }
+                }
             }
         }
         // Only credentials are taken out of a query.
@@ -690,7 +755,9 @@ proptest! {
                 .filter(|p| !p.is_empty())
                 .filter(|p| {
                     let name = p.split_once('=').map_or(*p, |(n, _)| n);
-                    !matches!(lenient_name(name).as_str(), "authtoken" | "authorization")
+                    !lenient_names(name)
+                        .iter()
+                        .any(|n| matches!(n.as_str(), "authtoken" | "authorization"))
                 })
                 .map(str::to_owned)
                 .collect()

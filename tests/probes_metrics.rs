@@ -288,3 +288,32 @@ async fn status_times_read_as_dates_and_the_admin_root_lists_the_endpoints() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_probe_is_answered_when_keep_alive_connections_fill_the_admin_listener() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = fake().await;
+    let proxy = proxy(&fake, "max_connections = 2", &profile(PASSWORD, "")).await;
+    let admin = proxy.admin.trim_start_matches("http://").to_owned();
+    // Every admin slot is held by a keep-alive connection that has asked for /livez once (as a
+    // peer polling every few seconds, under idle_timeout, would).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut conn = tokio::net::TcpStream::connect(&admin).await.unwrap();
+        conn.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = conn.read(&mut answer).await.unwrap();
+        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(conn);
+    }
+    // The kubelet's probe, on a connection of its own, still gets its answer: the longest idle
+    // connection makes room for it.
+    let probe = reqwest::Client::new()
+        .get(format!("{}/livez", proxy.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 200);
+}

@@ -386,3 +386,107 @@ async fn file_mode_warnings_are_logged_at_start_and_after_every_reload() {
     binary.wait_for_line("configuration reloaded");
     assert_eq!(warnings(&binary), 2, "{}", binary.log_text());
 }
+
+/// Rotates the password three times with `rotate` (which puts the new password where the config
+/// reads it) and checks that each rotation is reloaded: the watcher keeps following the files
+/// through directories that are replaced.
+async fn three_rotations(proxy: &Proxy, fake: &cma_sim::FakeCma, mut rotate: impl FnMut(&str)) {
+    assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
+    for rotation in 1..=3 {
+        let password = format!("rotated password {rotation}");
+        fake.set_password(EMAIL, &password);
+        rotate(&password);
+        eventually(10, &format!("rotation {rotation} is reloaded"), || async {
+            proxy.status_json().await["config"]["version"] == 1 + rotation
+        })
+        .await;
+        eventually(10, &format!("rotation {rotation} logs in"), || async {
+            fake.logins() == 1 + rotation as usize
+        })
+        .await;
+    }
+}
+
+/// Makes `link` point at `target`, atomically, as the kubelet and release tools do.
+fn repoint(link: &std::path::Path, target: &str) {
+    let mut tmp = link.as_os_str().to_owned();
+    tmp.push("_tmp");
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// A Secret mounted with `items: [{key: password, path: cma/password}]`: the file sits in a
+/// subdirectory, `sec/cma -> ..data/cma`, and every update replaces (and deletes) the directory the
+/// file was in.
+#[tokio::test]
+async fn a_secret_in_a_subdirectory_is_followed_through_every_rotation() {
+    let fake = fake().await;
+    let sec = tempdir();
+    let write_version = |n: u32, password: &str| {
+        let dir = sec.join(format!("..2026_11_27_{n}")).join("cma");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("password"), password).unwrap();
+    };
+    write_version(0, PASSWORD);
+    std::os::unix::fs::symlink("..2026_11_27_0", sec.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/cma", sec.join("cma")).unwrap();
+    let config = tempdir().join("config.toml");
+    let text = config_text(&fake.url(), &sec.join("cma/password"), "");
+    std::fs::write(&config, text).unwrap();
+    let proxy = proxy_from_file(&config).await;
+    let mut version = 0;
+    three_rotations(&proxy, &fake, |password| {
+        version += 1;
+        write_version(version, password);
+        repoint(&sec.join("..data"), &format!("..2026_11_27_{version}"));
+        std::fs::remove_dir_all(sec.join(format!("..2026_11_27_{}", version - 1))).unwrap();
+    })
+    .await;
+}
+
+/// A configuration reached through a symlinked release directory (`app/current -> releases/vN`),
+/// with the password file beside it: a release swaps the link.
+#[tokio::test]
+async fn a_config_in_a_symlinked_release_directory_is_followed_through_every_release() {
+    let fake = fake().await;
+    let app = tempdir();
+    let release = |n: u32, password: &str| {
+        let dir = app.join("releases").join(format!("v{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("password"), password).unwrap();
+        let text = config_text(&fake.url(), std::path::Path::new("password"), "");
+        std::fs::write(dir.join("config.toml"), text).unwrap();
+    };
+    release(0, PASSWORD);
+    std::os::unix::fs::symlink("releases/v0", app.join("current")).unwrap();
+    let proxy = proxy_from_file(&app.join("current/config.toml")).await;
+    let mut version = 0;
+    three_rotations(&proxy, &fake, |password| {
+        version += 1;
+        release(version, password);
+        repoint(&app.join("current"), &format!("releases/v{version}"));
+        std::fs::remove_dir_all(app.join("releases").join(format!("v{}", version - 1))).unwrap();
+    })
+    .await;
+}
+
+/// A password file that is a symlink into another directory, where the file is replaced.
+#[tokio::test]
+async fn a_secret_symlinked_from_another_directory_is_followed_through_every_rotation() {
+    let fake = fake().await;
+    let (conf, vault) = (tempdir(), tempdir());
+    std::fs::write(vault.join("password"), PASSWORD).unwrap();
+    std::os::unix::fs::symlink(vault.join("password"), conf.join("password")).unwrap();
+    let config = conf.join("config.toml");
+    std::fs::write(
+        &config,
+        config_text(&fake.url(), &conf.join("password"), ""),
+    )
+    .unwrap();
+    let proxy = proxy_from_file(&config).await;
+    three_rotations(&proxy, &fake, |password| {
+        std::fs::write(vault.join("password.new"), password).unwrap();
+        std::fs::rename(vault.join("password.new"), vault.join("password")).unwrap();
+    })
+    .await;
+}

@@ -148,3 +148,24 @@ async fn a_signal_delivered_twice_in_a_moment_counts_once() {
     assert_eq!(code, Some(0), "one stop, drained");
     assert_eq!(slow.await.unwrap().unwrap().status(), 200);
 }
+
+/// A login still in flight at shutdown finishes (within the grace period) and its session is logged
+/// out, rather than left among the account's 20.
+#[tokio::test]
+async fn a_login_in_flight_at_shutdown_is_waited_for_and_its_session_logged_out() {
+    let fake = fake().await;
+    fake.set_login_delay(Some(std::time::Duration::from_secs(1)));
+    let mut proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    // `start` begins the first login at once.
+    eventually(5, "the first login is in flight", || async {
+        fake.login_requests() == 1
+    })
+    .await;
+    assert!(proxy.shutdown().await);
+    assert_eq!(fake.logins(), 1, "the login in flight finished first");
+    assert_eq!(
+        fake.logouts(),
+        fake.issued_tokens(),
+        "its session was logged out"
+    );
+}

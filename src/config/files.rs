@@ -13,6 +13,12 @@
 //! (`defaultMode: 0440` owned by the Pod's `fsGroup`, a supplementary group of the containers), and
 //! how a service user is usually given a file by an administrator. Anyone outside those groups
 //! being able to read, or to write (and so to send the credentials elsewhere), is warned about.
+//!
+//! Who may change: writing to a file is not the only way to change it. Its owner can change its
+//! mode, and whoever can write to its directory can rename another file over it, so a file owned
+//! by another user (root aside), or in a directory others can write to (unless it has the sticky
+//! bit, which keeps them from replacing a file they do not own) or another user owns, is warned
+//! about too: both the directory the file is named in and the one it really is in.
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
@@ -64,8 +70,15 @@ impl Sources {
             metadata.gid(),
             our_groups().contains(&metadata.gid()),
         );
-        if let Some(warning) = warning.filter(|w| !self.warnings.contains(w)) {
-            self.warnings.push(warning);
+        let owner = foreign_owner(path, role, metadata.uid());
+        for warning in [warning, owner]
+            .into_iter()
+            .flatten()
+            .chain(directory_warnings(path))
+        {
+            if !self.warnings.contains(&warning) {
+                self.warnings.push(warning);
+            }
         }
         self.digest.update(path.as_os_str().as_encoded_bytes());
         self.digest.update((bytes.len() as u64).to_le_bytes());
@@ -138,6 +151,82 @@ fn our_groups() -> &'static [u32] {
             groups.extend(supplementary.into_iter().map(|g| g.as_raw()));
         }
         groups
+    })
+}
+
+/// Whether `uid` is the proxy's own user or root: the users who may own what it reads.
+fn trusted_owner(uid: u32) -> bool {
+    uid == 0 || uid == rustix::process::geteuid().as_raw()
+}
+
+fn foreign_owner(path: &Path, role: FileRole, uid: u32) -> Option<ConfigWarning> {
+    (!trusted_owner(uid)).then(|| ConfigWarning::ForeignOwner {
+        path: path.to_owned(),
+        role,
+        uid,
+    })
+}
+
+/// Warnings about the directories `path` is in: the one it is named in, and the one it really is
+/// in (behind symlinks).
+fn directory_warnings(path: &Path) -> Vec<ConfigWarning> {
+    let named = path.parent().map(Path::to_owned);
+    let real = std::fs::canonicalize(path)
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_owned));
+    let mut directories = vec![];
+    for dir in [named, real].into_iter().flatten() {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        if !directories.contains(&dir) {
+            directories.push(dir);
+        }
+    }
+    directories
+        .into_iter()
+        .filter_map(|dir| {
+            let m = std::fs::metadata(&dir).ok()?;
+            open_directory(
+                path,
+                &dir,
+                m.mode(),
+                m.gid(),
+                our_groups().contains(&m.gid()),
+                (!trusted_owner(m.uid())).then_some(m.uid()),
+            )
+        })
+        .collect()
+}
+
+/// Whether a directory with `mode` (its group `gid`, of ours or not; its owner, when not the
+/// proxy's user or root) lets others replace `path` in it.
+fn open_directory(
+    path: &Path,
+    directory: &Path,
+    mode: u32,
+    gid: u32,
+    group_is_ours: bool,
+    foreign_owner: Option<u32>,
+) -> Option<ConfigWarning> {
+    // With the sticky bit, only a file's owner (or the directory's) may rename or remove it.
+    let sticky = mode & 0o1000 != 0;
+    let writers = if sticky {
+        None
+    } else if mode & 0o002 != 0 {
+        Some(Who::Everyone)
+    } else if mode & 0o020 != 0 && !group_is_ours {
+        Some(Who::Group(gid))
+    } else {
+        None
+    };
+    (writers.is_some() || foreign_owner.is_some()).then(|| ConfigWarning::OpenDirectory {
+        path: path.to_owned(),
+        directory: directory.to_owned(),
+        writers,
+        owner: foreign_owner,
     })
 }
 
@@ -226,6 +315,46 @@ mod tests {
         assert_eq!(
             warning(Public, 0o646, true),
             Some((None, Some(Who::Everyone)))
+        );
+    }
+
+    #[test]
+    fn a_file_others_can_replace_is_warned_about() {
+        let (file, dir) = (Path::new("/etc/cma/password"), Path::new("/etc/cma"));
+        let open = |mode, group_is_ours, owner| {
+            open_directory(file, dir, mode, 1234, group_is_ours, owner).map(|w| match w {
+                ConfigWarning::OpenDirectory { writers, owner, .. } => (writers, owner),
+                other => panic!("{other:?}"),
+            })
+        };
+        assert_eq!(open(0o40755, false, None), None);
+        assert_eq!(open(0o40775, true, None), None);
+        assert_eq!(
+            open(0o40777, false, None),
+            Some((Some(Who::Everyone), None))
+        );
+        assert_eq!(
+            open(0o40775, false, None),
+            Some((Some(Who::Group(1234)), None))
+        );
+        // The sticky bit (/tmp, a Kubernetes volume) keeps others from replacing our file.
+        assert_eq!(open(0o41777, false, None), None);
+        // Another user owns it: they can change its mode at will.
+        assert_eq!(open(0o40700, false, Some(1000)), Some((None, Some(1000))));
+        assert!(foreign_owner(file, FileRole::Secret, 0).is_none());
+        assert!(
+            foreign_owner(file, FileRole::Secret, rustix::process::geteuid().as_raw()).is_none()
+        );
+        let other = rustix::process::geteuid()
+            .as_raw()
+            .wrapping_add(4321)
+            .max(1);
+        let warning = foreign_owner(file, FileRole::Secret, other)
+            .unwrap()
+            .to_string();
+        assert!(
+            warning.contains(&format!("owned by user {other}")),
+            "{warning}"
         );
     }
 

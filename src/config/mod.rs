@@ -393,7 +393,7 @@ fn validate(
         return Err(invalid("log.level", e.to_string()));
     }
     let mut warnings = sources.warnings;
-    warnings.extend(server::listener_warning(&server));
+    warnings.extend(server::listener_warnings(&server));
     if let TokenStoreConfig::Redis(redis) = &token_store
         && redis.encryption_key.is_none()
     {

@@ -22,10 +22,13 @@ pub(super) struct FileServer {
     request_timeout: Duration,
     max_body: ByteSize,
     replay_body_limit: ByteSize,
+    replay_memory: ByteSize,
     #[serde(with = "humantime_serde")]
     header_read_timeout: Duration,
     #[serde(with = "humantime_serde")]
     idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    send_timeout: Duration,
     #[serde(with = "humantime_serde")]
     body_idle_timeout: Duration,
     body_min_rate: ByteSize,
@@ -47,8 +50,11 @@ impl Default for FileServer {
             request_timeout: Duration::from_secs(120),
             max_body: ByteSize::gib(1),
             replay_body_limit: ByteSize::mib(1),
+            // With the proxy's own ~10 MiB, well inside the 96 MiB the deployment gives it.
+            replay_memory: ByteSize::mib(32),
             header_read_timeout: ConnectionLimits::default().header_read_timeout,
             idle_timeout: ConnectionLimits::default().idle_timeout,
+            send_timeout: ConnectionLimits::default().send_timeout,
             body_idle_timeout: BodyPace::default().idle_timeout,
             body_min_rate: ByteSize(BodyPace::default().min_rate),
             max_connections: ConnectionLimits::default().max_connections,
@@ -70,6 +76,8 @@ pub struct ServerConfig {
     pub request_timeout: Duration,
     pub max_body: u64,
     pub replay_body_limit: u64,
+    /// What the request bodies kept for a replay may take together; past it, bodies stream.
+    pub replay_memory: u64,
     pub limits: ConnectionLimits,
     /// How steadily a client must deliver a request body.
     pub body_pace: BodyPace,
@@ -88,6 +96,9 @@ pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
+    /// A response that makes no progress towards the client for this long ends: the HTTP/1
+    /// connection closes, the HTTP/2 stream is reset.
+    pub send_timeout: Duration,
     pub max_connections: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -98,6 +109,7 @@ impl Default for ConnectionLimits {
         Self {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(30),
             max_connections: 1024,
             max_header_bytes: 64 * 1024,
             max_headers: 100,
@@ -154,6 +166,13 @@ pub(super) fn validate(
             "must not exceed server.max_body",
         ));
     }
+    let replay_memory = s.replay_memory.as_u64();
+    if replay_memory < replay_body_limit {
+        return Err(invalid(
+            "server.replay_memory",
+            "must be at least server.replay_body_limit, or no body of that size could ever be kept",
+        ));
+    }
     let max_header_bytes = s.max_header_bytes.as_u64();
     // hyper's smallest read buffer; a request head never needs less.
     if max_header_bytes < 8192 {
@@ -162,6 +181,7 @@ pub(super) fn validate(
     for (key, value) in [
         ("server.header_read_timeout", s.header_read_timeout),
         ("server.idle_timeout", s.idle_timeout),
+        ("server.send_timeout", s.send_timeout),
         ("server.body_idle_timeout", s.body_idle_timeout),
     ] {
         if value.is_zero() {
@@ -217,9 +237,11 @@ pub(super) fn validate(
         request_timeout: s.request_timeout,
         max_body,
         replay_body_limit,
+        replay_memory,
         limits: ConnectionLimits {
             header_read_timeout: s.header_read_timeout,
             idle_timeout: s.idle_timeout,
+            send_timeout: s.send_timeout,
             max_connections: s.max_connections,
             max_header_bytes: max_header_bytes as usize,
             max_headers: s.max_headers,
@@ -270,12 +292,37 @@ fn read_tls_files(
     })
 }
 
-/// `server.listen` beyond loopback without TLS: anything that can connect acts as the account.
-pub(super) fn listener_warning(server: &ServerConfig) -> Option<ConfigWarning> {
-    match server.listen {
+/// Whoever can connect to `server.listen` acts as the account: a plain TCP listener beyond
+/// loopback, a unix socket every user may connect to, or one in a directory every user can write
+/// to (where another user can take the path first) is warned about.
+pub(super) fn listener_warnings(server: &ServerConfig) -> Vec<ConfigWarning> {
+    use std::os::unix::fs::MetadataExt;
+    let mut warnings = Vec::new();
+    match &server.listen {
         ListenAddr::Tcp(listen) if !listen.ip().is_loopback() && server.tls.is_none() => {
-            Some(ConfigWarning::ListenWithoutTls { listen })
+            warnings.push(ConfigWarning::ListenWithoutTls { listen: *listen });
         }
-        _ => None,
+        ListenAddr::Tcp(_) => {}
+        ListenAddr::Unix(socket) => {
+            let directory = match socket.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            // Even with the sticky bit: another user can create the path before the proxy does.
+            if std::fs::metadata(&directory).is_ok_and(|m| m.mode() & 0o002 != 0) {
+                warnings.push(ConfigWarning::SocketInOpenDirectory {
+                    socket: socket.clone(),
+                    directory,
+                });
+            }
+            // Connecting to a unix socket takes write permission on it.
+            if let Some(mode) = server.listen_mode.filter(|mode| mode & 0o002 != 0) {
+                warnings.push(ConfigWarning::SocketOpenToAll {
+                    socket: socket.clone(),
+                    mode,
+                });
+            }
+        }
     }
+    warnings
 }

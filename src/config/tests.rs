@@ -27,6 +27,8 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.shutdown_grace, Duration::from_secs(25));
     assert_eq!(c.server.max_body, 1 << 30);
     assert_eq!(c.server.replay_body_limit, 1 << 20);
+    assert_eq!(c.server.replay_memory, 32 << 20);
+    assert_eq!(c.server.limits.send_timeout, Duration::from_secs(30));
     assert_eq!(c.upstream.base_url, "https://api.contentstack.io");
     let p = &c.profiles[0];
     assert_eq!(&*p.name, "default");
@@ -112,8 +114,23 @@ fn body_pace_defaults_and_validation() {
     );
     let e = error_of(&format!("[server]\nbody_idle_timeout = \"0s\"\n{MINIMAL}"));
     assert!(e.contains("server.body_idle_timeout"), "{e}");
+    let e = error_of(&format!("[server]\nsend_timeout = \"0s\"\n{MINIMAL}"));
+    assert!(e.contains("server.send_timeout"), "{e}");
     let e = error_of(&format!("[server]\nbody_min_rate = \"fast\"\n{MINIMAL}"));
     assert!(e.contains("server.body_min_rate"), "{e}");
+}
+
+#[test]
+fn replay_memory_holds_at_least_one_kept_body() {
+    let c = Config::from_toml(
+        &format!("[server]\nreplay_body_limit = \"64KiB\"\nreplay_memory = \"64KiB\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(c.server.replay_memory, 64 << 10);
+    let e = error_of(&format!("[server]\nreplay_memory = \"512KiB\"\n{MINIMAL}"));
+    assert!(e.contains("server.replay_memory"), "{e}");
 }
 
 #[test]
@@ -207,6 +224,18 @@ fn redis_token_store() {
         error_of(&format!("[token_store]\nkind = \"redis\"\n{MINIMAL}"))
             .contains("token_store.url")
     );
+    let e = Config::from_toml(
+        &format!("[token_store]\nkind = \"redis\"\nurl = \"rediss://:hunter2@redis.internal/#insecure\"\nallow_plaintext = true\n{MINIMAL}"),
+        no_env(),
+        Some(&dir),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("token_store.url") && e.contains("#insecure"),
+        "{e}"
+    );
+    assert!(!e.contains("hunter2"), "{e}");
     assert!(
         error_of(&format!("[token_store]\nurl = \"redis://x\"\n{MINIMAL}"))
             .contains("only to kind")
@@ -604,6 +633,78 @@ fn a_plain_listener_beyond_loopback_is_warned_about() {
     assert_eq!(warnings("127.0.0.1:8080"), 0);
     assert_eq!(warnings("[::1]:8080"), 0);
     assert_eq!(warnings("unix:/tmp/cma.sock"), 0);
+}
+
+#[test]
+fn a_unix_socket_others_can_reach_or_take_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let open = tempdir();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let closed = tempdir();
+    std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let warnings = |dir: &Path, mode: &str| -> Vec<String> {
+        Config::from_toml(
+            &format!(
+                "[server]\nlisten = \"unix:{}\"\n{mode}\n{MINIMAL}",
+                dir.join("cma.sock").display()
+            ),
+            no_env(),
+            None,
+        )
+        .unwrap()
+        .warnings
+        .into_iter()
+        .filter(|w| {
+            matches!(
+                w,
+                ConfigWarning::SocketInOpenDirectory { .. } | ConfigWarning::SocketOpenToAll { .. }
+            )
+        })
+        .map(|w| w.to_string())
+        .collect()
+    };
+    assert_eq!(
+        warnings(&closed, "listen_mode = \"0660\""),
+        Vec::<String>::new()
+    );
+    let w = warnings(&open, "");
+    assert!(
+        w.len() == 1 && w[0].contains("every user can write to"),
+        "{w:?}"
+    );
+    for mode in ["0666", "0777", "0602"] {
+        let w = warnings(&closed, &format!("listen_mode = \"{mode}\""));
+        assert!(
+            w.len() == 1 && w[0].contains("lets every user connect"),
+            "{mode}: {w:?}"
+        );
+    }
+}
+
+#[test]
+fn a_file_in_a_directory_others_can_write_to_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(&config, MINIMAL).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let directory_warnings = |c: Config| -> Vec<String> {
+        c.warnings
+            .into_iter()
+            .filter(|w| matches!(w, ConfigWarning::OpenDirectory { .. }))
+            .map(|w| w.to_string())
+            .collect()
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    assert!(directory_warnings(Config::load(&config, no_env()).unwrap()).is_empty());
+    // Anyone could rename another file over the 0600 config: that is warned about.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let w = directory_warnings(Config::load(&config, no_env()).unwrap());
+    assert!(
+        w.len() == 1 && w[0].contains("writable by every user") && w[0].contains("rename"),
+        "{w:?}"
+    );
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
 
 #[test]

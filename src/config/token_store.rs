@@ -135,8 +135,17 @@ pub(super) fn validate(
                 "kind = \"redis\" needs url = \"redis://host:6379\" (or rediss:// for TLS)",
             )
         })?;
-    redis::Client::open(url.as_str())
+    let info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
         .map_err(|_| invalid("token_store.url", "is not a valid Redis URL"))?;
+    if matches!(
+        info.addr(),
+        redis::ConnectionAddr::TcpTls { insecure: true, .. }
+    ) {
+        return Err(invalid(
+            "token_store.url",
+            "`#insecure` (TLS without checking the certificate) is not supported; trust a private CA with token_store.ca_file",
+        ));
+    }
     // Whoever can write to Redis could otherwise plant the token every replica uses and
     // the failure records that stop them logging in: sealing is the default, and going
     // without takes an explicit, logged opt-out.

@@ -18,6 +18,26 @@ pub enum ConfigWarning {
         readers: Option<Who>,
         writers: Option<Who>,
     },
+    /// A file the configuration reads is owned by a user other than the proxy's (and not root):
+    /// that user can change it, or its mode.
+    ForeignOwner {
+        path: PathBuf,
+        role: FileRole,
+        uid: u32,
+    },
+    /// A file the configuration reads sits in a directory others can write to (or that another
+    /// user owns): they can rename another file over it.
+    OpenDirectory {
+        path: PathBuf,
+        directory: PathBuf,
+        writers: Option<Who>,
+        owner: Option<u32>,
+    },
+    /// A unix-socket `server.listen` in a directory every user can write to: another user can take
+    /// the path before the proxy does.
+    SocketInOpenDirectory { socket: PathBuf, directory: PathBuf },
+    /// `server.listen_mode` lets every user connect: each acts as the service account.
+    SocketOpenToAll { socket: PathBuf, mode: u32 },
     /// A secret written into the configuration file or passed in an environment variable.
     InlineSecret { key: String, at: Origin },
     /// `server.listen` reaches beyond loopback and serves plain HTTP.
@@ -36,6 +56,16 @@ pub enum FileRole {
     /// Certificates and CA bundles: anyone may read them, but whoever can change them can make
     /// the proxy trust another server.
     Public,
+}
+
+impl FileRole {
+    fn noun(self) -> &'static str {
+        match self {
+            FileRole::Config => "configuration file",
+            FileRole::Secret => "secret file",
+            FileRole::Public => "file",
+        }
+    }
 }
 
 /// Who, besides the proxy, may read or change a file.
@@ -66,12 +96,7 @@ impl fmt::Display for ConfigWarning {
                 readers,
                 writers,
             } => {
-                let what = match role {
-                    FileRole::Config => "configuration file",
-                    FileRole::Secret => "secret file",
-                    FileRole::Public => "file",
-                };
-                write!(f, "{what} {} (mode {mode:04o})", path.display())?;
+                write!(f, "{} {} (mode {mode:04o})", role.noun(), path.display())?;
                 if let Some(who) = readers {
                     write!(f, " is readable by {who}")?;
                 }
@@ -94,6 +119,45 @@ impl fmt::Display for ConfigWarning {
                     ),
                 }
             }
+            ConfigWarning::ForeignOwner { path, role, uid } => write!(
+                f,
+                "{} {} is owned by user {uid}, not by the proxy's user or root: that user can \
+                 change it, and with it the account or where the credentials go; \
+                 `chown` it to the proxy's user",
+                role.noun(),
+                path.display()
+            ),
+            ConfigWarning::OpenDirectory {
+                path,
+                directory,
+                writers,
+                owner,
+            } => {
+                write!(f, "{} sits in directory {}, which ", path.display(), directory.display())?;
+                match (writers, owner) {
+                    (Some(who), _) => write!(f, "is writable by {who}")?,
+                    (None, Some(uid)) => write!(f, "user {uid} owns")?,
+                    (None, None) => f.write_str("others control")?,
+                }
+                f.write_str(
+                    ": they can rename another file over it; keep it in a directory only the \
+                     proxy's user (or root) can change (`chmod go-w`, or the sticky bit)",
+                )
+            }
+            ConfigWarning::SocketInOpenDirectory { socket, directory } => write!(
+                f,
+                "`server.listen` unix:{} is in {}, which every user can write to: another user \
+                 can take the path before the proxy does and answer its clients; put the socket in \
+                 a directory only the proxy and its clients can enter",
+                socket.display(),
+                directory.display()
+            ),
+            ConfigWarning::SocketOpenToAll { socket, mode } => write!(
+                f,
+                "`server.listen_mode` {mode:04o} lets every user connect to unix:{}, and each then \
+                 acts as the service account; use \"0660\" with a group for the clients",
+                socket.display()
+            ),
             ConfigWarning::InlineSecret { key, at } => {
                 let file_key = format!("{}_file", key.rsplit('.').next().unwrap_or(key));
                 match at {

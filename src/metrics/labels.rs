@@ -87,6 +87,10 @@ label_values! {
         MalformedRequest => "malformed_request",
         IdleTimeout => "idle_timeout",
         TlsHandshakeFailed => "tls_handshake_failed",
+        /// A response made no progress towards its client for `send_timeout`.
+        SendTimeout => "send_timeout",
+        /// The admin listener was full: its longest idle connection was closed to admit a new one.
+        Evicted => "evicted",
     }
 }
 

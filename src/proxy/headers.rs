@@ -88,7 +88,7 @@ enum ClientHeader {
 /// key, `x_http_method_override` for an override, `transfer_encoding` for the framing. So names
 /// are compared in a canonical form (lower case, `_` as `-`), and a name that matches one of these
 /// only there is refused.
-const ACTED_ON: [(&str, ClientHeader); 22] = [
+const ACTED_ON: [(&str, ClientHeader); 28] = [
     (AUTHTOKEN, ClientHeader::Credential),
     ("authorization", ClientHeader::Credential),
     // Rack and Express turn a POST into a DELETE with these; IIS and Symfony route by the URL ones.
@@ -97,6 +97,14 @@ const ACTED_ON: [(&str, ClientHeader); 22] = [
     ("x-method-override", ClientHeader::Override),
     ("x-original-url", ClientHeader::Override),
     ("x-rewrite-url", ClientHeader::Override),
+    // Gateways (Traefik, Envoy, ingress-nginx auth hooks) and frameworks read these as the request's
+    // method or path, to route or to build URLs.
+    ("x-original-method", ClientHeader::Override),
+    ("x-forwarded-method", ClientHeader::Override),
+    ("x-original-uri", ClientHeader::Override),
+    ("x-forwarded-uri", ClientHeader::Override),
+    ("x-envoy-original-path", ClientHeader::Override),
+    ("x-forwarded-prefix", ClientHeader::Override),
     ("cookie", ClientHeader::Cookie),
     ("host", ClientHeader::Dropped),
     ("expect", ClientHeader::Dropped),
@@ -214,7 +222,26 @@ fn cookie_pairs(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
 
 fn cookie_name(pair: &[u8]) -> &[u8] {
     let end = pair.iter().position(|&b| b == b'=').unwrap_or(pair.len());
-    pair[..end].trim_ascii()
+    let name = pair[..end].trim_ascii();
+    // Some parsers take `"authtoken"=x` as the cookie `authtoken`.
+    name.strip_prefix(b"\"")
+        .and_then(|n| n.strip_suffix(b"\""))
+        .unwrap_or(name)
+}
+
+/// What a cookie pair means to the most lenient server: the pair is read whole, and also split on
+/// `,` as Python's `SimpleCookie` and older Java parsers do (`a=1, authtoken=x` carries a
+/// credential to them); the most significant reading counts.
+fn cookie_meaning(pair: &[u8]) -> Name {
+    let mut meaning = Name::Other;
+    for part in pair.split(|&b| b == b',') {
+        match classify_name(cookie_name(part)) {
+            Name::Other => {}
+            Name::Credential => meaning = Name::Credential,
+            refused => return refused,
+        }
+    }
+    meaning
 }
 
 /// Whether the request's cookies carry a credential. Servers that merge cookies into request
@@ -224,7 +251,7 @@ fn cookies_carry_credentials(headers: &HeaderMap) -> Result<bool, BadRequest> {
     let mut credentials = false;
     for value in headers.get_all(header::COOKIE) {
         for pair in cookie_pairs(value) {
-            match classify_name(cookie_name(pair)) {
+            match cookie_meaning(pair) {
                 Name::Credential => credentials = true,
                 Name::ApiKey | Name::ApiKeyLookalike | Name::MethodOverride => {
                     return Err(BadRequest::Malformed(
@@ -245,7 +272,7 @@ fn strip_cookie_credentials(headers: &mut HeaderMap) {
         .iter()
         .filter_map(|value| {
             let pairs: Vec<&[u8]> = cookie_pairs(value)
-                .filter(|pair| classify_name(cookie_name(pair)) != Name::Credential)
+                .filter(|pair| cookie_meaning(pair) != Name::Credential)
                 .collect();
             // Parts of a valid header value, joined by "; ": still a valid header value.
             (!pairs.is_empty())
@@ -388,6 +415,12 @@ mod tests {
             "x_original_url",
             "x-rewrite-url",
             "x_rewrite_url",
+            "x-original-method",
+            "x-forwarded-method",
+            "x-original-uri",
+            "x_forwarded_uri",
+            "x-envoy-original-path",
+            "x-forwarded-prefix",
             // Headers the proxy acts on, spelled so some servers read them as those headers.
             "api-key",
             "x_cma_profile",
@@ -432,7 +465,17 @@ mod tests {
         let mut h = map(&[("cookie", "a=1;b=2")]);
         prepare(&mut h, ClientCredentials::Strip).unwrap();
         assert_eq!(h["cookie"], "a=1;b=2");
-        for cookie in ["api_key=blt1", "API-KEY=blt1", "_method=DELETE"] {
+        // Read whole, split on `,`, or with the name quoted.
+        let mut h = map(&[("cookie", r#"a=1, AuthToken=x; "authtoken"=y; b=2,c=3"#)]);
+        prepare(&mut h, ClientCredentials::Strip).unwrap();
+        assert_eq!(h["cookie"], "b=2,c=3");
+        for cookie in [
+            "api_key=blt1",
+            "API-KEY=blt1",
+            "_method=DELETE",
+            "a=1,api_key=blt1",
+            r#""api_key"=blt1"#,
+        ] {
             let mut h = map(&[("cookie", cookie)]);
             assert!(
                 matches!(

@@ -32,7 +32,7 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 
-use crate::body::{self, Relay, RequestBody};
+use crate::body::{self, Relay, ReplayBudget, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{Decision, RateLimiter, RequestKind};
@@ -72,6 +72,8 @@ pub struct Proxy {
     reads: ArcSwap<reads::Reads>,
     /// In a fleet: whether the other replicas' writes reach this one (see [`reads`]).
     hears_fleet: AtomicBool,
+    /// The memory kept request bodies share (`server.replay_memory`).
+    replay_budget: Arc<ReplayBudget>,
 }
 
 pub type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
@@ -110,6 +112,7 @@ impl Proxy {
                 &metrics,
                 &Default::default(),
             )),
+            replay_budget: ReplayBudget::new(config.server.replay_memory),
             config: ArcSwap::new(config),
             tokens,
             clients,
@@ -143,6 +146,7 @@ impl Proxy {
         if !self.hears_fleet.load(Ordering::Acquire) {
             self.fleet_invalidations(false);
         }
+        self.replay_budget.set_limit(config.server.replay_memory);
         self.config.store(config);
         // The budget learner looks at new or changed budgets now rather than after its next pause.
         self.tokens.token_changes().notify_waiters();
@@ -267,6 +271,7 @@ impl Proxy {
             config.server.replay_body_limit,
             config.server.max_body,
             config.server.body_pace,
+            &self.replay_budget,
         )
         .await?;
         let outbound = Outbound {
@@ -304,16 +309,17 @@ impl Proxy {
         &self,
         profile: &ProfileConfig,
         outbound: Outbound,
-        body: RequestBody,
+        body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         match &profile.credentials {
             Credentials::ManagementToken(token) => {
                 let mut headers = outbound.headers.clone();
                 headers.insert(header::AUTHORIZATION, token.0.clone());
-                let body = match body {
-                    RequestBody::Replayable(bytes) => Relay::full(bytes),
-                    RequestBody::Streaming(relay) => relay,
+                // Held until the answer comes, like a body that may be replayed.
+                let (body, _held) = match body {
+                    RequestBody::Replayable(bytes, held) => (Relay::full(bytes), Some(held)),
+                    RequestBody::Streaming(relay) => (relay, None),
                 };
                 let response = self.send(&outbound, headers, body, record).await?;
                 Ok(relay_response(response))
@@ -331,12 +337,15 @@ impl Proxy {
         &self,
         profile: &ProfileConfig,
         outbound: Outbound,
-        body: RequestBody,
+        body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let token = self.token(profile).await?;
+        // A kept body holds its share of the replay budget until this request is done with it.
         let (first_body, replay) = match body {
-            RequestBody::Replayable(bytes) => (Relay::full(bytes.clone()), Some(bytes)),
+            RequestBody::Replayable(bytes, held) => {
+                (Relay::full(bytes.clone()), Some((bytes, held)))
+            }
             RequestBody::Streaming(relay) => (relay, None),
         };
         let response = self
@@ -360,7 +369,7 @@ impl Proxy {
         self.tokens
             .invalidate(&profile.name, &token, Trigger::Unauthorized)
             .await;
-        let Some(bytes) = replay else {
+        let Some((bytes, _held)) = replay else {
             self.metrics.replay(ReplayOutcome::NotReplayable);
             return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
         };

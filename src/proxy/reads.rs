@@ -87,7 +87,7 @@ impl Proxy {
         body: &RequestBody,
     ) -> Option<SharedRead> {
         if outbound.method != Method::GET
-            || !matches!(body, RequestBody::Replayable(bytes) if bytes.is_empty())
+            || !matches!(body, RequestBody::Replayable(bytes, _) if bytes.is_empty())
         {
             return None;
         }
@@ -156,7 +156,8 @@ impl Proxy {
             }
         };
         let epoch = read.cache.as_ref().map(|c| c.epoch());
-        let empty = RequestBody::Replayable(Bytes::new());
+        let empty =
+            RequestBody::Replayable(Bytes::new(), crate::body::Held::none(&*self.replay_budget));
         let response = self.dispatch(profile, outbound, empty, record).await?;
         let worth_keeping = read.cache.is_some() && response.status() == http::StatusCode::OK;
         let mut leader = leader;

@@ -156,6 +156,7 @@ impl Proxy {
             LOGIN_BODY_LIMIT,
             config.server.max_body,
             config.server.body_pace,
+            &self.replay_budget,
         )
         .await?;
         let response = match action {
@@ -219,7 +220,10 @@ impl Proxy {
             .dispatch(
                 profile,
                 outbound,
-                RequestBody::Replayable(Bytes::new()),
+                RequestBody::Replayable(
+                    Bytes::new(),
+                    crate::body::Held::none(&*self.replay_budget),
+                ),
                 record,
             )
             .await?;
@@ -305,7 +309,7 @@ impl<'de> Deserialize<'de> for Discarded {
 /// Refuses (422) a body that is not a login. serde's error text is never used: it can quote the
 /// value it choked on.
 fn check_login_body(body: &RequestBody) -> Result<(), ProxyError> {
-    let RequestBody::Replayable(bytes) = body else {
+    let RequestBody::Replayable(bytes, _) = body else {
         return Err(ProxyError::MalformedLogin("it is larger than 64 KiB"));
     };
     serde_json::from_slice::<LoginBody>(bytes)
@@ -389,7 +393,13 @@ mod tests {
 
     #[test]
     fn login_bodies_are_checked_for_shape_only() {
-        let body = |text: &str| RequestBody::Replayable(Bytes::from(text.to_owned()));
+        let budget = crate::body::ReplayBudget::new(1 << 20);
+        let body = |text: &str| {
+            RequestBody::Replayable(
+                Bytes::from(text.to_owned()),
+                crate::body::Held::none(&*budget),
+            )
+        };
         for ok in [
             r#"{"user":{"email":"a@b.c","password":"p"}}"#,
             r#"{"user":{"email":"a@b.c","password":"p\"q","tfa_token":"123456"},"x":1}"#,

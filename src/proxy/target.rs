@@ -6,9 +6,11 @@
 //! it was judged (`delete` is not judged as one method and run as another); the path is sent in the
 //! form [`normalize`] gives it, which the policy checked; the query is sent as received, less the
 //! client credentials it carried. Query parameter names are read as the most lenient server reads
-//! them (decoded more than once, any case, `-`, `.` or a space for `_`, `[]` cut): a name that
-//! such a server reads as `api_key` but that is spelled otherwise, and `_method` in any spelling,
-//! are refused, since the upstream might read them where the proxy did not.
+//! them (decoded more than once, any case, `-`, `.` or a space for `_`, `[]` cut, an unmatched `[`
+//! read as `_`): a name that such a server reads as `api_key` but that is spelled otherwise, and
+//! `_method` in any spelling, are refused, since the upstream might read them where the proxy did
+//! not. So is a query that, percent-decoded before it is split, reads as carrying any of those or
+//! another `api_key`.
 //!
 //! Pure: no I/O, no logging. Nothing is allocated for a target already in normal form.
 use std::borrow::Cow;
@@ -115,13 +117,32 @@ pub fn classify_name(raw: &[u8]) -> Name {
     let plain = raw
         .iter()
         .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-    let read: Cow<'_, [u8]> = if plain {
+    if plain {
         // Lower-case letters, digits and `_` read the same to every server.
-        Cow::Borrowed(raw)
-    } else {
-        Cow::Owned(lenient_name(raw))
-    };
-    match &*read {
+        return meaning(raw, raw);
+    }
+    let decoded = decoded_name(raw);
+    // PHP and `qs` read `api_key[]` as `api_key`: the name ends at the first `[`.
+    let open = decoded.iter().position(|&b| b == b'[');
+    let name = meaning(raw, &lenient(&decoded[..open.unwrap_or(decoded.len())]));
+    match open {
+        // PHP reads a `[` with no `]` after it as `_` and keeps the rest: `api[key` is `api_key`.
+        Some(open) if name == Name::Other && !decoded[open..].contains(&b']') => {
+            let mut php = decoded[..open].to_vec();
+            php.push(b'_');
+            let rest = &decoded[open + 1..];
+            php.extend_from_slice(
+                &rest[..rest.iter().position(|&b| b == b'[').unwrap_or(rest.len())],
+            );
+            meaning(raw, &lenient(&php))
+        }
+        _ => name,
+    }
+}
+
+/// What a name, as `read` by some server, means when the client spelled it `raw`.
+fn meaning(raw: &[u8], read: &[u8]) -> Name {
+    match read {
         b"api_key" if raw == b"api_key" => Name::ApiKey,
         b"api_key" => Name::ApiKeyLookalike,
         b"authtoken" | b"authorization" => Name::Credential,
@@ -132,10 +153,8 @@ pub fn classify_name(raw: &[u8]) -> Name {
     }
 }
 
-/// A name as the most lenient reader sees it: decoded until it no longer changes (`+` is a space),
-/// cut at a NUL or at `[` (PHP and `qs` read `api_key[]` as `api_key`), trimmed, in lower case, with
-/// `-`, `.` and spaces read as `_` (PHP turns `.` and spaces into `_`).
-fn lenient_name(raw: &[u8]) -> Vec<u8> {
+/// A name decoded until it no longer changes (`+` is a space), cut at a NUL.
+fn decoded_name(raw: &[u8]) -> Vec<u8> {
     let mut name = raw.to_vec();
     // Each pass that changes something shrinks the name or turns a `+` into a space, so a few
     // passes reach the fixed point of any real name; the bound is only a backstop.
@@ -146,9 +165,15 @@ fn lenient_name(raw: &[u8]) -> Vec<u8> {
         }
         name = decoded;
     }
-    if let Some(end) = name.iter().position(|&b| b == 0 || b == b'[') {
+    if let Some(end) = name.iter().position(|&b| b == 0) {
         name.truncate(end);
     }
+    name
+}
+
+/// A decoded name as the most lenient reader sees it: trimmed, in lower case, with `-`, `.` and
+/// spaces read as `_` (PHP turns `.` and spaces into `_`).
+fn lenient(name: &[u8]) -> Vec<u8> {
     let start = name
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -242,10 +267,52 @@ fn judge_query(
     } else {
         Some(Cow::Borrowed(query))
     };
-    Ok(Query {
-        forward,
-        api_key: api_key.map(api_key_value).transpose()?,
-    })
+    let api_key = api_key.map(api_key_value).transpose()?;
+    if let Some(sent) = &forward
+        && sent.contains('%')
+    {
+        judge_decoded_readings(sent, api_key.as_deref())?;
+    }
+    Ok(Query { forward, api_key })
+}
+
+/// The query as servers read it that percent-decode it once or twice before splitting it (Java's
+/// `URLDecoder.decode(getQueryString())`, gateways that decode the whole target): there an encoded
+/// `&`, `;`, `=` or `#` is structure, and `x=1%26api_key%3Db` carries a second `api_key`. Under
+/// such a reading the query sent must carry no credential, no override, no `api_key` spelled
+/// otherwise, and at most the one `api_key` the request is routed by; anything else is refused,
+/// since the proxy would have judged one query and the upstream read another.
+fn judge_decoded_readings(sent: &str, routed_by: Option<&str>) -> Result<(), BadRequest> {
+    const HIDDEN: &str = "the query hides a parameter in escapes (an encoded `&`, `;`, `=` or `#`) that a server decoding the query before splitting it reads as `api_key`, a credential or `_method`: send it unencoded";
+    let mut text = sent.as_bytes().to_vec();
+    for _ in 0..2 {
+        let decoded = form_decode(&text);
+        if decoded == text {
+            break;
+        }
+        text = decoded;
+        let params = text.split(|&b| b == b'#').next().unwrap_or_default();
+        let mut api_keys = 0;
+        for param in params.split(|&b| b == b'&' || b == b';') {
+            let (name, value) = match param.iter().position(|&b| b == b'=') {
+                Some(i) => (&param[..i], &param[i + 1..]),
+                None => (param, &b""[..]),
+            };
+            match classify_name(name) {
+                Name::Other => {}
+                Name::ApiKey => {
+                    api_keys += 1;
+                    if api_keys > 1 || routed_by.map(str::as_bytes) != Some(value) {
+                        return Err(BadRequest::Malformed(HIDDEN));
+                    }
+                }
+                Name::ApiKeyLookalike | Name::Credential | Name::MethodOverride => {
+                    return Err(BadRequest::Malformed(HIDDEN));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The query without its credential parameters; `None` when nothing is left.
@@ -400,6 +467,13 @@ mod tests {
             ("api_key[0]", ApiKeyLookalike),
             ("api_key%5B%5D", ApiKeyLookalike),
             ("api_key%00x", ApiKeyLookalike),
+            // PHP: an unmatched `[` is `_`.
+            ("api[key", ApiKeyLookalike),
+            ("api%5Bkey", ApiKeyLookalike),
+            ("API[KEY", ApiKeyLookalike),
+            ("api[key[0]", Other),
+            ("_method[", MethodOverride),
+            ("api[x]key", Other),
             (" api_key", ApiKeyLookalike),
             ("authtoken", Credential),
             ("AuthToken", Credential),
@@ -452,6 +526,9 @@ mod tests {
             ("api_key=blt1&authtoken=x", (s("api_key=blt1"), s("blt1"))),
             ("api_key=blt%5F1", (s("api_key=blt%5F1"), s("blt_1"))),
             ("a&&b=", (s("a&&b="), None)),
+            // Escapes that decode to no structure the proxy acts on pass as they came.
+            ("q=a%20b%26c%3Dd", (s("q=a%20b%26c%3Dd"), None)),
+            ("api_key=blt1&q=%23x", (s("api_key=blt1&q=%23x"), s("blt1"))),
         ] {
             assert_eq!(query(q, Strip), Ok(want), "{q}");
         }
@@ -474,6 +551,15 @@ mod tests {
             "api_key=a+b",
             "api_key=blt%255F1",
             "api_key=%ff",
+            // A second key, or another parameter, in escaped structure.
+            "api_key%3Db",
+            "x=1%26api_key%3Db",
+            "api_key=a%26api_key%3Db",
+            "api_key=a%3Bapi_key%3Da",
+            "x=%2526api_key%253Db",
+            "x=%26authtoken%3Dt",
+            "x=%26_method%3DDELETE",
+            "x=%26API_KEY%3Db",
         ] {
             assert_eq!(
                 query(q, ClientCredentials::Strip),

@@ -43,6 +43,10 @@ impl UpstreamClients {
 
 /// Idle upstream connections are closed after this long; Contentstack's edge closes them anyway.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle upstream connections each worker keeps. A burst (an HTTP/2 client alone can send 100
+/// requests at once) opens as many connections as it has requests; afterwards only this many stay
+/// open, enough for the steady traffic Contentstack's rate limit allows.
+const POOL_MAX_IDLE: usize = 32;
 
 fn client(upstream: &UpstreamConfig, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();
@@ -59,5 +63,6 @@ fn client(upstream: &UpstreamConfig, tls: rustls::ClientConfig) -> UpstreamClien
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
         .build(connector)
 }

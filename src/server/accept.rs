@@ -127,7 +127,11 @@ impl Acceptor {
                     continue;
                 }
             };
-            let Ok(slot) = options.slots.clone().try_acquire_owned() else {
+            let slot = match options.slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => make_room(&options).await,
+            };
+            let Some(slot) = slot else {
                 options
                     .metrics
                     .connection_limit(ConnectionLimit::TooManyConnections);
@@ -164,6 +168,19 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// How long a full listener that makes room waits for the connection it asked to close.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
+
+/// On a full listener that makes room for new connections: closes the longest idle one and takes
+/// its slot. `None` when the listener does not make room, or every connection is busy.
+async fn make_room(options: &ServeOptions) -> Option<OwnedSemaphorePermit> {
+    if !options.room.as_ref()?.evict_longest_idle() {
+        return None;
+    }
+    let slot = tokio::time::timeout(EVICTION_WAIT, options.slots.clone().acquire_owned());
+    slot.await.ok()?.ok()
 }
 
 /// Gives `accepted` to the worker with the fewest open connections. A worker that has stopped (its

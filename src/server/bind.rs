@@ -18,6 +18,10 @@ pub enum BindError {
     /// Another process listens on the address, or holds the unix socket's lock.
     #[error("address in use (another cma-auth-proxy?)")]
     InUse,
+    /// The unix socket's lock file is a symbolic link: something may be trying to make the proxy
+    /// create or lock another file.
+    #[error("the lock file {0} is a symbolic link; remove it")]
+    LockIsSymlink(PathBuf),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
@@ -125,13 +129,23 @@ impl SocketFile {
 /// Takes the lock at `lock_path`, or fails with [`BindError::InUse`] when another process has it.
 fn lock(lock_path: &Path) -> Result<File, BindError> {
     loop {
+        // Never through a symlink: in a directory others can write to, one planted at this path
+        // would make the proxy create, or lock, whatever file it points to.
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(lock_path)?;
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(lock_path)
+            .map_err(|e| {
+                if std::fs::symlink_metadata(lock_path).is_ok_and(|m| m.file_type().is_symlink()) {
+                    BindError::LockIsSymlink(lock_path.to_owned())
+                } else {
+                    BindError::Io(e)
+                }
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => return Err(BindError::InUse),

@@ -85,13 +85,15 @@ async fn listen(store: Weak<RedisStore>, report: impl Fn(Invalidated<'_>) + Send
         let pattern = this.invalidation_channel("*");
         let timeout = this.link.timeout();
         let subscribe = async {
-            let mut pubsub = this.link.client().get_async_pubsub().await?;
-            pubsub.psubscribe(&pattern).await?;
-            Ok::<_, redis::RedisError>(pubsub)
+            let mut pubsub = this.link.pubsub().await?;
+            pubsub
+                .psubscribe(&pattern)
+                .await
+                .map_err(StoreError::Redis)?;
+            Ok::<_, StoreError>(pubsub)
         };
         let subscribed = match tokio::time::timeout(timeout, subscribe).await {
-            Ok(Ok(pubsub)) => Ok(pubsub),
-            Ok(Err(e)) => Err(StoreError::Redis(e)),
+            Ok(result) => result,
             Err(_) => Err(StoreError::Timeout(timeout)),
         };
         let pubsub = match subscribed {

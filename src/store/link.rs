@@ -15,15 +15,20 @@
 //!
 //! A call made while the store is up waits at most `timeout`; calls do not queue behind each other
 //! (one multiplexed connection carries them all). Error text kept here never holds the URL's
-//! password.
+//! password. The socket is opened here ([`Connector`]), not by the redis crate, so that every reply
+//! passes a bound before the crate's parser buffers it (see `resp.rs`).
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
 use redis::aio::MultiplexedConnection;
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::StoreError;
+use super::resp::BoundedResp;
+use crate::config::RedisConfig;
 use crate::metrics::{Metrics, StoreEvent, StoreState};
 
 /// The pause before the first probe after a failure; it doubles after each failed probe.
@@ -87,8 +92,93 @@ pub struct LinkStatus {
     pub next_probe_in: Option<Duration>,
 }
 
+/// Opens connections to the store: TCP, TLS for `rediss://` (trusting `ca_file`'s roots instead of
+/// the public ones when given), or a unix socket.
+pub(super) struct Connector {
+    /// The parsed URL; holds the password, so never printed.
+    info: ConnectionInfo,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// A connection to the store, whichever kind.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<S: AsyncRead + AsyncWrite + Send + Unpin> Stream for S {}
+
+impl Connector {
+    pub fn new(config: &RedisConfig) -> Result<Connector, StoreError> {
+        let info = config
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(StoreError::Redis)?;
+        let tls = match info.addr() {
+            ConnectionAddr::TcpTls { .. } => {
+                let roots = match &config.roots_pem {
+                    None => rustls::RootCertStore {
+                        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+                    },
+                    Some(pem) => {
+                        let mut roots = rustls::RootCertStore::empty();
+                        for cert in crate::tls::certificates(pem).map_err(io_error)? {
+                            roots.add(cert).map_err(tls_error)?;
+                        }
+                        roots
+                    }
+                };
+                let config = crate::tls::client_config_trusting(roots).map_err(tls_error)?;
+                Some(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            }
+            _ => None,
+        };
+        Ok(Connector { info, tls })
+    }
+
+    async fn open(&self) -> Result<Box<dyn Stream>, StoreError> {
+        let connect = io_error;
+        Ok(match (self.info.addr(), &self.tls) {
+            (ConnectionAddr::Tcp(host, port), _) => {
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect)?;
+                tcp.set_nodelay(true).map_err(connect)?;
+                Box::new(tcp)
+            }
+            (ConnectionAddr::TcpTls { host, port, .. }, Some(tls)) => {
+                let name = rustls::pki_types::ServerName::try_from(host.as_str())
+                    .map_err(|e| connect(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))?
+                    .to_owned();
+                let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(connect)?;
+                tcp.set_nodelay(true).map_err(connect)?;
+                Box::new(tls.connect(name, tcp).await.map_err(connect)?)
+            }
+            (ConnectionAddr::Unix(path), _) => Box::new(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(connect)?,
+            ),
+            (ConnectionAddr::TcpTls { .. }, None) | (_, _) => {
+                return Err(io_error(std::io::Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    "a kind of address this build does not connect to",
+                )));
+            }
+        })
+    }
+}
+
+/// A failure to connect, as the redis crate's own connection errors are.
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Redis(redis::RedisError::from(e))
+}
+
+fn tls_error(e: rustls::Error) -> StoreError {
+    io_error(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
 pub(super) struct Link {
-    client: redis::Client,
+    connector: Connector,
     timeout: Duration,
     state: watch::Sender<State>,
     /// The runtime the store was made on: probes and the connection's driver live there, not on
@@ -102,14 +192,14 @@ pub(super) struct Link {
 
 impl Link {
     pub fn new(
-        client: redis::Client,
+        connector: Connector,
         url: &str,
         timeout: Duration,
         metrics: Arc<Metrics>,
     ) -> Arc<Link> {
         metrics.store_state(StoreState::Connecting);
         Arc::new(Link {
-            client,
+            connector,
             timeout,
             state: watch::Sender::new(State {
                 phase: Phase::Idle,
@@ -223,22 +313,28 @@ impl Link {
 
     /// One connection attempt: connect and see Redis answer, all within `timeout`.
     async fn connect(&self) -> Result<MultiplexedConnection, StoreError> {
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(self.timeout));
         let attempt = async {
-            let mut conn = self
-                .client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
+            let stream = BoundedResp::new(self.connector.open().await?);
+            let (mut conn, driver) = MultiplexedConnection::new_with_config(
+                self.connector.info.redis_settings(),
+                stream,
+                config,
+            )
+            .await
+            .map_err(StoreError::Redis)?;
+            // The connection's reader and writer; it ends when the connection is dropped.
+            self.spawn(driver);
             // A port that accepts connections is not yet a Redis that answers.
-            redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(StoreError::Redis)?;
             Ok(conn)
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
             .map_err(|_| StoreError::Timeout(self.timeout))?
-            .map_err(StoreError::Redis)
     }
 
     fn connected(&self, conn: MultiplexedConnection) {
@@ -298,9 +394,13 @@ impl Link {
         self.metrics.store_state(StoreState::Probing);
     }
 
-    /// The client, for a connection of its own (a subscription cannot share the multiplexed one).
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// A connection of its own for a subscription (it cannot share the multiplexed one), its
+    /// replies bounded like every other's.
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub, StoreError> {
+        let stream = BoundedResp::new(self.connector.open().await?);
+        redis::aio::PubSub::new(self.connector.info.redis_settings(), stream)
+            .await
+            .map_err(StoreError::Redis)
     }
 
     pub fn timeout(&self) -> Duration {
@@ -394,8 +494,11 @@ mod tests {
     }
 
     fn link(url: &str, timeout: Duration) -> Arc<Link> {
-        let client = redis::Client::open(url).unwrap();
-        Link::new(client, url, timeout, crate::metrics::Metrics::new())
+        let connector = Connector {
+            info: url.into_connection_info().unwrap(),
+            tls: None,
+        };
+        Link::new(connector, url, timeout, crate::metrics::Metrics::new())
     }
 
     #[tokio::test]

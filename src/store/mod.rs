@@ -26,6 +26,7 @@
 mod invalidations;
 mod link;
 mod record;
+mod resp;
 mod scripts;
 
 use std::sync::Arc;
@@ -148,19 +149,9 @@ pub struct RedisStore {
 
 impl RedisStore {
     pub fn new(config: &RedisConfig, metrics: Arc<Metrics>) -> Result<RedisStore, StoreError> {
-        let client = match &config.roots_pem {
-            None => redis::Client::open(config.url.as_str()),
-            Some(roots) => redis::Client::build_with_tls(
-                config.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(roots.clone()),
-                },
-            ),
-        }
-        .map_err(StoreError::Redis)?;
+        let connector = link::Connector::new(config)?;
         Ok(RedisStore {
-            link: link::Link::new(client, &config.url, config.timeout, metrics.clone()),
+            link: link::Link::new(connector, &config.url, config.timeout, metrics.clone()),
             codec: Codec::new(config.encryption_key.as_ref()),
             prefix: config.key_prefix.clone(),
             timeout: config.timeout,

@@ -387,6 +387,19 @@ impl TokenManager {
         self.start_care();
     }
 
+    /// Shutdown, before [`Self::logout_all`]: stops background care and waits, until `deadline`
+    /// at most, for the logins in flight to finish, so that the sessions they create are logged
+    /// out with the others rather than left among the account's 20.
+    pub async fn finish_logins(&self, deadline: tokio::time::Instant) {
+        self.stop_care();
+        let states: Vec<_> = self.inner.profiles.load().values().cloned().collect();
+        // A login runs in a task of its own that holds its profile's login lock.
+        let logins = states.iter().map(|state| async move {
+            let _ = tokio::time::timeout_at(deadline, state.login_lock.lock()).await;
+        });
+        futures_util::future::join_all(logins).await;
+    }
+
     /// Logs out every current session of profiles with `logout_on_shutdown`, and every retiring
     /// session (those were to be logged out anyway), concurrently.
     pub async fn logout_all(&self) {
@@ -424,19 +437,26 @@ impl TokenManager {
         old: Arc<Token>,
         trigger: Trigger,
     ) {
-        let _single_flight = state.login_lock.lock().await;
+        let single_flight = state.login_lock.clone().lock_owned().await;
         let still_current = state.current().is_some_and(|t| Arc::ptr_eq(&t, &old));
         if !still_current || state.check_blocked().is_err() {
             return;
         }
-        let refreshed = match &self.inner.store {
-            None => self.renew(state, Keep::Local).await.is_ok(),
-            Some(store) => self.refresh_shared(store, state, &old).await,
-        };
-        if refreshed {
-            let name = state.name().clone();
-            self.inner.metrics.reauth(&name, trigger);
-            self.retire(name, state.account.clone(), old);
-        }
+        // In a task of its own that holds the lock, like every login: stopping the care task at
+        // shutdown must not cut a login short and leave its session behind.
+        let (this, state) = (self.clone(), state.clone());
+        let refresh = tokio::spawn(async move {
+            let _single_flight = single_flight;
+            let refreshed = match &this.inner.store {
+                None => this.renew(&state, Keep::Local).await.is_ok(),
+                Some(store) => this.refresh_shared(store, &state, &old).await,
+            };
+            if refreshed {
+                let name = state.name().clone();
+                this.inner.metrics.reauth(&name, trigger);
+                this.retire(name, state.account.clone(), old);
+            }
+        });
+        let _ = refresh.await;
     }
 }
