@@ -118,6 +118,10 @@ impl Grant {
     /// Starts from what another state of the same profile knew (a reload replaced the state): a
     /// refresh token obtained there must not be lost with it.
     pub(super) fn carry_over(&self, old: &Grant) {
+        // What the endpoint refused stays refused: a reload (often the very one that brings the
+        // new refresh token) must not bring a refused token back.
+        let refused = old.known().refused.clone();
+        self.known().refused = refused;
         if let Some(obtained) = old.obtained() {
             self.consider(obtained);
         }
