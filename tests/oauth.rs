@@ -329,6 +329,15 @@ async fn a_refused_refresh_token_is_not_the_end_while_a_newer_one_is_kept() {
     let second = fake.authorize_oauth_app().unwrap();
     assert!(fake.revoke_oauth_of(&second));
     std::fs::write(files.dir.join("refresh-token"), &second).unwrap();
+    // The kernel stamps a write with a coarse clock (a few milliseconds behind the time the kept
+    // token was stamped with, when the two come that close): stamp the file with the precise one,
+    // as a write made a moment later would be.
+    std::fs::File::options()
+        .write(true)
+        .open(files.dir.join("refresh-token"))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
     let proxy = proxy(&fake, "", &files.profile("")).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let attempts = refreshes(&fake);
