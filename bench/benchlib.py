@@ -16,6 +16,9 @@ Subcommands:
   profile OUT NAME BEFORE AFTER WRKOUT PERF STRACE STRACE_WRKOUT LOG
                                    one target's profile (profile.sh) as JSON, from those files
   profile-report JSON...           print profile.sh's tables (markdown)
+  count OUT NAME CONNS UPSTREAM REQUESTS CALLGRIND PERF STRACE
+                                   one target's counts (count.sh) as JSON, from those files
+  count-report JSON...             print count.sh's table (markdown)
 """
 
 import asyncio
@@ -680,6 +683,70 @@ def cmd_profile_report(*paths):
         print()
 
 
+def parse_callgrind(path):
+    """A callgrind dump: (instructions, {function: calls to it}), all threads together."""
+    total, calls, names, callee = 0, {}, {}, None
+    try:
+        lines = open(path, errors="replace")
+    except OSError:
+        return None, {}
+    for line in lines:
+        if line.startswith(("summary:", "totals:")):
+            total = max(total, int(line.split()[1]))
+        elif line.startswith("cfn="):
+            # "cfn=(7) name" the first time a name appears, "cfn=(7)" after that.
+            m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m:
+                if m.group(2):
+                    names[m.group(1)] = m.group(2)
+                callee = names.get(m.group(1))
+        elif line.startswith("fn="):
+            m = re.match(r"fn=\((\d+)\)(?: (.*))?", line.rstrip("\n"))
+            if m and m.group(2):
+                names[m.group(1)] = m.group(2)
+        elif line.startswith("calls=") and callee:
+            calls[callee] = calls.get(callee, 0) + int(line.split("=")[1].split()[0])
+            callee = None
+    return total, calls
+
+
+ALLOCATORS = ("malloc", "calloc", "realloc", "posix_memalign", "aligned_alloc", "memalign")
+
+
+def cmd_count(out, name, conns, upstream, requests, callgrind, perf_out, strace_out):
+    n = int(requests)
+    ir, calls = parse_callgrind(callgrind)
+    perf = parse_perf_csv(perf_out)
+    strace = parse_strace(strace_out)
+    result = {
+        "name": name, "connections": int(conns), "upstream": upstream, "requests": n,
+        "ir": None if ir is None else ir / n,
+        "allocs": None if ir is None else sum(calls.get(a, 0) for a in ALLOCATORS) / n,
+        "syscalls": perf["raw_syscalls:sys_enter"] / n if "raw_syscalls:sys_enter" in perf else None,
+        "switches": perf["context-switches"] / n if "context-switches" in perf else None,
+        "strace": {k: v / n for k, v in strace.items()},
+    }
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+def cmd_count_report(*paths):
+    rows = [json.load(open(p)) for p in paths]
+    print(
+        "| connections | upstream | target | instructions per request | allocations per request "
+        "| syscalls per request | context switches per request | syscalls per request by name (strace) |"
+    )
+    print("|---:|---|---|---:|---:|---:|---:|---|")
+    num = lambda v, f: "-" if v is None else format(v, f)
+    for r in rows:
+        top = sorted(r["strace"].items(), key=lambda x: -x[1])[:6]
+        print(
+            f"| {r['connections']} | {r['upstream']} | {r['name']} | {num(r['ir'], ',.0f')} "
+            f"| {num(r['allocs'], '.1f')} | {num(r['syscalls'], '.2f')} | {num(r['switches'], '.3f')} "
+            f"| {', '.join(f'{k} {v:.2f}' for k, v in top) or '-'} |"
+        )
+
+
 def main():
     cmd, *args = sys.argv[1:]
     {
@@ -695,6 +762,8 @@ def main():
         "threads": cmd_threads,
         "profile": cmd_profile,
         "profile-report": cmd_profile_report,
+        "count": cmd_count,
+        "count-report": cmd_count_report,
     }[cmd](*args)
 
 

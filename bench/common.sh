@@ -136,10 +136,16 @@ nginx_temp_paths() { # $1: prefix dir
   local d
   for d in client_body proxy fastcgi uwsgi scgi; do echo "${d}_temp_path $1/${d}_temp;"; done
 }
+# WRAP: a command the proxy under test is started under (bench/count.sh: valgrind); empty for the
+# stand-in and everywhere else. A wrapped nginx runs as one process (no master), so that what is
+# counted is the one worker that serves.
+WRAP=()
 start_nginx() { # name — nginx with $DIR/name/nginx.conf; sets NAME_PID
   nginx -q -t -p "$DIR/$1/" -e "$DIR/$1/error.log" -c "$DIR/$1/nginx.conf" 2>"$DIR/$1/stderr" \
     || { cat "$DIR/$1/stderr" >&2; fail "nginx config $1"; }
-  nginx -p "$DIR/$1/" -e "$DIR/$1/error.log" -c "$DIR/$1/nginx.conf" -g 'daemon off;' \
+  local global='daemon off;'
+  ((${#WRAP[@]})) && global+=' master_process off;'
+  "${WRAP[@]}" nginx -p "$DIR/$1/" -e "$DIR/$1/error.log" -c "$DIR/$1/nginx.conf" -g "$global" \
     2>>"$DIR/$1/stderr" &
   PIDS+=($!)
   eval "${1^^}_PID=$!"
@@ -290,7 +296,7 @@ EOF
 start_floor() { # name port args...
   local name=$1 port=$2
   shift 2
-  "$FLOOR_DIR/${name%@*}" "127.0.0.1:$port" "$@" >"$DIR/$name.log" 2>&1 &
+  "${WRAP[@]}" "$FLOOR_DIR/${name%@*}" "127.0.0.1:$port" "$@" >"$DIR/$name.log" 2>&1 &
   PIDS+=($!)
   TPIDS[$name]=$!
   URL[$name]="http://127.0.0.1:$port/v3/content_types"
@@ -347,7 +353,7 @@ start_sidecar() { # name — returns once the listener is up (not necessarily lo
   local logf="$DIR/$1-$SIDECAR_STARTS.log"
   SIDECAR_LOGS+=("$logf")
   SIDECAR_LOG[$1]=$logf
-  "$BIN" run --config "$DIR/$1.toml" >"$logf" 2>&1 &
+  "${WRAP[@]}" "$BIN" run --config "$DIR/$1.toml" >"$logf" 2>&1 &
   TPIDS[$1]=$!
   PIDS+=($!)
   wait_http "${ADMIN[$1]}/livez" 200 "$!"

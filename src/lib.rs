@@ -164,12 +164,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 struct ProxyListener(Arc<Proxy>);
 
 impl server::Handler for ProxyListener {
+    type Connection = proxy::upstream::Pinned;
+
     async fn call(
         &self,
         req: Request<Incoming>,
         peer: Option<std::net::IpAddr>,
+        pinned: &Arc<proxy::upstream::Pinned>,
     ) -> Response<Relay> {
-        self.0.handle(req, peer).await
+        self.0.handle(req, peer, Some(pinned)).await
     }
 }
 
@@ -177,10 +180,13 @@ impl server::Handler for ProxyListener {
 struct AdminListener(admin::Admin);
 
 impl server::Handler for AdminListener {
+    type Connection = ();
+
     async fn call(
         &self,
         req: Request<Incoming>,
         _peer: Option<std::net::IpAddr>,
+        _connection: &Arc<()>,
     ) -> Response<Relay> {
         self.0
             .respond(&req)

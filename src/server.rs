@@ -43,10 +43,15 @@ use send::{Sending, StallTimer, StreamExecutor, WriteBlocked, WriteWatch};
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {
+    /// What the handler keeps for the life of one connection (the proxy: the upstream
+    /// connection pinned to it).
+    type Connection: Default + Send + Sync + 'static;
+
     fn call(
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
+        connection: &Arc<Self::Connection>,
     ) -> impl Future<Output = Response<Relay>> + Send;
 }
 
@@ -264,13 +269,15 @@ impl<H: Handler> Connection<H> {
             .map(|room| room.register(activity.clone()));
         let service = {
             let activity = activity.clone();
+            let state = Arc::new(H::Connection::default());
             hyper::service::service_fn(move |req| {
                 let handler = handler.clone();
+                let state = state.clone();
                 // In flight until its response has been sent (or given up on), not only until
                 // the response's head is ready: a response still streaming is not idleness.
                 let busy = activity.begin();
                 async move {
-                    let response = handler.call(req, peer).await;
+                    let response = handler.call(req, peer, &state).await;
                     Ok::<_, Infallible>(response.map(|body| Sending::new(body, busy)))
                 }
             })

@@ -70,7 +70,7 @@ pub enum ProxyError {
     #[error("gave up waiting for the request body: {0}; send the body without pausing")]
     BodyTimeout(#[from] BodyTimeout),
     #[error("cannot reach Contentstack: {0}")]
-    UpstreamUnreachable(#[source] hyper_util::client::legacy::Error),
+    UpstreamUnreachable(#[source] super::upstream::SendError),
     #[error("Contentstack's response broke off: {0}")]
     UpstreamBroken(#[source] crate::body::BoxError),
     #[error("Contentstack did not answer within server.request_timeout ({0:?})")]
@@ -393,7 +393,7 @@ mod tests {
             .await
             .unwrap_err();
         check(
-            ProxyError::UpstreamUnreachable(err),
+            ProxyError::UpstreamUnreachable(err.into()),
             502,
             "upstream_unreachable",
         );

@@ -175,14 +175,19 @@ impl Proxy {
     }
 
     /// Serves one request; never fails (errors become responses), logs one access line.
-    pub async fn handle(&self, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Relay> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<IpAddr>,
+        pinned: Option<&Arc<upstream::Pinned>>,
+    ) -> Response<Relay> {
         let started = Instant::now();
         self.metrics.in_flight(true);
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
         let mut record = AccessRecord::default();
-        let response = match self.forward(req, peer, &mut record).await {
+        let response = match self.forward(req, peer, pinned, &mut record).await {
             Ok(response) => response,
             Err(e) => {
                 record.error = Some(e.reason());
@@ -233,6 +238,7 @@ impl Proxy {
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
+        pinned: Option<&Arc<upstream::Pinned>>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let config = self.config.load_full();
@@ -282,6 +288,7 @@ impl Proxy {
             timeout: config.server.request_timeout,
             limiter: self.limiter(&profile.name),
             profile: profile.name.clone(),
+            pinned: pinned.cloned(),
         };
         if let Some(read) = self.shareable_read(profile, &outbound, &body) {
             return self.forward_read(profile, outbound, read, record).await;
@@ -493,8 +500,8 @@ impl Proxy {
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(outbound.timeout, self.clients.current().request(request)).await;
+        let sent = self.clients.send(request, outbound.pinned.as_deref());
+        let result = tokio::time::timeout(outbound.timeout, sent).await;
         record.upstream = Some(record.upstream.unwrap_or_default() + started.elapsed());
         match result {
             Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
@@ -554,6 +561,8 @@ struct Outbound {
     timeout: Duration,
     limiter: Option<Arc<RateLimiter>>,
     profile: Arc<str>,
+    /// The upstream connection of the client connection the request came on.
+    pinned: Option<Arc<upstream::Pinned>>,
 }
 
 /// The request's headers with the profile's token: `authtoken`, or an OAuth profile's

@@ -215,6 +215,7 @@ impl Proxy {
             timeout: config.server.request_timeout,
             limiter: self.limiter(&profile.name),
             profile: profile.name.clone(),
+            pinned: None,
         };
         let response = self
             .dispatch(

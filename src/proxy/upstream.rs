@@ -1,11 +1,18 @@
-//! The connection to Contentstack: the pooled hyper client that carries forwarded requests, one
-//! per worker, over the TLS configuration of [`crate::tls::client_config`].
+//! The connection to Contentstack: per worker, the pooled hyper client that carries forwarded
+//! requests over the TLS configuration of [`crate::tls::client_config`], and, per client
+//! connection, the upstream connection pinned to it (docs/design.md#upstream-connections).
+use std::cell::Cell;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use http::{HeaderValue, Request, Response, Uri, Version, header};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::pki_types::ServerName;
 
 use crate::body::Relay;
 use crate::config::UpstreamConfig;
@@ -14,7 +21,7 @@ pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Relay>;
 
 thread_local! {
     /// Which worker runtime this thread runs: each has its own connection pool.
-    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    static WORKER: Cell<usize> = const { Cell::new(0) };
 }
 
 /// Marks the current thread as worker `index` (called once, when the worker starts).
@@ -22,22 +29,275 @@ pub fn set_worker(index: usize) {
     WORKER.with(|w| w.set(index));
 }
 
+/// Why a request did not reach Contentstack (nothing of it was answered).
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error(transparent)]
+    Pinned(#[from] hyper::Error),
+}
+
+/// What the pooled connections of all workers have spoken so far: pinning is for an upstream
+/// that speaks HTTP/1.1; over HTTP/2 the pool already multiplexes every client on one connection.
+const UNKNOWN: u8 = 0;
+const HTTP1: u8 = 1;
+const HTTP2: u8 = 2;
+
 /// One pooled client per worker runtime: a request, its upstream connection and that connection's
 /// task all stay on one thread, with no cross-thread wake-ups or shared pool lock on the hot path.
-pub struct UpstreamClients(Vec<UpstreamClient>);
+pub struct UpstreamClients {
+    pooled: Vec<UpstreamClient>,
+    /// For connections of our own (pinned ones): where, and how.
+    target: PinTarget,
+    /// [`UNKNOWN`], [`HTTP1`] or [`HTTP2`], from the pool's responses.
+    spoken: std::sync::atomic::AtomicU8,
+}
+
+/// Where pinned connections go: the upstream's address, and TLS (offering only HTTP/1.1) if its
+/// scheme is `https`.
+struct PinTarget {
+    host: String,
+    port: u16,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    /// The `Host` header every forwarded request carries (the pool would add the same one).
+    host_header: HeaderValue,
+}
 
 impl UpstreamClients {
     pub fn new(upstream: &UpstreamConfig, tls: &rustls::ClientConfig, workers: usize) -> Self {
-        Self(
-            (0..workers.max(1))
+        let host = upstream.authority.host().to_owned();
+        let https = upstream.scheme == http::uri::Scheme::HTTPS;
+        let port = upstream
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
+        let tls_pinned = https.then(|| {
+            let mut config = tls.clone();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+                .map(|n| n.to_owned())
+                .expect("the upstream's host was validated as a URI authority");
+            (tokio_rustls::TlsConnector::from(Arc::new(config)), name)
+        });
+        // As hyper's pool would write it: the port only when it is not the scheme's default.
+        let default_port = upstream.authority.port_u16() == Some(if https { 443 } else { 80 });
+        let host_header = HeaderValue::from_str(if default_port {
+            &host
+        } else {
+            upstream.authority.as_str()
+        })
+        .expect("a URI authority is a valid header value");
+        Self {
+            pooled: (0..workers.max(1))
                 .map(|_| client(upstream, tls.clone()))
                 .collect(),
-        )
+            target: PinTarget {
+                host,
+                port,
+                tls: tls_pinned,
+                connect_timeout: upstream.connect_timeout,
+                host_header,
+            },
+            spoken: std::sync::atomic::AtomicU8::new(UNKNOWN),
+        }
     }
 
     /// The current worker's client.
-    pub fn current(&self) -> &UpstreamClient {
-        &self.0[WORKER.with(|w| w.get()) % self.0.len()]
+    fn current(&self) -> &UpstreamClient {
+        &self.pooled[WORKER.with(|w| w.get()) % self.pooled.len()]
+    }
+
+    /// Sends `request` (absolute-form URI) over the connection pinned to its client connection
+    /// when there is one, else over the worker's pool; a client connection's second request
+    /// to an HTTP/1.1 upstream opens its pinned connection (docs/design.md#upstream-connections).
+    pub async fn send(
+        &self,
+        mut request: Request<Relay>,
+        pin: Option<&Pinned>,
+    ) -> Result<Response<Incoming>, SendError> {
+        request
+            .headers_mut()
+            .insert(header::HOST, self.target.host_header.clone());
+        // (A client connection's first request always takes the pool, and tells what it speaks.)
+        let pin = pin.filter(|_| {
+            self.spoken.load(std::sync::atomic::Ordering::Relaxed) != HTTP2
+                && request.version() == Version::HTTP_11
+        });
+        if let Some(pin) = pin {
+            request = match self.send_pinned(request, pin).await {
+                Sent::Answered(result) => return result,
+                Sent::NotSent(request) => request,
+            };
+        }
+        let response = self.current().request(request).await?;
+        let spoken = if response.version() == Version::HTTP_2 {
+            HTTP2
+        } else {
+            HTTP1
+        };
+        self.spoken
+            .store(spoken, std::sync::atomic::Ordering::Relaxed);
+        Ok(response)
+    }
+
+    async fn send_pinned(&self, request: Request<Relay>, pin: &Pinned) -> Sent {
+        let sender = match pin.take() {
+            Taken::Ready(sender) => sender,
+            // The first request of a connection takes the pool: a client that sends one request
+            // per connection never costs Contentstack a connection of its own.
+            Taken::FirstRequest | Taken::Busy | Taken::Failed => return Sent::NotSent(request),
+            Taken::Open => match self.target.connect().await {
+                Ok(sender) => sender,
+                Err(e) => {
+                    tracing::debug!("no pinned upstream connection, using the pool: {e}");
+                    pin.failed();
+                    return Sent::NotSent(request);
+                }
+            },
+        };
+        let (mut parts, body) = request.into_parts();
+        let absolute = std::mem::take(&mut parts.uri);
+        parts.uri = absolute
+            .path_and_query()
+            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
+        let mut sender = sender;
+        match sender
+            .try_send_request(Request::from_parts(parts, body))
+            .await
+        {
+            Ok(response) => {
+                pin.put(sender);
+                Sent::Answered(Ok(response))
+            }
+            // Not sent (the connection closed while idle): the pool takes it, as a pooled
+            // connection's request would be retried on another.
+            Err(mut e) => match e.take_message() {
+                Some(mut request) => {
+                    pin.reopen();
+                    *request.uri_mut() = absolute;
+                    Sent::NotSent(request)
+                }
+                None => Sent::Answered(Err(e.into_error().into())),
+            },
+        }
+    }
+}
+
+enum Sent {
+    Answered(Result<Response<Incoming>, SendError>),
+    NotSent(Request<Relay>),
+}
+
+impl PinTarget {
+    /// A new HTTP/1.1 connection to the upstream, its task running on this worker. The request's
+    /// deadline bounds it as a whole, `connect_timeout` the TCP connect.
+    async fn connect(&self) -> std::io::Result<http1::SendRequest<Relay>> {
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((
+                self.host.trim_start_matches('[').trim_end_matches(']'),
+                self.port,
+            )),
+        )
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        tcp.set_nodelay(true)?;
+        match &self.tls {
+            None => handshake(tcp).await,
+            Some((connector, name)) => {
+                let tls = connector.connect(name.clone(), tcp).await?;
+                handshake(tls).await
+            }
+        }
+    }
+}
+
+async fn handshake<I>(io: I) -> std::io::Result<http1::SendRequest<Relay>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!("pinned upstream connection ended: {e}");
+        }
+    });
+    Ok(sender)
+}
+
+/// The upstream connection pinned to one client connection
+/// (docs/design.md#upstream-connections): made at the client connection's second request, used
+/// by every later one while it is free, and closed with the client connection.
+#[derive(Default)]
+pub struct Pinned(Mutex<PinState>);
+
+#[derive(Default)]
+enum PinState {
+    /// No request yet.
+    #[default]
+    New,
+    /// One request went by the pool; the next opens a pinned connection.
+    Open,
+    /// The pinned connection, when not in use.
+    Idle(http1::SendRequest<Relay>),
+    /// In use by a request (another, on an HTTP/2 client connection, takes the pool).
+    InUse,
+    /// Connecting failed: this client connection keeps to the pool.
+    Failed,
+}
+
+enum Taken {
+    FirstRequest,
+    Open,
+    Ready(http1::SendRequest<Relay>),
+    Busy,
+    Failed,
+}
+
+impl Pinned {
+    fn take(&self) -> Taken {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match std::mem::replace(&mut *state, PinState::InUse) {
+            PinState::New => {
+                *state = PinState::Open;
+                Taken::FirstRequest
+            }
+            PinState::Open => Taken::Open,
+            PinState::Idle(sender) if sender.is_ready() => Taken::Ready(sender),
+            // Closed by the upstream: the next request opens another.
+            PinState::Idle(sender) if sender.is_closed() => {
+                *state = PinState::Open;
+                Taken::FirstRequest
+            }
+            // Its previous response is still being read.
+            PinState::Idle(sender) => {
+                *state = PinState::Idle(sender);
+                Taken::Busy
+            }
+            PinState::InUse => Taken::Busy,
+            PinState::Failed => {
+                *state = PinState::Failed;
+                Taken::Failed
+            }
+        }
+    }
+
+    fn put(&self, sender: http1::SendRequest<Relay>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Idle(sender);
+    }
+
+    /// The pinned connection turned out closed: the next request opens another.
+    fn reopen(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Open;
+    }
+
+    fn failed(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Failed;
     }
 }
 

@@ -1,0 +1,221 @@
+//! Upstream connections (docs/design.md#upstream-connections): a client connection's first request
+//! takes the worker's pool; from its second on, it has an HTTP/1.1 upstream connection of its own,
+//! closed with it.
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+
+mod common;
+use common::eventually;
+
+/// What the upstream saw of one request: the connection it came on (numbered in accept order),
+/// its target and its `Host`.
+#[derive(Clone, Debug)]
+struct Seen {
+    connection: usize,
+    target: String,
+    host: String,
+}
+
+#[derive(Default)]
+struct Upstream {
+    seen: Mutex<Vec<Seen>>,
+    accepted: Mutex<usize>,
+    open: Mutex<usize>,
+}
+
+impl Upstream {
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+    fn accepted(&self) -> usize {
+        *self.accepted.lock().unwrap()
+    }
+    fn open(&self) -> usize {
+        *self.open.lock().unwrap()
+    }
+}
+
+/// An HTTP/1.1 upstream that records each request; a request with `x-close: 1` is answered with
+/// `connection: close`.
+async fn upstream() -> (std::net::SocketAddr, Arc<Upstream>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(Upstream::default());
+    let shared = state.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let connection = {
+                let mut accepted = shared.accepted.lock().unwrap();
+                *accepted += 1;
+                *accepted
+            };
+            *shared.open.lock().unwrap() += 1;
+            let state = shared.clone();
+            tokio::spawn(async move {
+                let service_state = state.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let state = service_state.clone();
+                    async move {
+                        state.seen.lock().unwrap().push(Seen {
+                            connection,
+                            target: req.uri().to_string(),
+                            host: req
+                                .headers()
+                                .get(http::header::HOST)
+                                .map(|h| h.to_str().unwrap().to_owned())
+                                .unwrap_or_default(),
+                        });
+                        let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                        if req.headers().contains_key("x-close") {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        Ok::<_, std::convert::Infallible>(response)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                *state.open.lock().unwrap() -= 1;
+            });
+        }
+    });
+    (addr, state)
+}
+
+async fn proxy_to(upstream: std::net::SocketAddr) -> cma_auth_proxy::Running {
+    let config = cma_auth_proxy::Config::from_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
+             [upstream]\nurl = \"http://{upstream}\"\n\
+             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n\
+             coalesce_reads = false\n"
+        ),
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    cma_auth_proxy::start(config).await.unwrap()
+}
+
+/// One client connection to the proxy, requests sent one after another.
+struct Client(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
+
+impl Client {
+    async fn connect(proxy: &cma_auth_proxy::Running) -> Client {
+        let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
+            .await
+            .unwrap();
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        Client(sender)
+    }
+
+    async fn get(&mut self, target: &str, close: bool) -> u16 {
+        let mut request = Request::get(target).header("host", "localhost");
+        if close {
+            request = request.header("x-close", "1");
+        }
+        self.0.ready().await.unwrap();
+        let response = self
+            .0
+            .send_request(request.body(Empty::new()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+}
+
+#[tokio::test]
+async fn a_client_connection_gets_an_upstream_connection_of_its_own_from_its_second_request() {
+    let (addr, upstream) = upstream().await;
+    let proxy = proxy_to(addr).await;
+    let mut a = Client::connect(&proxy).await;
+    let mut b = Client::connect(&proxy).await;
+    // First requests take the pool: one upstream connection between them.
+    assert_eq!(a.get("/v3/content_types", false).await, 200);
+    assert_eq!(b.get("/v3/content_types", false).await, 200);
+    assert_eq!(upstream.accepted(), 1, "{:?}", upstream.seen());
+    for _ in 0..3 {
+        assert_eq!(a.get("/v3/content_types?of=a", false).await, 200);
+        assert_eq!(b.get("/v3/content_types?of=b", false).await, 200);
+    }
+    let seen = upstream.seen();
+    let on = |of: &str| -> Vec<usize> {
+        seen.iter()
+            .filter(|s| s.target.ends_with(of))
+            .map(|s| s.connection)
+            .collect()
+    };
+    let (of_a, of_b) = (on("?of=a"), on("?of=b"));
+    assert!(of_a.iter().all(|c| *c == of_a[0]), "{seen:?}");
+    assert!(of_b.iter().all(|c| *c == of_b[0]), "{seen:?}");
+    assert!(
+        of_a[0] != of_b[0] && of_a[0] != 1 && of_b[0] != 1,
+        "each client connection has its own, not the pool's: {seen:?}"
+    );
+    // What went over a pinned connection is what the pool would send: origin-form target, the
+    // upstream's own Host.
+    for s in &seen {
+        assert!(s.target.starts_with("/v3/content_types"), "{s:?}");
+        assert_eq!(s.host, addr.to_string(), "{s:?}");
+    }
+    // Gone with its client connection.
+    assert_eq!(upstream.open(), 3);
+    drop(a);
+    eventually(
+        5,
+        "the pinned connection of a closed client connection closes",
+        || {
+            let open = upstream.open();
+            async move { open == 2 }
+        },
+    )
+    .await;
+    assert_eq!(b.get("/v3/content_types?of=b", false).await, 200);
+    assert_eq!(upstream.seen().last().unwrap().connection, of_b[0]);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pinned_connection_the_upstream_closes_is_replaced() {
+    let (addr, upstream) = upstream().await;
+    let proxy = proxy_to(addr).await;
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.get("/v3/content_types?n=1", false).await, 200);
+    // Pinned, and closed by the upstream after answering.
+    assert_eq!(client.get("/v3/content_types?n=2", true).await, 200);
+    eventually(5, "the upstream closed the pinned connection", || {
+        let open = upstream.open();
+        async move { open == 1 }
+    })
+    .await;
+    for n in 3..=5 {
+        assert_eq!(
+            client.get(&format!("/v3/content_types?n={n}"), false).await,
+            200
+        );
+    }
+    let seen = upstream.seen();
+    let connection = |n: usize| seen[n - 1].connection;
+    assert_ne!(connection(2), connection(1), "{seen:?}");
+    // The request after the close went by the pool; the next one opened a new pinned connection.
+    assert_eq!(connection(3), connection(1), "{seen:?}");
+    assert!(
+        connection(4) != connection(2) && connection(4) != connection(1),
+        "{seen:?}"
+    );
+    assert_eq!(connection(5), connection(4), "{seen:?}");
+    proxy.shutdown().await;
+}
