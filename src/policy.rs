@@ -21,6 +21,7 @@ use http::Method;
 /// The session endpoint's segment: no client may log the shared session in or out, or see a login
 /// response, under any API version.
 const SESSION_SEGMENT: &str = "user-session";
+const USER_SEGMENT: &str = "user";
 
 /// `policy.client_credentials`: what to do with credentials a client sends itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -337,6 +338,25 @@ fn is_session_endpoint(path: &str) -> bool {
         first
     };
     target.eq_ignore_ascii_case(SESSION_SEGMENT)
+}
+
+/// Whether a server may read the normalized `path` as the user endpoint, `/v3/user` (any version,
+/// any case, `;params`, a format suffix): its answer, the user object, carries the session's token
+/// (docs/design.md#answers-that-carry-the-token).
+pub fn is_user_endpoint(path: &str) -> bool {
+    readings(path).iter().any(|reading| {
+        let mut segments = reading.split('/').skip(1);
+        let first = segments.next().unwrap_or_default();
+        let is_version = first.len() > 1
+            && first.starts_with(['v', 'V'])
+            && first[1..].bytes().all(|b| b.is_ascii_digit());
+        let target = if is_version {
+            segments.next().unwrap_or_default()
+        } else {
+            first
+        };
+        target.eq_ignore_ascii_case(USER_SEGMENT) && segments.next().is_none()
+    })
 }
 
 fn without_format(path: &str) -> Option<&str> {

@@ -425,3 +425,39 @@ async fn a_burst_leaves_a_bounded_number_of_idle_upstream_connections() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_user_object_reaches_clients_without_the_session_token() {
+    // Contentstack's `GET /v3/user` answer carries the session's `authtoken` (so does the
+    // simulator's); a client must get the proxy's placeholder there, compressed or not.
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    for accept_encoding in ["identity", "gzip, br"] {
+        let response = proxy
+            .get("/v3/user")
+            .header("accept-encoding", accept_encoding)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let issued = fake.issued_tokens();
+        assert!(!issued.is_empty());
+        for token in &issued {
+            assert!(!text.contains(token.as_str()), "{text}");
+        }
+        let user: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(user["user"]["email"], EMAIL);
+        let placeholder = user["user"]["authtoken"].as_str().unwrap();
+        assert!(placeholder.starts_with("cma-auth-proxy-session-"), "{text}");
+    }
+    // The upstream was asked for an answer the proxy can read.
+    let seen = fake.requests();
+    assert!(
+        seen.iter().filter(|r| r.path == "/v3/user").all(|r| r
+            .headers
+            .get("accept-encoding")
+            .is_some_and(|v| v == "identity")),
+        "{seen:?}"
+    );
+}

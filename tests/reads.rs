@@ -330,3 +330,39 @@ async fn a_write_through_one_replica_empties_the_others_caches() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_reload_that_moves_a_profile_to_another_account_starts_its_cache_anew() {
+    const OTHER: &str = "other@example.com";
+    let fake = fake_with(
+        cma_sim::FakeCma::builder()
+            .account(account())
+            .account(cma_sim::Account::new(OTHER, PASSWORD))
+            .without_rate_limit(),
+    )
+    .await;
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    let text = |email: &str| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n\
+             [profiles.default]\nemail = \"{email}\"\npassword = \"{PASSWORD}\"\n{CACHED}",
+            fake.url()
+        )
+    };
+    std::fs::write(&config, text(EMAIL)).unwrap();
+    let proxy = proxy_from_file(&config).await;
+    create_blog(&proxy.client, &proxy.url).await;
+    let c = &proxy.client;
+    assert_eq!(blog(c, &proxy.url, "default").await.0, "miss");
+    assert_eq!(blog(c, &proxy.url, "default").await.0, "hit");
+    // Same cache settings, another account: what the old one read is not the new one's to see.
+    std::fs::write(&config, text(OTHER)).unwrap();
+    eventually(15, "the other account is logged in", || async {
+        proxy.status_json().await["config"]["version"] == 2
+            && fake.login_attempts().iter().any(|a| a.email == OTHER)
+    })
+    .await;
+    assert_eq!(blog(c, &proxy.url, "default").await.0, "miss");
+}

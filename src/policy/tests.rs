@@ -383,3 +383,25 @@ fn rule_written_with_a_trailing_slash_or_lower_case_method_still_applies() {
     assert!(check(&p, "GET", "/v3/content_types").is_ok());
     assert!(check(&p, "GET", "/v3/content_types/").is_ok());
 }
+
+#[test]
+fn every_reading_of_the_user_endpoint_is_known() {
+    for path in [
+        "/v3/user",
+        "/v3/USER",
+        "/v3/user.json",
+        "/v3/user;x=1",
+        "/v2/user",
+        "/user",
+    ] {
+        assert!(super::is_user_endpoint(path), "{path}");
+    }
+    for path in [
+        "/v3/users",
+        "/v3/user/activate",
+        "/v3/user-session",
+        "/v3/stacks/user",
+    ] {
+        assert!(!super::is_user_endpoint(path), "{path}");
+    }
+}

@@ -50,8 +50,10 @@ impl<'p> Invalidation<'p> {
     /// entry lives under its content type, and a list under the resource it lists. Other writes
     /// (bulk calls, global fields, releases, environments, assets that entries embed, …) reach
     /// across the tree.
+    /// Paths are compared as the upstream may read them (see [`resource`]).
     pub fn of(path: &'p str) -> Invalidation<'p> {
-        if path.starts_with("/v3/content_types/") || path == "/v3/content_types" {
+        let resource = resource(path);
+        if resource.starts_with("/v3/content_types/") || resource == "/v3/content_types" {
             Invalidation::Line(path)
         } else {
             Invalidation::All
@@ -62,9 +64,30 @@ impl<'p> Invalidation<'p> {
     pub fn affects(&self, path: &str, wide: bool) -> bool {
         match self {
             Invalidation::All => true,
-            Invalidation::Line(written) => wide || on_one_line(path, written),
+            Invalidation::Line(written) => wide || on_one_line(&resource(path), &resource(written)),
         }
     }
+}
+
+/// The resource a server may read a judged path as: in lower case (routers that ignore case),
+/// without `;params` (servers that cut them) and without a format suffix on the last segment
+/// (`/blog.json` as `/blog`). Two spellings of one resource compare equal, so a write through one
+/// drops what was read through the other; spellings of different resources that compare equal only
+/// drop a little more than needed.
+fn resource(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut segments = path.split('/').skip(1).peekable();
+    while let Some(segment) = segments.next() {
+        let mut segment = segment.split(';').next().unwrap_or_default();
+        if segments.peek().is_none()
+            && let Some(dot) = segment.find('.').filter(|&i| i > 0)
+        {
+            segment = &segment[..dot];
+        }
+        out.push('/');
+        out.push_str(&segment.to_ascii_lowercase());
+    }
+    out
 }
 
 /// Whether one path lies under the other, segment-wise (or they are the same).
@@ -88,10 +111,11 @@ pub fn is_wide(query: Option<&str>) -> bool {
         "include_publish_details",
         "include_workflow",
     ];
+    // Parameters split as the upstream may split them (`&` or `;`), names in any case.
     query.is_some_and(|q| {
-        q.split('&')
-            .map(|p| p.split('=').next().unwrap_or_default())
-            .any(|name| name.starts_with("include") && !LOCAL.contains(&name))
+        q.split(['&', ';'])
+            .map(|p| p.split('=').next().unwrap_or_default().to_ascii_lowercase())
+            .any(|name| name.starts_with("include") && !LOCAL.contains(&name.as_str()))
     })
 }
 
@@ -147,6 +171,8 @@ impl ReadCache {
         let keep = answer.status == StatusCode::OK
             // An answer that sets a cookie is about one session, not about the content.
             && !answer.headers.contains_key(header::SET_COOKIE)
+            // The upstream says the answer is not to be kept, or is for this requester only.
+            && !forbids_storing(&answer.headers)
             && (answer.weight() as u64) <= self.max_entry
             && self.live.load(Ordering::Acquire)
             && self.epoch() == epoch;
@@ -183,6 +209,31 @@ impl ReadCache {
         }
         self.live.store(live, Ordering::Release);
     }
+}
+
+/// `cache-control: no-store` or `private` (any case, any of several headers), or `vary: *`: an
+/// answer the upstream does not let a shared cache keep (docs/design.md#the-read-cache).
+fn forbids_storing(headers: &http::HeaderMap) -> bool {
+    let directive = |v: &[u8], name: &[u8]| {
+        v.split(|&b| b == b',').any(|d| {
+            let d = d.trim_ascii();
+            let d = d
+                .split(|&b| b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            d.eq_ignore_ascii_case(name)
+        })
+    };
+    headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .any(|v| directive(v.as_bytes(), b"no-store") || directive(v.as_bytes(), b"private"))
+        || headers.get_all(header::VARY).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|d| d.trim_ascii() == b"*")
+        })
 }
 
 #[cfg(test)]
@@ -226,5 +277,54 @@ mod tests {
         assert!(is_wide(Some("include[]=author")));
         assert!(is_wide(Some("locale=en&include_global_field_schema=true")));
         assert!(is_wide(Some("include_reference=true")));
+    }
+
+    #[test]
+    fn answers_the_upstream_marks_private_or_unstorable_are_not_kept() {
+        let with = |name: &'static str, value: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(name, http::HeaderValue::from_static(value));
+            h
+        };
+        assert!(forbids_storing(&with("cache-control", "No-Store")));
+        assert!(forbids_storing(&with(
+            "cache-control",
+            "max-age=60, private"
+        )));
+        assert!(forbids_storing(&with(
+            "cache-control",
+            "private=\"set-cookie\""
+        )));
+        assert!(forbids_storing(&with("vary", "accept, *")));
+        assert!(!forbids_storing(&with(
+            "cache-control",
+            "max-age=60, no-cache"
+        )));
+        assert!(!forbids_storing(&with("vary", "accept-encoding")));
+        assert!(!forbids_storing(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn a_write_drops_what_was_read_under_another_spelling_of_its_resource() {
+        let line = Invalidation::of("/v3/content_types/blog");
+        for read in [
+            "/v3/content_types/blog.json",
+            "/v3/Content_Types/BLOG",
+            "/v3/content_types/blog;v=1/entries/e1",
+            "/v3/content_types",
+        ] {
+            assert!(line.affects(read, false), "{read}");
+        }
+        assert!(!line.affects("/v3/content_types/page", false));
+        assert!(
+            Invalidation::of("/v3/content_types/blog.json")
+                .affects("/v3/content_types/blog", false)
+        );
+        assert!(matches!(
+            Invalidation::of("/v3/Content_Types/blog"),
+            Invalidation::Line(_)
+        ));
+        assert!(is_wide(Some("a=1;include[]=ref")));
+        assert!(is_wide(Some("INCLUDE[]=ref")));
     }
 }

@@ -87,9 +87,11 @@ pub enum ProxyError {
         "the login body is not Contentstack's login request ({0}); send {{\"user\":{{\"email\":\"…\",\"password\":\"…\"}}}}. The proxy answers logins itself with its own session (policy.session_endpoint = \"emulate\") and discards the credentials sent"
     )]
     MalformedLogin(&'static str),
-    /// Contentstack answered `GET /v3/user`, the user object an emulated login returns, with
-    /// something that is not one.
-    #[error("Contentstack's answer to GET /v3/user, the user object of an emulated login, {0}")]
+    /// Contentstack's answer to `/v3/user`, the user object (which carries the token the proxy
+    /// takes out, and which an emulated login returns), could not be read as one.
+    #[error(
+        "Contentstack's answer to /v3/user, the user object (which carries the session token the proxy takes out), {0}"
+    )]
     UnreadableUser(&'static str),
     /// Over `server.max_connections`: answered by the acceptor, before any request is read.
     #[error("too many connections to the proxy (server.max_connections); retry shortly")]

@@ -62,8 +62,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
 /// `x-cma-auth-proxy-error` too, so that header always means "the proxy itself answered".
 pub fn prepare_response(headers: &mut HeaderMap) {
     remove_hop_by_hop(headers);
-    // One hash lookup; upstream responses almost never carry it.
+    // The proxy's own headers say what the proxy did, never what an upstream claims: one hash
+    // lookup each; upstream responses almost never carry them.
     headers.remove(ERROR_HEADER);
+    headers.remove(super::reads::CACHE_HEADER);
 }
 
 /// What a client's header means to [`screen_request`].
@@ -488,9 +490,10 @@ mod tests {
     }
 
     #[test]
-    fn responses_lose_hop_by_hop_headers_and_the_proxys_error_header() {
+    fn responses_lose_hop_by_hop_headers_and_the_proxys_own_headers() {
         let mut h = map(&[
             ("x-cma-auth-proxy-error", "policy_denied"),
+            ("x-cma-auth-proxy-cache", "hit"),
             ("connection", "close"),
             ("content-type", "application/json"),
         ]);

@@ -17,6 +17,7 @@ pub mod headers;
 mod placeholder;
 mod profile;
 pub mod reads;
+mod scrub;
 mod session;
 pub mod target;
 pub mod upstream;
@@ -269,6 +270,15 @@ impl Proxy {
         if let Some(peer) = peer {
             headers::append_forwarded_for(&mut parts.headers, peer);
         }
+        // Contentstack's user object carries the token: that answer is read whole to take it out,
+        // and so must come uncompressed.
+        let carries_token = crate::policy::is_user_endpoint(&target.path);
+        if carries_token {
+            parts.headers.insert(
+                header::ACCEPT_ENCODING,
+                http::HeaderValue::from_static("identity"),
+            );
+        }
         let uri = upstream_uri(&target, &config)?;
         let content_length = content_length(&parts.headers)?;
         let body = body::take_request_body(
@@ -289,6 +299,7 @@ impl Proxy {
             limiter: self.limiter(&profile.name),
             profile: profile.name.clone(),
             pinned: pinned.cloned(),
+            carries_token,
         };
         if let Some(read) = self.shareable_read(profile, &outbound, &body) {
             return self.forward_read(profile, outbound, read, record).await;
@@ -329,7 +340,7 @@ impl Proxy {
                     RequestBody::Streaming(relay) => (relay, None),
                 };
                 let response = self.send(&outbound, headers, body, record).await?;
-                Ok(relay_response(response))
+                self.answer(response, &outbound, &token.0).await
             }
             Credentials::Login(_) | Credentials::OAuth(_) => {
                 self.forward_with_session(profile, outbound, body, record)
@@ -364,9 +375,10 @@ impl Proxy {
             )
             .await?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            return Ok(relay_response(response));
+            return self.answer(response, &outbound, token.header()).await;
         }
-        let (parts, mut rest) = response.into_parts();
+        let (mut parts, mut rest) = response.into_parts();
+        scrub::drop_headers_carrying(&mut parts.headers, scrub::secret(token.header()));
         let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
             .await
             .map_err(|e| ProxyError::UpstreamBroken(e.into()))?;
@@ -396,7 +408,33 @@ impl Proxy {
                 record,
             )
             .await?;
-        Ok(relay_response(response))
+        self.answer(response, &outbound, token.header()).await
+    }
+
+    /// The upstream's answer as the client gets it: no header that carries the credential sent,
+    /// and, for an answer that carries the token in its body, the placeholder in its place
+    /// (docs/design.md#answers-that-carry-the-token).
+    async fn answer(
+        &self,
+        response: Response<Incoming>,
+        outbound: &Outbound,
+        credential: &http::HeaderValue,
+    ) -> Result<Response<Relay>, ProxyError> {
+        let secret = scrub::secret(credential);
+        let (mut parts, body) = response.into_parts();
+        scrub::drop_headers_carrying(&mut parts.headers, secret);
+        if !outbound.carries_token {
+            return Ok(upstream_response(
+                parts,
+                Relay::response(Default::default(), body),
+            ));
+        }
+        let placeholder = self.sessions.placeholder().as_str();
+        let body = scrub::body(&parts.headers, body, secret, placeholder, outbound.timeout).await?;
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, body.len().into());
+        Ok(upstream_response(parts, Relay::full(body)))
     }
 
     async fn token(&self, profile: &ProfileConfig) -> Result<TokenLease, ProxyError> {
@@ -563,6 +601,8 @@ struct Outbound {
     profile: Arc<str>,
     /// The upstream connection of the client connection the request came on.
     pinned: Option<Arc<upstream::Pinned>>,
+    /// Whether the answer may carry the token (the user object).
+    carries_token: bool,
 }
 
 /// The request's headers with the profile's token: `authtoken`, or an OAuth profile's
@@ -571,11 +611,6 @@ fn with_token(headers: &HeaderMap, token: &Token) -> HeaderMap {
     let mut headers = headers.clone();
     headers.insert(token.header_name(), token.header().clone());
     headers
-}
-
-fn relay_response(response: Response<Incoming>) -> Response<Relay> {
-    let (parts, body) = response.into_parts();
-    upstream_response(parts, Relay::response(Default::default(), body))
 }
 
 fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<Relay> {

@@ -39,15 +39,18 @@ pub const SHARE_BUDGET: u64 = 64 << 20;
 static SHARING: AtomicU64 = AtomicU64::new(0);
 
 /// The reads of each profile: its cache, and the account under which a fleet shares its writes.
-#[derive(Default)]
 pub struct ProfileReads {
     pub cache: Option<Arc<ReadCache>>,
     pub account: Option<String>,
+    /// Whom the cache read as: another account's answers are not this one's.
+    credentials: crate::config::Credentials,
 }
 
 pub type Reads = HashMap<Arc<str>, ProfileReads>;
 
-/// Caches for `config`, keeping those whose settings did not change (and what they hold).
+/// Caches for `config`, keeping those whose settings and credentials did not change (and what they
+/// hold): a profile moved to another account (or management token, or OAuth app) starts empty, as
+/// what the old one could read is not what the new one may.
 pub fn reads(config: &Config, tokens: &TokenManager, metrics: &Metrics, previous: &Reads) -> Reads {
     config
         .profiles
@@ -55,13 +58,25 @@ pub fn reads(config: &Config, tokens: &TokenManager, metrics: &Metrics, previous
         .map(|p| {
             metrics.reads_of(&p.name, p.cache.is_some());
             let cache = p.cache.as_ref().map(|settings| {
-                match previous.get(&p.name).and_then(|r| r.cache.as_ref()) {
+                let kept = previous
+                    .get(&p.name)
+                    .filter(|r| r.credentials == p.credentials)
+                    .and_then(|r| r.cache.as_ref());
+                match kept {
                     Some(cache) if cache.config == *settings => cache.clone(),
                     _ => Arc::new(ReadCache::new(settings)),
                 }
             });
             let account = tokens.shared_budget(p).map(|(_, account)| account);
-            (p.name.clone(), ProfileReads { cache, account })
+            let credentials = p.credentials.clone();
+            (
+                p.name.clone(),
+                ProfileReads {
+                    cache,
+                    account,
+                    credentials,
+                },
+            )
         })
         .collect()
 }

@@ -216,6 +216,7 @@ impl Proxy {
             limiter: self.limiter(&profile.name),
             profile: profile.name.clone(),
             pinned: None,
+            carries_token: true,
         };
         let response = self
             .dispatch(

@@ -212,7 +212,10 @@ impl Sim {
             }));
         }
         match (parts.method.clone(), path) {
-            (Method::GET, "/v3/user") => self.user(&email),
+            (Method::GET, "/v3/user") => {
+                let token = parts.headers.get("authtoken").and_then(|v| v.to_str().ok());
+                self.user(&email, token)
+            }
             (Method::POST | Method::PUT, "/v3/_sim/upload") => upload(body).await,
             (Method::GET, "/v3/_sim/download") => {
                 let n = parts
@@ -367,11 +370,16 @@ impl Sim {
         Reply::ok(json!({ "notice": "You've logged out successfully!" }))
     }
 
-    fn user(&self, email: &str) -> Reply {
+    /// `GET /v3/user`: as Contentstack documents it, the user object carries the session's
+    /// `authtoken` (the one the request was sent with).
+    fn user(&self, email: &str, authtoken: Option<&str>) -> Reply {
         let state = self.state();
         let account = state.accounts.get(email).map(|a| &a.account);
         let org = account.map(|a| a.org_uid.clone()).unwrap_or_default();
         let mut user = user_json(email, &org);
+        if let Some(token) = authtoken {
+            user["authtoken"] = token.into();
+        }
         // As Contentstack says: an account that logs in with a TOTP code has two-factor on.
         user["tfa_enabled"] = account.is_some_and(|a| a.totp_secret.is_some()).into();
         Reply::ok(json!({ "user": user }))
