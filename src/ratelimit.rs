@@ -45,9 +45,14 @@ impl RequestKind {
         }
     }
 
-    /// `path` is the normalized path that is sent.
+    /// `path` is the normalized path that is sent. Bulk is told as a server may read the path: in
+    /// any case, its second segment with `;params` or a format suffix (`/v3/Bulk;x/publish`).
     pub fn of(method: &http::Method, path: &str) -> RequestKind {
-        if path == "/v3/bulk" || path.starts_with("/v3/bulk/") {
+        let mut segments = path.split('/').skip(1);
+        let version = segments.next().unwrap_or_default();
+        let second = segments.next().unwrap_or_default();
+        let second = second.split([';', '.']).next().unwrap_or_default();
+        if version.eq_ignore_ascii_case("v3") && second.eq_ignore_ascii_case("bulk") {
             RequestKind::Bulk
         } else if matches!(*method, http::Method::GET | http::Method::HEAD) {
             RequestKind::Read
@@ -450,6 +455,19 @@ mod tests {
             RequestKind::of(&Method::POST, "/v3/bulkish"),
             RequestKind::Write
         );
+        // In every spelling a server may read as bulk.
+        for path in [
+            "/v3/Bulk/publish",
+            "/v3/bulk;x/publish",
+            "/V3/BULK",
+            "/v3/bulk.json",
+        ] {
+            assert_eq!(
+                RequestKind::of(&Method::POST, path),
+                RequestKind::Bulk,
+                "{path}"
+            );
+        }
     }
 
     fn unset() -> RateLimitConfig {

@@ -870,3 +870,39 @@ async fn an_idle_http2_connection_that_ignores_its_goaway_is_closed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn kept_bodies_filling_their_budget_do_not_refuse_a_login() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "replay_body_limit = \"64KiB\"\nreplay_memory = \"100KiB\"\nbody_idle_timeout = \"30s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    // Two incomplete 50 KiB bodies take the whole 100 KiB; a third streams, and so is seen
+    // upstream: by then the first two are kept.
+    let head = |n: u32| {
+        format!(
+            "POST /v3/_sim/upload?n={n} HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: 51200\r\n\r\n"
+        )
+    };
+    let mut held = Vec::new();
+    for n in 1..=3 {
+        held.push(body_then_silence(&proxy, &head(n), &[b'x'; 1000]).await);
+    }
+    eventually(5, "the body past the budget streams upstream", || async {
+        fake.requests().iter().any(|r| r.path == "/v3/_sim/upload")
+    })
+    .await;
+    // A 60-byte emulated login is not "larger than 64 KiB" because uploads hold the budget.
+    let login = proxy
+        .request(reqwest::Method::POST, "/v3/user-session")
+        .json(&serde_json::json!({"user": {"email": "me@example.com", "password": "x"}}))
+        .send()
+        .await
+        .unwrap();
+    let status = login.status();
+    assert_eq!(status, 200, "{}", login.text().await.unwrap());
+    drop(held);
+}

@@ -19,6 +19,7 @@ struct Seen {
     connection: usize,
     target: String,
     host: String,
+    version: http::Version,
 }
 
 #[derive(Default)]
@@ -40,15 +41,45 @@ impl Upstream {
     }
 }
 
+/// How the test upstream is reached.
+enum Serve {
+    Plain,
+    /// TLS offering these protocols by ALPN; the CA file that trusts it is written to `ca`.
+    Tls {
+        alpn: &'static [&'static [u8]],
+        ca: std::path::PathBuf,
+    },
+}
+
 /// An HTTP/1.1 upstream that records each request; a request with `x-close: 1` is answered with
 /// `connection: close`.
 async fn upstream() -> (std::net::SocketAddr, Arc<Upstream>) {
+    upstream_serving(Serve::Plain).await
+}
+
+/// An upstream as `serve` says, HTTP/1.1 or HTTP/2 as ALPN chose, recording each request.
+async fn upstream_serving(serve: Serve) -> (std::net::SocketAddr, Arc<Upstream>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(Upstream::default());
     let shared = state.clone();
+    let acceptor = match serve {
+        Serve::Plain => None,
+        Serve::Tls { alpn, ca } => {
+            let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+            std::fs::write(&ca, key.cert.pem()).unwrap();
+            let mut tls = cma_auth_proxy::tls::server_config(
+                key.cert.pem().as_bytes(),
+                key.signing_key.serialize_pem().as_bytes(),
+            )
+            .unwrap();
+            tls.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls)))
+        }
+    };
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
             let connection = {
                 let mut accepted = shared.accepted.lock().unwrap();
                 *accepted += 1;
@@ -63,6 +94,7 @@ async fn upstream() -> (std::net::SocketAddr, Arc<Upstream>) {
                     async move {
                         state.seen.lock().unwrap().push(Seen {
                             connection,
+                            version: req.version(),
                             target: req.uri().to_string(),
                             host: req
                                 .headers()
@@ -80,9 +112,16 @@ async fn upstream() -> (std::net::SocketAddr, Arc<Upstream>) {
                         Ok::<_, std::convert::Infallible>(response)
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let auto = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = match acceptor {
+                    None => auto.serve_connection(TokioIo::new(stream), service).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => auto.serve_connection(TokioIo::new(stream), service).await,
+                        Err(_) => Ok(()),
+                    },
+                };
                 *state.open.lock().unwrap() -= 1;
             });
         }
@@ -91,10 +130,14 @@ async fn upstream() -> (std::net::SocketAddr, Arc<Upstream>) {
 }
 
 async fn proxy_to(upstream: std::net::SocketAddr) -> cma_auth_proxy::Running {
+    proxy_to_url(&format!("http://{upstream}"), "").await
+}
+
+async fn proxy_to_url(url: &str, upstream_extra: &str) -> cma_auth_proxy::Running {
     let config = cma_auth_proxy::Config::from_toml(
         &format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
-             [upstream]\nurl = \"http://{upstream}\"\n\
+             [upstream]\nurl = \"{url}\"\n{upstream_extra}\n\
              [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n\
              coalesce_reads = false\n"
         ),
@@ -217,5 +260,64 @@ async fn a_pinned_connection_the_upstream_closes_is_replaced() {
         "{seen:?}"
     );
     assert_eq!(connection(5), connection(4), "{seen:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn over_tls_a_pinned_connection_speaks_http1_and_an_http2_upstream_pins_nothing() {
+    // An upstream offering only HTTP/1.1: pinned connections, over TLS, verified like the pool's.
+    let ca = common::tempdir().join("ca.pem");
+    let (addr, upstream) = upstream_serving(Serve::Tls {
+        alpn: &[b"http/1.1"],
+        ca: ca.clone(),
+    })
+    .await;
+    let extra = format!("ca_file = \"{}\"", ca.display());
+    let proxy = proxy_to_url(&format!("https://{addr}"), &extra).await;
+    let mut client = Client::connect(&proxy).await;
+    for n in 1..=4 {
+        assert_eq!(
+            client.get(&format!("/v3/content_types?n={n}"), false).await,
+            200
+        );
+    }
+    let seen = upstream.seen();
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_11),
+        "{seen:?}"
+    );
+    assert!(seen[1].connection != seen[0].connection, "{seen:?}");
+    assert!(
+        seen[1..].iter().all(|s| s.connection == seen[1].connection),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|s| s.host == addr.to_string()), "{seen:?}");
+    proxy.shutdown().await;
+
+    // Contentstack's edge offers HTTP/2: the pool's one connection carries everything, and no
+    // request carries a `host` header beside `:authority` (nginx refuses such a request with 400).
+    let ca = common::tempdir().join("ca.pem");
+    let (addr, upstream) = upstream_serving(Serve::Tls {
+        alpn: &[b"h2", b"http/1.1"],
+        ca: ca.clone(),
+    })
+    .await;
+    let extra = format!("ca_file = \"{}\"", ca.display());
+    let proxy = proxy_to_url(&format!("https://{addr}"), &extra).await;
+    let mut client = Client::connect(&proxy).await;
+    for n in 1..=4 {
+        assert_eq!(
+            client.get(&format!("/v3/content_types?n={n}"), false).await,
+            200
+        );
+    }
+    let seen = upstream.seen();
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_2),
+        "{seen:?}"
+    );
+    assert!(seen.iter().all(|s| s.connection == 1), "{seen:?}");
+    assert!(seen.iter().all(|s| s.host.is_empty()), "{seen:?}");
+    assert_eq!(upstream.accepted(), 1);
     proxy.shutdown().await;
 }

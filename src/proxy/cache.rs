@@ -182,7 +182,14 @@ impl ReadCache {
                 path: path.into(),
                 wide,
             };
-            self.entries.insert(key, Arc::new(cached));
+            self.entries.insert(key.clone(), Arc::new(cached));
+            // An invalidation that ran between the check above and the insert did not see the
+            // entry (moka's predicates cover only the entries present when they are registered):
+            // it bumped the epoch first, so look again.
+            if self.epoch() != epoch || !self.live.load(Ordering::Acquire) {
+                self.entries.invalidate(&key);
+                return false;
+            }
         }
         keep
     }

@@ -170,6 +170,14 @@ impl Proxy {
                 FlightState::Abandoned | FlightState::Pending => continue,
             }
         };
+        // A follower that took over from a leader that failed has waited already: its request
+        // gets what is left of its own deadline, not a new one.
+        let mut outbound = outbound;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProxyError::UpstreamTimeout(outbound.timeout));
+        }
+        outbound.timeout = outbound.timeout.min(left);
         let epoch = read.cache.as_ref().map(|c| c.epoch());
         let empty =
             RequestBody::Replayable(Bytes::new(), crate::body::Held::none(&*self.replay_budget));

@@ -47,7 +47,14 @@ pub struct Sessions {
     /// Per profile: the user object, and the session it was read with. Kept while that session is
     /// the profile's current one; at most one entry per configured profile.
     users: Mutex<HashMap<Arc<str>, CachedUser>>,
+    /// Login bodies are kept against a budget of their own: kept request bodies filling
+    /// `replay_memory` must not turn a 40-byte login into a refusal.
+    login_bodies: Arc<crate::body::ReplayBudget>,
 }
+
+/// Memory for login bodies being read at once: 64 of the largest accepted (a real one is about
+/// 100 bytes).
+const LOGIN_MEMORY: u64 = 64 * LOGIN_BODY_LIMIT;
 
 struct CachedUser {
     /// Compared by address; a `Weak` keeps the address from being reused while it is held.
@@ -89,6 +96,7 @@ impl Default for Sessions {
         Sessions {
             placeholder: Placeholder::new(),
             users: Mutex::default(),
+            login_bodies: crate::body::ReplayBudget::new(LOGIN_MEMORY),
         }
     }
 }
@@ -156,7 +164,7 @@ impl Proxy {
             LOGIN_BODY_LIMIT,
             config.server.max_body,
             config.server.body_pace,
-            &self.replay_budget,
+            &self.sessions.login_bodies,
         )
         .await?;
         let response = match action {
@@ -312,7 +320,9 @@ impl<'de> Deserialize<'de> for Discarded {
 /// value it choked on.
 fn check_login_body(body: &RequestBody) -> Result<(), ProxyError> {
     let RequestBody::Replayable(bytes, _) = body else {
-        return Err(ProxyError::MalformedLogin("it is larger than 64 KiB"));
+        return Err(ProxyError::MalformedLogin(
+            "it is larger than 64 KiB, or more logins than the proxy keeps at once are being sent",
+        ));
     };
     serde_json::from_slice::<LoginBody>(bytes)
         .map(drop)

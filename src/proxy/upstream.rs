@@ -61,7 +61,7 @@ struct PinTarget {
     port: u16,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
-    /// The `Host` header every forwarded request carries (the pool would add the same one).
+    /// The `Host` header of a pinned request, as the pool writes it for HTTP/1.
     host_header: HeaderValue,
 }
 
@@ -117,9 +117,6 @@ impl UpstreamClients {
         mut request: Request<Relay>,
         pin: Option<&Pinned>,
     ) -> Result<Response<Incoming>, SendError> {
-        request
-            .headers_mut()
-            .insert(header::HOST, self.target.host_header.clone());
         // (A client connection's first request always takes the pool, and tells what it speaks.)
         let pin = pin.filter(|_| {
             self.spoken.load(std::sync::atomic::Ordering::Relaxed) != HTTP2
@@ -158,6 +155,11 @@ impl UpstreamClients {
             },
         };
         let (mut parts, body) = request.into_parts();
+        // What the pool writes for HTTP/1 by itself (and, over HTTP/2, must not: `:authority`
+        // says it, and servers refuse both).
+        parts
+            .headers
+            .insert(header::HOST, self.target.host_header.clone());
         let absolute = std::mem::take(&mut parts.uri);
         parts.uri = absolute
             .path_and_query()
@@ -176,6 +178,7 @@ impl UpstreamClients {
             Err(mut e) => match e.take_message() {
                 Some(mut request) => {
                     pin.reopen();
+                    request.headers_mut().remove(header::HOST);
                     *request.uri_mut() = absolute;
                     Sent::NotSent(request)
                 }

@@ -19,6 +19,11 @@ const MAX_PATH: usize = 4096;
 /// The pause after a lost subscription before the next try; it doubles up to [`RETRY_MAX`].
 const RETRY_MIN: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(15);
+/// How often the subscription is asked to answer a `PING`. A subscription whose connection died
+/// without a word (a NAT or load balancer forgetting an idle flow, a failover that moved the
+/// address) delivers nothing and ends never; one that does not answer within the store's timeout
+/// is taken as lost.
+const PING_EVERY: Duration = Duration::from_secs(5);
 
 /// What the listener reports.
 pub enum Invalidated<'a> {
@@ -113,15 +118,28 @@ async fn listen(store: Weak<RedisStore>, report: impl Fn(Invalidated<'_>) + Send
         // Messages sent before the subscription were missed: what is cached may be stale.
         report(Invalidated::Listening(true));
         tracing::debug!("listening for the fleet's writes");
-        let mut messages = pubsub.into_on_message();
+        let (mut sink, mut messages) = pubsub.split();
         // The store is not kept alive by listening: it is looked up for each message.
         drop(this);
-        while let Some(message) = messages.next().await {
-            let Some(this) = store.upgrade() else { return };
-            if let Some(event) =
-                this.read_invalidation(message.get_channel_name(), message.get_payload_bytes())
-            {
-                report(event);
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let Some(message) = message else { break };
+                    let Some(this) = store.upgrade() else { return };
+                    if let Some(event) =
+                        this.read_invalidation(message.get_channel_name(), message.get_payload_bytes())
+                    {
+                        report(event);
+                    }
+                }
+                _ = ping.tick() => {
+                    let answered = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(answered, Ok(Ok(_))) {
+                        break;
+                    }
+                }
             }
         }
         report(Invalidated::Listening(false));
