@@ -50,7 +50,8 @@ pub struct UpstreamClients {
     pooled: Vec<UpstreamClient>,
     /// For connections of our own (pinned ones): where, and how.
     target: PinTarget,
-    /// [`UNKNOWN`], [`HTTP1`] or [`HTTP2`], from the pool's responses.
+    /// [`UNKNOWN`], [`HTTP1`] or [`HTTP2`], from the pool's responses ([`HTTP2`] from the start
+    /// where nothing may be pinned).
     spoken: std::sync::atomic::AtomicU8,
 }
 
@@ -73,14 +74,20 @@ impl UpstreamClients {
             .authority
             .port_u16()
             .unwrap_or(if https { 443 } else { 80 });
-        let tls_pinned = https.then(|| {
-            let mut config = tls.clone();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
-                .map(|n| n.to_owned())
-                .expect("the upstream's host was validated as a URI authority");
-            (tokio_rustls::TlsConnector::from(Arc::new(config)), name)
-        });
+        // A host rustls cannot verify a certificate for is one the pool cannot reach either;
+        // such a proxy pins nothing rather than fail to start.
+        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
+            .map(|n| n.to_owned());
+        let (tls_pinned, pinning) = match (https, name) {
+            (false, _) => (None, true),
+            (true, Ok(name)) => {
+                let mut config = tls.clone();
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+                (Some((connector, name)), true)
+            }
+            (true, Err(_)) => (None, false),
+        };
         // As hyper's pool would write it: the port only when it is not the scheme's default.
         let default_port = upstream.authority.port_u16() == Some(if https { 443 } else { 80 });
         let host_header = HeaderValue::from_str(if default_port {
@@ -100,7 +107,7 @@ impl UpstreamClients {
                 connect_timeout: upstream.connect_timeout,
                 host_header,
             },
-            spoken: std::sync::atomic::AtomicU8::new(UNKNOWN),
+            spoken: std::sync::atomic::AtomicU8::new(if pinning { UNKNOWN } else { HTTP2 }),
         }
     }
 
@@ -134,8 +141,11 @@ impl UpstreamClients {
         } else {
             HTTP1
         };
-        self.spoken
-            .store(spoken, std::sync::atomic::Ordering::Relaxed);
+        // Written when it changes, read by every request: no shared cache line bounced per request.
+        if self.spoken.load(std::sync::atomic::Ordering::Relaxed) != spoken {
+            self.spoken
+                .store(spoken, std::sync::atomic::Ordering::Relaxed);
+        }
         Ok(response)
     }
 
@@ -194,26 +204,24 @@ enum Sent {
 }
 
 impl PinTarget {
-    /// A new HTTP/1.1 connection to the upstream, its task running on this worker. The request's
-    /// deadline bounds it as a whole, `connect_timeout` the TCP connect.
+    /// A new HTTP/1.1 connection to the upstream, its task running on this worker, within
+    /// `connect_timeout` (TCP and TLS together: a request that cannot have it soon takes the pool).
     async fn connect(&self) -> std::io::Result<http1::SendRequest<Relay>> {
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect((
-                self.host.trim_start_matches('[').trim_end_matches(']'),
-                self.port,
-            )),
-        )
-        .await
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        tcp.set_nodelay(true)?;
-        match &self.tls {
-            None => handshake(tcp).await,
-            Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await?;
-                handshake(tls).await
+        let connect = async {
+            let host = self.host.trim_start_matches('[').trim_end_matches(']');
+            let tcp = tokio::net::TcpStream::connect((host, self.port)).await?;
+            tcp.set_nodelay(true)?;
+            match &self.tls {
+                None => handshake(tcp).await,
+                Some((connector, name)) => {
+                    let tls = connector.connect(name.clone(), tcp).await?;
+                    handshake(tls).await
+                }
             }
-        }
+        };
+        tokio::time::timeout(self.connect_timeout, connect)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?
     }
 }
 
