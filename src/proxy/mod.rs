@@ -188,7 +188,10 @@ impl Proxy {
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
         let mut record = AccessRecord::default();
-        let response = match self.forward(req, peer, pinned, &mut record).await {
+        // The request path's future is large (kilobytes: every step's state, the send, the
+        // replay); boxed once here, it is not copied again each time a caller's future moves
+        // (docs/design.md#performance).
+        let response = match Box::pin(self.forward(req, peer, pinned, &mut record)).await {
             Ok(response) => response,
             Err(e) => {
                 record.error = Some(e.reason());
@@ -255,9 +258,16 @@ impl Proxy {
         headers::remove_hop_by_hop(&mut parts.headers);
         if let Some(action) = session::emulated(&parts, &config.policy) {
             let api_key = target.api_key.as_deref();
-            return self
-                .emulate_session(action, &mut parts.headers, api_key, body, &config, record)
-                .await;
+            // Boxed: rare, and as large as a forward of its own.
+            return Box::pin(self.emulate_session(
+                action,
+                &mut parts.headers,
+                api_key,
+                body,
+                &config,
+                record,
+            ))
+            .await;
         }
         config
             .policy
@@ -430,7 +440,16 @@ impl Proxy {
             ));
         }
         let placeholder = self.sessions.placeholder().as_str();
-        let body = scrub::body(&parts.headers, body, secret, placeholder, outbound.timeout).await?;
+        // Boxed, like every rarely taken large future on the request path: inline, it would be
+        // copied with every request's future.
+        let body = Box::pin(scrub::body(
+            &parts.headers,
+            body,
+            secret,
+            placeholder,
+            outbound.timeout,
+        ))
+        .await?;
         parts
             .headers
             .insert(header::CONTENT_LENGTH, body.len().into());
@@ -482,9 +501,8 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let retry = outbound.kind == RequestKind::Read && hyper::body::Body::is_end_stream(&body);
         let headers_again = retry.then(|| headers.clone());
-        let response = self
-            .send_once(outbound, headers, body, record, false)
-            .await?;
+        // Boxed: the sending future would otherwise be copied into each future above it.
+        let response = Box::pin(self.send_once(outbound, headers, body, record, false)).await?;
         let (Some(limiter), Some(headers)) = (&outbound.limiter, headers_again) else {
             return Ok(response);
         };

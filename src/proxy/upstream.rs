@@ -155,7 +155,9 @@ impl UpstreamClients {
             // The first request of a connection takes the pool: a client that sends one request
             // per connection never costs Contentstack a connection of its own.
             Taken::FirstRequest | Taken::Busy | Taken::Failed => return Sent::NotSent(request),
-            Taken::Open => match self.target.connect().await {
+            // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a large future, taken once per
+            // client connection; inline it would be copied with every request's future.
+            Taken::Open => match Box::pin(self.target.connect()).await {
                 Ok(sender) => sender,
                 Err(e) => {
                     tracing::debug!("no pinned upstream connection, using the pool: {e}");
