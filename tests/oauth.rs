@@ -629,22 +629,8 @@ async fn no_oauth_secret_reaches_the_log_the_status_or_the_metrics() {
         get().await.unwrap().status() == 503
     })
     .await;
-    let status = client
-        .get(format!("{}/status", binary.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = client
-        .get(format!("{}/metrics", binary.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = text(&format!("{}/status", binary.admin)).await;
+    let metrics = text(&format!("{}/metrics", binary.admin)).await;
     let log = binary.log_text();
     assert!(log.contains("refreshed the OAuth access token"), "{log}");
     let issued = fake.issued_oauth_tokens();

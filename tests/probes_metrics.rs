@@ -91,12 +91,7 @@ async fn status_shows_no_secret_and_no_token() {
     let fake = fake().await;
     let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
-    let text = reqwest::get(format!("{}/status", proxy.admin))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = text(&format!("{}/status", proxy.admin)).await;
     assert!(!text.contains(PASSWORD));
     for token in fake.issued_tokens() {
         assert!(!text.contains(&token), "{text}");

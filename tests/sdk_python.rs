@@ -48,28 +48,11 @@ async fn a_python_sdk_script_written_without_the_sidecar_works_unchanged() {
         .env_remove("MFA_SECRET");
     let ran = run(command, Duration::from_secs(120)).await;
     println!("--- python unchanged_test.py\n{ran}");
-    assert_eq!(ran.code, Some(0), "the script failed; its output is above");
-    assert!(ran.stdout.contains("all steps passed"));
-    assert!(ran.stdout.contains(&format!("logged in as {EMAIL}")));
-
-    assert!(
-        fake.logouts().is_empty(),
-        "the shared session was logged out"
-    );
-    assert!(
-        fake.login_attempts()
-            .iter()
-            .all(|a| a.email == EMAIL && a.tfa_token.is_none()),
-        "a login other than the proxy's own reached the simulator: {:?}",
-        fake.login_attempts()
-    );
-    let upstream = format!("{:?}", fake.requests());
-    for secret in [SCRIPT_EMAIL, SCRIPT_PASSWORD, "cma-auth-proxy-session-"] {
-        assert!(!upstream.contains(secret), "{secret} reached the simulator");
-    }
-    let counted = |action: &str| {
-        format!(r#"cma_auth_proxy_emulated_sessions_total{{profile="default",action="{action}"}}"#)
-    };
-    assert_eq!(metric(&proxy.admin, &counted("login")).await, 1.0);
-    assert_eq!(metric(&proxy.admin, &counted("logout")).await, 1.0);
+    assert_unchanged_script_kept_the_session(
+        &ran,
+        &fake,
+        &proxy.admin,
+        &[SCRIPT_EMAIL, SCRIPT_PASSWORD],
+    )
+    .await;
 }

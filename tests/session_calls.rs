@@ -164,22 +164,8 @@ async fn a_login_reply_that_echoes_the_request_leaks_the_password_nowhere() {
         .unwrap();
     assert_eq!(response.status(), 503);
     let body = response.text().await.unwrap();
-    let status = client
-        .get(format!("{}/status", binary.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = client
-        .get(format!("{}/metrics", binary.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let status = text(&format!("{}/status", binary.admin)).await;
+    let metrics = text(&format!("{}/metrics", binary.admin)).await;
     let log = stop(binary).await;
     assert!(
         fake.login_attempts()

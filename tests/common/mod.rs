@@ -411,13 +411,48 @@ pub async fn counter_reaching(admin: &str, series: &str, at_least: f64) -> f64 {
 }
 
 pub async fn metrics(admin: &str) -> std::collections::HashMap<String, f64> {
-    let text = reqwest::get(format!("{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    parse_metrics(&text)
+    parse_metrics(&text(&format!("{admin}/metrics")).await)
+}
+
+/// The body of `GET url`, as text (an admin page: `/status`, `/metrics`).
+pub async fn text(url: &str) -> String {
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
+/// What an unchanged login/logout script (an SDK's or the CLI's) must have left behind, run
+/// through session emulation: it passed, it logged in as the service account, the shared session
+/// was never logged out, no login but the proxy's own reached Contentstack, none of the script's
+/// own credentials (`script_secrets`) nor the placeholder went upstream, and one emulated login
+/// and one logout were counted.
+pub async fn assert_unchanged_script_kept_the_session(
+    ran: &tools::Ran,
+    fake: &FakeCma,
+    admin: &str,
+    script_secrets: &[&str],
+) {
+    assert_eq!(ran.code, Some(0), "the script failed; its output is above");
+    assert!(ran.stdout.contains("all steps passed"));
+    assert!(ran.stdout.contains(&format!("logged in as {EMAIL}")));
+    assert!(
+        fake.logouts().is_empty(),
+        "the shared session was logged out"
+    );
+    assert!(
+        fake.login_attempts()
+            .iter()
+            .all(|a| a.email == EMAIL && a.tfa_token.is_none()),
+        "a login other than the proxy's own reached the simulator: {:?}",
+        fake.login_attempts()
+    );
+    let upstream = format!("{:?}", fake.requests());
+    for secret in script_secrets.iter().chain(&["cma-auth-proxy-session-"]) {
+        assert!(!upstream.contains(secret), "{secret} reached the simulator");
+    }
+    let counted = |action: &str| {
+        format!(r#"cma_auth_proxy_emulated_sessions_total{{profile="default",action="{action}"}}"#)
+    };
+    assert_eq!(metric(admin, &counted("login")).await, 1.0);
+    assert_eq!(metric(admin, &counted("logout")).await, 1.0);
 }
 
 /// The Kubernetes layout of a mounted Secret: `dir/..data -> ..TIMESTAMP/`, `dir/KEY -> ..data/KEY`.
