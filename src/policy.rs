@@ -327,16 +327,7 @@ fn readings(path: &str) -> Vec<Cow<'_, str>> {
 /// `/user-session`, `/v3/user-session` or `/v2/USER-SESSION` and anything below: the session stays
 /// out of reach whatever older API versions the upstream still routes.
 fn is_session_endpoint(path: &str) -> bool {
-    let mut segments = path.split('/').skip(1);
-    let first = segments.next().unwrap_or_default();
-    let is_version = first.len() > 1
-        && first.starts_with(['v', 'V'])
-        && first[1..].bytes().all(|b| b.is_ascii_digit());
-    let target = if is_version {
-        segments.next().unwrap_or_default()
-    } else {
-        first
-    };
+    let (target, _) = endpoint(path);
     target.eq_ignore_ascii_case(SESSION_SEGMENT)
 }
 
@@ -345,18 +336,25 @@ fn is_session_endpoint(path: &str) -> bool {
 /// (docs/design.md#answers-that-carry-the-token).
 pub fn is_user_endpoint(path: &str) -> bool {
     readings(path).iter().any(|reading| {
-        let mut segments = reading.split('/').skip(1);
-        let first = segments.next().unwrap_or_default();
-        let is_version = first.len() > 1
-            && first.starts_with(['v', 'V'])
-            && first[1..].bytes().all(|b| b.is_ascii_digit());
-        let target = if is_version {
-            segments.next().unwrap_or_default()
-        } else {
-            first
-        };
-        target.eq_ignore_ascii_case(USER_SEGMENT) && segments.next().is_none()
+        let (target, mut below) = endpoint(reading);
+        target.eq_ignore_ascii_case(USER_SEGMENT) && below.next().is_none()
     })
+}
+
+/// The segment that names the endpoint, after an API version if the path starts with one
+/// (`v3`, `V2`), and the segments below it.
+fn endpoint(path: &str) -> (&str, std::str::Split<'_, char>) {
+    let mut segments = path.split('/');
+    segments.next();
+    let first = segments.next().unwrap_or_default();
+    let is_version = first.len() > 1
+        && first.starts_with(['v', 'V'])
+        && first[1..].bytes().all(|b| b.is_ascii_digit());
+    if is_version {
+        (segments.next().unwrap_or_default(), segments)
+    } else {
+        (first, segments)
+    }
 }
 
 fn without_format(path: &str) -> Option<&str> {
