@@ -447,55 +447,6 @@ async fn broken_redis(garbage: bool) -> (String, Arc<AtomicUsize>) {
     (url, accepted)
 }
 
-/// A TCP relay in front of a Redis that can stop passing bytes either way, as a partition does:
-/// the connection stays open and nothing answers.
-struct Relay {
-    url: String,
-    paused: Arc<AtomicBool>,
-}
-
-impl Relay {
-    async fn start(port: u16) -> Relay {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("redis://{}", listener.local_addr().unwrap());
-        let paused = Arc::new(AtomicBool::new(false));
-        let paused_flag = paused.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-                    continue;
-                };
-                let (client_read, client_write) = client.into_split();
-                let (server_read, server_write) = server.into_split();
-                tokio::spawn(Self::pass(client_read, server_write, paused_flag.clone()));
-                tokio::spawn(Self::pass(server_read, client_write, paused_flag.clone()));
-            }
-        });
-        Relay { url, paused }
-    }
-
-    async fn pass(
-        mut from: tokio::net::tcp::OwnedReadHalf,
-        mut to: tokio::net::tcp::OwnedWriteHalf,
-        paused: Arc<AtomicBool>,
-    ) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut buf = [0u8; 16 * 1024];
-        while let Ok(n) = from.read(&mut buf).await {
-            if n == 0 {
-                return;
-            }
-            if !paused.load(Ordering::SeqCst) && to.write_all(&buf[..n]).await.is_err() {
-                return;
-            }
-        }
-    }
-
-    fn pause(&self, paused: bool) {
-        self.paused.store(paused, Ordering::SeqCst);
-    }
-}
-
 /// A store that takes connections but does not work costs the first request at most one store
 /// `timeout`; after that, requests skip it and use this replica's own budget at once, and the
 /// broken server sees no connection per request.
@@ -601,7 +552,7 @@ async fn a_store_that_stops_answering_is_skipped_until_it_answers_again() {
         "the session went through the relay"
     );
 
-    relay.pause(true);
+    relay.silence(true);
     // The requests in flight when the store falls silent wait for it (at most `timeout`, together).
     let statuses = burst(std::slice::from_ref(&replica), 20).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -609,7 +560,7 @@ async fn a_store_that_stops_answering_is_skipped_until_it_answers_again() {
     unheld_burst(&replica, 20).await;
     assert_ne!(status(&replica.admin).await["token_store"]["state"], "up");
 
-    relay.pause(false);
+    relay.silence(false);
     eventually(30, "the replica uses the store again", || async {
         status(&replica.admin).await["token_store"]["state"] == "up"
     })

@@ -571,11 +571,66 @@ async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers()
     .await;
     assert_eq!(fake.refresh_attempts().len(), refreshes_before);
     redis.restart();
-    eventually(30, "both replicas serve again", || async {
+    // The first replica back puts its refresh token back, and the fleet settles before refreshing.
+    eventually(60, "both replicas serve again", || async {
         get(0).await.status() == 200 && get(1).await.status() == 200
     })
     .await;
-    let attempts = refreshes(&fake);
+    assert_each_refresh_token_used_once(&fake);
+    drop(replicas);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A settling window someone planted without an expiry holds refreshes back no longer than one a
+/// replica starts (20 s), and the 503 says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_settling_window_planted_in_the_store_lasts_no_longer_than_a_real_one() {
+    let fake = oauth_fake(Duration::from_secs(3600)).await;
+    let redis = RedisServer::start();
+    let bootstrap = fake.authorize_oauth_app().unwrap();
+    let dir = tempdir();
+    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
+    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n\
+             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
+             [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
+             redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
+            fake.url(),
+            redis.url(),
+        ),
+    )
+    .unwrap();
+    let replica = Binary::start(&config, &[]);
+    let client = reqwest::Client::new();
+    let get = || client.get(format!("{}/v3/user", replica.url)).send();
+    assert_eq!(get().await.unwrap().status(), 200);
+    let grant = redis.cli(&["--scan", "--pattern", "cma-auth-proxy:grant:*"]);
+    let settle = grant.trim().replace(":grant:", ":settle:");
+    redis.cli(&["SET", &settle, "planted"]);
+    fake.expire_access_tokens();
+    let response = get().await.unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("had lost the refresh token")
+    );
+    let left: u64 = redis.cli(&["PTTL", &settle]).trim().parse().unwrap();
+    assert!((1..=20_000).contains(&left), "{left}");
+    assert_eq!(fake.refreshes(), 1, "no refresh while the fleet settles");
+    drop(replica);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn assert_each_refresh_token_used_once(fake: &FakeCma) {
+    let attempts = refreshes(fake);
     assert!(attempts.iter().all(|a| a.1 == 200), "{attempts:?}");
     let used: std::collections::HashSet<&String> = attempts.iter().map(|a| &a.0).collect();
     assert_eq!(
@@ -583,7 +638,89 @@ async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers()
         attempts.len(),
         "a refresh token used twice: {attempts:?}"
     );
-    drop(replicas);
+}
+
+/// Redis restarts empty just after a refresh that one replica did not see, and that replica is
+/// the first to reach the store again: the refresh token it puts back is one the fleet has already
+/// used. No replica refreshes before every one had the time to put back its own, so the next
+/// refresh uses the newest, and no refresh token is used twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_the_store_restarts_empty_the_fleet_refreshes_with_its_newest_refresh_token() {
+    let fake = oauth_fake(Duration::from_secs(4)).await;
+    let mut redis = RedisServer::start();
+    let relays = [
+        Relay::start(redis.port).await,
+        Relay::start(redis.port).await,
+    ];
+    let bootstrap = fake.authorize_oauth_app().unwrap();
+    let dir = tempdir();
+    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
+    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
+    let config = |relay: &Relay, name: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                 [upstream]\nurl = \"{}\"\n\
+                 [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
+                 [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
+                 [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
+                 redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
+                fake.url(),
+                relay.url,
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let client = reqwest::Client::new();
+    let get = |replica: &Binary| {
+        let url = format!("{}/v3/user", replica.url);
+        let client = client.clone();
+        async move { client.get(url).send().await.unwrap() }
+    };
+    // The first replica refreshes the handed-in token; the second takes the result from the store.
+    let first = Binary::start(&config(&relays[0], "first.toml"), &[]);
+    eventually(10, "the first replica serves", || async {
+        get(&first).await.status() == 200
+    })
+    .await;
+    let second = Binary::start(&config(&relays[1], "second.toml"), &[]);
+    eventually(10, "the second replica serves", || async {
+        get(&second).await.status() == 200
+    })
+    .await;
+    assert_eq!(fake.refreshes(), 1);
+    // The first loses the store; the second makes the next refresh, which the first never sees.
+    relays[0].cut(true);
+    eventually(15, "the second replica refreshed", || async {
+        fake.refreshes() == 2
+    })
+    .await;
+    // Redis restarts empty, and the first replica is the first to reach it again.
+    relays[1].cut(true);
+    redis.stop();
+    redis.restart();
+    relays[0].cut(false);
+    eventually(30, "the first replica's token is past its use", || async {
+        let response = get(&first).await;
+        response.status() == 503
+            && response
+                .text()
+                .await
+                .unwrap()
+                .contains("had lost the refresh token")
+            || fake.refresh_attempts().len() > 2
+    })
+    .await;
+    relays[1].cut(false);
+    eventually(60, "both replicas serve again", || async {
+        get(&first).await.status() == 200 && get(&second).await.status() == 200
+    })
+    .await;
+    assert_each_refresh_token_used_once(&fake);
+    drop((first, second));
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -367,53 +367,13 @@ async fn a_reload_that_moves_a_profile_to_another_account_starts_its_cache_anew(
     assert_eq!(blog(c, &proxy.url, "default").await.0, "miss");
 }
 
-/// A relay to `to` that can go silent: once `silent` is set it forwards nothing more, either way,
-/// yet keeps every connection open (a NAT or load balancer that forgot the flow).
-async fn relay(to: u16, silent: std::sync::Arc<std::sync::atomic::AtomicBool>) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await else {
-                continue;
-            };
-            let (cr, cw) = client.into_split();
-            let (sr, sw) = server.into_split();
-            for (mut from, mut to, silent) in [
-                (
-                    Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
-                    Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
-                    silent.clone(),
-                ),
-                (Box::new(sr), Box::new(cw), silent.clone()),
-            ] {
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n @ 1..) = from.read(&mut buf).await {
-                        if !silent.load(std::sync::atomic::Ordering::SeqCst)
-                            && to.write_all(&buf[..n]).await.is_err()
-                        {
-                            return;
-                        }
-                    }
-                    // Kept open until the test ends, like a flow nobody closes.
-                    std::future::pending::<()>().await;
-                });
-            }
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_whose_subscription_goes_silent_stops_serving_from_its_cache() {
     let Some(redis) = RedisServer::start_or_skip() else {
         return;
     };
     let fake = fake().await;
-    let silent = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let port = relay(redis.port, silent.clone()).await;
+    let relay = Relay::start(redis.port).await;
     let dir = tempdir();
     std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
     let config = dir.join("config.toml");
@@ -422,9 +382,10 @@ async fn a_replica_whose_subscription_goes_silent_stops_serving_from_its_cache()
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
              [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:{port}\"\nencryption_key_file = \"key\"\n\
+             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
              {}{CACHED}",
             fake.url(),
+            relay.url,
             profile(PASSWORD, "validate_interval = \"0s\""),
         ),
     )
@@ -438,7 +399,7 @@ async fn a_replica_whose_subscription_goes_silent_stops_serving_from_its_cache()
     .await;
     // Redis is still there, but nothing reaches it or comes back: the replica cannot hear the
     // fleet's writes, so its cache must stop answering (long before its 60 s ttl).
-    silent.store(true, std::sync::atomic::Ordering::SeqCst);
+    relay.silence(true);
     eventually(20, "the replica stops serving cached reads", || async {
         blog(&client, &a.url, "default").await.0 != "hit"
     })

@@ -34,7 +34,7 @@ use crate::metrics::{Metrics, StoreEvent, StoreState};
 /// The pause before the first probe after a failure; it doubles after each failed probe.
 const PROBE_MIN: Duration = Duration::from_secs(1);
 /// The longest pause between probes: how late, at worst, a replica notices that Redis is back.
-const PROBE_MAX: Duration = Duration::from_secs(15);
+pub const PROBE_MAX: Duration = Duration::from_secs(15);
 /// Error text kept for `/status` and the log is cut to this many characters.
 const ERROR_TEXT_MAX: usize = 300;
 /// Failed calls that leave the connection usable (a Redis error reply) are logged at most this

@@ -8,6 +8,9 @@
 //!   sealed token}` (a lifetime for OAuth access tokens)
 //! - `grant:{acct}`: an OAuth profile's newest refresh token, `{issued unix ms}:{p|s}:{JSON | sealed
 //!   JSON}`, written by the lock holder right after each refresh
+//! - `settle:{acct}`: while it lives, no replica refreshes: the store had lost the refresh token,
+//!   and every replica gets the time to put back the newest it holds (`SET NX PX` by the first to
+//!   put one back)
 //! - `lock:{acct}`: the login lock, `SET NX PX` with a random fencing value, released by its holder
 //! - `fail:{acct}`: the last failed login (status and `error_code`, when, until when, and a keyed
 //!   tag of the credentials), sealed; expiring when the next attempt is due
@@ -38,7 +41,7 @@ use secrecy::SecretString;
 use crate::config::{LoginCredentials, OAuthCredentials, RedisConfig};
 use crate::metrics::{Metrics, StoreEvent};
 pub use invalidations::Invalidated;
-pub use link::LinkStatus;
+pub use link::{LinkStatus, PROBE_MAX};
 pub use record::{Codec, Invalid, MAX_LIFETIME, MAX_VALUE, SharedFailure, sha256_hex, unix_ms};
 
 /// A session as the store shares it: the header value requests carry (`authtoken`, or an OAuth
@@ -141,7 +144,8 @@ pub struct RedisStore {
     unlock: redis::Script,
     extend: redis::Script,
     delete_if: redis::Script,
-    put_if_newer: redis::Script,
+    restore_grant: redis::Script,
+    settling: redis::Script,
     rate: redis::Script,
     /// This replica's name in the invalidations it publishes, so that it ignores its own.
     origin: String,
@@ -161,7 +165,8 @@ impl RedisStore {
             unlock: redis::Script::new(scripts::UNLOCK),
             extend: redis::Script::new(scripts::EXTEND),
             delete_if: redis::Script::new(scripts::DELETE_IF),
-            put_if_newer: redis::Script::new(scripts::PUT_IF_NEWER),
+            restore_grant: redis::Script::new(scripts::RESTORE_GRANT),
+            settling: redis::Script::new(scripts::SETTLING),
             rate: redis::Script::new(scripts::RATE),
             origin: record::hex(&rand::random::<[u8; 8]>()),
         })
@@ -381,22 +386,46 @@ impl RedisStore {
         .await
     }
 
-    /// Keeps `grant` unless the store holds one issued later; returns whether it was kept. For a
-    /// replica putting back what a store that lost its data no longer has.
-    pub async fn put_grant_if_newer(
+    /// Puts back a refresh token the store does not have (it lost its data, or a refresh could
+    /// not keep it), unless the store holds one issued later; an `unreadable` value is replaced.
+    /// Returns whether it was kept. When the store held no usable refresh token, this also starts
+    /// the settling window of `settle` (see [`Self::grant_settling`]).
+    pub async fn restore_grant(
         &self,
         account: &str,
         grant: &SharedGrant,
+        unreadable: bool,
+        settle: Duration,
     ) -> Result<bool, StoreError> {
         let kept: i64 = self
             .invoke(
-                self.put_if_newer
+                self.restore_grant
                     .key(self.key("grant", account))
+                    .key(self.key("settle", account))
                     .arg(self.codec.grant(account, grant))
-                    .arg(unix_ms(grant.issued_at)),
+                    .arg(unix_ms(grant.issued_at))
+                    .arg(settle.as_millis() as u64)
+                    .arg(if unreadable { "1" } else { "0" }),
             )
             .await?;
         Ok(kept == 1)
+    }
+
+    /// How much is left of the settling window a restored refresh token started (at most
+    /// `settle`), if any: until it ends, no replica refreshes.
+    pub async fn grant_settling(
+        &self,
+        account: &str,
+        settle: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        let left: i64 = self
+            .invoke(
+                self.settling
+                    .key(self.key("settle", account))
+                    .arg(settle.as_millis() as u64),
+            )
+            .await?;
+        Ok((left > 0).then(|| Duration::from_millis(left as u64)))
     }
 
     /// The last failed login of the account, if readable (see [`SharedFailure::hold`] for

@@ -28,16 +28,30 @@ local v = redis.call('GET', KEYS[1])
 if v and string.sub(v, 1, 64) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end
 "#;
 
-/// Sets the value unless the one there was issued later (its leading `{issued ms}:`). A value
-/// whose date cannot be read is replaced: no replica wrote it.
-pub(super) const PUT_IF_NEWER: &str = r#"
+/// Puts a refresh token back (KEYS[1]) unless the one there was issued later (its leading
+/// `{issued ms}:`). A value whose date cannot be read, or that the caller could not read
+/// (ARGV[4] = '1'), is replaced: no replica can use it. When the store held no usable value (it
+/// lost its data), the settling window (KEYS[2], ARGV[3] ms) starts, unless it already runs.
+pub(super) const RESTORE_GRANT: &str = r#"
 local v = redis.call('GET', KEYS[1])
-if v then
-  local issued = tonumber(string.match(v, '^(%d+):'))
-  if issued and issued > tonumber(ARGV[2]) then return 0 end
-end
+local issued = v and tonumber(string.match(v, '^(%d+):'))
+local lost = not issued or ARGV[4] == '1'
+if not lost and issued > tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
+if lost then redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) end
 return 1
+"#;
+
+/// The settling window's remaining ms (0: none). One longer than ARGV[1], or without an expiry,
+/// was not set by a replica and is cut to ARGV[1], so that it cannot hold refreshes back forever.
+pub(super) const SETTLING: &str = r#"
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+if ttl < 0 or ttl > tonumber(ARGV[1]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  return tonumber(ARGV[1])
+end
+return ttl
 "#;
 
 /// GCRA on the server's clock: returns the wait in ms (0 = go now), or -wait when refused.

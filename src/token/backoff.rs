@@ -20,6 +20,11 @@ pub fn delay(
         LoginFailure::Rejected { .. }
         | LoginFailure::RefreshRefused { .. }
         | LoginFailure::NotAuthorized => profile.rejected_retry,
+        // When the fleet has settled, spread over `min_backoff` so the replicas do not all
+        // reach for the lock at once.
+        LoginFailure::Transient(super::TransientCause::FleetSettling(left)) => {
+            *left + profile.min_backoff.mul_f64(jitter.clamp(0.0, 1.0))
+        }
         LoginFailure::Transient(_) => {
             let exp = failures.saturating_sub(1).min(32);
             let ceiling = profile
@@ -104,6 +109,16 @@ mod tests {
         assert_eq!(delay(&p, &t, 100, 1.0), Duration::from_secs(60));
         assert_eq!(delay(&p, &t, 4, 0.0), Duration::from_secs(1));
         assert_eq!(delay(&p, &t, 4, 0.5), Duration::from_millis(4500));
+    }
+
+    #[test]
+    fn a_settling_fleet_is_waited_for_then_the_fleet_spreads_over_min_backoff() {
+        let p = profile();
+        let left = Duration::from_secs(17);
+        let settling = LoginFailure::Transient(TransientCause::FleetSettling(left));
+        // However many attempts failed before, only the window's end counts.
+        assert_eq!(delay(&p, &settling, 30, 0.0), left);
+        assert_eq!(delay(&p, &settling, 1, 1.0), left + Duration::from_secs(1));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::metrics::Trigger;
 /// How often a profile without validation or max age still looks at its token.
 const CARE_IDLE: Duration = Duration::from_secs(60);
 /// How often a replica of a fleet compares its token with the shared one.
-const FLEET_SYNC: Duration = Duration::from_secs(2);
+pub(super) const FLEET_SYNC: Duration = Duration::from_secs(2);
 /// How often an OAuth profile without a usable token looks for a new refresh token kept by
 /// `oauth login` (or another replica), in case refused ones hold it back; and how soon one whose
 /// refresh token could not be kept tries again.

@@ -9,15 +9,25 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
+use super::care::FLEET_SYNC;
+use super::grant::{Grant, newer};
 use super::refresh::{Identity, Keep};
 use super::source::Source;
 use super::state::{LoginError, ProfileState};
 use super::{LoginFailure, Token, TokenKind, TokenLease, TokenManager, TransientCause};
 use crate::metrics::StoreEvent;
-use crate::store::{Lock, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms};
+use crate::store::{
+    Lock, PROBE_MAX, RedisStore, SharedFailure, SharedToken, StoreError, Stored, unix_ms,
+};
 
 /// How often a waiting replica looks for the token the lock holder publishes.
 const POLL: Duration = Duration::from_millis(25);
+
+/// How long no replica refreshes after one put a refresh token back into a store that had lost
+/// it: long enough for every live replica to notice that the store is back (a probe at least every
+/// [`PROBE_MAX`]) and to put back its own, if newer (a sync every [`FLEET_SYNC`]), so that the
+/// next refresh uses the newest token of the fleet rather than one a replica has already used.
+const SETTLE: Duration = Duration::from_secs(PROBE_MAX.as_secs() + FLEET_SYNC.as_secs() + 3);
 
 /// The longest a live lock holder's login can take: a wait for the next TOTP step (codes are never
 /// reused) plus the login call itself. The holder keeps its lock alive that long (see
@@ -159,6 +169,8 @@ impl TokenManager {
                 Ok(()) => store.clear_failure(&state.account).await,
                 Err(e) => Err(e),
             },
+            // Nothing Contentstack said: each replica finds it out for itself.
+            Err(error) if !error.failure.concerns_the_upstream() => Ok(()),
             Err(error) => {
                 let tag = state.source.credentials_tag(store);
                 let shared = SharedFailure::new(error, tag);
@@ -271,29 +283,55 @@ impl TokenManager {
                 }
             }
         }
-        if let Source::OAuth(grant) = &state.source {
-            self.sync_grant(&store, state, grant).await;
+        if let Source::OAuth(grant) = &state.source
+            && let Err(e) = self.reconcile_grant(&store, state, grant).await
+        {
+            self.store_unavailable(&e);
         }
     }
 
-    /// Keeps this replica's idea of the newest refresh token in step with the store's, and puts
-    /// back one the store no longer has (it restarted empty, or a refresh could not keep its token
-    /// there), unless a newer one is there by then.
-    async fn sync_grant(
+    /// Before a refresh for the fleet (the fleet lock is held): this replica's newest refresh
+    /// token and the store's are reconciled, and no refresh starts while the fleet is settling
+    /// after the store lost its refresh token (docs/design.md#oauth-profiles).
+    pub(super) async fn read_fleet_grant(
         &self,
         store: &RedisStore,
         state: &ProfileState,
-        grant: &super::grant::Grant,
-    ) {
-        let account = &state.account;
-        let stored = match store.get_grant(account).await {
-            Ok(stored) => stored,
-            Err(e) => return self.store_unavailable(&e),
+        grant: &Grant,
+    ) -> Result<(), LoginFailure> {
+        let settling = match self.reconcile_grant(store, state, grant).await {
+            Ok(()) => store.grant_settling(&state.account, SETTLE).await,
+            Err(e) => Err(e),
         };
-        let (put_back, unreadable) = match stored {
+        match settling {
+            Ok(None) => Ok(()),
+            Ok(Some(left)) => Err(LoginFailure::Transient(TransientCause::FleetSettling(left))),
+            Err(e) => {
+                self.store_unavailable(&e);
+                // A replica that refreshed without reading the store could spend a refresh token
+                // the others still hold.
+                Err(LoginFailure::Transient(TransientCause::StoreNeeded))
+            }
+        }
+    }
+
+    /// Keeps this replica's idea of the newest refresh token in step with the store's: takes a
+    /// newer one from the store, and puts back one the store does not have (it restarted empty,
+    /// a refresh could not keep its token there, or this replica holds a later one than the
+    /// store's), unless a newer one is there by then. Putting one back into a store that had lost
+    /// its refresh token starts the settling window.
+    async fn reconcile_grant(
+        &self,
+        store: &RedisStore,
+        state: &ProfileState,
+        grant: &Grant,
+    ) -> Result<(), StoreError> {
+        let account = &state.account;
+        let (put_back, unreadable) = match store.get_grant(account).await? {
             Stored::Valid(kept) => {
-                grant.consider(kept);
-                (grant.is_unsaved(), false)
+                grant.consider(kept.clone());
+                let behind = grant.obtained().is_some_and(|ours| newer(&ours, &kept));
+                (grant.is_unsaved() || behind, false)
             }
             Stored::Absent => (true, false),
             Stored::Invalid => (true, true),
@@ -301,29 +339,20 @@ impl TokenManager {
         // Only a token that came from a refresh or the store: one merely handed in at start-up is
         // compared with the kept one by the next refresh, under the rules it needs.
         let Some(ours) = grant.obtained().filter(|_| put_back) else {
-            return;
+            return Ok(());
         };
-        let kept = if unreadable {
-            // Left alone, a value no replica can read would keep the fleet from sharing again.
-            store.put_grant(account, &ours).await.map(|()| true)
-        } else {
-            store.put_grant_if_newer(account, &ours).await
-        };
-        match kept {
-            Ok(true) => {
-                grant.set_unsaved(false);
-                self.inner.metrics.store_event(StoreEvent::Publish);
-                tracing::info!(profile = %state.name(), "put the newest refresh token back into the fleet store");
-            }
+        let kept = store
+            .restore_grant(account, &ours, unreadable, SETTLE)
+            .await?;
+        grant.set_unsaved(false);
+        if kept {
+            self.inner.metrics.store_event(StoreEvent::Publish);
+            tracing::info!(profile = %state.name(), "put the newest refresh token back into the fleet store");
+        } else if let Stored::Valid(kept) = store.get_grant(account).await? {
             // A newer one is there: take it.
-            Ok(false) => {
-                grant.set_unsaved(false);
-                if let Ok(Stored::Valid(kept)) = store.get_grant(account).await {
-                    grant.consider(kept);
-                }
-            }
-            Err(e) => self.store_unavailable(&e),
+            grant.consider(kept);
         }
+        Ok(())
     }
 
     /// The store failed: this replica carries on alone. A failed call was counted and logged by

@@ -113,14 +113,18 @@ impl TokenManager {
     }
 
     /// Takes what is kept into account before a refresh: the newest of it and what this process
-    /// knows is used. With a fleet, a store that cannot be read means no refresh at all: a
-    /// replica that refreshed on its own would spend a refresh token the others still hold.
+    /// knows is used. With a fleet, the store is reconciled with what this replica knows, and a
+    /// store that cannot be read, or a fleet settling after the store lost its refresh token,
+    /// means no refresh now (`read_fleet_grant`).
     async fn read_kept(
         &self,
         state: &ProfileState,
         grant: &Grant,
         keep: Keep<'_>,
     ) -> Result<(), LoginFailure> {
+        if let Keep::Fleet(store) = keep {
+            return self.read_fleet_grant(store, state, grant).await;
+        }
         match self.kept(state, grant, keep).await {
             Ok(Some(kept)) => {
                 grant.consider(kept);

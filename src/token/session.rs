@@ -81,6 +81,20 @@ impl LoginFailure {
         }
     }
 
+    /// Whether the failure came from Contentstack (or the way to it), rather than from this
+    /// process or the fleet store: only such a failure is shared with the fleet.
+    pub fn concerns_the_upstream(&self) -> bool {
+        !matches!(
+            self,
+            LoginFailure::Transient(
+                TransientCause::StoreNeeded
+                    | TransientCause::FleetSettling(_)
+                    | TransientCause::ProfileRemoved
+                    | TransientCause::Cancelled
+            )
+        )
+    }
+
     /// Whether Contentstack refused the credentials (or there are none): not retried before
     /// `rejected_retry` or a change of the credentials.
     pub fn is_rejected(&self) -> bool {
@@ -109,6 +123,11 @@ pub enum TransientCause {
         "the fleet store is unavailable: an OAuth profile refreshes only through it, so that replicas never use one refresh token twice"
     )]
     StoreNeeded,
+    #[error(
+        "the fleet store had lost the refresh token (Redis restarted empty?) and it was put back; no replica refreshes for another {}s, so that each can put back the newest it holds and no refresh token is used twice",
+        .0.as_secs() + 1
+    )]
+    FleetSettling(Duration),
     #[error("the login answer is larger than {0} bytes; it was not read")]
     TooLarge(usize),
     #[error("{0}")]

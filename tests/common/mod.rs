@@ -684,3 +684,73 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A TCP relay in front of a Redis, to partition one replica from it while the others still
+/// reach it: it can fall silent (connections stay open and nothing passes either way, as when a
+/// NAT forgets the flow) or be cut (every connection is closed, and new ones at once).
+pub struct Relay {
+    pub url: String,
+    silent: Arc<std::sync::atomic::AtomicBool>,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Relay {
+    pub async fn start(port: u16) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("redis://{}", listener.local_addr().unwrap());
+        let silent = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (cut, cut_watch) = tokio::sync::watch::channel(false);
+        let silent_flag = silent.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                if *cut_watch.borrow() {
+                    continue;
+                }
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                for (from, to) in [(client_read, server_write), (server_read, client_write)] {
+                    let (silent, cut) = (silent_flag.clone(), cut_watch.clone());
+                    tokio::spawn(Self::pass(from, to, silent, cut));
+                }
+            }
+        });
+        Relay { url, silent, cut }
+    }
+
+    async fn pass(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        silent: Arc<std::sync::atomic::AtomicBool>,
+        mut cut: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = tokio::select! {
+                read = from.read(&mut buf) => match read {
+                    Ok(n @ 1..) => n,
+                    _ => return,
+                },
+                _ = cut.wait_for(|cut| *cut) => return,
+            };
+            let silent = silent.load(std::sync::atomic::Ordering::SeqCst);
+            if !silent && to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Nothing passes either way while `silent`, but every connection stays open.
+    pub fn silence(&self, silent: bool) {
+        self.silent
+            .store(silent, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection, and every new one at once, while `cut`.
+    pub fn cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
