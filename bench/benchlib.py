@@ -294,6 +294,7 @@ LABELS = {
     "sidecar": "**cma-auth-proxy**",
     "sidecar-default": "cma-auth-proxy, coalesce_reads on (default)",
     "sidecar-h2": "cma-auth-proxy, h2 offered (HTTP/2 upstream)",
+    "sidecar-compare": "cma-auth-proxy, compared build (COMPARE_BIN)",
     "floor-pooled": "floor, pooled (bench/floor)",
     "floor-tpc": "floor, thread-per-core (bench/floor)",
 }
@@ -438,7 +439,7 @@ def cmd_table(results_path, extra_path):
 
     idle = extra["idle_rss_kib"]
     short = {"sidecar": "cma-auth-proxy", "sidecar-default": "cma-auth-proxy (coalesce_reads on)",
-             "sidecar-h2": "cma-auth-proxy (h2 offered)"}
+             "sidecar-h2": "cma-auth-proxy (h2 offered)", "sidecar-compare": "cma-auth-proxy (compared build)"}
     by_name = {}
     for key, kib in idle.items():
         name, up = key.split("@")

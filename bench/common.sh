@@ -353,7 +353,9 @@ start_sidecar() { # name — returns once the listener is up (not necessarily lo
   local logf="$DIR/$1-$SIDECAR_STARTS.log"
   SIDECAR_LOGS+=("$logf")
   SIDECAR_LOG[$1]=$logf
-  "${WRAP[@]}" "$BIN" run --config "$DIR/$1.toml" >"$logf" 2>&1 &
+  local bin=$BIN
+  [[ $1 == sidecar-compare@* ]] && bin=$COMPARE_BIN
+  "${WRAP[@]}" "$bin" run --config "$DIR/$1.toml" >"$logf" 2>&1 &
   TPIDS[$1]=$!
   PIDS+=($!)
   wait_http "${ADMIN[$1]}/livez" 200 "$!"
@@ -406,6 +408,11 @@ start_all() {
     if [[ $HAS_COALESCE == 1 && ${SIDECAR_DEFAULT:-1} == 1 ]]; then
       new_sidecar "sidecar-default@$up" "$upurl" default
       list+=("sidecar-default@$up")
+    fi
+    if [[ -n ${COMPARE_BIN:-} ]]; then
+      [[ -x $COMPARE_BIN ]] || fail "no sidecar binary at COMPARE_BIN=$COMPARE_BIN"
+      new_sidecar "sidecar-compare@$up" "$upurl" off
+      list+=("sidecar-compare@$up")
     fi
     if [[ $up == https && ${SIDECAR_H2:-1} == 1 ]]; then
       new_sidecar "sidecar-h2@$up" "https://127.0.0.1:$UP_H2_PORT" off

@@ -22,6 +22,8 @@
 #   RETRIES      how often a measurement disturbed by other processes (> 0.25 cores) is repeated
 #                (full run: 3, smoke: 0)
 #   BENCH_BIN    use this sidecar binary instead of building one
+#   COMPARE_BIN  also measure this other sidecar build (coalescing off, as the main row), as the
+#                "cma-auth-proxy, compared build" row: an A/B of two builds in one run
 #   KEEP_TMP=1   keep the temp dir (configs, logs, raw wrk output) for inspection
 set -euo pipefail
 
