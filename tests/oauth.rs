@@ -62,6 +62,46 @@ impl Drop for Files {
     }
 }
 
+/// The files of a fleet of replicas: the bootstrap refresh token and the store's key, and each
+/// replica's configuration (the OAuth profile `default`, the Redis store at a URL of its own).
+struct Fleet {
+    dir: std::path::PathBuf,
+}
+
+impl Fleet {
+    fn new(bootstrap: &str) -> Fleet {
+        let dir = tempdir();
+        std::fs::write(dir.join("refresh-token"), bootstrap).unwrap();
+        std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
+        Fleet { dir }
+    }
+
+    /// Writes the configuration `name` of a replica that forwards to `upstream` and reaches Redis
+    /// at `store`.
+    fn config(&self, name: &str, upstream: &str, store: &str) -> std::path::PathBuf {
+        let path = self.dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+                 [upstream]\nurl = \"{upstream}\"\n\
+                 [token_store]\nkind = \"redis\"\nurl = \"{store}\"\nencryption_key_file = \"key\"\n\
+                 [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
+                 [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
+                 redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// The refresh tokens the token endpoint was sent, in order, with the status it answered.
 fn refreshes(fake: &FakeCma) -> Vec<(String, u16)> {
     fake.refresh_attempts()
@@ -407,24 +447,8 @@ async fn two_replicas_on_one_redis_use_each_refresh_token_once_across_expiries()
     let fake = Arc::new(oauth_fake(Duration::from_secs(3)).await);
     let redis = RedisServer::start();
     let bootstrap = fake.authorize_oauth_app().unwrap();
-    let dir = tempdir();
-    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
-    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-             [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"1s\"\n\
-             [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-             redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
-            fake.url(),
-            redis.url(),
-        ),
-    )
-    .unwrap();
+    let fleet = Fleet::new(&bootstrap);
+    let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replicas = [Binary::start(&config, &[]), Binary::start(&config, &[])];
     let stop = Arc::new(AtomicBool::new(false));
     let client = reqwest::Client::new();
@@ -465,7 +489,6 @@ async fn two_replicas_on_one_redis_use_each_refresh_token_once_across_expiries()
         }
     }
     drop(replicas);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -525,24 +548,8 @@ async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers()
     let fake = Arc::new(oauth_fake(Duration::from_secs(4)).await);
     let mut redis = RedisServer::start();
     let bootstrap = fake.authorize_oauth_app().unwrap();
-    let dir = tempdir();
-    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
-    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-             [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
-             [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-             redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
-            fake.url(),
-            redis.url(),
-        ),
-    )
-    .unwrap();
+    let fleet = Fleet::new(&bootstrap);
+    let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replicas = [Binary::start(&config, &[]), Binary::start(&config, &[])];
     let client = reqwest::Client::new();
     let get = |i: usize| {
@@ -578,7 +585,6 @@ async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers()
     .await;
     assert_each_refresh_token_used_once(&fake);
     drop(replicas);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A settling window someone planted without an expiry holds refreshes back no longer than one a
@@ -588,23 +594,8 @@ async fn a_settling_window_planted_in_the_store_lasts_no_longer_than_a_real_one(
     let fake = oauth_fake(Duration::from_secs(3600)).await;
     let redis = RedisServer::start();
     let bootstrap = fake.authorize_oauth_app().unwrap();
-    let dir = tempdir();
-    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
-    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-             [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-             redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
-            fake.url(),
-            redis.url(),
-        ),
-    )
-    .unwrap();
+    let fleet = Fleet::new(&bootstrap);
+    let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replica = Binary::start(&config, &[]);
     let client = reqwest::Client::new();
     let get = || client.get(format!("{}/v3/user", replica.url)).send();
@@ -626,7 +617,6 @@ async fn a_settling_window_planted_in_the_store_lasts_no_longer_than_a_real_one(
     assert!((1..=20_000).contains(&left), "{left}");
     assert_eq!(fake.refreshes(), 1, "no refresh while the fleet settles");
     drop(replica);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 fn assert_each_refresh_token_used_once(fake: &FakeCma) {
@@ -653,27 +643,7 @@ async fn after_the_store_restarts_empty_the_fleet_refreshes_with_its_newest_refr
         Relay::start(redis.port).await,
     ];
     let bootstrap = fake.authorize_oauth_app().unwrap();
-    let dir = tempdir();
-    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
-    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
-    let config = |relay: &Relay, name: &str| {
-        let path = dir.join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                 [upstream]\nurl = \"{}\"\n\
-                 [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-                 [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
-                 [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-                 redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
-                fake.url(),
-                relay.url,
-            ),
-        )
-        .unwrap();
-        path
-    };
+    let fleet = Fleet::new(&bootstrap);
     let client = reqwest::Client::new();
     let get = |replica: &Binary| {
         let url = format!("{}/v3/user", replica.url);
@@ -681,12 +651,18 @@ async fn after_the_store_restarts_empty_the_fleet_refreshes_with_its_newest_refr
         async move { client.get(url).send().await.unwrap() }
     };
     // The first replica refreshes the handed-in token; the second takes the result from the store.
-    let first = Binary::start(&config(&relays[0], "first.toml"), &[]);
+    let first = Binary::start(
+        &fleet.config("first.toml", &fake.url(), &relays[0].url),
+        &[],
+    );
     eventually(10, "the first replica serves", || async {
         get(&first).await.status() == 200
     })
     .await;
-    let second = Binary::start(&config(&relays[1], "second.toml"), &[]);
+    let second = Binary::start(
+        &fleet.config("second.toml", &fake.url(), &relays[1].url),
+        &[],
+    );
     eventually(10, "the second replica serves", || async {
         get(&second).await.status() == 200
     })
@@ -721,7 +697,6 @@ async fn after_the_store_restarts_empty_the_fleet_refreshes_with_its_newest_refr
     .await;
     assert_each_refresh_token_used_once(&fake);
     drop((first, second));
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -784,23 +759,8 @@ async fn a_fleet_store_that_lost_the_refresh_token_gets_it_back_before_anyone_ne
     let fake = oauth_fake(Duration::from_secs(3600)).await;
     let redis = RedisServer::start();
     let bootstrap = fake.authorize_oauth_app().unwrap();
-    let dir = tempdir();
-    std::fs::write(dir.join("refresh-token"), &bootstrap).unwrap();
-    std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-             [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-             redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
-            fake.url(),
-            redis.url(),
-        ),
-    )
-    .unwrap();
+    let fleet = Fleet::new(&bootstrap);
+    let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replica = Binary::start(&config, &[]);
     let grant_keys = || redis.cli(&["--scan", "--pattern", "cma-auth-proxy:grant:*"]);
     eventually(10, "the refreshed token is kept in the store", || async {
@@ -815,7 +775,6 @@ async fn a_fleet_store_that_lost_the_refresh_token_gets_it_back_before_anyone_ne
     .await;
     assert_eq!(fake.refreshes(), 1, "put back, not refreshed");
     drop(replica);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
