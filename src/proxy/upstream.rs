@@ -316,10 +316,14 @@ impl Pinned {
 
 /// Idle upstream connections are closed after this long; Contentstack's edge closes them anyway.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Idle upstream connections each worker keeps. A burst (an HTTP/2 client alone can send 100
+/// Idle upstream connections each worker's pool keeps. A burst (an HTTP/2 client alone can send 100
 /// requests at once) opens as many connections as it has requests; afterwards only this many stay
-/// open, enough for the steady traffic Contentstack's rate limit allows.
-const POOL_MAX_IDLE: usize = 32;
+/// open, enough for the steady traffic Contentstack's rate limit allows (ten or so requests a
+/// second per organization). Over HTTP/1.1 a client connection's later requests use its pinned
+/// connection, so the pool carries first requests: every idle connection beyond these few is
+/// memory held for a minute for nothing (at 64 client connections, 32 per worker cost about 2 MiB
+/// of RSS; `BENCHMARKS.md`).
+const POOL_MAX_IDLE: usize = 8;
 
 fn client(upstream: &UpstreamConfig, tls: rustls::ClientConfig) -> UpstreamClient {
     let mut http = HttpConnector::new();

@@ -1,8 +1,8 @@
 //! The acceptor: one task accepts on a listener's only socket, enforces `max_connections`, and hands
-//! each connection, as a plain std socket, to the worker with the fewest open connections, which
-//! registers it with its own runtime. One socket per address is what keeps a second process off
-//! the port (see `bind`); choosing the worker here, rather than letting the kernel spread
-//! connections over per-worker sockets, keeps long-lived connections evenly spread too.
+//! each connection, as a plain std socket, to a worker ([`choose`]: a handful on one worker, many
+//! spread evenly), which registers it with its own runtime. One socket per address is what keeps
+//! a second process off the port (see `bind`); choosing the worker here, rather than letting the
+//! kernel hash connections over per-worker sockets, is what lets the placement follow the load.
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -183,11 +183,12 @@ async fn make_room(options: &ServeOptions) -> Option<OwnedSemaphorePermit> {
     slot.await.ok()?.ok()
 }
 
-/// Gives `accepted` to the worker with the fewest open connections. A worker that has stopped (its
-/// thread died) is dropped from the list, and the connection goes to the next one.
+/// Gives `accepted` to the first worker with fewer than [`FILL`] open connections, else to the one
+/// with the fewest. A worker that has stopped (its thread died) is dropped from the list, and the
+/// connection goes to the next one.
 fn hand_off(workers: &mut Vec<WorkerLink>, next: &mut usize, mut accepted: Accepted, name: &str) {
     while !workers.is_empty() {
-        let i = least_loaded(workers.len(), *next, |i| {
+        let i = choose(workers.len(), *next, |i| {
             workers[i].open.load(Ordering::Relaxed)
         });
         *next = (i + 1) % workers.len();
@@ -214,6 +215,23 @@ fn hand_off(workers: &mut Vec<WorkerLink>, next: &mut usize, mut accepted: Accep
             }
         }
     }
+}
+
+/// How many connections a worker takes before the next one gets any
+/// (docs/design.md#listeners-and-limits). A sidecar's application holds a handful of connections;
+/// spread over two workers they make two threads that each sleep and wake every few requests, and
+/// each wake-up can wait behind another process for a CPU: measured, that multiplied the p99 at 8
+/// connections by 2 to 5, for no throughput (one worker forwards tens of thousands of requests a
+/// second, far beyond what Contentstack's rate limits let through). Past this many, connections
+/// spread evenly.
+const FILL: usize = 16;
+
+/// The worker for a new connection: the first, from index 0, with fewer than [`FILL`] open; when
+/// every one has as many, the least loaded.
+fn choose(n: usize, start: usize, load: impl Fn(usize) -> usize) -> usize {
+    (0..n)
+        .find(|&i| load(i) < FILL)
+        .unwrap_or_else(|| least_loaded(n, start, load))
 }
 
 /// The index below `n` with the smallest `load`; ties go to the first from `start` on, so that
@@ -268,6 +286,21 @@ fn http1_closing(response: Response<Bytes>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_worker_fills_up_to_a_handful_of_connections_before_the_next_gets_any() {
+        let mut loads = [0; 2];
+        for _ in 0..8 {
+            loads[choose(2, 0, |i| loads[i])] += 1;
+        }
+        assert_eq!(loads, [8, 0], "a handful stays on one worker");
+        for _ in 8..64 {
+            loads[choose(2, 0, |i| loads[i])] += 1;
+        }
+        assert_eq!(loads, [32, 32], "many spread evenly");
+        loads = [FILL + 3, FILL - 1];
+        assert_eq!(choose(2, 0, |i| loads[i]), 1, "below the fill first");
+    }
 
     #[test]
     fn the_least_loaded_worker_gets_the_connection_and_ties_take_turns() {
