@@ -214,9 +214,13 @@ fn read_secret_file(
     let path = resolve(base_dir, &path);
     let file_error = |source| ConfigError::secret_file(format!("{key}.{name}"), &path, source);
     let bytes = sources.read_secret(&path).map_err(file_error)?;
+    // A date in the future (a file copied from a machine whose clock runs ahead) is taken as now:
+    // it would date every refresh token of the chain after it, and replicas refuse stored
+    // values dated ahead of their clock.
     let written_at = std::fs::metadata(&path)
         .and_then(|m| m.modified())
-        .map_err(file_error)?;
+        .map_err(file_error)?
+        .min(SystemTime::now());
     let text =
         String::from_utf8(bytes).map_err(|_| invalid(format!("{key}.{name}"), "is not UTF-8"))?;
     let value = text.trim();

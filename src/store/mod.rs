@@ -176,6 +176,11 @@ impl RedisStore {
         self.lock_ttl
     }
 
+    /// How long one call may take before it counts as failed.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Whether the store is in use, skipped or being probed, for `/status`.
     pub fn status(&self) -> LinkStatus {
         self.link.status()
@@ -388,8 +393,8 @@ impl RedisStore {
 
     /// Puts back a refresh token the store does not have (it lost its data, or a refresh could
     /// not keep it), unless the store holds one issued later; an `unreadable` value is replaced.
-    /// Returns whether it was kept. When the store held no usable refresh token, this also starts
-    /// the settling window of `settle` (see [`Self::grant_settling`]).
+    /// Returns whether it was kept. When the store held no refresh token, this also starts the
+    /// settling window of `settle` (see [`Self::grant_settling`]).
     pub async fn restore_grant(
         &self,
         account: &str,

@@ -29,16 +29,17 @@ if v and string.sub(v, 1, 64) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 "#;
 
 /// Puts a refresh token back (KEYS[1]) unless the one there was issued later (its leading
-/// `{issued ms}:`). A value whose date cannot be read, or that the caller could not read
-/// (ARGV[4] = '1'), is replaced: no replica can use it. When the store held no usable value (it
-/// lost its data), the settling window (KEYS[2], ARGV[3] ms) starts, unless it already runs.
+/// `{issued ms}:`). A value the caller could not read (ARGV[4] = '1') is replaced: left alone it
+/// would keep the fleet from sharing again. When the store held no value, or one without a date
+/// (it lost its data, or this is a new fleet), the settling window (KEYS[2], ARGV[3] ms) starts,
+/// unless it already runs. A value only this caller cannot read (another key, a clock ahead)
+/// starts none: that is not a loss, and would start one at every look.
 pub(super) const RESTORE_GRANT: &str = r#"
 local v = redis.call('GET', KEYS[1])
 local issued = v and tonumber(string.match(v, '^(%d+):'))
-local lost = not issued or ARGV[4] == '1'
-if not lost and issued > tonumber(ARGV[2]) then return 0 end
+if issued and ARGV[4] ~= '1' and issued > tonumber(ARGV[2]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
-if lost then redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) end
+if not issued then redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[3]) end
 return 1
 "#;
 

@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::care::FLEET_SYNC;
-use super::grant::{Grant, newer};
+use super::grant::Grant;
 use super::refresh::{Identity, Keep};
 use super::source::Source;
 use super::state::{LoginError, ProfileState};
@@ -23,11 +23,14 @@ use crate::store::{
 /// How often a waiting replica looks for the token the lock holder publishes.
 const POLL: Duration = Duration::from_millis(25);
 
-/// How long no replica refreshes after one put a refresh token back into a store that had lost
-/// it: long enough for every live replica to notice that the store is back (a probe at least every
-/// [`PROBE_MAX`]) and to put back its own, if newer (a sync every [`FLEET_SYNC`]), so that the
-/// next refresh uses the newest token of the fleet rather than one a replica has already used.
-const SETTLE: Duration = Duration::from_secs(PROBE_MAX.as_secs() + FLEET_SYNC.as_secs() + 3);
+/// How long no replica refreshes after one put a refresh token into a store that held none: long
+/// enough for every live replica to notice that the store is back (a probe at least every
+/// [`PROBE_MAX`], each taking up to the store's `timeout`) and to put back its own, if newer (a
+/// sync every [`FLEET_SYNC`]), so that the next refresh uses the newest token of the fleet rather
+/// than one a replica has already used.
+fn settle(store: &RedisStore) -> Duration {
+    PROBE_MAX + store.timeout() + FLEET_SYNC + Duration::from_secs(3)
+}
 
 /// The longest a live lock holder's login can take: a wait for the next TOTP step (codes are never
 /// reused) plus the login call itself. The holder keeps its lock alive that long (see
@@ -284,7 +287,7 @@ impl TokenManager {
             }
         }
         if let Source::OAuth(grant) = &state.source
-            && let Err(e) = self.reconcile_grant(&store, state, grant).await
+            && let Err(e) = self.reconcile_grant(&store, state, grant, false).await
         {
             self.store_unavailable(&e);
         }
@@ -299,8 +302,8 @@ impl TokenManager {
         state: &ProfileState,
         grant: &Grant,
     ) -> Result<(), LoginFailure> {
-        let settling = match self.reconcile_grant(store, state, grant).await {
-            Ok(()) => store.grant_settling(&state.account, SETTLE).await,
+        let settling = match self.reconcile_grant(store, state, grant, true).await {
+            Ok(()) => store.grant_settling(&state.account, settle(store)).await,
             Err(e) => Err(e),
         };
         match settling {
@@ -318,31 +321,44 @@ impl TokenManager {
     /// Keeps this replica's idea of the newest refresh token in step with the store's: takes a
     /// newer one from the store, and puts back one the store does not have (it restarted empty,
     /// a refresh could not keep its token there, or this replica holds a later one than the
-    /// store's), unless a newer one is there by then. Putting one back into a store that had lost
-    /// its refresh token starts the settling window.
+    /// store's), unless a newer one is there by then. Putting one into a store that held none
+    /// starts the settling window. Before a refresh (`for_refresh`) that includes a token only
+    /// handed in: a replica that started while the store was empty cannot tell a new fleet from
+    /// a store that lost its data while other replicas hold later tokens, so it waits too.
     async fn reconcile_grant(
         &self,
         store: &RedisStore,
         state: &ProfileState,
         grant: &Grant,
+        for_refresh: bool,
     ) -> Result<(), StoreError> {
         let account = &state.account;
         let (put_back, unreadable) = match store.get_grant(account).await? {
             Stored::Valid(kept) => {
                 grant.consider(kept.clone());
-                let behind = grant.obtained().is_some_and(|ours| newer(&ours, &kept));
+                // Further along the same chain only: between chains the store's dates decide, and
+                // a new authorization `oauth login` kept there must not be overwritten by an old
+                // chain from a replica whose clock is ahead.
+                let behind = grant.obtained().is_some_and(|ours| {
+                    ours.origin == kept.origin && ours.generation > kept.generation
+                });
                 (grant.is_unsaved() || behind, false)
             }
             Stored::Absent => (true, false),
             Stored::Invalid => (true, true),
         };
-        // Only a token that came from a refresh or the store: one merely handed in at start-up is
-        // compared with the kept one by the next refresh, under the rules it needs.
-        let Some(ours) = grant.obtained().filter(|_| put_back) else {
+        // In a sync, only a token that came from a refresh or the store: one merely handed in at
+        // start-up is compared with the kept one by the next refresh.
+        let ours = if for_refresh {
+            grant.newest()
+        } else {
+            grant.obtained()
+        };
+        let Some(ours) = ours.filter(|_| put_back) else {
             return Ok(());
         };
         let kept = store
-            .restore_grant(account, &ours, unreadable, SETTLE)
+            .restore_grant(account, &ours, unreadable, settle(store))
             .await?;
         grant.set_unsaved(false);
         if kept {

@@ -123,9 +123,9 @@ pub enum TransientCause {
         "the fleet store is unavailable: an OAuth profile refreshes only through it, so that replicas never use one refresh token twice"
     )]
     StoreNeeded,
+    /// How long the window still had when this replica looked (its next attempt waits that long).
     #[error(
-        "the fleet store had lost the refresh token (Redis restarted empty?) and it was put back; no replica refreshes for another {}s, so that each can put back the newest it holds and no refresh token is used twice",
-        .0.as_secs() + 1
+        "the fleet store had no refresh token (Redis restarted empty, or the fleet is new); no replica refreshes until every one has had the time to put back the newest it holds (about 20s), so that no refresh token is used twice"
     )]
     FleetSettling(Duration),
     #[error("the login answer is larger than {0} bytes; it was not read")]
