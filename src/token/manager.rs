@@ -8,8 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
+use super::failure::{LoginFailure, TransientCause};
 use super::refresh::Keep;
-use super::session::{AuthClient, LoginFailure, TransientCause};
+use super::session::AuthClient;
 use super::source::Source;
 use super::state::{LoginError, ProfileState, ProfileStatus};
 use super::{Token, TokenLease, retire, totp};

@@ -19,6 +19,7 @@
 mod authtoken;
 pub mod backoff;
 mod care;
+mod failure;
 mod fleet;
 mod grant;
 mod manager;
@@ -33,10 +34,11 @@ mod state_file;
 pub mod totp;
 
 pub use authtoken::{Token, TokenKind, TokenLease};
+pub use failure::{LoginFailure, TransientCause};
 pub use grant::first_of_chain;
 pub use manager::TokenManager;
 pub use plan::OrganizationPlan;
 pub use refresh::{Identity, KeepError, keep_authorization};
-pub use session::{AuthClient, LoginFailure, TransientCause, Validity, Verdict};
+pub use session::{AuthClient, Validity, Verdict};
 pub use state::{LoginError, ProfileStatus};
 pub use state_file::StateFileError;

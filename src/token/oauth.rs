@@ -8,10 +8,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use super::session::{
-    AuthClient, ERROR_BODY_LIMIT, LOGIN_BODY_LIMIT, LoginFailure, Redirect, TransientCause,
-    read_capped, transient,
-};
+use super::failure::{LoginFailure, Redirect, TransientCause};
+use super::session::{AuthClient, ERROR_BODY_LIMIT, LOGIN_BODY_LIMIT, read_capped, transient};
 use crate::config::OAuthCredentials;
 
 /// The lifetime assumed when the answer gives none (the SDKs assume an hour too).

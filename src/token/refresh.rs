@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 
+use super::failure::{LoginFailure, TransientCause};
 use super::grant::{Grant, successor};
 use super::oauth::Answer;
-use super::session::{LoginFailure, TransientCause};
 use super::state::ProfileState;
 use super::state_file::{StateFile, StateFileError};
 use super::{Token, TokenManager};

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use super::TokenKind;
+use super::failure::LoginFailure;
 use super::grant::Grant;
-use super::session::LoginFailure;
 use super::state_file::StateFile;
 use crate::config::{Credentials, LoginCredentials, ProfileConfig};
 use crate::store::{self, RedisStore, SharedFailure};

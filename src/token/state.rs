@@ -11,7 +11,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::Token;
 use super::backoff::{self, RejectionStreak};
-use super::session::{LoginFailure, TransientCause};
+use super::failure::{LoginFailure, TransientCause};
 use super::source::Source;
 use crate::config::ProfileConfig;
 use crate::metrics::LoginOutcome;
