@@ -68,6 +68,15 @@ struct Fleet {
     dir: std::path::PathBuf,
 }
 
+/// The simulator with an OAuth app whose access tokens live `ttl`, a Redis of the test's own, and
+/// the files of a fleet holding a fresh authorization's refresh token.
+async fn oauth_fleet(ttl: Duration) -> (FakeCma, RedisServer, Fleet) {
+    let fake = oauth_fake(ttl).await;
+    let redis = RedisServer::start();
+    let fleet = Fleet::new(&fake.authorize_oauth_app().unwrap());
+    (fake, redis, fleet)
+}
+
 impl Fleet {
     fn new(bootstrap: &str) -> Fleet {
         let dir = tempdir();
@@ -444,10 +453,8 @@ async fn a_killed_proxy_restarts_with_the_kept_refresh_token() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_replicas_on_one_redis_use_each_refresh_token_once_across_expiries() {
-    let fake = Arc::new(oauth_fake(Duration::from_secs(3)).await);
-    let redis = RedisServer::start();
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
+    let (fake, redis, fleet) = oauth_fleet(Duration::from_secs(3)).await;
+    let fake = Arc::new(fake);
     let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replicas = [Binary::start(&config, &[]), Binary::start(&config, &[])];
     let client = reqwest::Client::new();
@@ -546,10 +553,8 @@ async fn a_new_refresh_token_file_ends_the_refused_window_at_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers() {
-    let fake = Arc::new(oauth_fake(Duration::from_secs(4)).await);
-    let mut redis = RedisServer::start();
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
+    let (fake, mut redis, fleet) = oauth_fleet(Duration::from_secs(4)).await;
+    let fake = Arc::new(fake);
     let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replicas = [Binary::start(&config, &[]), Binary::start(&config, &[])];
     let client = reqwest::Client::new();
@@ -589,10 +594,7 @@ async fn a_fleet_whose_redis_restarts_empty_never_refreshes_alone_and_recovers()
 /// replica starts (about 20 s), and the 503 says why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_settling_window_planted_in_the_store_lasts_no_longer_than_a_real_one() {
-    let fake = oauth_fake(Duration::from_secs(3600)).await;
-    let redis = RedisServer::start();
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
+    let (fake, redis, fleet) = oauth_fleet(Duration::from_secs(3600)).await;
     let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replica = Binary::start(&config, &[]);
     let client = reqwest::Client::new();
@@ -623,11 +625,8 @@ async fn a_settling_window_planted_in_the_store_lasts_no_longer_than_a_real_one(
 /// it (the fleet has used it already), but wait until the others have put theirs back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_started_while_the_store_is_empty_waits_for_the_fleet_s_newest_token() {
-    let fake = oauth_fake(Duration::from_secs(3600)).await;
-    let mut redis = RedisServer::start();
+    let (fake, mut redis, fleet) = oauth_fleet(Duration::from_secs(3600)).await;
     let relay = Relay::start(redis.port).await;
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
     let client = reqwest::Client::new();
     let first = Binary::start(&fleet.config("first.toml", &fake.url(), &relay.url), &[]);
     new_fleet_serves(&client, &[&first]).await;
@@ -659,10 +658,7 @@ async fn a_replica_started_while_the_store_is_empty_waits_for_the_fleet_s_newest
 /// refused by every one of them, and refreshes would stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_token_file_dated_in_the_future_does_not_stop_refreshes() {
-    let fake = oauth_fake(Duration::from_secs(3600)).await;
-    let redis = RedisServer::start();
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
+    let (fake, redis, fleet) = oauth_fleet(Duration::from_secs(3600)).await;
     std::fs::File::options()
         .write(true)
         .open(fleet.dir.join("refresh-token"))
@@ -714,14 +710,11 @@ fn assert_each_refresh_token_used_once(fake: &FakeCma) {
 /// refresh uses the newest, and no refresh token is used twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn after_the_store_restarts_empty_the_fleet_refreshes_with_its_newest_refresh_token() {
-    let fake = oauth_fake(Duration::from_secs(4)).await;
-    let mut redis = RedisServer::start();
+    let (fake, mut redis, fleet) = oauth_fleet(Duration::from_secs(4)).await;
     let relays = [
         Relay::start(redis.port).await,
         Relay::start(redis.port).await,
     ];
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
     let client = reqwest::Client::new();
     let get = |replica: &Binary| {
         let url = format!("{}/v3/user", replica.url);
@@ -831,10 +824,7 @@ async fn no_oauth_secret_reaches_the_log_the_status_or_the_metrics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_store_that_lost_the_refresh_token_gets_it_back_before_anyone_needs_it() {
-    let fake = oauth_fake(Duration::from_secs(3600)).await;
-    let redis = RedisServer::start();
-    let bootstrap = fake.authorize_oauth_app().unwrap();
-    let fleet = Fleet::new(&bootstrap);
+    let (fake, redis, fleet) = oauth_fleet(Duration::from_secs(3600)).await;
     let config = fleet.config("config.toml", &fake.url(), &redis.url());
     let replica = Binary::start(&config, &[]);
     let grant_keys = || redis.cli(&["--scan", "--pattern", "cma-auth-proxy:grant:*"]);
