@@ -58,6 +58,7 @@ pub struct UpstreamClients {
 /// Where pinned connections go: the upstream's address, and TLS (offering only HTTP/1.1) if its
 /// scheme is `https`.
 struct PinTarget {
+    /// Without the brackets of an IPv6 address.
     host: String,
     port: u16,
     tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
@@ -69,6 +70,11 @@ struct PinTarget {
 impl UpstreamClients {
     pub fn new(upstream: &UpstreamConfig, tls: &rustls::ClientConfig, workers: usize) -> Self {
         let host = upstream.authority.host().to_owned();
+        // An IPv6 address without its URI brackets, as sockets and certificates name it.
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let https = upstream.scheme == http::uri::Scheme::HTTPS;
         let port = upstream
             .authority
@@ -76,8 +82,7 @@ impl UpstreamClients {
             .unwrap_or(if https { 443 } else { 80 });
         // A host rustls cannot verify a certificate for is one the pool cannot reach either;
         // such a proxy pins nothing rather than fail to start.
-        let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']'))
-            .map(|n| n.to_owned());
+        let name = ServerName::try_from(bare.as_str()).map(|n| n.to_owned());
         let (tls_pinned, pinning) = match (https, name) {
             (false, _) => (None, true),
             (true, Ok(name)) => {
@@ -101,7 +106,7 @@ impl UpstreamClients {
                 .map(|_| client(upstream, tls.clone()))
                 .collect(),
             target: PinTarget {
-                host,
+                host: bare,
                 port,
                 tls: tls_pinned,
                 connect_timeout: upstream.connect_timeout,
@@ -210,8 +215,7 @@ impl PinTarget {
     /// `connect_timeout` (TCP and TLS together: a request that cannot have it soon takes the pool).
     async fn connect(&self) -> std::io::Result<http1::SendRequest<Relay>> {
         let connect = async {
-            let host = self.host.trim_start_matches('[').trim_end_matches(']');
-            let tcp = tokio::net::TcpStream::connect((host, self.port)).await?;
+            let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
             tcp.set_nodelay(true)?;
             match &self.tls {
                 None => handshake(tcp).await,
