@@ -306,22 +306,40 @@ impl Policy {
 
 /// The ways servers read a normalized path: as it is; with `;params` cut from every segment (Tomcat,
 /// Spring, some proxies); and each of those without a `.json`-style format suffix on the last
-/// segment (Rails routes `/v3/stacks.json` to `/v3/stacks`).
-fn readings(path: &str) -> Vec<Cow<'_, str>> {
-    let mut out = vec![Cow::Borrowed(path)];
-    if path.contains(';') {
+/// segment (Rails routes `/v3/stacks.json` to `/v3/stacks`). At most four, kept on the stack: nearly
+/// every path has only the first, and this runs for every request (docs/design.md#performance).
+fn readings(path: &str) -> Readings<'_> {
+    let mut out = Readings([Some(Cow::Borrowed(path)), None, None, None]);
+    let mut len = 1;
+    if path.as_bytes().contains(&b';') {
         let cut: Vec<&str> = path
             .split('/')
             .map(|s| s.split(';').next().unwrap_or_default())
             .collect();
-        out.push(Cow::Owned(cut.join("/")));
+        out.0[len] = Some(Cow::Owned(cut.join("/")));
+        len += 1;
     }
-    for i in 0..out.len() {
-        if let Some(bare) = without_format(&out[i]) {
-            out.push(Cow::Owned(bare.to_owned()));
+    let cut = len;
+    for i in 0..cut {
+        let bare = out.0[i]
+            .as_deref()
+            .and_then(without_format)
+            .map(str::to_owned);
+        if let Some(bare) = bare {
+            out.0[len] = Some(Cow::Owned(bare));
+            len += 1;
         }
     }
     out
+}
+
+/// The readings of one path (see [`readings`]).
+struct Readings<'a>([Option<Cow<'a, str>>; 4]);
+
+impl<'a> Readings<'a> {
+    fn iter(&self) -> impl Iterator<Item = &Cow<'a, str>> {
+        self.0.iter().flatten()
+    }
 }
 
 /// `/user-session`, `/v3/user-session` or `/v2/USER-SESSION` and anything below: the session stays
@@ -336,30 +354,45 @@ fn is_session_endpoint(path: &str) -> bool {
 /// (docs/design.md#answers-that-carry-the-token).
 pub fn is_user_endpoint(path: &str) -> bool {
     readings(path).iter().any(|reading| {
-        let (target, mut below) = endpoint(reading);
-        target.eq_ignore_ascii_case(USER_SEGMENT) && below.next().is_none()
+        let (target, below) = endpoint(reading);
+        target.eq_ignore_ascii_case(USER_SEGMENT) && !below
     })
 }
 
 /// The segment that names the endpoint, after an API version if the path starts with one
-/// (`v3`, `V2`), and the segments below it.
-fn endpoint(path: &str) -> (&str, std::str::Split<'_, char>) {
-    let mut segments = path.split('/');
-    segments.next();
-    let first = segments.next().unwrap_or_default();
+/// (`v3`, `V2`), and whether segments follow it.
+fn endpoint(path: &str) -> (&str, bool) {
+    /// The first segment of `rest`, and what follows its `/`, if one does.
+    fn segment(rest: &str) -> (&str, Option<&str>) {
+        match rest.bytes().position(|b| b == b'/') {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        }
+    }
+    // What comes before the first `/` (nothing, in a normalized path) names no endpoint.
+    let Some(rest) = segment(path).1 else {
+        return ("", false);
+    };
+    let (first, rest) = segment(rest);
     let is_version = first.len() > 1
         && first.starts_with(['v', 'V'])
         && first[1..].bytes().all(|b| b.is_ascii_digit());
-    if is_version {
-        (segments.next().unwrap_or_default(), segments)
-    } else {
-        (first, segments)
+    match (is_version, rest) {
+        (false, rest) => (first, rest.is_some()),
+        (true, Some(rest)) => {
+            let (target, below) = segment(rest);
+            (target, below.is_some())
+        }
+        (true, None) => ("", false),
     }
 }
 
 fn without_format(path: &str) -> Option<&str> {
-    let last = path.rfind('/')? + 1;
-    let dot = path[last..].find('.').filter(|&i| i > 0)?;
+    let last = path.bytes().rposition(|b| b == b'/')? + 1;
+    let dot = path[last..]
+        .bytes()
+        .position(|b| b == b'.')
+        .filter(|&i| i > 0)?;
     Some(&path[..last + dot])
 }
 

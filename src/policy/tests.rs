@@ -401,7 +401,35 @@ fn every_reading_of_the_user_endpoint_is_known() {
         "/v3/user/activate",
         "/v3/user-session",
         "/v3/stacks/user",
+        "/v3",
+        "/",
+        "/user/x",
+        "/v/user",
+        "/v3x/user",
     ] {
         assert!(!super::is_user_endpoint(path), "{path}");
     }
+}
+
+#[test]
+fn a_path_has_up_to_four_readings_and_most_have_one() {
+    let all = |path| {
+        readings(path)
+            .iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(all("/v3/content_types"), ["/v3/content_types"]);
+    assert_eq!(all("/v3/stacks.json"), ["/v3/stacks.json", "/v3/stacks"]);
+    assert_eq!(all("/v3/user;x=1"), ["/v3/user;x=1", "/v3/user"]);
+    assert_eq!(
+        all("/v3;a/user.json;b"),
+        [
+            "/v3;a/user.json;b",
+            "/v3/user.json",
+            "/v3;a/user",
+            "/v3/user"
+        ]
+    );
+    assert!(is_user_endpoint("/v3;a/user.json;b"));
 }
