@@ -11,8 +11,11 @@ use crate::proxy::target::{Name, classify_name};
 pub const PROFILE_HEADER: &str = "x-cma-profile";
 pub const AUTHTOKEN: &str = "authtoken";
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which the proxy answers itself.
-static HOP_BY_HOP: [HeaderName; 9] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which the proxy answers itself; then the
+/// proxy's own response headers, which say what the proxy did, never what an upstream claims.
+/// Requests lose the first [`HOP_BY_HOP`], responses all of them. `connection` comes first (see
+/// [`remove_named`]).
+static REMOVED: [HeaderName; 11] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -22,50 +25,92 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static(ERROR_HEADER),
+    HeaderName::from_static(super::reads::CACHE_HEADER),
 ];
+const HOP_BY_HOP: usize = 9;
+
+/// Where `name` is in [`REMOVED`]: a `match` on the text, which compiles to a switch on the length
+/// and one comparison, instead of a comparison with each name.
+fn removed_index(name: &str) -> Option<usize> {
+    Some(match name {
+        "connection" => 0,
+        "keep-alive" => 1,
+        "proxy-connection" => 2,
+        "proxy-authenticate" => 3,
+        "proxy-authorization" => 4,
+        "te" => 5,
+        "trailer" => 6,
+        "transfer-encoding" => 7,
+        "upgrade" => 8,
+        ERROR_HEADER => 9,
+        super::reads::CACHE_HEADER => 10,
+        _ => return None,
+    })
+}
+
+/// [`removed_index`] for a name in any case (as `Connection` may list it), without allocating: no
+/// name in [`REMOVED`] is longer than 32 bytes.
+fn removed_index_in_any_case(name: &str) -> Option<usize> {
+    let mut buffer = [0u8; 32];
+    let lower = buffer.get_mut(..name.len())?;
+    lower.copy_from_slice(name.as_bytes());
+    lower.make_ascii_lowercase();
+    removed_index(std::str::from_utf8(lower).ok()?)
+}
 
 /// Removes hop-by-hop headers and every header that `Connection` names. On a request this runs
 /// before anything reads the headers: what a client marks as hop-by-hop never goes upstream, so it
 /// must not route or otherwise decide anything either.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) headers a message has, instead of a lookup per hop-by-hop name:
-    // most messages carry none but `connection: keep-alive`.
-    let mut present = [false; 9];
+    remove_named(headers, HOP_BY_HOP);
+}
+
+/// Prepares an upstream response for the client: hop-by-hop headers removed, and
+/// `x-cma-auth-proxy-error` and `x-cma-auth-proxy-cache` too, so those headers always mean "the
+/// proxy itself answered".
+pub fn prepare_response(headers: &mut HeaderMap) {
+    remove_named(headers, REMOVED.len());
+}
+
+/// Removes the first `count` headers of [`REMOVED`] and, when `Connection` is there, every header
+/// it names. One pass over the (few) headers a message has, instead of a hash lookup per name: most
+/// messages carry none but `connection: keep-alive`, whose `keep-alive` names a header already
+/// looked for, so nothing else is looked up or allocated.
+fn remove_named(headers: &mut HeaderMap, count: usize) {
+    let mut present = [false; REMOVED.len()];
+    let mut any = false;
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = removed_index(name.as_str()).filter(|&i| i < count) {
             present[i] = true;
+            any = true;
         }
     }
-    if !present.contains(&true) {
+    if !any {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        // Only names the message carries (`close` and `keep-alive` usually name none): no
-        // `HeaderName` is built, and nothing allocated, for the rest.
-        .filter(|name| headers.contains_key(*name))
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .collect();
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+    // Names in `Connection` other than the ones looked for above, and only those the message
+    // carries: `close` names none.
+    let named: Vec<HeaderName> = if present[0] {
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|name| removed_index_in_any_case(name).is_none_or(|i| i >= count))
+            .filter(|name| headers.contains_key(*name))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (name, _) in REMOVED.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
     for name in &named {
         headers.remove(name);
     }
-}
-
-/// Prepares an upstream response for the client: hop-by-hop headers removed, and
-/// `x-cma-auth-proxy-error` too, so that header always means "the proxy itself answered".
-pub fn prepare_response(headers: &mut HeaderMap) {
-    remove_hop_by_hop(headers);
-    // The proxy's own headers say what the proxy did, never what an upstream claims: one hash
-    // lookup each; upstream responses almost never carry them.
-    headers.remove(ERROR_HEADER);
-    headers.remove(super::reads::CACHE_HEADER);
 }
 
 /// What a client's header means to [`screen_request`].
@@ -290,13 +335,14 @@ fn strip_cookie_credentials(headers: &mut HeaderMap) {
 
 /// Appends the client's address to `x-forwarded-for`.
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
-    const XFF: &str = "x-forwarded-for";
-    let value = match headers.get(XFF).and_then(|v| v.to_str().ok()) {
+    // A static name: looking up or inserting by `&str` parses the name, and allocates it to insert.
+    static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
         None => Some(peer_value(peer)),
     };
     if let Some(value) = value {
-        headers.insert(XFF, value);
+        headers.insert(XFF.clone(), value);
     }
 }
 
@@ -494,12 +540,22 @@ mod tests {
         let mut h = map(&[
             ("x-cma-auth-proxy-error", "policy_denied"),
             ("x-cma-auth-proxy-cache", "hit"),
-            ("connection", "close"),
+            (
+                "connection",
+                "keep-alive, X-Upstream-Hop, X-CMA-Auth-Proxy-Error",
+            ),
+            ("x-upstream-hop", "1"),
+            ("keep-alive", "timeout=5"),
             ("content-type", "application/json"),
         ]);
         prepare_response(&mut h);
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["content-type"]);
+        // The proxy's own headers go even when no hop-by-hop header is there.
+        let mut h = map(&[("x-cma-auth-proxy-error", "x"), ("etag", "1")]);
+        prepare_response(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["etag"]);
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! the only profile. Pure.
 use std::sync::Arc;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 
 use super::error::{BadRequest, ProxyError};
 use super::headers::PROFILE_HEADER;
 use crate::config::{Config, ProfileConfig};
 use crate::policy::Denial;
+
+/// Names looked up by value, not by `&str`, which would parse them at every request.
+static PROFILE_NAME: HeaderName = HeaderName::from_static(PROFILE_HEADER);
+static API_KEY: HeaderName = HeaderName::from_static("api_key");
 
 /// Profile routing: `x-cma-profile`, else the profile listing the request's `api_key`,
 /// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
@@ -20,7 +24,7 @@ pub(super) fn select_profile<'c>(
 ) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
     let api_key = stack_key(headers, query_api_key)?;
     let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
-    let profile = if let Some(value) = headers.get(PROFILE_HEADER) {
+    let profile = if let Some(value) = headers.get(&PROFILE_NAME) {
         let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
         config
             .profile(name)
@@ -55,7 +59,7 @@ fn stack_key<'a>(
     headers: &'a HeaderMap,
     query: Option<&'a str>,
 ) -> Result<Option<&'a str>, BadRequest> {
-    let mut values = headers.get_all("api_key").iter();
+    let mut values = headers.get_all(&API_KEY).iter();
     let header = match (values.next(), values.next()) {
         (None, _) => None,
         (Some(value), None) => Some(
