@@ -134,6 +134,34 @@ pub struct Metrics {
     emulated_sessions: Family<SessionLabels, Counter>,
     reads_coalesced: Family<ProfileLabels, Counter>,
     cache: Family<CacheLabels, Counter>,
+    /// Tells this registry's series from another's in [`REQUEST_SERIES`] (tests run several).
+    id: u64,
+}
+
+static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The series a kind of request updates, as [`Metrics::request`] last found them on this thread:
+/// a request then costs no hashing of its labels and no lock of the families
+/// (docs/design.md#performance). Families never drop these series, so a kept handle is always
+/// the one registered.
+struct RequestSeries {
+    metrics: u64,
+    profile: Arc<str>,
+    method: &'static str,
+    status: u16,
+    outcome: RequestOutcome,
+    count: Counter,
+    duration: Histogram,
+    /// Made at the first such request that went upstream, as the family would.
+    upstream: Option<Histogram>,
+}
+
+/// How many kinds of request each thread keeps the series of; a new kind takes the oldest's place.
+const REQUEST_SERIES_KEPT: usize = 16;
+
+thread_local! {
+    static REQUEST_SERIES: std::cell::RefCell<Vec<RequestSeries>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -307,6 +335,7 @@ impl Metrics {
             emulated_sessions,
             reads_coalesced,
             cache,
+            id: NEXT_METRICS_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         // Series an alert's increase() needs from its first event on exist from the start.
         for &outcome in ReloadOutcome::ALL {
@@ -436,28 +465,74 @@ impl Metrics {
         upstream: Option<Duration>,
         proxy_answer: bool,
     ) {
-        let profile = Profile(profile.unwrap_or_else(|| NO_PROFILE.clone()));
+        let profile = profile.unwrap_or_else(|| NO_PROFILE.clone());
         let outcome = RequestOutcome::of(status, proxy_answer);
-        self.request_duration
-            .get_or_create(&DurationLabels {
-                profile: profile.clone(),
-                outcome,
-            })
-            .observe(elapsed.as_secs_f64());
-        if let Some(upstream) = upstream {
-            self.upstream_duration
-                .get_or_create(&ProfileLabels {
-                    profile: profile.clone(),
-                })
-                .observe(upstream.as_secs_f64());
-        }
-        self.requests
+        let method = method_label(method);
+        REQUEST_SERIES.with_borrow_mut(|kept| {
+            let found = kept.iter().position(|s| {
+                s.metrics == self.id
+                    && s.status == status
+                    && s.outcome == outcome
+                    && s.method == method
+                    && s.profile == profile
+            });
+            let i = found.unwrap_or_else(|| {
+                if kept.len() == REQUEST_SERIES_KEPT {
+                    kept.remove(0);
+                }
+                kept.push(self.request_series(&profile, method, status, outcome));
+                kept.len() - 1
+            });
+            let series = &mut kept[i];
+            series.duration.observe(elapsed.as_secs_f64());
+            if let Some(upstream) = upstream {
+                series
+                    .upstream
+                    .get_or_insert_with(|| {
+                        let labels = ProfileLabels {
+                            profile: Profile(profile.clone()),
+                        };
+                        self.upstream_duration.get_or_create(&labels).clone()
+                    })
+                    .observe(upstream.as_secs_f64());
+            }
+            series.count.inc();
+        });
+    }
+
+    /// The series of one kind of request, from the families (see [`RequestSeries`]).
+    fn request_series(
+        &self,
+        profile: &Arc<str>,
+        method: &'static str,
+        status: u16,
+        outcome: RequestOutcome,
+    ) -> RequestSeries {
+        let count = self
+            .requests
             .get_or_create(&RequestLabels {
-                profile,
-                method: method_label(method),
+                profile: Profile(profile.clone()),
+                method,
                 status,
             })
-            .inc();
+            .clone();
+        let duration = self
+            .request_duration
+            .get_or_create(&DurationLabels {
+                profile: Profile(profile.clone()),
+                outcome,
+            })
+            .clone();
+        RequestSeries {
+            metrics: self.id,
+            profile: profile.clone(),
+            method,
+            status,
+            outcome,
+            count,
+            duration,
+            upstream: None,
+        }
     }
 
     /// A request starts (`true`) or ends (`false`) being served.
@@ -626,6 +701,46 @@ fn method_label(method: &Method) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_series_kept_per_thread_count_into_their_own_registry() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        let ms = Duration::from_millis(1);
+        let get = |m: &Metrics, status, upstream| {
+            m.request(Some("p".into()), &Method::GET, status, ms, upstream, false)
+        };
+        // More kinds of request than a thread keeps: the first ones are found again in the family.
+        for round in 0..2 {
+            for status in 200..200 + REQUEST_SERIES_KEPT as u16 + 4 {
+                get(&a, status, (round == 1).then_some(ms));
+            }
+        }
+        get(&b, 200, None);
+        let a = a.encode(Format::OpenMetrics);
+        let b = b.encode(Format::OpenMetrics);
+        for status in [200, 219] {
+            let line = format!(
+                r#"cma_auth_proxy_requests_total{{profile="p",method="GET",status="{status}"}} 2"#
+            );
+            assert!(a.contains(&line), "{line} in\n{a}");
+        }
+        assert!(
+            a.contains(r#"cma_auth_proxy_upstream_duration_seconds_count{profile="p"} 20"#),
+            "{a}"
+        );
+        assert!(
+            a.contains(
+                r#"cma_auth_proxy_request_duration_seconds_count{profile="p",outcome="ok"} 40"#
+            ),
+            "{a}"
+        );
+        assert!(
+            b.contains(r#"cma_auth_proxy_requests_total{profile="p",method="GET",status="200"} 1"#),
+            "{b}"
+        );
+        // A request that never went upstream makes no upstream series.
+        assert!(!b.contains("upstream_duration_seconds_count{"), "{b}");
+    }
 
     #[test]
     fn exposes_every_spec_metric_name() {
