@@ -277,6 +277,9 @@ impl Proxy {
         let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
         record.profile = Some(profile.name.clone());
         headers::strip_request(&mut parts.headers, removals);
+        // Room for what the proxy adds: `x-forwarded-for`, the token and, on a pinned upstream
+        // connection, `host`; made once rather than grown at each.
+        parts.headers.reserve(3);
         if let Some(peer) = peer {
             headers::append_forwarded_for(&mut parts.headers, peer);
         }
@@ -310,6 +313,7 @@ impl Proxy {
             profile: profile.name.clone(),
             pinned: pinned.cloned(),
             carries_token,
+            token_header: None,
         };
         if let Some(read) = self.shareable_read(profile, &outbound, &body) {
             return self.forward_read(profile, outbound, read, record).await;
@@ -342,13 +346,16 @@ impl Proxy {
     ) -> Result<Response<Relay>, ProxyError> {
         match &profile.credentials {
             Credentials::ManagementToken(token) => {
-                let mut headers = outbound.headers.clone();
-                headers.insert(header::AUTHORIZATION, token.0.clone());
+                let mut outbound = outbound;
+                outbound
+                    .headers
+                    .insert(header::AUTHORIZATION, token.0.clone());
                 // Held until the answer comes, like a body that may be replayed.
                 let (body, _held) = match body {
                     RequestBody::Replayable(bytes, held) => (Relay::full(bytes), Some(held)),
                     RequestBody::Streaming(relay) => (relay, None),
                 };
+                let headers = outbound.headers_to_send(false);
                 let response = self.send(&outbound, headers, body, record).await?;
                 self.answer(response, &outbound, &token.0).await
             }
@@ -368,6 +375,7 @@ impl Proxy {
         body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
+        let mut outbound = outbound;
         let token = self.token(profile).await?;
         // A kept body holds its share of the replay budget until this request is done with it.
         let (first_body, replay) = match body {
@@ -376,14 +384,9 @@ impl Proxy {
             }
             RequestBody::Streaming(relay) => (relay, None),
         };
-        let response = self
-            .send(
-                &outbound,
-                with_token(&outbound.headers, &token),
-                first_body,
-                record,
-            )
-            .await?;
+        outbound.set_token(&token);
+        let headers = outbound.headers_to_send(replay.is_some());
+        let response = self.send(&outbound, headers, first_body, record).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return self.answer(response, &outbound, token.header()).await;
         }
@@ -392,12 +395,15 @@ impl Proxy {
         let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
             .await
             .map_err(|e| ProxyError::UpstreamBroken(e.into()))?;
-        if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
+        // Boxed, as every rarely taken step that awaits much (docs/design.md#performance).
+        if !(complete && Box::pin(self.token_is_dead(&parts.headers, &chunks, &token)).await) {
             return Ok(upstream_response(parts, Relay::response(chunks, rest)));
         }
-        self.tokens
-            .invalidate(&profile.name, &token, Trigger::Unauthorized)
-            .await;
+        Box::pin(
+            self.tokens
+                .invalidate(&profile.name, &token, Trigger::Unauthorized),
+        )
+        .await;
         let Some((bytes, _held)) = replay else {
             self.metrics.replay(ReplayOutcome::NotReplayable);
             return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
@@ -410,13 +416,10 @@ impl Proxy {
             }
         };
         self.metrics.replay(ReplayOutcome::Replayed);
+        outbound.set_token(&token);
+        let headers = outbound.headers_to_send(false);
         let response = self
-            .send(
-                &outbound,
-                with_token(&outbound.headers, &token),
-                Relay::full(bytes),
-                record,
-            )
+            .send(&outbound, headers, Relay::full(bytes), record)
             .await?;
         self.answer(response, &outbound, token.header()).await
     }
@@ -500,15 +503,26 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Result<Response<Incoming>, ProxyError> {
         let retry = outbound.kind == RequestKind::Read && hyper::body::Body::is_end_stream(&body);
-        let headers_again = retry.then(|| headers.clone());
         // Boxed: the sending future would otherwise be copied into each future above it.
         let response = Box::pin(self.send_once(outbound, headers, body, record, false)).await?;
-        let (Some(limiter), Some(headers)) = (&outbound.limiter, headers_again) else {
-            return Ok(response);
-        };
-        if response.status() != StatusCode::TOO_MANY_REQUESTS {
-            return Ok(response);
+        match &outbound.limiter {
+            Some(limiter) if retry && response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                // Boxed: rare, and as large as a send of its own.
+                Box::pin(self.send_again(outbound, limiter, response, record)).await
+            }
+            _ => Ok(response),
         }
+    }
+
+    /// Sends a read Contentstack answered with 429 again once the budget allows, within `max_wait`
+    /// of that first 429, with the headers [`Outbound::headers_to_send`] kept for it.
+    async fn send_again(
+        &self,
+        outbound: &Outbound,
+        limiter: &RateLimiter,
+        response: Response<Incoming>,
+        record: &mut AccessRecord,
+    ) -> Result<Response<Incoming>, ProxyError> {
         let deadline = Instant::now() + limiter.max_wait();
         let mut response = response;
         while response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -522,7 +536,8 @@ impl Proxy {
             };
             self.metrics.rate_limit_wait(&outbound.profile);
             tokio::time::sleep(wait).await;
-            let again = self.send_once(outbound, headers.clone(), Relay::empty(), record, true);
+            let headers = outbound.headers.clone();
+            let again = self.send_once(outbound, headers, Relay::empty(), record, true);
             response = again.await?;
         }
         Ok(response)
@@ -540,7 +555,9 @@ impl Proxy {
     ) -> Result<Response<Incoming>, ProxyError> {
         let kind = outbound.kind;
         if let (Some(limiter), false) = (&outbound.limiter, slot_taken) {
-            match limiter.acquire(kind).await {
+            // Boxed, like the calls to the budget below: with a fleet store each is a Redis call,
+            // large, and only for profiles with a budget (docs/design.md#performance).
+            match Box::pin(limiter.acquire(kind)).await {
                 Decision::Now => {}
                 Decision::After(wait) => {
                     self.metrics.rate_limit_wait(&outbound.profile);
@@ -568,13 +585,13 @@ impl Proxy {
             Ok(Ok(response)) => {
                 if let Some(limiter) = &outbound.limiter {
                     if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                        limiter.upstream_limited(kind).await;
+                        Box::pin(limiter.upstream_limited(kind)).await;
                     } else if response
                         .headers()
                         .get("x-ratelimit-remaining")
                         .is_some_and(|v| v.as_bytes() == b"0")
                     {
-                        limiter.upstream_full(kind).await;
+                        Box::pin(limiter.upstream_full(kind)).await;
                     }
                 }
                 Ok(response)
@@ -621,14 +638,39 @@ struct Outbound {
     pinned: Option<Arc<upstream::Pinned>>,
     /// Whether the answer may carry the token (the user object).
     carries_token: bool,
+    /// The header [`Outbound::set_token`] put the session's token in.
+    token_header: Option<http::HeaderName>,
 }
 
-/// The request's headers with the profile's token: `authtoken`, or an OAuth profile's
-/// `authorization: Bearer …` (client-sent credentials are gone by now).
-fn with_token(headers: &HeaderMap, token: &Token) -> HeaderMap {
-    let mut headers = headers.clone();
-    headers.insert(token.header_name(), token.header().clone());
-    headers
+impl Outbound {
+    /// Puts the profile's token in the headers: `authtoken`, or an OAuth profile's
+    /// `authorization: Bearer …` (client-sent credentials are gone by now); a replay's new token
+    /// takes the place of the old.
+    fn set_token(&mut self, token: &Token) {
+        let name = token.header_name();
+        // A reload that turned the profile from a login into an OAuth app (or back) between the
+        // first send and the replay: the old token's header goes too.
+        if let Some(old) = self.token_header.replace(name.clone())
+            && old != name
+        {
+            self.headers.remove(old);
+        }
+        self.headers.insert(name, token.header().clone());
+    }
+
+    /// The headers for one send. A copy when they may be sent again: a replay after a token
+    /// eviction (`replayable`), or a read retried after a 429 (with a budget); otherwise the
+    /// headers themselves, with no copy (docs/design.md#performance).
+    fn headers_to_send(&mut self, replayable: bool) -> HeaderMap {
+        if replayable || self.limiter.is_some() {
+            // The copy is kept and the headers go: they have the room made for them in
+            // [`Proxy::forward`], the copy none.
+            let copy = self.headers.clone();
+            std::mem::replace(&mut self.headers, copy)
+        } else {
+            std::mem::take(&mut self.headers)
+        }
+    }
 }
 
 fn upstream_response(mut parts: http::response::Parts, body: Relay) -> Response<Relay> {

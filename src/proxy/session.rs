@@ -225,6 +225,7 @@ impl Proxy {
             profile: profile.name.clone(),
             pinned: None,
             carries_token: true,
+            token_header: None,
         };
         let response = self
             .dispatch(
