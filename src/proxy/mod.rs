@@ -1,7 +1,8 @@
-//! The request path (docs/design.md#the-request-path), read top to bottom in [`Proxy::forward`]:
-//! admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
+//! The request path (docs/design.md#the-request-path), read top to bottom in [`Proxy::judge`]
+//! (admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
 //! policy checks is what is sent, see [`target`]), policy, header screening, profile, client
-//! credentials, token, forward, and the one replay after a token eviction. A read that may be
+//! credentials) and then [`Proxy::forward`] (token, forward, and the one replay after a token
+//! eviction). A read that may be
 //! shared takes [`reads`] (cache, coalescing) around the forward; a write drops what it may have
 //! changed.
 //!
@@ -246,6 +247,40 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let config = self.config.load_full();
+        let (profile, mut outbound, body) =
+            match self.judge(req, peer, pinned, &config, record).await? {
+                Judged::Forward(profile, outbound, body) => (profile, outbound, body),
+                Judged::Answered(response) => return Ok(response),
+            };
+        // The steps below borrow the outbound request rather than move it: it is kept once, here,
+        // not once more in the future of each step (docs/design.md#performance).
+        if let Some(read) = self.shareable_read(profile, &outbound, &body) {
+            return self
+                .forward_read(profile, &mut outbound, read, record)
+                .await;
+        }
+        // Whatever became of a write, it may have changed what reads answer.
+        let written = (!matches!(outbound.method, Method::GET | Method::HEAD))
+            .then(|| outbound.uri.path().to_owned());
+        let response = self.dispatch(profile, &mut outbound, body, record).await;
+        if let Some(path) = written {
+            self.written(profile, &path).await;
+        }
+        response
+    }
+
+    /// Steps 1–4 (docs/design.md#the-request-path): admission, hop-by-hop removal, the target
+    /// judged, policy, header screening, the profile, and the body taken; what is left is the
+    /// request as it will go upstream. A step of its own so that its state and the sending's
+    /// share one place in the request's future rather than adding up.
+    async fn judge<'c>(
+        &self,
+        req: Request<Incoming>,
+        peer: Option<IpAddr>,
+        pinned: Option<&Arc<upstream::Pinned>>,
+        config: &'c Config,
+        record: &mut AccessRecord,
+    ) -> Result<Judged<'c, '_>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         // The placeholder of an emulated login is the proxy's own, not a client credential: it
         // goes before anything reads the request.
@@ -253,28 +288,29 @@ impl Proxy {
         let mode = config.policy.client_credentials;
         let target = target::judge(&parts.method, &parts.uri, mode)?;
         record.judged = Some(target.path_and_query()?);
-        admit(&parts, &config)?;
+        admit(&parts, config)?;
         // Before anything reads a header: what is not forwarded must not decide anything either.
         headers::remove_hop_by_hop(&mut parts.headers);
         if let Some(action) = session::emulated(&parts, &config.policy) {
             let api_key = target.api_key.as_deref();
             // Boxed: rare, and as large as a forward of its own.
-            return Box::pin(self.emulate_session(
+            let response = Box::pin(self.emulate_session(
                 action,
                 &mut parts.headers,
                 api_key,
                 body,
-                &config,
+                config,
                 record,
             ))
-            .await;
+            .await?;
+            return Ok(Judged::Answered(response));
         }
         config
             .policy
             .check(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
         let removals = headers::screen_request(&parts.headers, mode)?;
-        let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), &config)?;
+        let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), config)?;
         record.profile = Some(profile.name.clone());
         headers::strip_request(&mut parts.headers, removals);
         // Room for what the proxy adds: `x-forwarded-for`, the token and, on a pinned upstream
@@ -292,7 +328,7 @@ impl Proxy {
                 http::HeaderValue::from_static("identity"),
             );
         }
-        let uri = upstream_uri(&target, &config)?;
+        let uri = upstream_uri(&target, config)?;
         let content_length = content_length(&parts.headers)?;
         let body = body::take_request_body(
             body,
@@ -315,17 +351,7 @@ impl Proxy {
             carries_token,
             token_header: None,
         };
-        if let Some(read) = self.shareable_read(profile, &outbound, &body) {
-            return self.forward_read(profile, outbound, read, record).await;
-        }
-        // Whatever became of a write, it may have changed what reads answer.
-        let written = (!matches!(outbound.method, Method::GET | Method::HEAD))
-            .then(|| outbound.uri.path().to_owned());
-        let response = self.dispatch(profile, outbound, body, record).await;
-        if let Some(path) = written {
-            self.written(profile, &path).await;
-        }
-        response
+        Ok(Judged::Forward(profile, outbound, body))
     }
 
     fn limiter(&self, profile: &str) -> Option<Arc<RateLimiter>> {
@@ -340,13 +366,12 @@ impl Proxy {
     async fn dispatch(
         &self,
         profile: &ProfileConfig,
-        outbound: Outbound,
+        outbound: &mut Outbound,
         body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         match &profile.credentials {
             Credentials::ManagementToken(token) => {
-                let mut outbound = outbound;
                 outbound
                     .headers
                     .insert(header::AUTHORIZATION, token.0.clone());
@@ -356,8 +381,8 @@ impl Proxy {
                     RequestBody::Streaming(relay) => (relay, None),
                 };
                 let headers = outbound.headers_to_send(false);
-                let response = self.send(&outbound, headers, body, record).await?;
-                self.answer(response, &outbound, &token.0).await
+                let response = self.send(outbound, headers, body, record).await?;
+                self.answer(response, outbound, &token.0).await
             }
             Credentials::Login(_) | Credentials::OAuth(_) => {
                 self.forward_with_session(profile, outbound, body, record)
@@ -371,11 +396,10 @@ impl Proxy {
     async fn forward_with_session(
         &self,
         profile: &ProfileConfig,
-        outbound: Outbound,
+        outbound: &mut Outbound,
         body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
-        let mut outbound = outbound;
         let token = self.token(profile).await?;
         // A kept body holds its share of the replay budget until this request is done with it.
         let (first_body, replay) = match body {
@@ -386,9 +410,9 @@ impl Proxy {
         };
         outbound.set_token(&token);
         let headers = outbound.headers_to_send(replay.is_some());
-        let response = self.send(&outbound, headers, first_body, record).await?;
+        let response = self.send(outbound, headers, first_body, record).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
-            return self.answer(response, &outbound, token.header()).await;
+            return self.answer(response, outbound, token.header()).await;
         }
         let (mut parts, mut rest) = response.into_parts();
         scrub::drop_headers_carrying(&mut parts.headers, scrub::secret(token.header()));
@@ -419,9 +443,9 @@ impl Proxy {
         outbound.set_token(&token);
         let headers = outbound.headers_to_send(false);
         let response = self
-            .send(&outbound, headers, Relay::full(bytes), record)
+            .send(outbound, headers, Relay::full(bytes), record)
             .await?;
-        self.answer(response, &outbound, token.header()).await
+        self.answer(response, outbound, token.header()).await
     }
 
     /// The upstream's answer as the client gets it: no header that carries the credential sent,
@@ -622,6 +646,13 @@ fn declare_profiles(metrics: &Metrics, config: &Config) {
         metrics.profile(&p.name, p.has_session(), p.rate_limit.is_some());
     }
     metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
+}
+
+/// What [`Proxy::judge`] made of a request: one to forward with its profile, or one the proxy
+/// answered itself (an emulated login or logout).
+enum Judged<'c, 'b> {
+    Forward(&'c Arc<ProfileConfig>, Outbound, RequestBody<'b>),
+    Answered(Response<Relay>),
 }
 
 /// A request ready to go upstream, kept so it can be sent a second time.

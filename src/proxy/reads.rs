@@ -131,7 +131,7 @@ impl Proxy {
     pub(super) async fn forward_read(
         &self,
         profile: &Arc<ProfileConfig>,
-        outbound: Outbound,
+        outbound: &mut Outbound,
         read: SharedRead,
         record: &mut super::AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
@@ -172,7 +172,6 @@ impl Proxy {
         };
         // A follower that took over from a leader that failed has waited already: its request
         // gets what is left of its own deadline, not a new one.
-        let mut outbound = outbound;
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(ProxyError::UpstreamTimeout(outbound.timeout));

@@ -215,7 +215,7 @@ impl Proxy {
             header::ACCEPT_ENCODING,
             HeaderValue::from_static("identity"),
         );
-        let outbound = Outbound {
+        let mut outbound = Outbound {
             kind: crate::ratelimit::RequestKind::Read,
             method: Method::GET,
             uri,
@@ -230,7 +230,7 @@ impl Proxy {
         let response = self
             .dispatch(
                 profile,
-                outbound,
+                &mut outbound,
                 RequestBody::Replayable(
                     Bytes::new(),
                     crate::body::Held::none(&*self.replay_budget),
