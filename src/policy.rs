@@ -285,6 +285,12 @@ impl Policy {
     /// refuse a request if any reading of its path matches; allow rules admit it only if every
     /// reading is admitted.
     pub fn check(&self, method: &Method, path: &str) -> Result<(), Denial> {
+        self.admit(method, path).map(|_| ())
+    }
+
+    /// [`Policy::check`], and what else the request path needs to know of the path, from one
+    /// reading of it.
+    pub fn admit(&self, method: &Method, path: &str) -> Result<Admitted, Denial> {
         let readings = readings(path);
         if readings.iter().any(|p| is_session_endpoint(p)) {
             return Err(Denial::SessionEndpoint);
@@ -300,8 +306,17 @@ impl Policy {
         if !self.allow.is_empty() && !readings.iter().all(admitted) {
             return Err(Denial::NotAllowed);
         }
-        Ok(())
+        Ok(Admitted {
+            user_endpoint: readings.iter().any(|p| reads_as_user(p)),
+        })
     }
+}
+
+/// What [`Policy::admit`] learned of a request it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    /// A server may read the path as the user endpoint (see [`is_user_endpoint`]).
+    pub user_endpoint: bool,
 }
 
 /// The ways servers read a normalized path: as it is; with `;params` cut from every segment (Tomcat,
@@ -353,10 +368,13 @@ fn is_session_endpoint(path: &str) -> bool {
 /// any case, `;params`, a format suffix): its answer, the user object, carries the session's token
 /// (docs/design.md#answers-that-carry-the-token).
 pub fn is_user_endpoint(path: &str) -> bool {
-    readings(path).iter().any(|reading| {
-        let (target, below) = endpoint(reading);
-        target.eq_ignore_ascii_case(USER_SEGMENT) && !below
-    })
+    readings(path).iter().any(|reading| reads_as_user(reading))
+}
+
+/// Whether one reading of a path is the user endpoint.
+fn reads_as_user(reading: &str) -> bool {
+    let (target, below) = endpoint(reading);
+    target.eq_ignore_ascii_case(USER_SEGMENT) && !below
 }
 
 /// The segment that names the endpoint, after an API version if the path starts with one

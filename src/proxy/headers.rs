@@ -200,8 +200,17 @@ fn same_canonical(a: &str, b: &str) -> bool {
 pub struct Removals {
     credentials: bool,
     cookie_credentials: bool,
-    dropped: bool,
+    /// Which of [`DROPPED`] the request carries.
+    dropped: [bool; 3],
 }
+
+/// The headers the proxy reads or answers itself and does not forward: `host` (the client sets the
+/// upstream's), `expect` (the proxy has already accepted the body) and `x-cma-profile`.
+static DROPPED: [HeaderName; 3] = [
+    header::HOST,
+    header::EXPECT,
+    HeaderName::from_static(PROFILE_HEADER),
+];
 
 /// Reads a client's request headers before anything acts on them: refuses overrides and misspelled
 /// headers (400), and client credentials in `reject` mode (401), in headers and in cookies.
@@ -227,7 +236,11 @@ pub fn screen_request(
                 );
             }
             ClientHeader::Cookie => found.cookie_credentials = cookies_carry_credentials(headers)?,
-            ClientHeader::Dropped => found.dropped = true,
+            ClientHeader::Dropped => {
+                if let Some(i) = DROPPED.iter().position(|d| d == name) {
+                    found.dropped[i] = true;
+                }
+            }
             ClientHeader::Forwarded => {}
         }
     }
@@ -244,17 +257,16 @@ pub fn screen_request(
 /// (the client sets the upstream's), `expect` (the proxy has already accepted the body) and
 /// `x-cma-profile`.
 pub fn strip_request(headers: &mut HeaderMap, found: Removals) {
+    static AUTHTOKEN_NAME: HeaderName = HeaderName::from_static(AUTHTOKEN);
     if found.credentials {
-        headers.remove(AUTHTOKEN);
+        headers.remove(&AUTHTOKEN_NAME);
         headers.remove(header::AUTHORIZATION);
     }
     if found.cookie_credentials {
         strip_cookie_credentials(headers);
     }
-    if found.dropped {
-        headers.remove(header::HOST);
-        headers.remove(header::EXPECT);
-        headers.remove(PROFILE_HEADER);
+    for (name, _) in DROPPED.iter().zip(found.dropped).filter(|(_, d)| *d) {
+        headers.remove(name);
     }
 }
 
@@ -337,12 +349,21 @@ fn strip_cookie_credentials(headers: &mut HeaderMap) {
 pub fn append_forwarded_for(headers: &mut HeaderMap, peer: IpAddr) {
     // A static name: looking up or inserting by `&str` parses the name, and allocates it to insert.
     static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
-    let value = match headers.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
-        None => Some(peer_value(peer)),
-    };
-    if let Some(value) = value {
-        headers.insert(XFF.clone(), value);
+    // One lookup: the entry is read and written in place.
+    match headers.entry(&XFF) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(peer_value(peer));
+        }
+        header::Entry::Occupied(mut entry) => {
+            // A prior value that is not text is replaced, as if there were none.
+            let value = match entry.get().to_str() {
+                Ok(prior) => HeaderValue::from_str(&format!("{prior}, {peer}")).ok(),
+                Err(_) => Some(peer_value(peer)),
+            };
+            if let Some(value) = value {
+                entry.insert(value);
+            }
+        }
     }
 }
 
@@ -565,6 +586,15 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "127.0.0.1");
         append_forwarded_for(&mut h, "::1".parse().unwrap());
         assert_eq!(h["x-forwarded-for"], "127.0.0.1, ::1");
+        // A prior value that is not text cannot hide the client's address: it is replaced.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff1").unwrap(),
+        );
+        append_forwarded_for(&mut h, "10.0.0.9".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         // The per-thread cache of the last peer never hands out another peer's address.
         for peer in ["10.0.0.1", "10.0.0.2", "10.0.0.1"] {
             let mut h = HeaderMap::new();

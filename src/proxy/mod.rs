@@ -2,9 +2,8 @@
 //! (admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
 //! policy checks is what is sent, see [`target`]), policy, header screening, profile, client
 //! credentials) and then [`Proxy::forward`] (token, forward, and the one replay after a token
-//! eviction). A read that may be
-//! shared takes [`reads`] (cache, coalescing) around the forward; a write drops what it may have
-//! changed.
+//! eviction). A read that may be shared takes [`reads`] (cache, coalescing) around the forward; a
+//! write drops what it may have changed.
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response (and [`reads`] no more than its share limits), and never logs a header value or a
@@ -305,9 +304,9 @@ impl Proxy {
             .await?;
             return Ok(Judged::Answered(response));
         }
-        config
+        let admitted = config
             .policy
-            .check(&target.method, &target.path)
+            .admit(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
         let removals = headers::screen_request(&parts.headers, mode)?;
         let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), config)?;
@@ -321,7 +320,7 @@ impl Proxy {
         }
         // Contentstack's user object carries the token: that answer is read whole to take it out,
         // and so must come uncompressed.
-        let carries_token = crate::policy::is_user_endpoint(&target.path);
+        let carries_token = admitted.user_endpoint;
         if carries_token {
             parts.headers.insert(
                 header::ACCEPT_ENCODING,
@@ -695,7 +694,7 @@ impl Outbound {
     fn headers_to_send(&mut self, replayable: bool) -> HeaderMap {
         if replayable || self.limiter.is_some() {
             // The copy is kept and the headers go: they have the room made for them in
-            // [`Proxy::forward`], the copy none.
+            // [`Proxy::judge`], the copy none.
             let copy = self.headers.clone();
             std::mem::replace(&mut self.headers, copy)
         } else {
