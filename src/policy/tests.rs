@@ -433,3 +433,99 @@ fn a_path_has_up_to_four_readings_and_most_have_one() {
     );
     assert!(is_user_endpoint("/v3;a/user.json;b"));
 }
+
+/// The readings and endpoint found with byte scans on the stack agree with the plain reading of
+/// their definition (split on `/` and `;`, a `Vec` of readings) on every short path built from the
+/// pieces that matter: versions, the user and session segments, `;params`, format suffixes and
+/// empty segments. A spelling one misses and the other finds would leak the token or reach the
+/// session.
+#[test]
+fn readings_and_endpoint_agree_with_their_definition() {
+    fn plain_readings(path: &str) -> Vec<String> {
+        let mut out = vec![path.to_owned()];
+        if path.contains(';') {
+            let cut: Vec<&str> = path
+                .split('/')
+                .map(|s| s.split(';').next().unwrap_or_default())
+                .collect();
+            out.push(cut.join("/"));
+        }
+        for i in 0..out.len() {
+            let last = out[i].rfind('/').map_or(0, |i| i + 1);
+            if let Some(dot) = out[i][last..].find('.').filter(|&d| d > 0) {
+                out.push(out[i][..last + dot].to_owned());
+            }
+        }
+        out
+    }
+    fn plain_endpoint(path: &str) -> (String, bool) {
+        let mut segments = path.split('/').skip(1);
+        let first = segments.next().unwrap_or_default();
+        let is_version = first.len() > 1
+            && first.starts_with(['v', 'V'])
+            && first[1..].bytes().all(|b| b.is_ascii_digit());
+        let target = if is_version {
+            segments.next().unwrap_or_default()
+        } else {
+            first
+        };
+        (target.to_owned(), segments.next().is_some())
+    }
+    let pieces = [
+        "",
+        "v3",
+        "V2",
+        "v",
+        "v3x",
+        "user",
+        "USER",
+        "user-session",
+        "user.json",
+        "user;x",
+        "v3;a",
+        "users",
+        ".json",
+        "a.b.c",
+    ];
+    let mut paths = vec![String::new(), "/".to_owned()];
+    for a in pieces {
+        for b in pieces {
+            for c in ["", "user", "x", ";p", "user.json;q", "activate"] {
+                paths.push(format!("/{a}/{b}/{c}"));
+                paths.push(format!("/{a}/{b}"));
+                paths.push(format!("/{a}"));
+                paths.push(format!("{a}/{b}{c}"));
+            }
+        }
+    }
+    for path in &paths {
+        let plain = plain_readings(path);
+        let ours: Vec<String> = readings(path).iter().map(|r| r.to_string()).collect();
+        assert_eq!(ours, plain, "readings of {path:?}");
+        for reading in &plain {
+            let (target, below) = endpoint(reading);
+            assert_eq!(
+                (target.to_owned(), below),
+                plain_endpoint(reading),
+                "{reading:?}"
+            );
+        }
+        let user = plain.iter().any(|r| {
+            let (target, below) = plain_endpoint(r);
+            target.eq_ignore_ascii_case("user") && !below
+        });
+        let session = plain
+            .iter()
+            .any(|r| plain_endpoint(r).0.eq_ignore_ascii_case("user-session"));
+        assert_eq!(is_user_endpoint(path), user, "{path:?}");
+        let admitted = Policy::default().admit(&Method::GET, path);
+        match admitted {
+            Err(Denial::SessionEndpoint) => assert!(session, "{path:?}"),
+            Ok(a) => {
+                assert!(!session, "{path:?}");
+                assert_eq!(a.user_endpoint, user, "{path:?}");
+            }
+            Err(other) => panic!("{path:?}: {other:?}"),
+        }
+    }
+}

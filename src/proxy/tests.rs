@@ -71,3 +71,88 @@ fn admission() {
         "https://eu-api.contentstack.com/v3/user"
     );
 }
+
+/// An outbound request as [`Proxy::judge`] leaves it, with a client header and `x-forwarded-for`.
+fn outbound(limiter: Option<Arc<RateLimiter>>) -> Outbound {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-client", http::HeaderValue::from_static("kept"));
+    headers.insert(
+        "x-forwarded-for",
+        http::HeaderValue::from_static("10.0.0.1"),
+    );
+    Outbound {
+        kind: RequestKind::Read,
+        method: Method::GET,
+        uri: Uri::from_static("https://eu-api.contentstack.com/v3/user"),
+        headers,
+        timeout: Duration::from_secs(1),
+        limiter,
+        profile: "default".into(),
+        pinned: None,
+        carries_token: true,
+        token_header: None,
+    }
+}
+
+/// What a send carries: each header's values, in order of name.
+fn sent(headers: &HeaderMap) -> Vec<(String, Vec<String>)> {
+    let mut out: Vec<_> = headers
+        .keys()
+        .map(|name| {
+            let values = headers.get_all(name).iter();
+            let values = values.map(|v| v.to_str().unwrap().to_owned());
+            (name.as_str().to_owned(), values.collect())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_replay_sends_every_header_again_with_exactly_the_new_token() {
+    let first = Token::new(http::HeaderValue::from_static("first"));
+    let bearer = Token::bearer("second", Duration::from_secs(60)).unwrap();
+    let again = Token::new(http::HeaderValue::from_static("third"));
+    let mut out = outbound(None);
+    out.set_token(&first);
+    let one = out.headers_to_send(true);
+    // A reload turned the profile into an OAuth app, and back, between sends: each send carries
+    // one credential, the current one, and everything else the client's request had.
+    out.set_token(&bearer);
+    let two = out.headers_to_send(true);
+    out.set_token(&again);
+    let three = out.headers_to_send(false);
+    let with = |token: (&str, &str)| {
+        let mut want = vec![
+            (token.0.to_owned(), vec![token.1.to_owned()]),
+            ("x-client".to_owned(), vec!["kept".to_owned()]),
+            ("x-forwarded-for".to_owned(), vec!["10.0.0.1".to_owned()]),
+        ];
+        want.sort();
+        want
+    };
+    assert_eq!(sent(&one), with(("authtoken", "first")));
+    assert_eq!(sent(&two), with(("authorization", "Bearer second")));
+    assert_eq!(sent(&three), with(("authtoken", "third")));
+}
+
+#[test]
+fn a_request_with_a_budget_keeps_its_headers_for_a_429_retry() {
+    let c = config(
+        "[profiles.default]\nemail = \"a@x\"\npassword = \"p\"\n[profiles.default.rate_limit]\nreads_per_second = 1\n",
+    );
+    let settings = c.profiles[0].rate_limit.clone().unwrap();
+    let limiter = Arc::new(RateLimiter::new(&settings, None));
+    let token = Token::new(http::HeaderValue::from_static("secret"));
+    let mut out = outbound(Some(limiter));
+    out.set_token(&token);
+    let first = out.headers_to_send(false);
+    // What `send_again` sends is what is left in the outbound request.
+    assert_eq!(sent(&out.headers), sent(&first));
+    assert!(first.contains_key("authtoken"));
+    // Without a budget and without a body to replay, nothing is sent twice: nothing is kept.
+    let mut out = outbound(None);
+    out.set_token(&token);
+    assert!(out.headers_to_send(false).contains_key("authtoken"));
+    assert!(out.headers.is_empty());
+}
