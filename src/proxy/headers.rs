@@ -625,4 +625,66 @@ mod tests {
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["api_key"]);
     }
+
+    /// The one-pass removal agrees with its plain definition, on requests and on responses: every
+    /// hop-by-hop header (and, on a response, the proxy's own), and every header `Connection`
+    /// names in any case, whichever of those a message carries.
+    #[test]
+    fn hop_by_hop_removal_agrees_with_its_definition() {
+        fn plain(headers: &mut HeaderMap, response: bool) {
+            let named: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect();
+            let own = if response { REMOVED.len() } else { HOP_BY_HOP };
+            for name in REMOVED[..own].iter().chain(&named) {
+                headers.remove(name);
+            }
+        }
+        let names = [
+            "keep-alive",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "x-cma-auth-proxy-error",
+            "x-cma-auth-proxy-cache",
+            "x-hop",
+            "x-a-name-longer-than-thirty-two-bytes",
+            "content-type",
+        ];
+        let connections = [
+            None,
+            Some("close"),
+            Some("Keep-Alive, X-Hop"),
+            Some("TE, X-CMA-Auth-Proxy-Error , content-type"),
+            Some("X-A-Name-Longer-Than-Thirty-Two-Bytes,x-cma-auth-proxy-cache"),
+            Some("UPGRADE,,proxy-authorization"),
+        ];
+        for carried in 0..1u32 << names.len() {
+            for connection in connections {
+                let mut h = HeaderMap::new();
+                for (i, name) in names.iter().enumerate() {
+                    if carried & (1 << i) != 0 {
+                        h.append(*name, HeaderValue::from_static("1"));
+                    }
+                }
+                if let Some(c) = connection {
+                    h.append(header::CONNECTION, HeaderValue::from_static(c));
+                }
+                for response in [false, true] {
+                    let (mut ours, mut want) = (h.clone(), h.clone());
+                    if response {
+                        prepare_response(&mut ours);
+                    } else {
+                        remove_hop_by_hop(&mut ours);
+                    }
+                    plain(&mut want, response);
+                    assert_eq!(ours, want, "{h:?} (response: {response})");
+                }
+            }
+        }
+    }
 }
