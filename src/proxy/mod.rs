@@ -39,7 +39,6 @@ use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{Decision, RateLimiter, RequestKind};
 use crate::token::{Token, TokenLease, TokenManager, Validity, Verdict};
 use error::{BadRequest, ProxyError};
-use target::Target;
 use upstream::UpstreamClients;
 
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
@@ -286,7 +285,8 @@ impl Proxy {
         self.sessions.placeholder().remove_from(&mut parts);
         let mode = config.policy.client_credentials;
         let target = target::judge(&parts.method, &parts.uri, mode)?;
-        record.judged = Some(target.path_and_query()?);
+        let judged = target.path_and_query()?;
+        record.judged = Some(judged.clone());
         admit(&parts, config)?;
         // Before anything reads a header: what is not forwarded must not decide anything either.
         headers::remove_hop_by_hop(&mut parts.headers);
@@ -327,7 +327,8 @@ impl Proxy {
                 http::HeaderValue::from_static("identity"),
             );
         }
-        let uri = upstream_uri(&target, config)?;
+        // In origin form: the upstream connection adds where it goes (docs/design.md#upstream-connections).
+        let uri = Uri::from(judged);
         let content_length = content_length(&parts.headers)?;
         let body = body::take_request_body(
             body,
@@ -730,16 +731,6 @@ fn admit(parts: &Parts, config: &Config) -> Result<(), ProxyError> {
         }
     }
     Ok(())
-}
-
-/// The upstream's address with the target as it was judged.
-fn upstream_uri(target: &Target<'_>, config: &Config) -> Result<Uri, ProxyError> {
-    Uri::builder()
-        .scheme(config.upstream.scheme.clone())
-        .authority(config.upstream.authority.clone())
-        .path_and_query(target.path_and_query()?)
-        .build()
-        .map_err(|_| BadRequest::Malformed("the request target is not a valid URI").into())
 }
 
 fn default_port(scheme: Option<&str>) -> Option<u16> {

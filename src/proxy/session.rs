@@ -203,12 +203,6 @@ impl Proxy {
         if let Some(user) = self.sessions.cached_user(profile, &self.tokens) {
             return Ok(Ok(user));
         }
-        let uri = Uri::builder()
-            .scheme(config.upstream.scheme.clone())
-            .authority(config.upstream.authority.clone())
-            .path_and_query(USER_PATH)
-            .build()
-            .expect("the upstream's scheme and authority with a fixed path make a URI");
         let mut request_headers = HeaderMap::new();
         request_headers.insert(header::ACCEPT, HeaderValue::from_static("application/json"));
         request_headers.insert(
@@ -218,7 +212,7 @@ impl Proxy {
         let mut outbound = Outbound {
             kind: crate::ratelimit::RequestKind::Read,
             method: Method::GET,
-            uri,
+            uri: Uri::from_static(USER_PATH),
             headers: request_headers,
             timeout: config.server.request_timeout,
             limiter: self.limiter(&profile.name),

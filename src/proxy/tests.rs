@@ -15,8 +15,9 @@ fn admit_uri(target: &str, version: Version, method: Method) -> Result<String, S
     parts.method = method;
     target::judge(&parts.method, &parts.uri, c.policy.client_credentials)
         .and_then(|t| admit(&parts, &c).map(|()| t))
-        .and_then(|t| upstream_uri(&t, &c))
-        .map(|u| u.to_string())
+        .and_then(|t| Ok(t.path_and_query()?))
+        // Where the upstream connection sends it: the upstream's address, then the judged target.
+        .map(|target| format!("{}://{}{target}", c.upstream.scheme, c.upstream.authority))
         .map_err(|e| e.reason().to_owned())
 }
 

@@ -48,6 +48,10 @@ const HTTP2: u8 = 2;
 /// task all stay on one thread, with no cross-thread wake-ups or shared pool lock on the hot path.
 pub struct UpstreamClients {
     pooled: Vec<UpstreamClient>,
+    /// Where pooled requests go: the pool takes absolute-form targets, and picks its connections
+    /// by them.
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
     /// For connections of our own (pinned ones): where, and how.
     target: PinTarget,
     /// [`UNKNOWN`], [`HTTP1`] or [`HTTP2`], from the pool's responses ([`HTTP2`] from the start
@@ -105,6 +109,8 @@ impl UpstreamClients {
             pooled: (0..workers.max(1))
                 .map(|_| client(upstream, tls.clone()))
                 .collect(),
+            scheme: upstream.scheme.clone(),
+            authority: upstream.authority.clone(),
             target: PinTarget {
                 host: bare,
                 port,
@@ -121,9 +127,10 @@ impl UpstreamClients {
         &self.pooled[WORKER.with(|w| w.get()) % self.pooled.len()]
     }
 
-    /// Sends `request` (absolute-form URI) over the connection pinned to its client connection
-    /// when there is one, else over the worker's pool; a client connection's second request
-    /// to an HTTP/1.1 upstream opens its pinned connection (docs/design.md#upstream-connections).
+    /// Sends `request` (origin-form target: the path and query as judged) over the connection
+    /// pinned to its client connection when there is one, else over the worker's pool; a client
+    /// connection's second request to an HTTP/1.1 upstream opens its pinned connection
+    /// (docs/design.md#upstream-connections).
     pub async fn send(
         &self,
         mut request: Request<Relay>,
@@ -140,6 +147,14 @@ impl UpstreamClients {
                 Sent::NotSent(request) => request,
             };
         }
+        let target = request.uri().path_and_query().cloned();
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query =
+            Some(target.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
+        *request.uri_mut() =
+            Uri::from_parts(parts).expect("a scheme, an authority and a judged target make a URI");
         let response = self.current().request(request).await?;
         let spoken = if response.version() == Version::HTTP_2 {
             HTTP2
@@ -171,21 +186,14 @@ impl UpstreamClients {
                 }
             },
         };
-        let (mut parts, body) = request.into_parts();
+        let mut request = request;
         // What the pool writes for HTTP/1 by itself (and, over HTTP/2, must not: `:authority`
         // says it, and servers refuse both).
-        parts
-            .headers
+        request
+            .headers_mut()
             .insert(header::HOST, self.target.host_header.clone());
-        let absolute = std::mem::take(&mut parts.uri);
-        parts.uri = absolute
-            .path_and_query()
-            .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         let mut sender = sender;
-        match sender
-            .try_send_request(Request::from_parts(parts, body))
-            .await
-        {
+        match sender.try_send_request(request).await {
             Ok(response) => {
                 pin.put(sender);
                 Sent::Answered(Ok(response))
@@ -196,7 +204,6 @@ impl UpstreamClients {
                 Some(mut request) => {
                     pin.reopen();
                     request.headers_mut().remove(header::HOST);
-                    *request.uri_mut() = absolute;
                     Sent::NotSent(request)
                 }
                 None => Sent::Answered(Err(e.into_error().into())),
