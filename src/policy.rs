@@ -315,7 +315,9 @@ impl Policy {
 /// What [`Policy::admit`] learned of a request it let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Admitted {
-    /// A server may read the path as the user endpoint (see [`is_user_endpoint`]).
+    /// A server may read the path as the user endpoint, `/v3/user` (any version, any case,
+    /// `;params`, a format suffix): its answer, the user object, carries the session's token
+    /// (docs/design.md#answers-that-carry-the-token).
     pub user_endpoint: bool,
 }
 
@@ -364,14 +366,7 @@ fn is_session_endpoint(path: &str) -> bool {
     target.eq_ignore_ascii_case(SESSION_SEGMENT)
 }
 
-/// Whether a server may read the normalized `path` as the user endpoint, `/v3/user` (any version,
-/// any case, `;params`, a format suffix): its answer, the user object, carries the session's token
-/// (docs/design.md#answers-that-carry-the-token).
-pub fn is_user_endpoint(path: &str) -> bool {
-    readings(path).iter().any(|reading| reads_as_user(reading))
-}
-
-/// Whether one reading of a path is the user endpoint.
+/// Whether one reading of a path is the user endpoint (see [`Admitted::user_endpoint`]).
 fn reads_as_user(reading: &str) -> bool {
     let (target, below) = endpoint(reading);
     target.eq_ignore_ascii_case(USER_SEGMENT) && !below

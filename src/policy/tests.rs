@@ -5,6 +5,11 @@ fn policy(allow: &[&str], deny: &[&str]) -> Policy {
     Policy::new(&s(allow), &s(deny), ClientCredentials::Strip).unwrap()
 }
 
+/// Whether any reading of the normalized `path` is the user endpoint, as [`Policy::admit`] tells it.
+fn is_user_endpoint(path: &str) -> bool {
+    readings(path).iter().any(|reading| reads_as_user(reading))
+}
+
 /// What the proxy answers for `method path`: `Ok` (forwarded), `403 …` or `400 …`.
 fn check(p: &Policy, method: &str, path: &str) -> Result<(), String> {
     let path = normalize(path).map_err(|e| format!("400 {e:?}"))?;
@@ -394,7 +399,7 @@ fn every_reading_of_the_user_endpoint_is_known() {
         "/v2/user",
         "/user",
     ] {
-        assert!(super::is_user_endpoint(path), "{path}");
+        assert!(is_user_endpoint(path), "{path}");
     }
     for path in [
         "/v3/users",
@@ -407,7 +412,7 @@ fn every_reading_of_the_user_endpoint_is_known() {
         "/v/user",
         "/v3x/user",
     ] {
-        assert!(!super::is_user_endpoint(path), "{path}");
+        assert!(!is_user_endpoint(path), "{path}");
     }
 }
 
