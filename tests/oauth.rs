@@ -605,14 +605,7 @@ async fn a_settling_window_planted_in_the_store_lasts_no_longer_than_a_real_one(
     redis.cli(&["SET", &settle, "planted"]);
     fake.expire_access_tokens();
     let response = get().await.unwrap();
-    assert_eq!(response.status(), 503);
-    assert!(
-        response
-            .text()
-            .await
-            .unwrap()
-            .contains("had no refresh token")
-    );
+    assert!(is_settling(response).await, "a 503 while the fleet settles");
     let left: u64 = redis.cli(&["PTTL", &settle]).trim().parse().unwrap();
     // 20 s and the store's timeout (250 ms).
     assert!((1..=20_250).contains(&left), "{left}");
@@ -638,14 +631,7 @@ async fn a_replica_started_while_the_store_is_empty_waits_for_the_fleet_s_newest
     let second = Binary::start(&fleet.config("second.toml", &fake.url(), &redis.url()), &[]);
     let url = format!("{}/v3/user", second.url);
     let response = client.get(&url).send().await.unwrap();
-    assert_eq!(response.status(), 503);
-    assert!(
-        response
-            .text()
-            .await
-            .unwrap()
-            .contains("had no refresh token")
-    );
+    assert!(is_settling(response).await, "a 503 while the fleet settles");
     relay.cut(false);
     new_fleet_serves(&client, &[&first, &second]).await;
     assert_each_refresh_token_used_once(&fake);
@@ -691,6 +677,17 @@ async fn new_fleet_serves(client: &reqwest::Client, replicas: &[&Binary]) {
         true
     })
     .await;
+}
+
+/// Whether `response` is the 503 a replica answers while the fleet settles, with no refresh token
+/// it may use yet.
+async fn is_settling(response: reqwest::Response) -> bool {
+    response.status() == 503
+        && response
+            .text()
+            .await
+            .unwrap()
+            .contains("had no refresh token")
 }
 
 fn assert_each_refresh_token_used_once(fake: &FakeCma) {
@@ -748,14 +745,7 @@ async fn after_the_store_restarts_empty_the_fleet_refreshes_with_its_newest_refr
     redis.restart();
     relays[0].cut(false);
     eventually(30, "the first replica's token is past its use", || async {
-        let response = get(&first).await;
-        response.status() == 503
-            && response
-                .text()
-                .await
-                .unwrap()
-                .contains("had no refresh token")
-            || fake.refresh_attempts().len() > 2
+        is_settling(get(&first).await).await || fake.refresh_attempts().len() > 2
     })
     .await;
     relays[1].cut(false);
