@@ -292,8 +292,16 @@ impl Policy {
     /// reading of it.
     pub fn admit(&self, method: &Method, path: &str) -> Result<Admitted, Denial> {
         let readings = readings(path);
-        if readings.iter().any(|p| is_session_endpoint(p)) {
-            return Err(Denial::SessionEndpoint);
+        // Each reading's endpoint is found once, for the session endpoint and the user endpoint.
+        // `/user-session`, `/v3/user-session` or `/v2/USER-SESSION` and anything below: the
+        // session stays out of reach whatever older API versions the upstream still routes.
+        let mut user_endpoint = false;
+        for reading in readings.iter() {
+            let (target, below) = endpoint(reading);
+            if target.eq_ignore_ascii_case(SESSION_SEGMENT) {
+                return Err(Denial::SessionEndpoint);
+            }
+            user_endpoint |= target.eq_ignore_ascii_case(USER_SEGMENT) && !below;
         }
         if self
             .deny
@@ -306,9 +314,7 @@ impl Policy {
         if !self.allow.is_empty() && !readings.iter().all(admitted) {
             return Err(Denial::NotAllowed);
         }
-        Ok(Admitted {
-            user_endpoint: readings.iter().any(|p| reads_as_user(p)),
-        })
+        Ok(Admitted { user_endpoint })
     }
 }
 
@@ -357,19 +363,6 @@ impl<'a> Readings<'a> {
     fn iter(&self) -> impl Iterator<Item = &Cow<'a, str>> {
         self.0.iter().flatten()
     }
-}
-
-/// `/user-session`, `/v3/user-session` or `/v2/USER-SESSION` and anything below: the session stays
-/// out of reach whatever older API versions the upstream still routes.
-fn is_session_endpoint(path: &str) -> bool {
-    let (target, _) = endpoint(path);
-    target.eq_ignore_ascii_case(SESSION_SEGMENT)
-}
-
-/// Whether one reading of a path is the user endpoint (see [`Admitted::user_endpoint`]).
-fn reads_as_user(reading: &str) -> bool {
-    let (target, below) = endpoint(reading);
-    target.eq_ignore_ascii_case(USER_SEGMENT) && !below
 }
 
 /// The segment that names the endpoint, after an API version if the path starts with one
