@@ -17,6 +17,8 @@ use super::target::{Name, classify_name, params};
 
 const PREFIX: &str = "cma-auth-proxy-session-";
 
+static AUTHTOKEN: HeaderName = HeaderName::from_static(headers::AUTHTOKEN);
+
 /// `cma-auth-proxy-session-` and 128 random bits in hex: recognizable in a client's configuration,
 /// and never a token Contentstack issued.
 pub(super) struct Placeholder(String);
@@ -35,30 +37,37 @@ impl Placeholder {
     }
 
     /// Removes the placeholder from every place a client may carry a credential, and nothing else.
-    /// Cheap when it is absent: a comparison per credential header, a substring search of the
-    /// cookies and the query.
+    /// Cheap when it is absent: one pass over the header names (most requests carry no credential
+    /// header and no cookie, and are looked up no further), a comparison per credential header, a
+    /// substring search of the cookies and the query.
     pub(super) fn remove_from(&self, parts: &mut Parts) {
-        for name in [
-            header::AUTHORIZATION,
-            HeaderName::from_static(headers::AUTHTOKEN),
-        ] {
-            self.remove_from_header(&mut parts.headers, name);
+        let (mut credentials, mut cookies) = (false, false);
+        for name in parts.headers.keys() {
+            credentials |= *name == header::AUTHORIZATION || *name == AUTHTOKEN;
+            cookies |= *name == header::COOKIE;
         }
-        self.remove_from_cookies(&mut parts.headers);
+        if credentials {
+            for name in [&header::AUTHORIZATION, &AUTHTOKEN] {
+                self.remove_from_header(&mut parts.headers, name);
+            }
+        }
+        if cookies {
+            self.remove_from_cookies(&mut parts.headers);
+        }
         self.remove_from_query(&mut parts.uri);
     }
 
-    fn remove_from_header(&self, headers: &mut HeaderMap, name: HeaderName) {
-        if !headers.get_all(&name).iter().any(|v| self.is(v.as_bytes())) {
+    fn remove_from_header(&self, headers: &mut HeaderMap, name: &HeaderName) {
+        if !headers.get_all(name).iter().any(|v| self.is(v.as_bytes())) {
             return;
         }
         let kept: Vec<HeaderValue> = headers
-            .get_all(&name)
+            .get_all(name)
             .iter()
             .filter(|v| !self.is(v.as_bytes()))
             .cloned()
             .collect();
-        headers.remove(&name);
+        headers.remove(name);
         for value in kept {
             headers.append(name.clone(), value);
         }
