@@ -49,14 +49,12 @@ fn removed_index(name: &str) -> Option<usize> {
     })
 }
 
-/// [`removed_index`] for a name in any case (as `Connection` may list it), without allocating: no
-/// name in [`REMOVED`] is longer than 32 bytes.
+/// [`removed_index`] for a name in any case, as `Connection` may list it: a comparison with each
+/// name, most of them settled by the length alone; nothing copied.
 fn removed_index_in_any_case(name: &str) -> Option<usize> {
-    let mut buffer = [0u8; 32];
-    let lower = buffer.get_mut(..name.len())?;
-    lower.copy_from_slice(name.as_bytes());
-    lower.make_ascii_lowercase();
-    removed_index(std::str::from_utf8(lower).ok()?)
+    REMOVED
+        .iter()
+        .position(|removed| removed.as_str().eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers and every header that `Connection` names. On a request this runs
