@@ -500,7 +500,9 @@ mod tests {
                 RequestKind::Write
             }
         }
-        let pieces = ["", "/", "v3", "V3", "bulk", "BuLk", "bulkx", ";", ".", ";p", ".json"];
+        let pieces = [
+            "", "/", "v3", "V3", "bulk", "BuLk", "bulkx", ";", ".", ";p", ".json",
+        ];
         let mut checked = 0;
         for a in pieces {
             for b in pieces {
