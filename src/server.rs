@@ -12,6 +12,7 @@ mod bind;
 mod inbound_tls;
 mod room;
 mod send;
+mod when_woken;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -40,6 +41,7 @@ use crate::body::Relay;
 use crate::config::ConnectionLimits;
 use crate::metrics::{ConnectionLimit, Metrics};
 use send::{Sending, StallTimer, StreamExecutor, WriteBlocked, WriteWatch};
+use when_woken::{WakeFlag, WhenWoken};
 
 /// What serves requests on a listener.
 pub trait Handler: Send + Sync + 'static {
@@ -103,6 +105,26 @@ impl ServeOptions {
     fn open_connections(&self) -> &prometheus_client::metrics::gauge::Gauge {
         &self.open
     }
+}
+
+/// What ended one turn of a connection's loop: the connection itself (`None`: its writes waited
+/// for the client too long), or one of its timers and signals.
+enum Turn {
+    Served(Option<Result<(), Box<dyn std::error::Error + Send + Sync>>>),
+    Control(Control),
+}
+
+enum Control {
+    /// The first request has not begun by `header_read_timeout` after the connection was accepted.
+    FirstRequestDue,
+    /// The connection was chosen to make room (`max_connections`).
+    Evicted,
+    /// Shutdown.
+    Stop,
+    /// `idle_timeout` may have passed with no request in flight.
+    IdleDue,
+    /// An idle connection asked to finish is still open.
+    CloseDue,
 }
 
 /// The connections a listener has open, for draining.
@@ -294,29 +316,50 @@ impl<H: Handler> Connection<H> {
         }
         // When an idle connection asked to finish must be gone (see below).
         let mut close_by: Option<Instant> = None;
+        // The connection's timers and signals are polled when they wake the task, not each time
+        // its socket or its requests do (docs/design.md#performance).
+        let flag = Arc::new(WakeFlag::default());
         let result = loop {
             let idle_at = activity.idle_deadline(idle_timeout);
-            // The connection, and whether its writes have waited for the client too long: a
-            // client that stops reading is cut off, not waited for (a graceful shutdown would wait).
-            let served = std::future::poll_fn(|cx| {
-                if let Poll::Ready(result) = connection.as_mut().poll(cx) {
-                    return Poll::Ready(Some(result));
-                }
-                stalled_writes
-                    .poll_writes(&activity.writes, send_timeout, cx)
-                    .map(|()| None)
-            });
-            tokio::select! {
-                served = served => match served {
-                    Some(result) => break result,
-                    None => {
-                        let limit = ConnectionLimit::SendTimeout;
-                        options.metrics.connection_limit(limit);
-                        tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
-                        break Ok(());
+            let (begun, evictable) = (activity.has_begun(), options.room.is_some());
+            let turn = {
+                // The connection, and whether its writes have waited for the client too long: a
+                // client that stops reading is cut off, not waited for (a graceful shutdown would
+                // wait).
+                let served = std::future::poll_fn(|cx| {
+                    if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                        return Poll::Ready(Some(result));
                     }
-                },
-                _ = tokio::time::sleep_until(first_request_by), if !activity.has_begun() => {
+                    stalled_writes
+                        .poll_writes(&activity.writes, send_timeout, cx)
+                        .map(|()| None)
+                });
+                let (stop, evicted) = (&mut stop, &activity.evicted);
+                let control = std::pin::pin!(async move {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(first_request_by), if !begun => Control::FirstRequestDue,
+                        _ = evicted.notified(), if evictable => Control::Evicted,
+                        _ = stop.changed(), if !finishing => Control::Stop,
+                        _ = tokio::time::sleep_until(idle_at), if !finishing => Control::IdleDue,
+                        _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => Control::CloseDue,
+                        else => std::future::pending().await,
+                    }
+                });
+                tokio::select! {
+                    biased;
+                    served = served => Turn::Served(served),
+                    control = WhenWoken::new(control, &flag) => Turn::Control(control),
+                }
+            };
+            match turn {
+                Turn::Served(Some(result)) => break result,
+                Turn::Served(None) => {
+                    let limit = ConnectionLimit::SendTimeout;
+                    options.metrics.connection_limit(limit);
+                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
+                    break Ok(());
+                }
+                Turn::Control(Control::FirstRequestDue) => {
                     if !activity.has_begun() {
                         let limit = ConnectionLimit::HeaderReadTimeout;
                         options.metrics.connection_limit(limit);
@@ -324,19 +367,21 @@ impl<H: Handler> Connection<H> {
                         break Ok(());
                     }
                 }
-                _ = activity.evicted.notified(), if options.room.is_some() => {
+                Turn::Control(Control::Evicted) => {
                     let limit = ConnectionLimit::Evicted;
                     options.metrics.connection_limit(limit);
                     tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                     break Ok(());
                 }
-                _ = stop.changed(), if !finishing => {
+                Turn::Control(Control::Stop) => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                _ = tokio::time::sleep_until(idle_at), if !finishing => {
+                Turn::Control(Control::IdleDue) => {
                     if activity.idle_for() >= idle_timeout {
-                        options.metrics.connection_limit(ConnectionLimit::IdleTimeout);
+                        options
+                            .metrics
+                            .connection_limit(ConnectionLimit::IdleTimeout);
                         finishing = true;
                         connection.as_mut().graceful_shutdown();
                         // Nothing is in flight, so all that is left is HTTP/2's goodbye (GOAWAY,
@@ -345,7 +390,7 @@ impl<H: Handler> Connection<H> {
                         close_by = Some(Instant::now() + options.limits.header_read_timeout);
                     }
                 }
-                _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => {
+                Turn::Control(Control::CloseDue) => {
                     if !activity.is_busy() {
                         tracing::debug!("an idle connection did not finish when asked: closed");
                         break Ok(());
