@@ -93,6 +93,8 @@ fn remove_named(headers: &mut HeaderMap, count: usize) {
         headers
             .get_all(header::CONNECTION)
             .iter()
+            // The usual value names only a header looked for above: nothing to split.
+            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
