@@ -131,22 +131,69 @@ impl UpstreamClients {
     /// pinned to its client connection when there is one, else over the worker's pool; a client
     /// connection's second request to an HTTP/1.1 upstream opens its pinned connection
     /// (docs/design.md#upstream-connections).
-    pub async fn send(
-        &self,
+    ///
+    /// The request is handed to its connection when this is called; the future only waits for
+    /// the answer. So it holds no copy of the request, and is small (docs/design.md#performance).
+    pub fn send<'a>(
+        &'a self,
         mut request: Request<Relay>,
-        pin: Option<&Pinned>,
-    ) -> Result<Response<Incoming>, SendError> {
+        pin: Option<&'a Pinned>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
         // (A client connection's first request always takes the pool, and tells what it speaks.)
         let pin = pin.filter(|_| {
             self.spoken.load(std::sync::atomic::Ordering::Relaxed) != HTTP2
                 && request.version() == Version::HTTP_11
         });
-        if let Some(pin) = pin {
-            request = match self.send_pinned(request, pin).await {
-                Sent::Answered(result) => return result,
-                Sent::NotSent(request) => request,
-            };
+        let mut sending = None;
+        let mut connecting = None;
+        let mut pooled = None;
+        match pin.map(|pin| (pin, pin.take())) {
+            Some((pin, Taken::Ready(mut sender))) => {
+                self.add_host(&mut request);
+                let answer = sender.try_send_request(request);
+                sending = Some((pin, sender, answer));
+            }
+            // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a large future, taken once per
+            // client connection; inline it would be copied with every request's future.
+            Some((pin, Taken::Open)) => {
+                connecting = Some(Box::pin(self.connect_pinned(request, pin)))
+            }
+            // The first request of a connection takes the pool: a client that sends one request
+            // per connection never costs Contentstack a connection of its own.
+            Some((_, Taken::FirstRequest | Taken::Busy | Taken::Failed)) | None => {
+                pooled = Some(self.pooled(request));
+            }
         }
+        async move {
+            if let Some((pin, sender, answer)) = sending {
+                return match self.pinned_answer(pin, sender, answer.await) {
+                    Sent::Answered(result) => result,
+                    Sent::NotSent(request) => self.pooled(request).await,
+                };
+            }
+            if let Some(connecting) = connecting {
+                return connecting.await;
+            }
+            match pooled {
+                Some(answer) => answer.await,
+                None => unreachable!("a request is sent one way"),
+            }
+        }
+    }
+
+    /// What the pool writes for HTTP/1 by itself (and, over HTTP/2, must not: `:authority` says it,
+    /// and servers refuse both).
+    fn add_host(&self, request: &mut Request<Relay>) {
+        request
+            .headers_mut()
+            .insert(header::HOST, self.target.host_header.clone());
+    }
+
+    /// Sends `request` over the worker's pool, which takes absolute-form targets.
+    fn pooled(
+        &self,
+        mut request: Request<Relay>,
+    ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + '_ {
         let target = request.uri().path_and_query().cloned();
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(self.scheme.clone());
@@ -155,51 +202,61 @@ impl UpstreamClients {
             Some(target.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         *request.uri_mut() =
             Uri::from_parts(parts).expect("a scheme, an authority and a judged target make a URI");
-        let response = self.current().request(request).await?;
-        let spoken = if response.version() == Version::HTTP_2 {
-            HTTP2
-        } else {
-            HTTP1
-        };
-        // Written when it changes, read by every request: no shared cache line bounced per request.
-        if self.spoken.load(std::sync::atomic::Ordering::Relaxed) != spoken {
-            self.spoken
-                .store(spoken, std::sync::atomic::Ordering::Relaxed);
+        let answer = self.current().request(request);
+        async move {
+            let response = answer.await?;
+            let spoken = if response.version() == Version::HTTP_2 {
+                HTTP2
+            } else {
+                HTTP1
+            };
+            // Written when it changes, read by every request: no shared cache line bounced per
+            // request.
+            if self.spoken.load(std::sync::atomic::Ordering::Relaxed) != spoken {
+                self.spoken
+                    .store(spoken, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(response)
         }
-        Ok(response)
     }
 
-    async fn send_pinned(&self, request: Request<Relay>, pin: &Pinned) -> Sent {
-        let sender = match pin.take() {
-            Taken::Ready(sender) => sender,
-            // The first request of a connection takes the pool: a client that sends one request
-            // per connection never costs Contentstack a connection of its own.
-            Taken::FirstRequest | Taken::Busy | Taken::Failed => return Sent::NotSent(request),
-            // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a large future, taken once per
-            // client connection; inline it would be copied with every request's future.
-            Taken::Open => match Box::pin(self.target.connect()).await {
-                Ok(sender) => sender,
-                Err(e) => {
-                    tracing::debug!("no pinned upstream connection, using the pool: {e}");
-                    pin.failed();
-                    return Sent::NotSent(request);
-                }
-            },
+    /// A client connection's first pinned request: opens the connection and sends over it, or,
+    /// when it cannot be opened, over the pool from now on.
+    async fn connect_pinned(
+        &self,
+        mut request: Request<Relay>,
+        pin: &Pinned,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut sender = match self.target.connect().await {
+            Ok(sender) => sender,
+            Err(e) => {
+                tracing::debug!("no pinned upstream connection, using the pool: {e}");
+                pin.failed();
+                return self.pooled(request).await;
+            }
         };
-        let mut request = request;
-        // What the pool writes for HTTP/1 by itself (and, over HTTP/2, must not: `:authority`
-        // says it, and servers refuse both).
-        request
-            .headers_mut()
-            .insert(header::HOST, self.target.host_header.clone());
-        let mut sender = sender;
-        match sender.try_send_request(request).await {
+        self.add_host(&mut request);
+        let answer = sender.try_send_request(request).await;
+        match self.pinned_answer(pin, sender, answer) {
+            Sent::Answered(result) => result,
+            Sent::NotSent(request) => self.pooled(request).await,
+        }
+    }
+
+    /// What became of a request sent over the pinned connection: the connection goes back to its
+    /// client connection once answered; a request it did not send (the connection closed while
+    /// idle) goes to the pool, as a pooled connection's request would be retried on another.
+    fn pinned_answer(
+        &self,
+        pin: &Pinned,
+        sender: http1::SendRequest<Relay>,
+        answer: Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Relay>>>,
+    ) -> Sent {
+        match answer {
             Ok(response) => {
                 pin.put(sender);
                 Sent::Answered(Ok(response))
             }
-            // Not sent (the connection closed while idle): the pool takes it, as a pooled
-            // connection's request would be retried on another.
             Err(mut e) => match e.take_message() {
                 Some(mut request) => {
                     pin.reopen();
