@@ -78,10 +78,14 @@ pub fn prepare_response(headers: &mut HeaderMap) {
 fn remove_named(headers: &mut HeaderMap, count: usize) {
     let mut present = [false; REMOVED.len()];
     let mut any = false;
-    for name in headers.keys() {
+    // Whether a `Connection` value may name more than a header looked for here; the usual value,
+    // `keep-alive`, names only one that is.
+    let mut names_more = false;
+    for (name, value) in headers.iter() {
         if let Some(i) = removed_index(name.as_str()).filter(|&i| i < count) {
             present[i] = true;
             any = true;
+            names_more |= i == 0 && !value.as_bytes().eq_ignore_ascii_case(b"keep-alive");
         }
     }
     if !any {
@@ -89,12 +93,10 @@ fn remove_named(headers: &mut HeaderMap, count: usize) {
     }
     // Names in `Connection` other than the ones looked for above, and only those the message
     // carries: `close` names none.
-    let named: Vec<HeaderName> = if present[0] {
+    let named: Vec<HeaderName> = if names_more {
         headers
             .get_all(header::CONNECTION)
             .iter()
-            // The usual value names only a header looked for above: nothing to split.
-            .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
@@ -626,6 +628,22 @@ mod tests {
         assert_eq!(left, ["api_key"]);
     }
 
+    /// `keep-alive` names nothing more, but a second `Connection` header still can.
+    #[test]
+    fn a_keep_alive_connection_value_does_not_hide_the_next_one() {
+        for (first, second) in [("keep-alive", "X-Hop"), ("X-Hop", "Keep-Alive")] {
+            let mut h = map(&[
+                ("connection", first),
+                ("connection", second),
+                ("x-hop", "1"),
+                ("api_key", "b"),
+            ]);
+            prepare_response(&mut h);
+            let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+            assert_eq!(left, ["api_key"], "{first}, {second}");
+        }
+    }
+
     /// The one-pass removal agrees with its plain definition, on requests and on responses: every
     /// hop-by-hop header (and, on a response, the proxy's own), and every header `Connection`
     /// names in any case, whichever of those a message carries.
@@ -658,6 +676,8 @@ mod tests {
         let connections = [
             None,
             Some("close"),
+            Some("keep-alive"),
+            Some("Keep-Alive"),
             Some("Keep-Alive, X-Hop"),
             Some("TE, X-CMA-Auth-Proxy-Error , content-type"),
             Some("X-A-Name-Longer-Than-Thirty-Two-Bytes,x-cma-auth-proxy-cache"),
