@@ -125,6 +125,8 @@ enum ClientHeader {
     Cookie,
     /// Read or answered by the proxy, not forwarded: `host`, `expect`, `x-cma-profile`.
     Dropped,
+    /// `api_key`: read by the profile selection, then forwarded.
+    StackKey,
     /// A header the proxy acts on (the ones above, and `api_key`, framing, hop-by-hop and
     /// `x-forwarded-for`), spelled with `_` for `-` or the reverse.
     Misspelled,
@@ -158,7 +160,7 @@ const ACTED_ON: [(&str, ClientHeader); 28] = [
     ("host", ClientHeader::Dropped),
     ("expect", ClientHeader::Dropped),
     (PROFILE_HEADER, ClientHeader::Dropped),
-    ("api_key", ClientHeader::Forwarded),
+    ("api_key", ClientHeader::StackKey),
     ("content-length", ClientHeader::Forwarded),
     ("x-forwarded-for", ClientHeader::Forwarded),
     // Removed before this runs; only their other spellings can still be here.
@@ -197,17 +199,32 @@ fn same_canonical(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().map(dash).eq(b.bytes().map(dash))
 }
 
-/// What [`screen_request`] found for [`strip_request`] to remove.
+/// What [`screen_request`] found: what [`strip_request`] removes, and which of the headers that
+/// choose a profile the request carries (so that the profile selection looks up only those).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Removals {
+pub struct Screened {
     credentials: bool,
     cookie_credentials: bool,
     /// Which of [`DROPPED`] the request carries.
     dropped: [bool; 3],
+    stack_key: bool,
+}
+
+impl Screened {
+    /// Whether the request carries `x-cma-profile`.
+    pub fn names_a_profile(&self) -> bool {
+        self.dropped[2]
+    }
+
+    /// Whether the request carries an `api_key` header.
+    pub fn carries_stack_key(&self) -> bool {
+        self.stack_key
+    }
 }
 
 /// The headers the proxy reads or answers itself and does not forward: `host` (the client sets the
-/// upstream's), `expect` (the proxy has already accepted the body) and `x-cma-profile`.
+/// upstream's), `expect` (the proxy has already accepted the body) and `x-cma-profile` (last: see
+/// [`Screened::names_a_profile`]).
 static DROPPED: [HeaderName; 3] = [
     header::HOST,
     header::EXPECT,
@@ -220,9 +237,9 @@ static DROPPED: [HeaderName; 3] = [
 pub fn screen_request(
     headers: &HeaderMap,
     mode: ClientCredentials,
-) -> Result<Removals, ProxyError> {
+) -> Result<Screened, ProxyError> {
     // One pass to learn what the request carries; the removals only run for what is there.
-    let mut found = Removals::default();
+    let mut found = Screened::default();
     let mut refused = None;
     for name in headers.keys() {
         match classify(name) {
@@ -243,6 +260,7 @@ pub fn screen_request(
                     found.dropped[i] = true;
                 }
             }
+            ClientHeader::StackKey => found.stack_key = true,
             ClientHeader::Forwarded => {}
         }
     }
@@ -258,7 +276,7 @@ pub fn screen_request(
 /// Removes what [`screen_request`] found: client credentials (headers and cookie pairs), `host`
 /// (the client sets the upstream's), `expect` (the proxy has already accepted the body) and
 /// `x-cma-profile`.
-pub fn strip_request(headers: &mut HeaderMap, found: Removals) {
+pub fn strip_request(headers: &mut HeaderMap, found: Screened) {
     static AUTHTOKEN_NAME: HeaderName = HeaderName::from_static(AUTHTOKEN);
     if found.credentials {
         headers.remove(&AUTHTOKEN_NAME);

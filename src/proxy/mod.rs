@@ -308,10 +308,11 @@ impl Proxy {
             .policy
             .admit(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
-        let removals = headers::screen_request(&parts.headers, mode)?;
-        let profile = profile::select_profile(&parts.headers, target.api_key.as_deref(), config)?;
+        let screened = headers::screen_request(&parts.headers, mode)?;
+        let profile =
+            profile::select_profile(&parts.headers, &screened, target.api_key.as_deref(), config)?;
         record.profile = Some(profile.name.clone());
-        headers::strip_request(&mut parts.headers, removals);
+        headers::strip_request(&mut parts.headers, screened);
         // Room for what the proxy adds: `x-forwarded-for`, the token and, on a pinned upstream
         // connection, `host`; made once rather than grown at each.
         parts.headers.reserve(3);

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName};
 
 use super::error::{BadRequest, ProxyError};
-use super::headers::PROFILE_HEADER;
+use super::headers::{PROFILE_HEADER, Screened};
 use crate::config::{Config, ProfileConfig};
 use crate::policy::Denial;
 
@@ -17,14 +17,25 @@ static API_KEY: HeaderName = HeaderName::from_static("api_key");
 /// Profile routing: `x-cma-profile`, else the profile listing the request's `api_key`,
 /// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
 /// `query_api_key` is the target's `api_key` query parameter.
+/// `screened` is what [`super::headers::screen_request`] found in these headers: only the headers
+/// it found are looked up.
 pub(super) fn select_profile<'c>(
     headers: &HeaderMap,
+    screened: &Screened,
     query_api_key: Option<&str>,
     config: &'c Config,
 ) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
-    let api_key = stack_key(headers, query_api_key)?;
+    let api_key = if screened.carries_stack_key() {
+        stack_key(headers, query_api_key)?
+    } else {
+        query_api_key
+    };
     let serves = |p: &ProfileConfig, key: &str| p.stacks.iter().any(|s| s == key);
-    let profile = if let Some(value) = headers.get(&PROFILE_NAME) {
+    let named = screened
+        .names_a_profile()
+        .then(|| headers.get(&PROFILE_NAME))
+        .flatten();
+    let profile = if let Some(value) = named {
         let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
         config
             .profile(name)
@@ -105,7 +116,7 @@ mod tests {
         query_api_key: Option<&str>,
     ) -> Result<String, String> {
         headers::screen_request(headers, config.policy.client_credentials)
-            .and_then(|_| select_profile(headers, query_api_key, config))
+            .and_then(|screened| select_profile(headers, &screened, query_api_key, config))
             .map(|p| p.name.to_string())
             .map_err(|e| e.reason().to_owned())
     }

@@ -155,8 +155,8 @@ impl Proxy {
         config: &Config,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
-        headers::screen_request(headers, config.policy.client_credentials)?;
-        let profile = profile::select_profile(headers, api_key, config)?;
+        let screened = headers::screen_request(headers, config.policy.client_credentials)?;
+        let profile = profile::select_profile(headers, &screened, api_key, config)?;
         record.profile = Some(profile.name.clone());
         let body = body::take_request_body(
             body,
