@@ -139,7 +139,7 @@ enum ClientHeader {
 /// key, `x_http_method_override` for an override, `transfer_encoding` for the framing. So names
 /// are compared in a canonical form (lower case, `_` as `-`), and a name that matches one of these
 /// only there is refused.
-const ACTED_ON: [(&str, ClientHeader); 28] = [
+static ACTED_ON: [(&str, ClientHeader); 28] = [
     (AUTHTOKEN, ClientHeader::Credential),
     ("authorization", ClientHeader::Credential),
     // Rack and Express turn a POST into a DELETE with these; IIS and Symfony route by the URL ones.
@@ -176,7 +176,7 @@ const ACTED_ON: [(&str, ClientHeader); 28] = [
 
 fn classify(name: &HeaderName) -> ClientHeader {
     let name = name.as_str();
-    for (known, class) in ACTED_ON {
+    for &(known, class) in &ACTED_ON {
         if name.len() != known.len() {
             continue;
         }
