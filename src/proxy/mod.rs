@@ -580,49 +580,59 @@ impl Proxy {
         record: &mut AccessRecord,
         slot_taken: bool,
     ) -> Result<Response<Incoming>, ProxyError> {
-        let kind = outbound.kind;
         if let (Some(limiter), false) = (&outbound.limiter, slot_taken) {
             // Boxed, like the calls to the budget below: with a fleet store each is a Redis call,
             // large, and only for profiles with a budget (docs/design.md#performance).
-            match Box::pin(limiter.acquire(kind)).await {
-                Decision::Now => {}
-                Decision::After(wait) => {
-                    self.metrics.rate_limit_wait(&outbound.profile);
-                    tokio::time::sleep(wait).await;
-                }
-                Decision::Refuse(wait) => return Err(ProxyError::RateLimited(wait)),
-            }
+            Box::pin(self.take_slot(outbound, limiter)).await?;
         }
         let fault = body.fault();
-        let mut request = Request::new(body);
-        *request.method_mut() = outbound.method.clone();
-        *request.uri_mut() = outbound.uri.clone();
-        *request.version_mut() = Version::HTTP_11;
-        *request.headers_mut() = headers;
         let started = Instant::now();
-        let sent = self.clients.send(request, outbound.pinned.as_deref());
+        // The request goes to its connection here; the future keeps no room for it
+        // (docs/design.md#performance).
+        let sent = self
+            .clients
+            .send(outbound.request(headers, body), outbound.pinned.as_deref());
         let result = tokio::time::timeout(outbound.timeout, sent).await;
         record.upstream = Some(record.upstream.unwrap_or_default() + started.elapsed());
-        match result {
-            Err(_) => Err(ProxyError::UpstreamTimeout(outbound.timeout)),
+        let response = match result {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(outbound.timeout)),
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
-            Ok(Err(e)) => Err(fault
-                .and_then(|fault| fault.error())
-                .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from)),
-            Ok(Ok(response)) => {
-                if let Some(limiter) = &outbound.limiter {
-                    if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                        Box::pin(limiter.upstream_limited(kind)).await;
-                    } else if response
-                        .headers()
-                        .get("x-ratelimit-remaining")
-                        .is_some_and(|v| v.as_bytes() == b"0")
-                    {
-                        Box::pin(limiter.upstream_full(kind)).await;
-                    }
-                }
-                Ok(response)
+            Ok(Err(e)) => {
+                return Err(fault
+                    .and_then(|fault| fault.error())
+                    .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from));
             }
+            Ok(Ok(response)) => response,
+        };
+        if let Some(limiter) = &outbound.limiter {
+            let kind = outbound.kind;
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                Box::pin(limiter.upstream_limited(kind)).await;
+            } else if response
+                .headers()
+                .get("x-ratelimit-remaining")
+                .is_some_and(|v| v.as_bytes() == b"0")
+            {
+                Box::pin(limiter.upstream_full(kind)).await;
+            }
+        }
+        Ok(response)
+    }
+
+    /// Waits for the request's slot of its profile's budget, or refuses it (429).
+    async fn take_slot(
+        &self,
+        outbound: &Outbound,
+        limiter: &RateLimiter,
+    ) -> Result<(), ProxyError> {
+        match limiter.acquire(outbound.kind).await {
+            Decision::Now => Ok(()),
+            Decision::After(wait) => {
+                self.metrics.rate_limit_wait(&outbound.profile);
+                tokio::time::sleep(wait).await;
+                Ok(())
+            }
+            Decision::Refuse(wait) => Err(ProxyError::RateLimited(wait)),
         }
     }
 }
@@ -690,6 +700,17 @@ impl Outbound {
             self.headers.remove(old);
         }
         self.headers.insert(name, token.header().clone());
+    }
+
+    /// The request for one send: the judged method and target, over HTTP/1.1 (the upstream
+    /// connection speaks what it speaks), with `headers` and `body`.
+    fn request(&self, headers: HeaderMap, body: Relay) -> Request<Relay> {
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        request
     }
 
     /// The headers for one send. A copy when they may be sent again: a replay after a token

@@ -150,7 +150,9 @@ impl UpstreamClients {
         match pin.map(|pin| (pin, pin.take())) {
             Some((pin, Taken::Ready(mut sender))) => {
                 self.add_host(&mut request);
-                let answer = sender.try_send_request(request);
+                // Boxed: hyper's future keeps room for the request it may give back, and the
+                // futures around it would copy that room each time they move.
+                let answer = Box::pin(sender.try_send_request(request));
                 sending = Some((pin, sender, answer));
             }
             // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a large future, taken once per
@@ -166,10 +168,13 @@ impl UpstreamClients {
         }
         async move {
             if let Some((pin, sender, answer)) = sending {
-                return match self.pinned_answer(pin, sender, answer.await) {
-                    Sent::Answered(result) => result,
-                    Sent::NotSent(request) => self.pooled(request).await,
+                // The request given back is handed on before the wait: the future keeps no room
+                // for it.
+                let again = match self.pinned_answer(pin, sender, answer.await) {
+                    Sent::Answered(result) => return result,
+                    Sent::NotSent(request) => self.pooled(request),
                 };
+                return again.await;
             }
             if let Some(connecting) = connecting {
                 return connecting.await;
