@@ -76,7 +76,12 @@ pub struct Proxy {
     replay_budget: Arc<ReplayBudget>,
 }
 
-pub type Limiters = std::collections::HashMap<Arc<str>, (RateLimitConfig, Arc<RateLimiter>)>;
+/// Keyed by profile name with a fast hash, as the token manager's profiles are.
+pub type Limiters = std::collections::HashMap<
+    Arc<str>,
+    (RateLimitConfig, Arc<RateLimiter>),
+    foldhash::fast::RandomState,
+>;
 
 /// Budgets for `config`, keeping the state of those whose settings did not change.
 fn limiters(config: &Config, tokens: &TokenManager, previous: &Limiters) -> Limiters {
@@ -104,7 +109,7 @@ impl Proxy {
         metrics.denied_reasons(error::DENIED_REASONS);
         declare_profiles(&metrics, &config);
         Self {
-            limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::new())),
+            limiters: ArcSwap::from_pointee(limiters(&config, &tokens, &Limiters::default())),
             flights: coalesce::Flights::default(),
             reads: ArcSwap::from_pointee(reads::reads(
                 &config,

@@ -46,7 +46,8 @@ pub struct ProfileReads {
     credentials: crate::config::Credentials,
 }
 
-pub type Reads = HashMap<Arc<str>, ProfileReads>;
+/// Keyed by profile name with a fast hash, as the token manager's profiles are.
+pub type Reads = HashMap<Arc<str>, ProfileReads, foldhash::fast::RandomState>;
 
 /// Caches for `config`, keeping those whose settings and credentials did not change (and what they
 /// hold): a profile moved to another account (or management token, or OAuth app) starts empty, as

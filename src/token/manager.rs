@@ -19,7 +19,9 @@ use crate::metrics::{LoginOutcome, Metrics, Trigger};
 use crate::store::{self, RedisStore};
 
 /// The profiles with a session (login or OAuth), by name. Replaced as a whole by a reload.
-type Profiles = HashMap<Arc<str>, Arc<ProfileState>>;
+/// Keyed by profile name with a fast hash: looked up by every request, and the names come from the
+/// configuration, not from clients (docs/design.md#performance).
+type Profiles = HashMap<Arc<str>, Arc<ProfileState>, foldhash::fast::RandomState>;
 
 pub(super) struct Inner {
     /// Every session profile's state, each holding its current token: the one place a token lives.
@@ -335,7 +337,7 @@ impl TokenManager {
         let current = self.inner.profiles.load_full();
         let mut retired = Vec::new();
         let mut relogin = Vec::new();
-        let mut next = Profiles::new();
+        let mut next = Profiles::default();
         for p in &config.profiles {
             if !p.has_session() {
                 continue;
