@@ -56,6 +56,14 @@ pub struct AccessRecord {
     pub error: Option<&'static str>,
 }
 
+impl AccessRecord {
+    /// Adds one send's time upstream to the request's, and passes its answer on.
+    fn upstream_took<T>(&mut self, (result, took): (T, Duration)) -> T {
+        self.upstream = Some(self.upstream.unwrap_or_default() + took);
+        result
+    }
+}
+
 pub struct Proxy {
     config: ArcSwap<Config>,
     tokens: TokenManager,
@@ -527,22 +535,28 @@ impl Proxy {
     /// Sends one request upstream within the profile's budget. A read Contentstack answers with
     /// 429 is sent again once the budget allows, within `max_wait` of that first 429 (reads are
     /// idempotent); anything else it answers is the answer.
-    async fn send(
-        &self,
-        outbound: &Outbound,
+    ///
+    /// A plain function: the send starts here and is boxed, and the future returned keeps only
+    /// what the answer needs, not the headers and body it was given (docs/design.md#performance).
+    fn send<'a>(
+        &'a self,
+        outbound: &'a Outbound,
         headers: HeaderMap,
         body: Relay,
-        record: &mut AccessRecord,
-    ) -> Result<Response<Incoming>, ProxyError> {
+        record: &'a mut AccessRecord,
+    ) -> impl Future<Output = Result<Response<Incoming>, ProxyError>> + Send + 'a {
         let retry = outbound.kind == RequestKind::Read && hyper::body::Body::is_end_stream(&body);
         // Boxed: the sending future would otherwise be copied into each future above it.
-        let response = Box::pin(self.send_once(outbound, headers, body, record, false)).await?;
-        match &outbound.limiter {
-            Some(limiter) if retry && response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                // Boxed: rare, and as large as a send of its own.
-                Box::pin(self.send_again(outbound, limiter, response, record)).await
+        let first = Box::pin(self.send_once(outbound, headers, body, false));
+        async move {
+            let response = record.upstream_took(first.await)?;
+            match &outbound.limiter {
+                Some(limiter) if retry && response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                    // Boxed: rare, and as large as a send of its own.
+                    Box::pin(self.send_again(outbound, limiter, response, record)).await
+                }
+                _ => Ok(response),
             }
-            _ => Ok(response),
         }
     }
 
@@ -569,26 +583,27 @@ impl Proxy {
             self.metrics.rate_limit_wait(&outbound.profile);
             tokio::time::sleep(wait).await;
             let headers = outbound.headers.clone();
-            let again = self.send_once(outbound, headers, Relay::empty(), record, true);
-            response = again.await?;
+            let again = self.send_once(outbound, headers, Relay::empty(), true);
+            response = record.upstream_took(again.await)?;
         }
         Ok(response)
     }
 
-    /// One request upstream; `slot_taken` when the caller already waited for its slot of the
-    /// budget.
+    /// One request upstream, and how long the upstream took with it; `slot_taken` when the caller
+    /// already waited for its slot of the budget.
     async fn send_once(
         &self,
         outbound: &Outbound,
         headers: HeaderMap,
         body: Relay,
-        record: &mut AccessRecord,
         slot_taken: bool,
-    ) -> Result<Response<Incoming>, ProxyError> {
+    ) -> (Result<Response<Incoming>, ProxyError>, Duration) {
         if let (Some(limiter), false) = (&outbound.limiter, slot_taken) {
             // Boxed, like the calls to the budget below: with a fleet store each is a Redis call,
             // large, and only for profiles with a budget (docs/design.md#performance).
-            Box::pin(self.take_slot(outbound, limiter)).await?;
+            if let Err(e) = Box::pin(self.take_slot(outbound, limiter)).await {
+                return (Err(e), Duration::ZERO);
+            }
         }
         let fault = body.fault();
         let started = Instant::now();
@@ -598,14 +613,15 @@ impl Proxy {
             .clients
             .send(outbound.request(headers, body), outbound.pinned.as_deref());
         let result = tokio::time::timeout(outbound.timeout, sent).await;
-        record.upstream = Some(record.upstream.unwrap_or_default() + started.elapsed());
+        let took = started.elapsed();
         let response = match result {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(outbound.timeout)),
+            Err(_) => return (Err(ProxyError::UpstreamTimeout(outbound.timeout)), took),
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
             Ok(Err(e)) => {
-                return Err(fault
+                let error = fault
                     .and_then(|fault| fault.error())
-                    .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from));
+                    .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from);
+                return (Err(error), took);
             }
             Ok(Ok(response)) => response,
         };
@@ -621,7 +637,7 @@ impl Proxy {
                 Box::pin(limiter.upstream_full(kind)).await;
             }
         }
-        Ok(response)
+        (Ok(response), took)
     }
 
     /// Waits for the request's slot of its profile's budget, or refuses it (429).
