@@ -166,13 +166,15 @@ struct ProxyListener(Arc<Proxy>);
 impl server::Handler for ProxyListener {
     type Connection = proxy::upstream::Pinned;
 
-    async fn call(
+    /// The proxy's own future, not one wrapped around it: each wrapper would keep, and copy, a
+    /// request of its own (docs/design.md#performance).
+    fn call(
         &self,
         req: Request<Incoming>,
         peer: Option<std::net::IpAddr>,
         pinned: &Arc<proxy::upstream::Pinned>,
-    ) -> Response<Relay> {
-        self.0.handle(req, peer, Some(pinned)).await
+    ) -> impl Future<Output = Response<Relay>> + Send {
+        self.0.handle(req, peer, Some(pinned))
     }
 }
 
