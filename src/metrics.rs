@@ -535,13 +535,10 @@ impl Metrics {
         }
     }
 
-    /// A request starts (`true`) or ends (`false`) being served.
-    pub fn in_flight(&self, started: bool) {
-        if started {
-            self.in_flight.inc();
-        } else {
-            self.in_flight.dec();
-        }
+    /// A request starts being served; it ends when the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(self)
     }
 
     /// The proxy refused a request itself; `reason` is its error's stable reason.
@@ -695,6 +692,16 @@ fn method_label(method: &Method) -> &'static str {
         Method::CONNECT => "CONNECT",
         Method::TRACE => "TRACE",
         _ => "OTHER",
+    }
+}
+
+/// A request counted in `in_flight_requests` until this is dropped: when it is answered, and
+/// also when its client goes away and its future is dropped unfinished.
+pub struct InFlight<'a>(&'a Metrics);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
     }
 }
 

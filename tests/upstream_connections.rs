@@ -321,3 +321,51 @@ async fn over_tls_a_pinned_connection_speaks_http1_and_an_http2_upstream_pins_no
     assert_eq!(upstream.accepted(), 1);
     proxy.shutdown().await;
 }
+
+/// A request whose client goes away while its answer is awaited is no longer counted as in flight
+/// (`cma_auth_proxy_in_flight_requests`), though no answer was ever made for it.
+#[tokio::test]
+async fn a_request_whose_client_goes_away_is_no_longer_in_flight() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that reads a request and never answers; it says when a request arrived and
+    // when the proxy closed the connection it came on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (arrived, closed) = (arrived_tx.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while stream.read(&mut buffer).await.is_ok_and(|n| n > 0) {
+                    let _ = arrived.send(());
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    let proxy = proxy_to(upstream).await;
+    let admin = format!("http://{}", proxy.admin_addr());
+    let in_flight = || common::metric(&admin, "cma_auth_proxy_in_flight_requests");
+
+    let mut client = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
+        .await
+        .unwrap();
+    client
+        .write_all(b"GET /v3/content_types HTTP/1.1\r\nhost: proxy\r\n\r\n")
+        .await
+        .unwrap();
+    arrived
+        .recv()
+        .await
+        .expect("the request reached the upstream");
+    assert_eq!(in_flight().await, 1.0);
+    drop(client);
+    // The proxy gives up the upstream request once it has dropped the client's.
+    closed
+        .recv()
+        .await
+        .expect("the proxy closed the upstream connection");
+    assert_eq!(in_flight().await, 0.0);
+}

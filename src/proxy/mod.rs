@@ -195,7 +195,7 @@ impl Proxy {
         pinned: Option<&Arc<upstream::Pinned>>,
     ) -> Response<Relay> {
         let started = Instant::now();
-        self.metrics.in_flight(true);
+        let in_flight = self.metrics.in_flight();
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
@@ -226,7 +226,7 @@ impl Proxy {
                 })
             }
         };
-        self.metrics.in_flight(false);
+        drop(in_flight);
         let elapsed = started.elapsed();
         self.metrics.request(
             record.profile.clone(),
