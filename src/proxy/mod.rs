@@ -188,22 +188,43 @@ impl Proxy {
     }
 
     /// Serves one request; never fails (errors become responses), logs one access line.
-    pub async fn handle(
+    ///
+    /// A plain function: the request goes into the boxed forward here, and the future returned
+    /// keeps only what the access line needs, not a request of its own
+    /// (docs/design.md#performance).
+    pub fn handle(
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
         pinned: Option<&Arc<upstream::Pinned>>,
-    ) -> Response<Relay> {
+    ) -> impl Future<Output = Response<Relay>> + Send {
         let started = Instant::now();
         let in_flight = self.metrics.in_flight();
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
-        let mut record = AccessRecord::default();
         // The request path's future is large (kilobytes: every step's state, the send, the
         // replay); boxed once here, it is not copied again each time a caller's future moves
         // (docs/design.md#performance).
-        let response = match Box::pin(self.forward(req, peer, pinned, &mut record)).await {
+        let forward = Box::pin(self.forward(req, peer, pinned));
+        async move {
+            let (result, record) = forward.await;
+            self.answered(result, record, method, uri, started, in_flight)
+        }
+    }
+
+    /// The response to a forwarded request, or to its error; the request's metrics and access
+    /// line.
+    fn answered(
+        &self,
+        result: Result<Response<Relay>, ProxyError>,
+        mut record: AccessRecord,
+        method: Method,
+        uri: Uri,
+        started: Instant,
+        in_flight: crate::metrics::InFlight<'_>,
+    ) -> Response<Relay> {
+        let response = match result {
             Ok(response) => response,
             Err(e) => {
                 record.error = Some(e.reason());
@@ -250,34 +271,39 @@ impl Proxy {
         response
     }
 
+    /// The request forwarded (or answered by the proxy itself), with its access record.
     async fn forward(
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
         pinned: Option<&Arc<upstream::Pinned>>,
-        record: &mut AccessRecord,
-    ) -> Result<Response<Relay>, ProxyError> {
+    ) -> (Result<Response<Relay>, ProxyError>, AccessRecord) {
+        let mut record = AccessRecord::default();
         let config = self.config.load_full();
         let (profile, mut outbound, body) =
-            match self.judge(req, peer, pinned, &config, record).await? {
-                Judged::Forward(profile, outbound, body) => (profile, outbound, body),
-                Judged::Answered(response) => return Ok(response),
+            match self.judge(req, peer, pinned, &config, &mut record).await {
+                Ok(Judged::Forward(profile, outbound, body)) => (profile, outbound, body),
+                Ok(Judged::Answered(response)) => return (Ok(response), record),
+                Err(e) => return (Err(e), record),
             };
         // The steps below borrow the outbound request rather than move it: it is kept once, here,
         // not once more in the future of each step (docs/design.md#performance).
         if let Some(read) = self.shareable_read(profile, &outbound, &body) {
-            return self
-                .forward_read(profile, &mut outbound, read, record)
+            let response = self
+                .forward_read(profile, &mut outbound, read, &mut record)
                 .await;
+            return (response, record);
         }
         // Whatever became of a write, it may have changed what reads answer.
         let written = (!matches!(outbound.method, Method::GET | Method::HEAD))
             .then(|| outbound.uri.path().to_owned());
-        let response = self.dispatch(profile, &mut outbound, body, record).await;
+        let response = self
+            .dispatch(profile, &mut outbound, body, &mut record)
+            .await;
         if let Some(path) = written {
             self.written(profile, &path).await;
         }
-        response
+        (response, record)
     }
 
     /// Steps 1–4 (docs/design.md#the-request-path): admission, hop-by-hop removal, the target
