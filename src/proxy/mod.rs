@@ -442,7 +442,12 @@ impl Proxy {
         body: RequestBody<'_>,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
-        let token = self.token(profile).await?;
+        // The usual case needs no future: the session's token is there and usable. Else the
+        // login (or the refresh) is awaited, boxed as every rarely taken step that awaits much.
+        let token = match self.tokens.cached(&profile.name) {
+            Some(token) => token,
+            None => Box::pin(self.token(profile)).await?,
+        };
         // A kept body holds its share of the replay budget until this request is done with it.
         let (first_body, replay) = match body {
             RequestBody::Replayable(bytes, held) => {

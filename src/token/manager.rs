@@ -286,7 +286,11 @@ impl TokenManager {
     /// The current token, leased for one request, without logging in (none when an access token
     /// is past its use).
     pub fn cached(&self, profile: &str) -> Option<TokenLease> {
-        self.state(profile)?
+        // The hot path of every request: one load of the profiles, one lookup, one load of the
+        // token, and no clone of the profile's state.
+        let profiles = self.inner.profiles.load();
+        profiles
+            .get(profile)?
             .current()
             .filter(|t| t.is_usable())
             .map(TokenLease::new)
