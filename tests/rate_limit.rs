@@ -86,6 +86,15 @@ async fn a_wait_longer_than_max_wait_is_refused_at_once() {
         assert_proxy_answer(r, 429, "rate_limited");
         assert!(r.headers().contains_key("retry-after"));
     }
+    // Nor do they count as time spent upstream.
+    assert_eq!(
+        metric(
+            &proxy.admin,
+            r#"cma_auth_proxy_upstream_duration_seconds_count{profile="default"}"#
+        )
+        .await,
+        2.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -57,9 +57,12 @@ pub struct AccessRecord {
 }
 
 impl AccessRecord {
-    /// Adds one send's time upstream to the request's, and passes its answer on.
-    fn upstream_took<T>(&mut self, (result, took): (T, Duration)) -> T {
-        self.upstream = Some(self.upstream.unwrap_or_default() + took);
+    /// Adds one send's time upstream (`None`: it never went upstream) to the request's, and
+    /// passes its answer on.
+    fn upstream_took<T>(&mut self, (result, took): (T, Option<Duration>)) -> T {
+        if let Some(took) = took {
+            self.upstream = Some(self.upstream.unwrap_or_default() + took);
+        }
         result
     }
 }
@@ -620,20 +623,21 @@ impl Proxy {
         Ok(response)
     }
 
-    /// One request upstream, and how long the upstream took with it; `slot_taken` when the caller
-    /// already waited for its slot of the budget.
+    /// One request upstream, and how long the upstream took with it (`None` when the budget
+    /// refused it before it went); `slot_taken` when the caller already waited for its slot of the
+    /// budget.
     async fn send_once(
         &self,
         outbound: &Outbound,
         headers: HeaderMap,
         body: Relay,
         slot_taken: bool,
-    ) -> (Result<Response<Incoming>, ProxyError>, Duration) {
+    ) -> (Result<Response<Incoming>, ProxyError>, Option<Duration>) {
         if let (Some(limiter), false) = (&outbound.limiter, slot_taken) {
             // Boxed, like the calls to the budget below: with a fleet store each is a Redis call,
             // large, and only for profiles with a budget (docs/design.md#performance).
             if let Err(e) = Box::pin(self.take_slot(outbound, limiter)).await {
-                return (Err(e), Duration::ZERO);
+                return (Err(e), None);
             }
         }
         let fault = body.fault();
@@ -644,7 +648,7 @@ impl Proxy {
             .clients
             .send(outbound.request(headers, body), outbound.pinned.as_deref());
         let result = tokio::time::timeout(outbound.timeout, sent).await;
-        let took = started.elapsed();
+        let took = Some(started.elapsed());
         let response = match result {
             Err(_) => return (Err(ProxyError::UpstreamTimeout(outbound.timeout)), took),
             // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
