@@ -10,6 +10,8 @@ use crate::proxy::target::{Name, classify_name};
 /// The header a client may use to pick a profile; never forwarded.
 pub const PROFILE_HEADER: &str = "x-cma-profile";
 pub const AUTHTOKEN: &str = "authtoken";
+/// [`AUTHTOKEN`] as a name to look up by value (a `&str` is parsed at every lookup).
+pub static AUTHTOKEN_NAME: HeaderName = HeaderName::from_static(AUTHTOKEN);
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) plus `expect`, which the proxy answers itself; then the
 /// proxy's own response headers, which say what the proxy did, never what an upstream claims.
@@ -277,7 +279,6 @@ pub fn screen_request(
 /// (the client sets the upstream's), `expect` (the proxy has already accepted the body) and
 /// `x-cma-profile`.
 pub fn strip_request(headers: &mut HeaderMap, found: Screened) {
-    static AUTHTOKEN_NAME: HeaderName = HeaderName::from_static(AUTHTOKEN);
     if found.credentials {
         headers.remove(&AUTHTOKEN_NAME);
         headers.remove(header::AUTHORIZATION);

@@ -17,8 +17,6 @@ use super::target::{Name, classify_name, params};
 
 const PREFIX: &str = "cma-auth-proxy-session-";
 
-static AUTHTOKEN: HeaderName = HeaderName::from_static(headers::AUTHTOKEN);
-
 /// `cma-auth-proxy-session-` and 128 random bits in hex: recognizable in a client's configuration,
 /// and never a token Contentstack issued.
 pub(super) struct Placeholder(String);
@@ -43,11 +41,11 @@ impl Placeholder {
     pub(super) fn remove_from(&self, parts: &mut Parts) {
         let (mut credentials, mut cookies) = (false, false);
         for name in parts.headers.keys() {
-            credentials |= *name == header::AUTHORIZATION || *name == AUTHTOKEN;
+            credentials |= *name == header::AUTHORIZATION || *name == headers::AUTHTOKEN_NAME;
             cookies |= *name == header::COOKIE;
         }
         if credentials {
-            for name in [&header::AUTHORIZATION, &AUTHTOKEN] {
+            for name in [&header::AUTHORIZATION, &headers::AUTHTOKEN_NAME] {
                 self.remove_from_header(&mut parts.headers, name);
             }
         }
