@@ -138,24 +138,19 @@ impl TokenManager {
     /// or refresh in flight (started here if none). An access token past its use counts as none.
     pub async fn token(&self, profile: &str) -> Result<TokenLease, LoginError> {
         loop {
-            let state = {
-                // The hot path: one load of the profiles, one lookup, one load of the token.
-                let profiles = self.inner.profiles.load();
-                let Some(state) = profiles.get(profile) else {
-                    return Err(LoginError {
-                        profile: profile.into(),
-                        failure: Arc::new(LoginFailure::Transient(TransientCause::ProfileRemoved)),
-                        retry_after: Duration::from_secs(1),
-                    });
-                };
-                if let Some(token) = state.current().filter(|t| t.is_usable()) {
-                    return Ok(TokenLease::new(token));
-                }
-                state.clone()
+            if let Some(token) = self.cached(profile) {
+                return Ok(token);
+            }
+            let Some(state) = self.state(profile) else {
+                return Err(LoginError {
+                    profile: profile.into(),
+                    failure: Arc::new(LoginFailure::Transient(TransientCause::ProfileRemoved)),
+                    retry_after: Duration::from_secs(1),
+                });
             };
             state.check_blocked()?;
             let guard = state.login_lock.clone().lock_owned().await;
-            if let Some(token) = state.current().filter(|t| t.is_usable()) {
+            if let Some(token) = state.usable() {
                 return Ok(TokenLease::new(token));
             }
             if !self.is_current(&state) {
@@ -289,11 +284,7 @@ impl TokenManager {
         // The hot path of every request: one load of the profiles, one lookup, one load of the
         // token, and no clone of the profile's state.
         let profiles = self.inner.profiles.load();
-        profiles
-            .get(profile)?
-            .current()
-            .filter(|t| t.is_usable())
-            .map(TokenLease::new)
+        profiles.get(profile)?.usable().map(TokenLease::new)
     }
 
     /// Drops `stale` if it is still the profile's current token; a newer token is kept.

@@ -128,6 +128,12 @@ impl ProfileState {
         self.current.load_full()
     }
 
+    /// The current token if a request may use it now (an access token past its use is as good
+    /// as none).
+    pub(super) fn usable(&self) -> Option<Arc<Token>> {
+        self.current().filter(|t| t.is_usable())
+    }
+
     /// Makes `token` the one requests use.
     pub(super) fn set_current(&self, token: Arc<Token>) {
         self.current.store(Some(token));
@@ -180,8 +186,7 @@ impl ProfileState {
 
     /// What `/status` and the probes report of this profile.
     pub(super) fn report(&self) -> ProfileStatus {
-        // An access token past its use is as good as none.
-        let token = self.current().filter(|t| t.is_usable());
+        let token = self.usable();
         let status = self.status();
         let now = Instant::now();
         let retry_in = status.retry_at.filter(|at| *at > now).map(|at| at - now);
