@@ -2,6 +2,7 @@
 //! requests over the TLS configuration of [`crate::tls::client_config`], and, per client
 //! connection, the upstream connection pinned to it (docs/design.md#upstream-connections).
 use std::cell::Cell;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -144,44 +145,38 @@ impl UpstreamClients {
             self.spoken.load(std::sync::atomic::Ordering::Relaxed) != HTTP2
                 && request.version() == Version::HTTP_11
         });
-        let mut sending = None;
-        let mut connecting = None;
-        let mut pooled = None;
-        match pin.map(|pin| (pin, pin.take())) {
+        let way = match pin.map(|pin| (pin, pin.take())) {
             Some((pin, Taken::Ready(mut sender))) => {
                 self.add_host(&mut request);
                 // Boxed: hyper's future keeps room for the request it may give back, and the
                 // futures around it would copy that room each time they move.
                 let answer = Box::pin(sender.try_send_request(request));
-                sending = Some((pin, sender, answer));
+                Way::Pinned(pin, sender, answer)
             }
             // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a large future, taken once per
             // client connection; inline it would be copied with every request's future.
             Some((pin, Taken::Open)) => {
-                connecting = Some(Box::pin(self.connect_pinned(request, pin)))
+                Way::Connecting(Box::pin(self.connect_pinned(request, pin)))
             }
             // The first request of a connection takes the pool: a client that sends one request
             // per connection never costs Contentstack a connection of its own.
             Some((_, Taken::FirstRequest | Taken::Busy | Taken::Failed)) | None => {
-                pooled = Some(self.pooled(request));
+                Way::Pooled(self.pooled(request))
             }
-        }
+        };
         async move {
-            if let Some((pin, sender, answer)) = sending {
-                // The request given back is handed on before the wait: the future keeps no room
-                // for it.
-                let again = match self.pinned_answer(pin, sender, answer.await) {
-                    Sent::Answered(result) => return result,
-                    Sent::NotSent(request) => self.pooled(request),
-                };
-                return again.await;
-            }
-            if let Some(connecting) = connecting {
-                return connecting.await;
-            }
-            match pooled {
-                Some(answer) => answer.await,
-                None => unreachable!("a request is sent one way"),
+            match way {
+                Way::Pinned(pin, sender, answer) => {
+                    // The request given back is handed on before the wait: the future keeps no
+                    // room for it.
+                    let again = match self.pinned_answer(pin, sender, answer.await) {
+                        Sent::Answered(result) => return result,
+                        Sent::NotSent(request) => self.pooled(request),
+                    };
+                    again.await
+                }
+                Way::Connecting(connecting) => connecting.await,
+                Way::Pooled(answer) => answer.await,
             }
         }
     }
@@ -272,6 +267,14 @@ impl UpstreamClients {
             },
         }
     }
+}
+
+/// The way [`UpstreamClients::send`] sent a request: over the pinned connection (its answer to
+/// come), opening that connection first, or over the pool.
+enum Way<'a, A, C, P> {
+    Pinned(&'a Pinned, http1::SendRequest<Relay>, Pin<Box<A>>),
+    Connecting(Pin<Box<C>>),
+    Pooled(P),
 }
 
 enum Sent {
