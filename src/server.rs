@@ -8,6 +8,7 @@
 //! Each address is bound once ([`bind`]); an [`Acceptor`] accepts on it and hands connections to
 //! workers, each serving its [`Inbox`] with [`serve`] on its own runtime.
 mod accept;
+mod activity;
 mod bind;
 mod inbound_tls;
 mod room;
@@ -18,7 +19,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -40,7 +40,8 @@ pub use room::Room;
 use crate::body::Relay;
 use crate::config::ConnectionLimits;
 use crate::metrics::{ConnectionLimit, Metrics};
-use send::{Sending, StallTimer, StreamExecutor, WriteBlocked, WriteWatch};
+use activity::{Activity, Busy, Lapse, Watched};
+use send::{Sending, StallTimer, StreamExecutor};
 use when_woken::{WakeFlag, WhenWoken};
 
 /// What serves requests on a listener.
@@ -121,8 +122,9 @@ enum Control {
     Evicted,
     /// Shutdown.
     Stop,
-    /// `idle_timeout` may have passed with no request in flight.
-    IdleDue,
+    /// A deadline between requests may have passed: a request head's (`header_read_timeout`) or
+    /// idleness (`idle_timeout`).
+    CheckDue,
     /// An idle connection asked to finish is still open.
     CloseDue,
 }
@@ -136,7 +138,9 @@ fn builder(limits: &ConnectionLimits, metrics: &Arc<Metrics>) -> auto::Builder<S
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // Heads are timed by the connection's loop, from their first bytes (server/activity.rs);
+        // hyper's timer would run from the response before, and close idle connections.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes)
         .max_headers(limits.max_headers);
     builder
@@ -297,19 +301,23 @@ impl<H: Handler> Connection<H> {
                 let state = state.clone();
                 // In flight until its response has been sent (or given up on), not only until
                 // the response's head is ready: a response still streaming is not idleness.
-                let busy = activity.begin();
+                let busy = activity.begin(req.version());
                 async move {
                     let response = handler.call(req, peer, &state).await;
                     Ok::<_, Infallible>(response.map(|body| Sending::new(body, busy)))
                 }
             })
         };
-        let io = TokioIo::new(WriteWatch::new(io, activity.clone()));
+        let io = TokioIo::new(Watched::new(io, activity.clone()));
         let connection = builder.serve_connection(io, service);
         let mut connection = std::pin::pin!(connection);
         let mut stalled_writes = StallTimer::default();
-        let (idle_timeout, send_timeout) =
-            (options.limits.idle_timeout, options.limits.send_timeout);
+        let limits = &options.limits;
+        let (idle_timeout, send_timeout, header_read_timeout) = (
+            limits.idle_timeout,
+            limits.send_timeout,
+            limits.header_read_timeout,
+        );
         let mut finishing = *stop.borrow();
         if finishing {
             connection.as_mut().graceful_shutdown();
@@ -320,7 +328,7 @@ impl<H: Handler> Connection<H> {
         // its socket or its requests do (docs/design.md#performance).
         let flag = Arc::new(WakeFlag::default());
         let result = loop {
-            let idle_at = activity.idle_deadline(idle_timeout);
+            let check_at = activity.next_check(idle_timeout, header_read_timeout, finishing);
             let (begun, evictable) = (activity.has_begun(), options.room.is_some());
             let turn = {
                 // The connection, and whether its writes have waited for the client too long: a
@@ -340,7 +348,7 @@ impl<H: Handler> Connection<H> {
                         _ = tokio::time::sleep_until(first_request_by), if !begun => Control::FirstRequestDue,
                         _ = evicted.notified(), if evictable => Control::Evicted,
                         _ = stop.changed(), if !finishing => Control::Stop,
-                        _ = tokio::time::sleep_until(idle_at), if !finishing => Control::IdleDue,
+                        _ = tokio::time::sleep_until(check_at) => Control::CheckDue,
                         _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => Control::CloseDue,
                         else => std::future::pending().await,
                     }
@@ -377,17 +385,29 @@ impl<H: Handler> Connection<H> {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
                 }
-                Turn::Control(Control::IdleDue) => {
-                    if activity.idle_for() >= idle_timeout {
-                        options
-                            .metrics
-                            .connection_limit(ConnectionLimit::IdleTimeout);
-                        finishing = true;
-                        connection.as_mut().graceful_shutdown();
-                        // Nothing is in flight, so all that is left is HTTP/2's goodbye (GOAWAY,
-                        // and a PING the client must answer); a client that never answers must
-                        // not hold the connection by it.
-                        close_by = Some(Instant::now() + options.limits.header_read_timeout);
+                Turn::Control(Control::CheckDue) => {
+                    match activity.lapsed(idle_timeout, header_read_timeout, finishing) {
+                        Some(Lapse::HeadRead) => {
+                            let limit = ConnectionLimit::HeaderReadTimeout;
+                            options.metrics.connection_limit(limit);
+                            tracing::debug!(
+                                reason = limit.as_str(),
+                                "connection closed by a limit"
+                            );
+                            break Ok(());
+                        }
+                        Some(Lapse::Idle) => {
+                            options
+                                .metrics
+                                .connection_limit(ConnectionLimit::IdleTimeout);
+                            finishing = true;
+                            connection.as_mut().graceful_shutdown();
+                            // Nothing is in flight, so all that is left is HTTP/2's goodbye
+                            // (GOAWAY, and a PING the client must answer); a client that never
+                            // answers must not hold the connection by it.
+                            close_by = Some(Instant::now() + header_read_timeout);
+                        }
+                        None => {}
                     }
                 }
                 Turn::Control(Control::CloseDue) => {
@@ -395,7 +415,7 @@ impl<H: Handler> Connection<H> {
                         tracing::debug!("an idle connection did not finish when asked: closed");
                         break Ok(());
                     }
-                    close_by = Some(Instant::now() + options.limits.header_read_timeout);
+                    close_by = Some(Instant::now() + header_read_timeout);
                 }
             }
         };
@@ -420,92 +440,5 @@ impl<H: Handler> Connection<H> {
             }
         }
         options.open_connections().dec();
-    }
-}
-
-/// Whether a connection has a request in flight, and since when it has had none.
-struct Activity {
-    /// Whether any request has begun on the connection.
-    begun: AtomicBool,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `born` of the last request's end.
-    last_ms: AtomicU64,
-    born: Instant,
-    /// Asked to close to make room for a new connection (see [`Room`]).
-    evicting: AtomicBool,
-    evicted: tokio::sync::Notify,
-    /// Since when the connection's writes wait for the client (`send_timeout`).
-    writes: WriteBlocked,
-}
-
-impl AsRef<WriteBlocked> for Activity {
-    fn as_ref(&self) -> &WriteBlocked {
-        &self.writes
-    }
-}
-
-/// A request in flight on its connection, until dropped.
-pub(super) struct Busy(Arc<Activity>);
-
-impl Activity {
-    fn new() -> Self {
-        Self {
-            begun: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            last_ms: AtomicU64::new(0),
-            born: Instant::now(),
-            evicting: AtomicBool::new(false),
-            evicted: tokio::sync::Notify::new(),
-            writes: WriteBlocked::new(),
-        }
-    }
-
-    fn is_busy(&self) -> bool {
-        self.in_flight.load(Ordering::Relaxed) > 0
-    }
-
-    fn is_evicted(&self) -> bool {
-        self.evicting.load(Ordering::Relaxed)
-    }
-
-    /// Asks the connection to close.
-    fn evict(&self) {
-        self.evicting.store(true, Ordering::Relaxed);
-        // Stored if the connection is not waiting right now: it sees it on its next wait.
-        self.evicted.notify_one();
-    }
-
-    fn begin(self: &Arc<Self>) -> Busy {
-        self.begun.store(true, Ordering::Relaxed);
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        Busy(self.clone())
-    }
-
-    fn has_begun(&self) -> bool {
-        self.begun.load(Ordering::Relaxed)
-    }
-
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return Duration::ZERO;
-        }
-        let last = self.born + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        last.elapsed()
-    }
-
-    /// When the connection becomes idle-expired if nothing happens; re-checked when reached.
-    fn idle_deadline(&self, idle_timeout: Duration) -> Instant {
-        Instant::now() + idle_timeout.saturating_sub(self.idle_for())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        let activity = &self.0;
-        activity.last_ms.store(
-            activity.born.elapsed().as_millis() as u64,
-            Ordering::Relaxed,
-        );
-        activity.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -108,8 +108,7 @@ async fn a_slow_header_sender_is_cut_off_while_others_are_served() {
     slow.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\nx-partial: ")
         .await
         .unwrap();
-    // Meanwhile a normal client is served (without keep-alive: an idle connection would be cut by
-    // the same timeout).
+    // Meanwhile a normal client is served.
     let normal = proxy.get("/v3/user").header("connection", "close").send();
     assert_eq!(normal.await.unwrap().status(), 200);
     let answer = read_to_close(&mut slow).await;
@@ -904,4 +903,101 @@ async fn kept_bodies_filling_their_budget_do_not_refuse_a_login() {
     let status = login.status();
     assert_eq!(status, 200, "{}", login.text().await.unwrap());
     drop(held);
+}
+
+/// Reads one response with a `content-length` from `stream`, leaving the connection open.
+async fn read_one_response(stream: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut byte = [0u8; 1];
+    while !out.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        out.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&out).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|line| {
+            line.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    head + &String::from_utf8_lossy(&body)
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
+    let request = b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n";
+    conn.write_all(request).await.unwrap();
+    assert!(
+        read_one_response(&mut conn)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    // Silent between requests for three times header_read_timeout, far from idle_timeout: the
+    // connection is idle, not slow to send a head, and stays open.
+    assert_eq!(
+        closed_within(&mut conn, 1).await,
+        None,
+        "an idle connection was closed before idle_timeout"
+    );
+    conn.write_all(request).await.unwrap();
+    assert!(
+        read_one_response(&mut conn)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    expect_limit_count(&proxy, "header_read_timeout", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_later_request_head_that_trickles_is_cut_off_after_header_read_timeout() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
+    conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_one_response(&mut conn)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    // The next head begins, then comes a byte at a time, never silent for long and never ending.
+    conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let (mut read, mut write) = conn.into_split();
+    let trickle = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(50));
+        for _ in 0..200 {
+            ticks.tick().await;
+            if write.write_all(b"x").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), read.read_to_end(&mut out)).await;
+    assert!(
+        closed.is_ok(),
+        "a trickling head held its connection past header_read_timeout"
+    );
+    trickle.abort();
+    expect_limit_count(&proxy, "header_read_timeout", 1.0).await;
 }

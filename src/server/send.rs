@@ -3,10 +3,10 @@
 //! request and its upstream connection for ever (docs/design.md#listeners-and-limits).
 //!
 //! Two ways a client can stop a response, each watched where it shows:
-//! - It stops reading the socket. Then the connection's writes stay blocked: [`WriteWatch`] wraps
-//!   the socket and notes since when a write has been waiting, and the connection's task closes the
-//!   connection once that passes `send_timeout` (an HTTP/1 response, or every stream of an HTTP/2
-//!   connection).
+//! - It stops reading the socket. Then the connection's writes stay blocked: the socket's wrapper
+//!   (`server/activity.rs`) notes in [`WriteBlocked`] since when a write has been waiting, and the
+//!   connection's task closes the connection once that passes `send_timeout` (an HTTP/1 response,
+//!   or every stream of an HTTP/2 connection).
 //! - An HTTP/2 client reads the socket but grants a stream no flow-control window (or stops
 //!   granting it). The stream's task then waits for window with its body unpolled. [`Sending`]
 //!   wraps each response body and notes whether it is waiting for the client (handed over and not
@@ -25,7 +25,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::Busy;
@@ -48,7 +47,8 @@ impl WriteBlocked {
         }
     }
 
-    fn note<T>(&self, poll: &Poll<T>) {
+    /// Notes whether the socket's write or flush `poll` waits for the client.
+    pub(super) fn note<T>(&self, poll: &Poll<T>) {
         let blocked = self.since_ms.load(Ordering::Relaxed) != NOT_BLOCKED;
         match (poll.is_pending(), blocked) {
             (true, false) => self
@@ -65,71 +65,6 @@ impl WriteBlocked {
             NOT_BLOCKED => None,
             ms => Some(self.born + Duration::from_millis(ms)),
         }
-    }
-}
-
-/// A client's socket, noting in [`WriteBlocked`] (kept in `A`, the connection's shared state)
-/// whether a write is waiting for the client.
-pub(super) struct WriteWatch<I, A> {
-    io: I,
-    blocked: Arc<A>,
-}
-
-impl<I, A: AsRef<WriteBlocked>> WriteWatch<I, A> {
-    pub(super) fn new(io: I, blocked: Arc<A>) -> Self {
-        Self { io, blocked }
-    }
-
-    fn blocked(&self) -> &WriteBlocked {
-        (*self.blocked).as_ref()
-    }
-}
-
-impl<I: AsyncRead + Unpin, A: Unpin> AsyncRead for WriteWatch<I, A> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<I: AsyncWrite + Unpin, A: AsRef<WriteBlocked> + Unpin> AsyncWrite for WriteWatch<I, A> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.blocked().note(&poll);
-        poll
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let poll = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.blocked().note(&poll);
-        poll
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_flush(cx);
-        self.blocked().note(&poll);
-        poll
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let poll = Pin::new(&mut self.io).poll_shutdown(cx);
-        self.blocked().note(&poll);
-        poll
     }
 }
 
