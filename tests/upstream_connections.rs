@@ -369,3 +369,53 @@ async fn a_request_whose_client_goes_away_is_no_longer_in_flight() {
         .expect("the proxy closed the upstream connection");
     assert_eq!(in_flight().await, 0.0);
 }
+
+/// An upstream answer that does not come within `request_timeout` is a 504, on each request of a
+/// client connection (over the pool and over its pinned connection), and no sooner; the
+/// connection's later requests that are answered in time are not cut short.
+#[tokio::test]
+async fn each_request_of_a_connection_keeps_its_own_upstream_deadline() {
+    // An upstream that answers at once, except `/v3/slow`, which it never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                if req.uri().path() == "/v3/slow" {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("{}"))))
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service),
+            );
+        }
+    });
+    let config = cma_auth_proxy::Config::from_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
+             request_timeout = \"300ms\"\n\
+             [upstream]\nurl = \"http://{upstream}\"\n\
+             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n\
+             coalesce_reads = false\n"
+        ),
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    let proxy = cma_auth_proxy::start(config).await.unwrap();
+    let mut client = Client::connect(&proxy).await;
+    // The pool, then the connection's pinned upstream connection, then the pool again (a request
+    // given up on takes its pinned connection with it).
+    for _ in 0..3 {
+        assert_eq!(client.get("/v3/content_types", false).await, 200);
+        let started = std::time::Instant::now();
+        assert_eq!(client.get("/v3/slow", false).await, 504);
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(300),
+            "a 504 before request_timeout: {:?}",
+            started.elapsed()
+        );
+    }
+}
