@@ -72,7 +72,7 @@ impl Placeholder {
     }
 
     fn remove_from_cookies(&self, headers: &mut HeaderMap) {
-        let carries = |v: &HeaderValue| contains(v.as_bytes(), self.0.as_bytes());
+        let carries = |v: &HeaderValue| super::scrub::contains(v.as_bytes(), self.0.as_bytes());
         if !headers.get_all(header::COOKIE).iter().any(carries) {
             return;
         }
@@ -140,11 +140,6 @@ impl Placeholder {
             }
         }
     }
-}
-
-/// Finds `needle` in `haystack` (both short: a header value, a placeholder).
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 #[cfg(test)]

@@ -41,8 +41,18 @@ pub(super) fn drop_headers_carrying(headers: &mut HeaderMap, secret: &[u8]) {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.len() >= needle.len() && haystack.windows(needle.len()).any(|w| w == needle)
+/// Whether `needle` occurs in `haystack` (a header value). Offsets are ruled out by their first
+/// byte before the rest is compared: a slice comparison at each offset would call `memcmp` once per
+/// byte of every value as long as the token. (Searchers such as `memchr::memmem` cost more to set
+/// up than a header value takes to scan.)
+pub(super) fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    let Some(last_start) = haystack.len().checked_sub(needle.len()) else {
+        return false;
+    };
+    (0..=last_start).any(|i| haystack[i] == first && haystack[i + 1..i + needle.len()] == *rest)
 }
 
 /// The body of an answer that may carry the credential, read whole, with each occurrence of
@@ -77,17 +87,19 @@ pub(super) async fn body(
 }
 
 fn replace(bytes: Bytes, secret: &[u8], with: &[u8]) -> Bytes {
-    if secret.is_empty() || !contains(&bytes, secret) {
+    // Nearly always absent: then nothing is copied.
+    if secret.is_empty() || memchr::memmem::find(&bytes, secret).is_none() {
         return bytes;
     }
     let mut out = Vec::with_capacity(bytes.len());
-    let mut rest = &bytes[..];
-    while let Some(at) = rest.windows(secret.len()).position(|w| w == secret) {
-        out.extend_from_slice(&rest[..at]);
+    let mut copied = 0;
+    // Occurrences do not overlap: each is replaced whole.
+    for at in memchr::memmem::find_iter(&bytes, secret) {
+        out.extend_from_slice(&bytes[copied..at]);
         out.extend_from_slice(with);
-        rest = &rest[at + secret.len()..];
+        copied = at + secret.len();
     }
-    out.extend_from_slice(rest);
+    out.extend_from_slice(&bytes[copied..]);
     Bytes::from(out)
 }
 
@@ -105,6 +117,22 @@ mod tests {
         );
         let clean = Bytes::from_static(b"{\"user\":{}}");
         assert_eq!(replace(clean.clone(), b"blt123", b"P"), clean);
+    }
+
+    #[test]
+    fn contains_finds_the_needle_anywhere_and_only_whole() {
+        for (haystack, found) in [
+            (&b"bltabc"[..], true),
+            (b"xbltabc", true),
+            (b"bltabcx", true),
+            (b"blbltabc", true),
+            (b"bltab", false),
+            (b"bltabd bltab", false),
+            (b"", false),
+        ] {
+            assert_eq!(contains(haystack, b"bltabc"), found, "{haystack:?}");
+        }
+        assert!(contains(b"x", b""));
     }
 
     #[test]
