@@ -419,18 +419,27 @@ fn without_format(path: &str) -> Option<&str> {
 ///
 /// Borrowed when the path is already in normal form (nearly all traffic): nothing is allocated.
 pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
-    // The common case, `/v3/content_types/blog/entries`: letters, digits, `-`, `_` and single
-    // slashes are already canonical, so skip the per-segment work below.
-    let plain = path.len() > 1
-        && path.starts_with('/')
-        && !path.ends_with('/')
-        && !path.contains("//")
-        && path
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_'));
-    if plain {
+    if is_plain(path) {
         return Ok(Cow::Borrowed(path));
     }
+    normalize_segments(path)
+}
+
+/// The common case, `/v3/content_types/blog/entries`: letters, digits, `-`, `_` and single
+/// slashes are already canonical, so [`normalize`] skips the per-segment work. One pass: each byte
+/// is one of those, and no `/` follows a `/`.
+fn is_plain(path: &str) -> bool {
+    path.len() > 1
+        && path.starts_with('/')
+        && !path.ends_with('/')
+        && path.as_bytes().windows(2).all(|pair| match pair[1] {
+            b'/' => pair[0] != b'/',
+            b => b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'),
+        })
+}
+
+/// [`normalize`] segment by segment.
+fn normalize_segments(path: &str) -> Result<Cow<'_, str>, PathError> {
     let rest = path.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let segments = rest
         .split('/')

@@ -59,12 +59,13 @@ impl RequestKind {
         // What comes before the first `/` (nothing, in a normalized path) is not a segment.
         let (_, rest) = segment(path.as_bytes());
         let (version, rest) = segment(rest);
-        let (second, _) = segment(rest);
-        let end = second
-            .iter()
-            .position(|&b| b == b';' || b == b'.')
-            .unwrap_or(second.len());
-        if version.eq_ignore_ascii_case(b"v3") && second[..end].eq_ignore_ascii_case(b"bulk") {
+        // The second segment is `bulk` when it begins so and ends there, or its `;params` or
+        // format suffix begins there: only its first five bytes are read.
+        let bulk = rest
+            .get(..4)
+            .is_some_and(|name| name.eq_ignore_ascii_case(b"bulk"))
+            && matches!(rest.get(4), None | Some(b'/' | b';' | b'.'));
+        if bulk && version.eq_ignore_ascii_case(b"v3") {
             RequestKind::Bulk
         } else if matches!(*method, http::Method::GET | http::Method::HEAD) {
             RequestKind::Read
