@@ -388,7 +388,7 @@ impl Proxy {
             uri,
             headers: parts.headers,
             timeout: config.server.request_timeout,
-            limiter: self.limiter(&profile.name),
+            limiter: self.limiter(profile),
             profile: profile.name.clone(),
             pinned: pinned.cloned(),
             carries_token,
@@ -397,13 +397,12 @@ impl Proxy {
         Ok(Judged::Forward(profile, outbound, body))
     }
 
-    fn limiter(&self, profile: &str) -> Option<Arc<RateLimiter>> {
+    /// The budget of `profile`, which has one only if its settings say so: most set none, and
+    /// then the budgets are not even looked at.
+    fn limiter(&self, profile: &ProfileConfig) -> Option<Arc<RateLimiter>> {
+        profile.rate_limit.as_ref()?;
         let limiters = self.limiters.load();
-        // Most deployments set no budget: then the name is not even hashed.
-        if limiters.is_empty() {
-            return None;
-        }
-        limiters.get(profile).map(|(_, limiter)| limiter.clone())
+        limiters.get(&profile.name).map(|(_, limiter)| limiter.clone())
     }
 
     /// Sends with the profile's credentials: a management token as it is, a session token with

@@ -215,7 +215,7 @@ impl Proxy {
             uri: Uri::from_static(USER_PATH),
             headers: request_headers,
             timeout: config.server.request_timeout,
-            limiter: self.limiter(&profile.name),
+            limiter: self.limiter(profile),
             profile: profile.name.clone(),
             pinned: None,
             carries_token: true,
