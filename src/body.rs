@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::server::ReceivingBody;
+
 mod budget;
 mod pace;
 
@@ -104,6 +106,9 @@ pub struct ClientBody {
     watch: BodyWatch,
     fault: BodyFault,
     held: Option<Held<Arc<ReplayBudget>>>,
+    /// Keeps the client connection from taking the body's bytes for idleness or a head
+    /// (`server::ReceivingBody`) until the body is relayed or drained.
+    _receiving: Option<ReceivingBody>,
 }
 
 pub enum Relay {
@@ -175,11 +180,13 @@ impl Relay {
         max_body: u64,
         watch: BodyWatch,
         held: Option<Held<Arc<ReplayBudget>>>,
+        receiving: Option<ReceivingBody>,
     ) -> Relay {
         let client = ClientBody {
             watch,
             fault: BodyFault::default(),
             held,
+            _receiving: receiving,
         };
         Self::stream(prefix, rest, max_body, Some(Box::new(client)))
     }
@@ -344,9 +351,11 @@ pub enum RequestBody<'b> {
 /// Reads up to `replay_limit` bytes of `body`. A body that ends within the limit is kept whole, if
 /// it fits `budget`; a longer one, or one past the budget, continues as a stream behind what was
 /// read. `Content-Length` above `max_body` is refused before anything is read; a body that does
-/// not keep `pace` is abandoned.
+/// not keep `pace` is abandoned. `receiving` (none for a body that had ended when its request
+/// began) goes with a body that continues as a stream, and is dropped with one read in full.
 pub async fn take_request_body<'b>(
     mut body: Incoming,
+    receiving: Option<ReceivingBody>,
     content_length: Option<u64>,
     replay_limit: u64,
     max_body: u64,
@@ -374,6 +383,7 @@ pub async fn take_request_body<'b>(
             max_body,
             watch,
             None,
+            receiving,
         )));
     }
     let mut client = ClientChunks {
@@ -392,7 +402,14 @@ pub async fn take_request_body<'b>(
         RequestBody::Replayable(concat(chunks), held)
     } else {
         let held = held.move_to(budget.clone());
-        RequestBody::Streaming(Relay::request(chunks, body, max_body, watch, Some(held)))
+        RequestBody::Streaming(Relay::request(
+            chunks,
+            body,
+            max_body,
+            watch,
+            Some(held),
+            receiving,
+        ))
     })
 }
 

@@ -40,6 +40,7 @@ pub use room::Room;
 use crate::body::Relay;
 use crate::config::ConnectionLimits;
 use crate::metrics::{ConnectionLimit, Metrics};
+pub use activity::ReceivingBody;
 use activity::{Activity, Busy, Lapse, Watched};
 use send::{Sending, StallTimer, StreamExecutor};
 use when_woken::{WakeFlag, WhenWoken};
@@ -296,12 +297,16 @@ impl<H: Handler> Connection<H> {
         let service = {
             let activity = activity.clone();
             let state = Arc::new(H::Connection::default());
-            hyper::service::service_fn(move |req| {
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let handler = handler.clone();
                 let state = state.clone();
                 // In flight until its response has been sent (or given up on), not only until
                 // the response's head is ready: a response still streaming is not idleness.
                 let busy = activity.begin(req.version());
+                // And until its body has ended, which may be after the response.
+                if !hyper::body::Body::is_end_stream(req.body()) {
+                    req.extensions_mut().insert(activity.receiving_body());
+                }
                 async move {
                     let response = handler.call(req, peer, &state).await;
                     Ok::<_, Infallible>(response.map(|body| Sending::new(body, busy)))

@@ -1001,3 +1001,80 @@ async fn a_later_request_head_that_trickles_is_cut_off_after_header_read_timeout
     trickle.abort();
     expect_limit_count(&proxy, "header_read_timeout", 1.0).await;
 }
+
+#[tokio::test]
+async fn a_body_that_keeps_coming_after_its_early_answer_is_not_taken_for_a_slow_head() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n\
+         max_body = \"64KiB\"\nreplay_body_limit = \"1KiB\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
+    // A chunked upload past max_body gets its 413 before it ends.
+    conn.write_all(
+        b"POST /v3/_sim/upload HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let chunk = [b"8000\r\n".as_slice(), &[b'x'; 0x8000], b"\r\n"].concat();
+    for _ in 0..4 {
+        conn.write_all(&chunk).await.unwrap();
+    }
+    let answer = read_one_response(&mut conn).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // The client goes on sending its body for three times header_read_timeout (the proxy drains
+    // it), ends it, and is silent between requests for as long again: none of that is a head.
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..45 {
+        ticks.tick().await;
+        conn.write_all(&chunk).await.unwrap();
+    }
+    conn.write_all(b"0\r\n\r\n").await.unwrap();
+    assert_eq!(
+        closed_within(&mut conn, 1).await,
+        None,
+        "a connection draining a body, then idle, was closed"
+    );
+    conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_one_response(&mut conn)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    expect_limit_count(&proxy, "header_read_timeout", 0.0).await;
+}
+
+#[tokio::test]
+async fn a_head_begun_behind_a_request_in_flight_is_held_no_longer_than_idleness() {
+    let fake = fake().await;
+    let proxy = proxy(
+        &fake,
+        "header_read_timeout = \"300ms\"\nidle_timeout = \"1s\"",
+        &profile(PASSWORD, ""),
+    )
+    .await;
+    let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
+    // A request and, in the same write, the start of the next one's head, which never ends. Its
+    // first bytes came with the request before it: the connection is idle once that is answered,
+    // and closed as an idle one is.
+    conn.write_all(
+        b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\nGET /v3/user HTTP/1.1\r\nhost: x\r\nx-partial: ",
+    )
+    .await
+    .unwrap();
+    assert!(
+        read_one_response(&mut conn)
+            .await
+            .starts_with("HTTP/1.1 200 OK")
+    );
+    assert!(
+        closed_within(&mut conn, 5).await.is_some(),
+        "held past idle_timeout"
+    );
+    expect_limit_count(&proxy, "idle_timeout", 1.0).await;
+}

@@ -322,6 +322,8 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Result<Judged<'c, '_>, ProxyError> {
         let (mut parts, body) = req.into_parts();
+        // Goes with the body (none for a request without one): see `server::ReceivingBody`.
+        let receiving = parts.extensions.remove::<crate::server::ReceivingBody>();
         // The placeholder of an emulated login is the proxy's own, not a client credential: it
         // goes before anything reads the request.
         self.sessions.placeholder().remove_from(&mut parts);
@@ -339,7 +341,7 @@ impl Proxy {
                 action,
                 &mut parts.headers,
                 api_key,
-                body,
+                (body, receiving),
                 config,
                 record,
             ))
@@ -375,6 +377,7 @@ impl Proxy {
         let content_length = content_length(&parts.headers)?;
         let body = body::take_request_body(
             body,
+            receiving,
             content_length,
             config.server.replay_body_limit,
             config.server.max_body,
@@ -402,7 +405,9 @@ impl Proxy {
     fn limiter(&self, profile: &ProfileConfig) -> Option<Arc<RateLimiter>> {
         profile.rate_limit.as_ref()?;
         let limiters = self.limiters.load();
-        limiters.get(&profile.name).map(|(_, limiter)| limiter.clone())
+        limiters
+            .get(&profile.name)
+            .map(|(_, limiter)| limiter.clone())
     }
 
     /// Sends with the profile's credentials: a management token as it is, a session token with

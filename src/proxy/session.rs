@@ -151,7 +151,7 @@ impl Proxy {
         action: Action,
         headers: &mut HeaderMap,
         api_key: Option<&str>,
-        body: Incoming,
+        (body, receiving): (Incoming, Option<crate::server::ReceivingBody>),
         config: &Config,
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
@@ -160,6 +160,7 @@ impl Proxy {
         record.profile = Some(profile.name.clone());
         let body = body::take_request_body(
             body,
+            receiving,
             content_length(headers)?,
             LOGIN_BODY_LIMIT,
             config.server.max_body,

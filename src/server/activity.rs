@@ -2,7 +2,8 @@
 //! (docs/design.md#listeners-and-limits): whether a request is in flight and since when none has
 //! been, since when the next HTTP/1 request head has been arriving, and whether the connection's
 //! writes wait for the client. [`Watched`] wraps the client's socket and notes its reads and writes
-//! here; the service notes each request's begin and end ([`Activity::begin`], [`Busy`]).
+//! here; the service notes each request's begin and end ([`Activity::begin`], [`Busy`]), and a
+//! request body's end ([`ReceivingBody`]).
 //!
 //! The head's deadline (`header_read_timeout`) runs from the first bytes of a head, not from the
 //! end of the response before it: a keep-alive connection that is silent between requests is idle
@@ -55,6 +56,23 @@ pub(super) enum Lapse {
 /// A request in flight on its connection, until dropped.
 pub(super) struct Busy(Arc<Activity>);
 
+/// A request body still arriving on its connection: until it is dropped (the body has ended, or
+/// has been given up), the connection is busy, and the bytes that come are the body's, not the
+/// next request's head. It goes with the body where the body goes, to its drain after an early
+/// answer included (`body::linger`), so a body that keeps coming after its answer neither counts as
+/// idleness nor starts a head's deadline.
+pub struct ReceivingBody {
+    busy: Busy,
+}
+
+/// A request's extensions must be `Clone`: a clone is one more hold on the connection, released
+/// when it is dropped.
+impl Clone for ReceivingBody {
+    fn clone(&self) -> Self {
+        self.busy.0.receiving_body()
+    }
+}
+
 impl Activity {
     pub(super) fn new() -> Self {
         Self {
@@ -94,6 +112,14 @@ impl Activity {
         self.head_ms.store(NO_HEAD, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         Busy(self.clone())
+    }
+
+    /// The body of a request that has begun is still arriving.
+    pub(super) fn receiving_body(self: &Arc<Self>) -> ReceivingBody {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        ReceivingBody {
+            busy: Busy(self.clone()),
+        }
     }
 
     pub(super) fn has_begun(&self) -> bool {
