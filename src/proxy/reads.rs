@@ -102,8 +102,8 @@ impl Proxy {
         outbound: &Outbound,
         body: &RequestBody,
     ) -> Option<SharedRead> {
-        // The profile's own settings first: a profile that neither coalesces nor caches (each
-        // reads' state exists only for those that do) costs no lookup.
+        // Decided from the profile's own settings first: one that neither coalesces nor caches
+        // shares no read, and costs no lookup of its read state.
         if outbound.method != Method::GET
             || (!profile.coalesce_reads && profile.cache.is_none())
             || !matches!(body, RequestBody::Replayable(bytes, _) if bytes.is_empty())
