@@ -117,8 +117,6 @@ enum Turn {
 }
 
 enum Control {
-    /// The first request has not begun by `header_read_timeout` after the connection was accepted.
-    FirstRequestDue,
     /// The connection was chosen to make room (`max_connections`).
     Evicted,
     /// Shutdown.
@@ -266,30 +264,29 @@ impl<H: Handler> Connection<H> {
     }
 
     /// A connection must begin its first request (after its TLS handshake, if any) within
-    /// `header_read_timeout` of being accepted. hyper's own header timer starts only once it has
-    /// told HTTP/1 from HTTP/2 by the first bytes, and HTTP/2 has none: a client that sends
-    /// nothing, or only the HTTP/2 preface, would otherwise hold its slot until `idle_timeout`.
+    /// `header_read_timeout` of being accepted, HTTP/1 and HTTP/2 alike: the handshake is bounded
+    /// here, the first head by [`Activity`], which counts it due from acceptance.
     fn first_request_by(&self) -> Instant {
         self.accepted_at + self.options.limits.header_read_timeout
     }
 
-    /// Serves one connection until it ends; closes it when no request has begun by
-    /// [`Self::first_request_by`]; asks it to finish gracefully at shutdown, or when it has had no
-    /// request in flight for `idle_timeout` (a response still streaming is not cut).
+    /// Serves one connection until it ends; closes it when a request head (the first one counted
+    /// from acceptance) has not arrived whole within `header_read_timeout`; asks it to finish
+    /// gracefully at shutdown, or when it has had no request in flight for `idle_timeout` (a
+    /// response still streaming is not cut).
     async fn serve<I>(self, io: I)
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let first_request_by = self.first_request_by();
         let Connection {
             handler,
             peer,
+            accepted_at,
             builder,
             options,
             mut stop,
-            ..
         } = self;
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(accepted_at));
         let _in_room = options
             .room
             .as_ref()
@@ -334,7 +331,7 @@ impl<H: Handler> Connection<H> {
         let flag = Arc::new(WakeFlag::default());
         let result = loop {
             let check_at = activity.next_check(idle_timeout, header_read_timeout, finishing);
-            let (begun, evictable) = (activity.has_begun(), options.room.is_some());
+            let evictable = options.room.is_some();
             let turn = {
                 // The connection, and whether its writes have waited for the client too long: a
                 // client that stops reading is cut off, not waited for (a graceful shutdown would
@@ -350,11 +347,10 @@ impl<H: Handler> Connection<H> {
                 let (stop, evicted) = (&mut stop, &activity.evicted);
                 let control = std::pin::pin!(async move {
                     tokio::select! {
-                        _ = tokio::time::sleep_until(first_request_by), if !begun => Control::FirstRequestDue,
                         _ = evicted.notified(), if evictable => Control::Evicted,
                         _ = stop.changed(), if !finishing => Control::Stop,
                         _ = tokio::time::sleep_until(check_at) => Control::CheckDue,
-                        _ = tokio::time::sleep_until(close_by.unwrap_or(first_request_by)), if close_by.is_some() => Control::CloseDue,
+                        _ = tokio::time::sleep_until(close_by.unwrap_or(check_at)), if close_by.is_some() => Control::CloseDue,
                         else => std::future::pending().await,
                     }
                 });
@@ -371,14 +367,6 @@ impl<H: Handler> Connection<H> {
                     options.metrics.connection_limit(limit);
                     tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
                     break Ok(());
-                }
-                Turn::Control(Control::FirstRequestDue) => {
-                    if !activity.has_begun() {
-                        let limit = ConnectionLimit::HeaderReadTimeout;
-                        options.metrics.connection_limit(limit);
-                        tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
-                        break Ok(());
-                    }
                 }
                 Turn::Control(Control::Evicted) => {
                     let limit = ConnectionLimit::Evicted;

@@ -7,7 +7,8 @@
 //!
 //! The head's deadline (`header_read_timeout`) runs from the first bytes of a head, not from the
 //! end of the response before it: a keep-alive connection that is silent between requests is idle
-//! (`idle_timeout`), not slow. It costs a clock read per request and no timer: the connection's
+//! (`idle_timeout`), not slow. The first head is due from the connection's acceptance, HTTP/1 or
+//! HTTP/2, bytes or none. It costs a clock read per request and no timer: the connection's
 //! loop looks at these notes at least once every `header_read_timeout` ([`Activity::next_check`])
 //! and closes the connection when one has lapsed ([`Activity::lapsed`]).
 use std::pin::Pin;
@@ -23,17 +24,18 @@ use super::send::WriteBlocked;
 
 /// Whether a connection has a request in flight, and since when it has had none.
 pub(super) struct Activity {
-    /// Whether any request has begun on the connection.
-    begun: AtomicBool,
     in_flight: AtomicUsize,
     /// Milliseconds after `born` of the last request's end.
     last_ms: AtomicU64,
     /// Milliseconds after `born` of the first bytes read since the last request began, while no
-    /// request was in flight: the next head's first bytes ([`NO_HEAD`] when none have come).
+    /// request was in flight: the next head's first bytes ([`NO_HEAD`] when none have come). 0 until
+    /// the first request begins: a connection's first head is due from its acceptance, whether any
+    /// bytes come or not.
     head_ms: AtomicU64,
     /// Whether request heads are timed: HTTP/1. Cleared at the first HTTP/2 request, whose
     /// connection's bytes between requests are frames of its own (pings, window updates).
     heads_timed: AtomicBool,
+    /// When the connection was accepted.
     born: Instant,
     /// Asked to close to make room for a new connection (see [`super::Room`]).
     evicting: AtomicBool,
@@ -74,14 +76,14 @@ impl Clone for ReceivingBody {
 }
 
 impl Activity {
-    pub(super) fn new() -> Self {
+    /// A connection accepted at `accepted`.
+    pub(super) fn new(accepted: Instant) -> Self {
         Self {
-            begun: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
-            head_ms: AtomicU64::new(NO_HEAD),
+            head_ms: AtomicU64::new(0),
             heads_timed: AtomicBool::new(true),
-            born: Instant::now(),
+            born: accepted,
             evicting: AtomicBool::new(false),
             evicted: tokio::sync::Notify::new(),
             writes: WriteBlocked::new(),
@@ -105,7 +107,6 @@ impl Activity {
 
     /// A request of `version` has begun: its head has arrived whole.
     pub(super) fn begin(self: &Arc<Self>, version: http::Version) -> Busy {
-        self.begun.store(true, Ordering::Relaxed);
         if version == http::Version::HTTP_2 {
             self.heads_timed.store(false, Ordering::Relaxed);
         }
@@ -120,10 +121,6 @@ impl Activity {
         ReceivingBody {
             busy: Busy(self.clone()),
         }
-    }
-
-    pub(super) fn has_begun(&self) -> bool {
-        self.begun.load(Ordering::Relaxed)
     }
 
     /// Bytes came from the client. With nothing in flight, on HTTP/1, the first are the next
@@ -288,8 +285,23 @@ mod tests {
     const HEAD: Duration = Duration::from_secs(10);
 
     #[tokio::test(start_paused = true)]
+    async fn the_first_head_is_due_from_acceptance_with_or_without_bytes() {
+        for bytes in [false, true] {
+            let accepted = Instant::now();
+            let activity = Arc::new(Activity::new(accepted));
+            tokio::time::advance(HEAD / 2).await;
+            if bytes {
+                activity.read();
+            }
+            assert_eq!(activity.next_check(IDLE, HEAD, false), accepted + HEAD);
+            tokio::time::advance(HEAD / 2).await;
+            assert_eq!(activity.lapsed(IDLE, HEAD, false), Some(Lapse::HeadRead));
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_head_is_timed_from_its_first_bytes_and_silence_is_idleness() {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Instant::now()));
         drop(activity.begin(http::Version::HTTP_11));
         // Silent after a response: idle, looked at again within header_read_timeout.
         tokio::time::advance(HEAD * 2).await;
@@ -317,7 +329,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn bytes_during_a_request_or_on_http2_start_no_head() {
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(Instant::now()));
         let busy = activity.begin(http::Version::HTTP_11);
         activity.read();
         tokio::time::advance(HEAD * 2).await;
