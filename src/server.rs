@@ -363,15 +363,11 @@ impl<H: Handler> Connection<H> {
             match turn {
                 Turn::Served(Some(result)) => break result,
                 Turn::Served(None) => {
-                    let limit = ConnectionLimit::SendTimeout;
-                    options.metrics.connection_limit(limit);
-                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
+                    closed_by(&options.metrics, ConnectionLimit::SendTimeout);
                     break Ok(());
                 }
                 Turn::Control(Control::Evicted) => {
-                    let limit = ConnectionLimit::Evicted;
-                    options.metrics.connection_limit(limit);
-                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
+                    closed_by(&options.metrics, ConnectionLimit::Evicted);
                     break Ok(());
                 }
                 Turn::Control(Control::Stop) => {
@@ -381,12 +377,7 @@ impl<H: Handler> Connection<H> {
                 Turn::Control(Control::CheckDue) => {
                     match activity.lapsed(idle_timeout, header_read_timeout, finishing) {
                         Some(Lapse::HeadRead) => {
-                            let limit = ConnectionLimit::HeaderReadTimeout;
-                            options.metrics.connection_limit(limit);
-                            tracing::debug!(
-                                reason = limit.as_str(),
-                                "connection closed by a limit"
-                            );
+                            closed_by(&options.metrics, ConnectionLimit::HeaderReadTimeout);
                             break Ok(());
                         }
                         Some(Lapse::Idle) => {
@@ -425,13 +416,16 @@ impl<H: Handler> Connection<H> {
                 }
             });
             match limit {
-                Some(limit) => {
-                    options.metrics.connection_limit(limit);
-                    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
-                }
+                Some(limit) => closed_by(&options.metrics, limit),
                 None => tracing::debug!("connection ended: {e}"),
             }
         }
         options.open_connections().dec();
     }
+}
+
+/// Counts and logs a connection closed by `limit`.
+fn closed_by(metrics: &Metrics, limit: ConnectionLimit) {
+    metrics.connection_limit(limit);
+    tracing::debug!(reason = limit.as_str(), "connection closed by a limit");
 }
