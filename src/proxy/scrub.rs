@@ -87,14 +87,18 @@ pub(super) async fn body(
 }
 
 fn replace(bytes: Bytes, secret: &[u8], with: &[u8]) -> Bytes {
-    // Nearly always absent: then nothing is copied.
-    if secret.is_empty() || memchr::memmem::find(&bytes, secret).is_none() {
+    if secret.is_empty() {
+        return bytes;
+    }
+    // One scan; occurrences do not overlap, and each is replaced whole. Nearly always there is
+    // none: then nothing is copied (an empty `Vec` allocates nothing).
+    let found: Vec<usize> = memchr::memmem::find_iter(&bytes, secret).collect();
+    if found.is_empty() {
         return bytes;
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut copied = 0;
-    // Occurrences do not overlap: each is replaced whole.
-    for at in memchr::memmem::find_iter(&bytes, secret) {
+    for at in found {
         out.extend_from_slice(&bytes[copied..at]);
         out.extend_from_slice(with);
         copied = at + secret.len();
