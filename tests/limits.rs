@@ -388,12 +388,7 @@ async fn an_http2_stream_whose_body_stalls_gets_408_and_the_connection_serves_on
 #[tokio::test]
 async fn a_connection_that_never_begins_a_request_is_closed_after_header_read_timeout() {
     let fake = fake().await;
-    let proxy = proxy(
-        &fake,
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
-        &profile(PASSWORD, ""),
-    )
-    .await;
+    let proxy = proxy(&fake, FAST_HEADS, &profile(PASSWORD, "")).await;
     let mut silent = TcpStream::connect(addr(&proxy)).await.unwrap();
     // An HTTP/2 client that sends the connection preface and its SETTINGS, but never a request.
     let mut h2 = TcpStream::connect(addr(&proxy)).await.unwrap();
@@ -905,6 +900,18 @@ async fn kept_bodies_filling_their_budget_do_not_refuse_a_login() {
     drop(held);
 }
 
+/// `header_read_timeout` short, `idle_timeout` far: which of the two closes a connection shows.
+const FAST_HEADS: &str = "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"";
+
+/// Sends a `GET /v3/user` on `conn` and checks it is answered 200, leaving the connection open.
+async fn served(conn: &mut TcpStream) {
+    conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_one_response(conn).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+}
+
 /// Reads one response with a `content-length` from `stream`, leaving the connection open.
 async fn read_one_response(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
@@ -930,20 +937,9 @@ async fn read_one_response(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
     let fake = fake().await;
-    let proxy = proxy(
-        &fake,
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
-        &profile(PASSWORD, ""),
-    )
-    .await;
+    let proxy = proxy(&fake, FAST_HEADS, &profile(PASSWORD, "")).await;
     let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
-    let request = b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n";
-    conn.write_all(request).await.unwrap();
-    assert!(
-        read_one_response(&mut conn)
-            .await
-            .starts_with("HTTP/1.1 200 OK")
-    );
+    served(&mut conn).await;
     // Silent between requests for three times header_read_timeout, far from idle_timeout: the
     // connection is idle, not slow to send a head, and stays open.
     assert_eq!(
@@ -951,33 +947,16 @@ async fn an_idle_keep_alive_connection_outlives_header_read_timeout() {
         None,
         "an idle connection was closed before idle_timeout"
     );
-    conn.write_all(request).await.unwrap();
-    assert!(
-        read_one_response(&mut conn)
-            .await
-            .starts_with("HTTP/1.1 200 OK")
-    );
+    served(&mut conn).await;
     expect_limit_count(&proxy, "header_read_timeout", 0.0).await;
 }
 
 #[tokio::test]
 async fn a_later_request_head_that_trickles_is_cut_off_after_header_read_timeout() {
     let fake = fake().await;
-    let proxy = proxy(
-        &fake,
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"",
-        &profile(PASSWORD, ""),
-    )
-    .await;
+    let proxy = proxy(&fake, FAST_HEADS, &profile(PASSWORD, "")).await;
     let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
-    conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(
-        read_one_response(&mut conn)
-            .await
-            .starts_with("HTTP/1.1 200 OK")
-    );
+    served(&mut conn).await;
     // The next head begins, then comes a byte at a time, never silent for long and never ending.
     conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n")
         .await
@@ -1005,13 +984,8 @@ async fn a_later_request_head_that_trickles_is_cut_off_after_header_read_timeout
 #[tokio::test]
 async fn a_body_that_keeps_coming_after_its_early_answer_is_not_taken_for_a_slow_head() {
     let fake = fake().await;
-    let proxy = proxy(
-        &fake,
-        "header_read_timeout = \"300ms\"\nidle_timeout = \"60s\"\n\
-         max_body = \"64KiB\"\nreplay_body_limit = \"1KiB\"",
-        &profile(PASSWORD, ""),
-    )
-    .await;
+    let limits = format!("{FAST_HEADS}\nmax_body = \"64KiB\"\nreplay_body_limit = \"1KiB\"");
+    let proxy = proxy(&fake, &limits, &profile(PASSWORD, "")).await;
     let mut conn = TcpStream::connect(addr(&proxy)).await.unwrap();
     // A chunked upload past max_body gets its 413 before it ends.
     conn.write_all(
@@ -1038,14 +1012,7 @@ async fn a_body_that_keeps_coming_after_its_early_answer_is_not_taken_for_a_slow
         None,
         "a connection draining a body, then idle, was closed"
     );
-    conn.write_all(b"GET /v3/user HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    assert!(
-        read_one_response(&mut conn)
-            .await
-            .starts_with("HTTP/1.1 200 OK")
-    );
+    served(&mut conn).await;
     expect_limit_count(&proxy, "header_read_timeout", 0.0).await;
 }
 
