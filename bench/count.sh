@@ -15,6 +15,8 @@
 #   REQUESTS     requests measured per target and cell (20000), after WARMUP (1000) uncounted ones
 #   CALLGRIND=0  skip the callgrind pass; SYSCALLS=0 skip the perf stat and strace passes
 #   ANNOTATE=N   print the sidecar's N costliest functions, inclusive, per cell (0: none)
+#   CALLGRIND_ARGS  more valgrind options for the callgrind pass (e.g. "--cache-sim=yes" for the
+#                simulated cache misses per request)
 #   BENCH_BIN    use this sidecar binary (a release build with CARGO_PROFILE_RELEASE_DEBUG=1 gives
 #                callgrind_annotate line numbers); KEEP_TMP=1 keeps the callgrind files
 set -euo pipefail
@@ -111,7 +113,8 @@ for up in $UPSTREAMS; do
       cg=/dev/null perf_out=/dev/null strace_out=/dev/null
       if ((CALLGRIND)) && [[ $name != haproxy ]]; then
         cg_base="$DIR/callgrind-$name-$up-$conns"
-        WRAP=(valgrind --tool=callgrind --callgrind-out-file="$cg_base.%p")
+        read -ra extra <<<"${CALLGRIND_ARGS:-}"
+        WRAP=(valgrind --tool=callgrind "${extra[@]}" --callgrind-out-file="$cg_base.%p")
         start_target "$name" "$up"
         WRAP=()
         log "$T, $conns connections: callgrind, $WARMUP + $REQUESTS requests"
