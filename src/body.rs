@@ -353,23 +353,31 @@ pub enum RequestBody<'b> {
 /// read. `Content-Length` above `max_body` is refused before anything is read; a body that does
 /// not keep `pace` is abandoned. `receiving` (none for a body that had ended when its request
 /// began) goes with a body that continues as a stream, and is dropped with one read in full.
-pub async fn take_request_body<'b>(
-    mut body: Incoming,
+///
+/// A plain function: a request without a body, or one that streams from the start, is taken at
+/// once; only a body to read has a future, boxed, kept out of the request's own.
+pub fn take_request_body<'b>(
+    body: Incoming,
     receiving: Option<ReceivingBody>,
     content_length: Option<u64>,
     replay_limit: u64,
     max_body: u64,
     pace: BodyPace,
     budget: &'b Arc<ReplayBudget>,
-) -> Result<RequestBody<'b>, BodyError> {
+) -> Taking<'b> {
     if content_length.is_some_and(|n| n > max_body) {
-        return Err(BodyError::TooLarge { limit: max_body });
+        return Taking::Taken(std::future::ready(Err(BodyError::TooLarge {
+            limit: max_body,
+        })));
     }
     let mut held = Held::none(&**budget);
     if body.is_end_stream() {
-        return Ok(RequestBody::Replayable(Bytes::new(), held));
+        return Taking::Taken(std::future::ready(Ok(RequestBody::Replayable(
+            Bytes::new(),
+            held,
+        ))));
     }
-    let mut watch = BodyWatch::new(pace);
+    let watch = BodyWatch::new(pace);
     // With its length known, a body is counted in the budget once, up front; otherwise chunk by
     // chunk as it comes, and it stops being kept where the budget runs out.
     let stream_now = match content_length {
@@ -377,15 +385,50 @@ pub async fn take_request_body<'b>(
         None => false,
     };
     if stream_now {
-        return Ok(RequestBody::Streaming(Relay::request(
-            VecDeque::new(),
-            body,
-            max_body,
-            watch,
-            None,
-            receiving,
-        )));
+        return Taking::Taken(std::future::ready(Ok(RequestBody::Streaming(
+            Relay::request(VecDeque::new(), body, max_body, watch, None, receiving),
+        ))));
     }
+    Taking::Reading(Box::pin(read_request_body(
+        body,
+        receiving,
+        content_length,
+        replay_limit,
+        max_body,
+        watch,
+        held,
+        budget,
+    )))
+}
+
+/// A request body as [`take_request_body`] leaves it: taken, or being read.
+pub enum Taking<'b> {
+    Taken(std::future::Ready<Result<RequestBody<'b>, BodyError>>),
+    Reading(Pin<Box<dyn Future<Output = Result<RequestBody<'b>, BodyError>> + Send + 'b>>),
+}
+
+impl<'b> Future for Taking<'b> {
+    type Output = Result<RequestBody<'b>, BodyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.get_mut() {
+            Taking::Taken(taken) => Pin::new(taken).poll(cx),
+            Taking::Reading(reading) => reading.as_mut().poll(cx),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn read_request_body<'b>(
+    mut body: Incoming,
+    receiving: Option<ReceivingBody>,
+    content_length: Option<u64>,
+    replay_limit: u64,
+    max_body: u64,
+    mut watch: BodyWatch,
+    mut held: Held<&'b ReplayBudget>,
+    budget: &'b Arc<ReplayBudget>,
+) -> Result<RequestBody<'b>, BodyError> {
     let mut client = ClientChunks {
         body: &mut body,
         watch: &mut watch,

@@ -208,6 +208,46 @@ async fn reads_with_headers_the_proxy_does_not_know_are_not_coalesced() {
     }
 }
 
+#[tokio::test]
+async fn a_get_that_frames_a_body_is_not_shared() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &profile(PASSWORD, "")).await;
+    let address = proxy.url.trim_start_matches("http://").to_owned();
+    // Identical reads but for their bodies: two with a length, two chunked and empty.
+    let read = |framing: &'static str| {
+        let address = address.clone();
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+            let request = format!(
+                "GET {GATE}?q=5 HTTP/1.1\r\nhost: x\r\napi_key: {DEMO_API_KEY}\r\n\
+                 connection: close\r\n{framing}"
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer.to_ascii_lowercase()
+        })
+    };
+    let sized = "content-length: 2\r\n\r\n{}";
+    let chunked = "transfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    let tasks = [read(sized), read(sized), read(chunked), read(chunked)];
+    in_flight(&proxy, 4.0).await;
+    eventually(10, "every read upstream", || async {
+        fake.requests_to(GATE) == 4
+    })
+    .await;
+    fake.open_gate();
+    for task in tasks {
+        let answer = task.await.unwrap();
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        assert!(
+            !answer.contains("x-cma-auth-proxy-cache"),
+            "shared: {answer}"
+        );
+    }
+}
+
 const CACHED: &str = "[profiles.default.cache]\nttl = \"60s\"\npaths = [\"GET /v3/content_types\", \"GET /v3/content_types/**\"]\n";
 
 async fn create_blog(client: &reqwest::Client, url: &str) {

@@ -1,9 +1,9 @@
 //! The request path (docs/design.md#the-request-path), read top to bottom in [`Proxy::judge`]
 //! (admission, hop-by-hop removal, judging the target (normalized method, path and query: what the
 //! policy checks is what is sent, see [`target`]), policy, header screening, profile, client
-//! credentials) and then [`Proxy::forward`] (token, forward, and the one replay after a token
-//! eviction). A read that may be shared takes [`reads`] (cache, coalescing) around the forward; a
-//! write drops what it may have changed.
+//! credentials) and then [`Proxy::forward`] (the body, the token, the send, and the one replay after
+//! a token eviction; a write then drops what it may have changed). A read that may be shared takes
+//! [`Proxy::forward_read`] instead, with [`reads`] (cache, coalescing) around the send.
 //!
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response (and [`reads`] no more than its share limits), and never logs a header value or a
@@ -23,6 +23,7 @@ pub mod target;
 pub mod upstream;
 
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +31,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use hyper::body::Incoming;
 
@@ -37,7 +39,7 @@ use crate::body::{self, Relay, ReplayBudget, RequestBody};
 use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{Decision, RateLimiter, RequestKind};
-use crate::token::{Token, TokenLease, TokenManager, Validity, Verdict};
+use crate::token::{Token, TokenKind, TokenLease, TokenManager, Validity, Verdict};
 use error::{BadRequest, ProxyError};
 use upstream::UpstreamClients;
 
@@ -192,8 +194,8 @@ impl Proxy {
 
     /// Serves one request; never fails (errors become responses), logs one access line.
     ///
-    /// A plain function: the request goes into the boxed forward here, and the future returned
-    /// keeps only what the access line needs, not a request of its own
+    /// A plain function: the request is judged here, before anything is boxed; what goes on is
+    /// boxed once, and the future returned keeps only what the access line needs
     /// (docs/design.md#performance).
     pub fn handle(
         &self,
@@ -206,10 +208,20 @@ impl Proxy {
         let method = req.method().clone();
         // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
         let uri = req.uri().clone();
-        // The request path's future is large (kilobytes: every step's state, the send, the
-        // replay); boxed once here, it is not copied again each time a caller's future moves
-        // (docs/design.md#performance).
-        let forward = Box::pin(self.forward(req, peer, pinned));
+        let mut record = AccessRecord::default();
+        let config = self.config.load_full();
+        // Boxed once: it is not copied again each time a caller's future moves, and the request
+        // it keeps stays where it was put (docs/design.md#performance).
+        let forward: Forward<'_> = match self.judge(req, peer, pinned, &config, &mut record) {
+            Ok(Judged::Forward(request, body)) => {
+                Box::pin(self.forward(request, body, config, record))
+            }
+            Ok(Judged::Read(request, read)) => {
+                Box::pin(self.forward_read(request, read, config, record))
+            }
+            Ok(Judged::Emulated(emulated)) => Box::pin(self.emulated(emulated, config, record)),
+            Err(e) => Box::pin(std::future::ready((Err(e), record))),
+        };
         async move {
             let (result, record) = forward.await;
             self.answered(result, record, method, uri, started, in_flight)
@@ -274,53 +286,138 @@ impl Proxy {
         response
     }
 
-    /// The request forwarded (or answered by the proxy itself), with its access record.
-    async fn forward(
+    /// Step 4 on, for a judged request: its body taken, then the send with the profile's
+    /// credentials (steps 5–7); a write then drops what it may have changed.
+    ///
+    /// A plain function: the future keeps the judged request, the configuration and the record
+    /// where they were put, and its steps borrow them rather than keep copies of their own
+    /// (docs/design.md#performance).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice (docs/design.md#performance)"
+    )]
+    fn forward(
         &self,
-        req: Request<Incoming>,
-        peer: Option<IpAddr>,
-        pinned: Option<&Arc<upstream::Pinned>>,
-    ) -> (Result<Response<Relay>, ProxyError>, AccessRecord) {
-        let mut record = AccessRecord::default();
-        let config = self.config.load_full();
-        let (profile, mut outbound, body) =
-            match self.judge(req, peer, pinned, &config, &mut record).await {
-                Ok(Judged::Forward(profile, outbound, body)) => (profile, outbound, body),
-                Ok(Judged::Answered(response)) => return (Ok(response), record),
-                Err(e) => return (Err(e), record),
+        mut request: JudgedRequest,
+        body: ClientBody,
+        config: Arc<Config>,
+        mut record: AccessRecord,
+    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + '_ {
+        async move {
+            let body = match self.request_body(&request, body, &config).await {
+                Ok(body) => body,
+                Err(e) => return (Err(e.into()), record),
             };
-        // The steps below borrow the outbound request rather than move it: it is kept once, here,
-        // not once more in the future of each step (docs/design.md#performance).
-        if let Some(read) = self.shareable_read(profile, &outbound, &body) {
-            let response = self
-                .forward_read(profile, &mut outbound, read, &mut record)
-                .await;
-            return (response, record);
+            let profile = &config.profiles[request.profile];
+            let outbound = &mut request.outbound;
+            let write = !matches!(outbound.method, Method::GET | Method::HEAD);
+            let response = self.dispatch(profile, outbound, body, &mut record).await;
+            // Whatever became of a write, it may have changed what reads answer: in a fleet, the
+            // other replicas are told before the answer goes. (The answer waits inside that
+            // step's future, not beside it: docs/design.md#performance.)
+            let telling = write
+                .then(|| self.written(profile, outbound.target.path()))
+                .flatten();
+            let response = match telling {
+                Some(telling) => after(telling, response).await,
+                None => response,
+            };
+            (response, record)
         }
-        // Whatever became of a write, it may have changed what reads answer.
-        let written = (!matches!(outbound.method, Method::GET | Method::HEAD))
-            .then(|| outbound.uri.path().to_owned());
-        let response = self
-            .dispatch(profile, &mut outbound, body, &mut record)
-            .await;
-        if let Some(path) = written {
-            self.written(profile, &path).await;
-        }
-        (response, record)
     }
 
-    /// Steps 1–4 (docs/design.md#the-request-path): admission, hop-by-hop removal, the target
-    /// judged, policy, header screening, the profile, and the body taken; what is left is the
-    /// request as it will go upstream. A step of its own so that its state and the sending's
-    /// share one place in the request's future rather than adding up.
-    async fn judge<'c>(
+    /// A read that may be shared ([`reads`]): answered from the cache or by another client's
+    /// identical read, or sent as the lead of one, its answer then shared.
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` keeps its arguments twice (docs/design.md#performance)"
+    )]
+    fn forward_read(
+        &self,
+        mut request: JudgedRequest,
+        read: reads::SharedRead,
+        config: Arc<Config>,
+        mut record: AccessRecord,
+    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + '_ {
+        async move {
+            let profile = &config.profiles[request.profile];
+            let outbound = &mut request.outbound;
+            let lead = match self.join_read(profile, outbound, read).await {
+                Ok(reads::Joined::Leads(lead)) => lead,
+                Ok(reads::Joined::Answered(response)) => return (Ok(response), record),
+                Err(e) => return (Err(e), record),
+            };
+            let no_body =
+                RequestBody::Replayable(Bytes::new(), body::Held::none(&*self.replay_budget));
+            let reading = match self.dispatch(profile, outbound, no_body, &mut record).await {
+                Ok(response) => match self.share_read(profile, lead, response) {
+                    Answer::Ready(response) => return (Ok(response), record),
+                    Answer::Reading(reading) => reading,
+                },
+                Err(e) => return (Err(e), record),
+            };
+            (reading.await, record)
+        }
+    }
+
+    /// Step 4's body: kept whole to be sent again if it may need to be, else streamed.
+    fn request_body<'a>(
+        &'a self,
+        request: &JudgedRequest,
+        (incoming, receiving): ClientBody,
+        config: &Config,
+    ) -> body::Taking<'a> {
+        body::take_request_body(
+            incoming,
+            receiving,
+            request.content_length,
+            config.server.replay_body_limit,
+            config.server.max_body,
+            config.server.body_pace,
+            &self.replay_budget,
+        )
+    }
+
+    /// A login or logout the proxy answers itself (see [`session`]).
+    fn emulated(
+        &self,
+        emulated: Emulated,
+        config: Arc<Config>,
+        mut record: AccessRecord,
+    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + '_ {
+        let Emulated {
+            action,
+            mut headers,
+            api_key,
+            body,
+        } = emulated;
+        async move {
+            let result = self
+                .emulate_session(
+                    action,
+                    &mut headers,
+                    api_key.as_deref(),
+                    body,
+                    &config,
+                    &mut record,
+                )
+                .await;
+            (result, record)
+        }
+    }
+
+    /// Steps 1–4 (docs/design.md#the-request-path) but for the body: admission, hop-by-hop
+    /// removal, the target judged, policy, header screening and the profile; what is left is the
+    /// request as it will go upstream. Synchronous: nothing here waits, so nothing here is kept in
+    /// the request's future.
+    fn judge(
         &self,
         req: Request<Incoming>,
         peer: Option<IpAddr>,
         pinned: Option<&Arc<upstream::Pinned>>,
-        config: &'c Config,
+        config: &Config,
         record: &mut AccessRecord,
-    ) -> Result<Judged<'c, '_>, ProxyError> {
+    ) -> Result<Judged, ProxyError> {
         let (mut parts, body) = req.into_parts();
         // Goes with the body (none for a request without one): see `server::ReceivingBody`.
         let receiving = parts.extensions.remove::<crate::server::ReceivingBody>();
@@ -335,26 +432,21 @@ impl Proxy {
         // Before anything reads a header: what is not forwarded must not decide anything either.
         headers::remove_hop_by_hop(&mut parts.headers);
         if let Some(action) = session::emulated(&parts, &config.policy) {
-            let api_key = target.api_key.as_deref();
-            // Boxed: rare, and as large as a forward of its own.
-            let response = Box::pin(self.emulate_session(
+            return Ok(Judged::Emulated(Emulated {
                 action,
-                &mut parts.headers,
-                api_key,
-                (body, receiving),
-                config,
-                record,
-            ))
-            .await?;
-            return Ok(Judged::Answered(response));
+                headers: parts.headers,
+                api_key: target.api_key.map(std::borrow::Cow::into_owned),
+                body: (body, receiving),
+            }));
         }
         let admitted = config
             .policy
             .admit(&target.method, &target.path)
             .map_err(ProxyError::PolicyDenied)?;
         let screened = headers::screen_request(&parts.headers, mode)?;
-        let profile =
+        let index =
             profile::select_profile(&parts.headers, &screened, target.api_key.as_deref(), config)?;
+        let profile = &config.profiles[index];
         record.profile = Some(profile.name.clone());
         headers::strip_request(&mut parts.headers, screened);
         // Room for what the proxy adds: `x-forwarded-for`, the token and, on a pinned upstream
@@ -372,117 +464,133 @@ impl Proxy {
                 http::HeaderValue::from_static("identity"),
             );
         }
-        // In origin form: the upstream connection adds where it goes (docs/design.md#upstream-connections).
-        let uri = Uri::from(judged);
         let content_length = content_length(&parts.headers)?;
-        let body = body::take_request_body(
-            body,
-            receiving,
-            content_length,
-            config.server.replay_body_limit,
-            config.server.max_body,
-            config.server.body_pace,
-            &self.replay_budget,
-        )
-        .await?;
+        let bodiless = hyper::body::Body::is_end_stream(&body);
         let outbound = Outbound {
             kind: RequestKind::of(&target.method, &target.path),
             method: target.method,
-            uri,
+            target: judged,
             headers: parts.headers,
             timeout: config.server.request_timeout,
-            limiter: self.limiter(profile),
-            profile: profile.name.clone(),
+            budget: self.budget(profile),
             pinned: pinned.cloned(),
             carries_token,
-            token_header: None,
+            token_kind: None,
         };
-        Ok(Judged::Forward(profile, outbound, body))
+        // Whether it is a read to share is decided here, with the rest of where it goes.
+        let read = bodiless
+            .then(|| self.shareable_read(profile, &outbound))
+            .flatten();
+        let request = JudgedRequest {
+            profile: index,
+            outbound,
+            content_length,
+        };
+        Ok(match read {
+            Some(read) => Judged::Read(request, read),
+            None => Judged::Forward(request, (body, receiving)),
+        })
     }
 
     /// The budget of `profile`, which has one only if its settings say so: most set none, and
     /// then the budgets are not even looked at.
-    fn limiter(&self, profile: &ProfileConfig) -> Option<Arc<RateLimiter>> {
+    fn budget(&self, profile: &ProfileConfig) -> Option<Budget> {
         profile.rate_limit.as_ref()?;
         let limiters = self.limiters.load();
-        limiters
-            .get(&profile.name)
-            .map(|(_, limiter)| limiter.clone())
+        let (_, limiter) = limiters.get(&profile.name)?;
+        Some(Budget {
+            limiter: limiter.clone(),
+            profile: profile.name.clone(),
+        })
     }
 
-    /// Sends with the profile's credentials: a management token as it is, a session token with
-    /// the replay after an eviction.
-    async fn dispatch(
-        &self,
-        profile: &ProfileConfig,
-        outbound: &mut Outbound,
-        body: RequestBody<'_>,
-        record: &mut AccessRecord,
-    ) -> Result<Response<Relay>, ProxyError> {
-        match &profile.credentials {
-            Credentials::ManagementToken(token) => {
-                outbound
-                    .headers
-                    .insert(header::AUTHORIZATION, token.0.clone());
-                // Held until the answer comes, like a body that may be replayed.
-                let (body, _held) = match body {
-                    RequestBody::Replayable(bytes, held) => (Relay::full(bytes), Some(held)),
-                    RequestBody::Streaming(relay) => (relay, None),
-                };
-                let headers = outbound.headers_to_send(false);
-                let response = self.send(outbound, headers, body, record).await?;
-                self.answer(response, outbound, &token.0).await
-            }
-            Credentials::Login(_) | Credentials::OAuth(_) => {
-                self.forward_with_session(profile, outbound, body, record)
-                    .await
-            }
-        }
-    }
-
-    /// Steps 5–7: send with the profile's token; on a 401 that says the token is dead, drop that
-    /// token (only if still current), log in (or refresh) once, and replay a kept body once.
-    async fn forward_with_session(
-        &self,
-        profile: &ProfileConfig,
-        outbound: &mut Outbound,
-        body: RequestBody<'_>,
-        record: &mut AccessRecord,
-    ) -> Result<Response<Relay>, ProxyError> {
-        // The usual case needs no future: the session's token is there and usable. Else the
-        // login (or the refresh) is awaited, boxed as every rarely taken step that awaits much.
-        let token = match self.tokens.cached(&profile.name) {
-            Some(token) => token,
-            None => Box::pin(self.token(profile)).await?,
-        };
+    /// Steps 5–7: sends with the profile's credentials, a management token as it is or the
+    /// session's token; after a 401 to a session's token, [`Proxy::after_unauthorized`].
+    ///
+    /// A plain function: the body is split here, and the future keeps each part where it was put
+    /// rather than the body and then its parts (docs/design.md#performance).
+    fn dispatch<'a>(
+        &'a self,
+        profile: &'a ProfileConfig,
+        outbound: &'a mut Outbound,
+        body: RequestBody<'a>,
+        record: &'a mut AccessRecord,
+    ) -> impl Future<Output = Result<Response<Relay>, ProxyError>> + Send + 'a {
         // A kept body holds its share of the replay budget until this request is done with it.
-        let (first_body, replay) = match body {
+        let (first_body, kept) = match body {
             RequestBody::Replayable(bytes, held) => {
                 (Relay::full(bytes.clone()), Some((bytes, held)))
             }
             RequestBody::Streaming(relay) => (relay, None),
         };
-        outbound.set_token(&token);
-        let headers = outbound.headers_to_send(replay.is_some());
-        let response = self.send(outbound, headers, first_body, record).await?;
-        if response.status() != StatusCode::UNAUTHORIZED {
-            return self.answer(response, outbound, token.header()).await;
+        async move {
+            let credential = match &profile.credentials {
+                Credentials::ManagementToken(token) => {
+                    outbound
+                        .headers
+                        .insert(header::AUTHORIZATION, token.0.clone());
+                    Credential::Management(&token.0)
+                }
+                Credentials::Login(_) | Credentials::OAuth(_) => {
+                    // The usual case needs no future: the session's token is there and usable. Else
+                    // the login (or the refresh) is awaited, boxed as every rarely taken step that
+                    // awaits much.
+                    let token = match self.tokens.cached(&profile.name) {
+                        Some(token) => token,
+                        None => Box::pin(self.token(profile)).await?,
+                    };
+                    outbound.set_token(&token);
+                    Credential::Session(token)
+                }
+            };
+            let replayable = matches!(credential, Credential::Session(_)) && kept.is_some();
+            let headers = outbound.headers_to_send(replayable);
+            // What is left is boxed, and rare: the answer and its credential are not kept
+            // beside it (docs/design.md#performance).
+            let rest: Pin<Box<AnswerFuture<'_>>> = {
+                let response = self.send(outbound, headers, first_body, record).await?;
+                match credential {
+                    Credential::Session(token) if response.status() == StatusCode::UNAUTHORIZED => {
+                        Box::pin(
+                            self.after_unauthorized(
+                                profile, outbound, response, token, kept, record,
+                            ),
+                        )
+                    }
+                    credential => match self.answer(response, outbound, credential) {
+                        Answer::Ready(response) => return Ok(response),
+                        Answer::Reading(reading) => reading,
+                    },
+                }
+            };
+            rest.await
         }
+    }
+
+    /// Step 7, after an upstream 401 to a request sent with a session's `token`: if it says the
+    /// token is dead, drop that token (only if still current), log in (or refresh) once, and
+    /// replay a `kept` body once; otherwise the 401 is the answer.
+    async fn after_unauthorized(
+        &self,
+        profile: &ProfileConfig,
+        outbound: &mut Outbound,
+        response: Response<Incoming>,
+        token: TokenLease,
+        kept: Option<(Bytes, body::Held<&ReplayBudget>)>,
+        record: &mut AccessRecord,
+    ) -> Result<Response<Relay>, ProxyError> {
         let (mut parts, mut rest) = response.into_parts();
         scrub::drop_headers_carrying(&mut parts.headers, scrub::secret(token.header()));
         let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
             .await
             .map_err(|e| ProxyError::UpstreamBroken(e.into()))?;
-        // Boxed, as every rarely taken step that awaits much (docs/design.md#performance).
-        if !(complete && Box::pin(self.token_is_dead(&parts.headers, &chunks, &token)).await) {
+        if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
             return Ok(upstream_response(parts, Relay::response(chunks, rest)));
         }
-        Box::pin(
-            self.tokens
-                .invalidate(&profile.name, &token, Trigger::Unauthorized),
-        )
-        .await;
-        let Some((bytes, _held)) = replay else {
+        self.tokens
+            .invalidate(&profile.name, &token, Trigger::Unauthorized)
+            .await;
+        let Some((bytes, _held)) = kept else {
             self.metrics.replay(ReplayOutcome::NotReplayable);
             return Ok(upstream_response(parts, Relay::full(body::concat(chunks))));
         };
@@ -499,42 +607,43 @@ impl Proxy {
         let response = self
             .send(outbound, headers, Relay::full(bytes), record)
             .await?;
-        self.answer(response, outbound, token.header()).await
+        let reading = match self.answer(response, outbound, Credential::Session(token)) {
+            Answer::Ready(response) => return Ok(response),
+            Answer::Reading(reading) => reading,
+        };
+        reading.await
     }
 
     /// The upstream's answer as the client gets it: no header that carries the credential sent,
     /// and, for an answer that carries the token in its body, the placeholder in its place
     /// (docs/design.md#answers-that-carry-the-token).
-    async fn answer(
-        &self,
+    ///
+    /// A plain function: the usual answer needs no future; the one that carries the token (a
+    /// rare request) is read whole in a boxed future of its own.
+    fn answer<'a>(
+        &'a self,
         response: Response<Incoming>,
         outbound: &Outbound,
-        credential: &http::HeaderValue,
-    ) -> Result<Response<Relay>, ProxyError> {
-        let secret = scrub::secret(credential);
+        credential: Credential<'a>,
+    ) -> Answer<'a> {
         let (mut parts, body) = response.into_parts();
-        scrub::drop_headers_carrying(&mut parts.headers, secret);
+        scrub::drop_headers_carrying(&mut parts.headers, scrub::secret(credential.header()));
         if !outbound.carries_token {
-            return Ok(upstream_response(
+            return Answer::Ready(upstream_response(
                 parts,
                 Relay::response(Default::default(), body),
             ));
         }
         let placeholder = self.sessions.placeholder().as_str();
-        // Boxed, like every rarely taken large future on the request path: inline, it would be
-        // copied with every request's future.
-        let body = Box::pin(scrub::body(
-            &parts.headers,
-            body,
-            secret,
-            placeholder,
-            outbound.timeout,
-        ))
-        .await?;
-        parts
-            .headers
-            .insert(header::CONTENT_LENGTH, body.len().into());
-        Ok(upstream_response(parts, Relay::full(body)))
+        let timeout = outbound.timeout;
+        Answer::Reading(Box::pin(async move {
+            let secret = scrub::secret(credential.header());
+            let body = scrub::body(&parts.headers, body, secret, placeholder, timeout).await?;
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, body.len().into());
+            Ok(upstream_response(parts, Relay::full(body)))
+        }))
     }
 
     async fn token(&self, profile: &ProfileConfig) -> Result<TokenLease, ProxyError> {
@@ -587,14 +696,18 @@ impl Proxy {
         // Boxed: the sending future would otherwise be copied into each future above it.
         let first = Box::pin(self.send_once(outbound, headers, body, false));
         async move {
-            let response = record.upstream_took(first.await)?;
-            match &outbound.limiter {
-                Some(limiter) if retry && response.status() == StatusCode::TOO_MANY_REQUESTS => {
-                    // Boxed: rare, and as large as a send of its own.
-                    Box::pin(self.send_again(outbound, limiter, response, record)).await
+            // The answer is not kept beside the retry, which has it (see `Proxy::dispatch`).
+            let again = {
+                let response = record.upstream_took(first.await)?;
+                match &outbound.budget {
+                    Some(budget) if retry && response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                        // Boxed: rare, and as large as a send of its own.
+                        Box::pin(self.send_again(outbound, budget, response, record))
+                    }
+                    _ => return Ok(response),
                 }
-                _ => Ok(response),
-            }
+            };
+            again.await
         }
     }
 
@@ -603,10 +716,11 @@ impl Proxy {
     async fn send_again(
         &self,
         outbound: &Outbound,
-        limiter: &RateLimiter,
+        budget: &Budget,
         response: Response<Incoming>,
         record: &mut AccessRecord,
     ) -> Result<Response<Incoming>, ProxyError> {
+        let limiter = &budget.limiter;
         let deadline = Instant::now() + limiter.max_wait();
         let mut response = response;
         while response.status() == StatusCode::TOO_MANY_REQUESTS {
@@ -618,7 +732,7 @@ impl Proxy {
                 Decision::After(wait) => wait,
                 Decision::Refuse(_) => break,
             };
-            self.metrics.rate_limit_wait(&outbound.profile);
+            self.metrics.rate_limit_wait(&budget.profile);
             tokio::time::sleep(wait).await;
             let headers = outbound.headers.clone();
             let again = self.send_once(outbound, headers, Relay::empty(), true);
@@ -630,70 +744,106 @@ impl Proxy {
     /// One request upstream, and how long the upstream took with it (`None` when the budget
     /// refused it before it went); `slot_taken` when the caller already waited for its slot of the
     /// budget.
-    async fn send_once(
-        &self,
-        outbound: &Outbound,
+    ///
+    /// A plain function: the future keeps the headers and body where they were put, and keeps
+    /// nothing of the answer beside what the budget learns from it (docs/design.md#performance).
+    fn send_once<'a>(
+        &'a self,
+        outbound: &'a Outbound,
         headers: HeaderMap,
         body: Relay,
         slot_taken: bool,
-    ) -> (Result<Response<Incoming>, ProxyError>, Option<Duration>) {
-        if let (Some(limiter), false) = (&outbound.limiter, slot_taken) {
-            // Boxed, like the calls to the budget below: with a fleet store each is a Redis call,
-            // large, and only for profiles with a budget (docs/design.md#performance).
-            if let Err(e) = Box::pin(self.take_slot(outbound, limiter)).await {
-                return (Err(e), None);
-            }
-        }
+    ) -> impl Future<Output = (Result<Response<Incoming>, ProxyError>, Option<Duration>)> + Send + 'a
+    {
         let fault = body.fault();
-        let started = Instant::now();
-        // The request goes to its connection here; the future keeps no room for it
-        // (docs/design.md#performance).
-        let sent = self
-            .clients
-            .send(outbound.request(headers, body), outbound.pinned.as_deref());
-        let result = tokio::time::timeout(outbound.timeout, sent).await;
-        let took = Some(started.elapsed());
-        let response = match result {
-            Err(_) => return (Err(ProxyError::UpstreamTimeout(outbound.timeout)), took),
-            // The client's body failing (too large, stalled) is the client's error, not Contentstack's.
-            Ok(Err(e)) => {
-                let error = fault
-                    .and_then(|fault| fault.error())
-                    .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from);
-                return (Err(error), took);
+        async move {
+            if let (Some(budget), false) = (&outbound.budget, slot_taken) {
+                // Boxed, like what the budget learns below: with a fleet store each is a Redis
+                // call, large, and only for profiles with a budget (docs/design.md#performance).
+                if let Err(e) = Box::pin(self.take_slot(outbound, budget)).await {
+                    return (Err(e), None);
+                }
             }
-            Ok(Ok(response)) => response,
-        };
-        if let Some(limiter) = &outbound.limiter {
-            let kind = outbound.kind;
-            if response.status() == StatusCode::TOO_MANY_REQUESTS {
-                Box::pin(limiter.upstream_limited(kind)).await;
-            } else if response
-                .headers()
-                .get("x-ratelimit-remaining")
-                .is_some_and(|v| v.as_bytes() == b"0")
-            {
-                Box::pin(limiter.upstream_full(kind)).await;
+            let started = Instant::now();
+            // The request goes to its connection here; the future keeps no room for it
+            // (docs/design.md#performance).
+            let sent = self
+                .clients
+                .send(outbound.request(headers, body), outbound.pinned.as_deref());
+            // The answer is taken apart inside a block, so that nothing is kept of it beside what
+            // the budget learns (see `Proxy::dispatch`).
+            let (response, learning, took) = {
+                let result = tokio::time::timeout(outbound.timeout, sent).await;
+                let took = Some(started.elapsed());
+                match result {
+                    Err(_) => return (Err(ProxyError::UpstreamTimeout(outbound.timeout)), took),
+                    // The client's body failing (too large, stalled) is the client's error, not
+                    // Contentstack's.
+                    Ok(Err(e)) => {
+                        let error = fault
+                            .and_then(|fault| fault.error())
+                            .map_or(ProxyError::UpstreamUnreachable(e), ProxyError::from);
+                        return (Err(error), took);
+                    }
+                    Ok(Ok(response)) => {
+                        let learning = learning(outbound, &response);
+                        (response, learning, took)
+                    }
+                }
+            };
+            match learning {
+                Some(learning) => (after(learning, Ok(response)).await, took),
+                None => (Ok(response), took),
             }
         }
-        (Ok(response), took)
     }
 
     /// Waits for the request's slot of its profile's budget, or refuses it (429).
-    async fn take_slot(
-        &self,
-        outbound: &Outbound,
-        limiter: &RateLimiter,
-    ) -> Result<(), ProxyError> {
-        match limiter.acquire(outbound.kind).await {
+    async fn take_slot(&self, outbound: &Outbound, budget: &Budget) -> Result<(), ProxyError> {
+        match budget.limiter.acquire(outbound.kind).await {
             Decision::Now => Ok(()),
             Decision::After(wait) => {
-                self.metrics.rate_limit_wait(&outbound.profile);
+                self.metrics.rate_limit_wait(&budget.profile);
                 tokio::time::sleep(wait).await;
                 Ok(())
             }
             Decision::Refuse(wait) => Err(ProxyError::RateLimited(wait)),
         }
+    }
+}
+
+/// What the profile's budget learns from an answer: that Contentstack limited the request (429),
+/// or that its window is used up (`x-ratelimit-remaining: 0`). Boxed: with a fleet store it is a
+/// Redis call, and only a profile with a budget has it.
+fn learning<'a>(
+    outbound: &'a Outbound,
+    response: &Response<Incoming>,
+) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
+    let limiter = &outbound.budget.as_ref()?.limiter;
+    let kind = outbound.kind;
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        Some(Box::pin(limiter.upstream_limited(kind)))
+    } else if response
+        .headers()
+        .get("x-ratelimit-remaining")
+        .is_some_and(|v| v.as_bytes() == b"0")
+    {
+        Some(Box::pin(limiter.upstream_full(kind)))
+    } else {
+        None
+    }
+}
+
+/// `then`, once `first` is done. A plain function: the future keeps `then` once, where it was
+/// put (docs/design.md#performance).
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an `async fn` keeps its arguments twice (docs/design.md#performance)"
+)]
+fn after<T>(first: impl Future<Output = ()>, then: T) -> impl Future<Output = T> {
+    async move {
+        first.await;
+        then
     }
 }
 
@@ -721,11 +871,63 @@ fn declare_profiles(metrics: &Metrics, config: &Config) {
     metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
 }
 
-/// What [`Proxy::judge`] made of a request: one to forward with its profile, or one the proxy
-/// answered itself (an emulated login or logout).
-enum Judged<'c, 'b> {
-    Forward(&'c Arc<ProfileConfig>, Outbound, RequestBody<'b>),
-    Answered(Response<Relay>),
+/// The future of a request past judging, with its access record.
+type Forward<'p> =
+    Pin<Box<dyn Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + 'p>>;
+
+/// A client's request body as it comes, and what keeps its connection from being taken for idle
+/// while it does (none once it has ended).
+type ClientBody = (Incoming, Option<crate::server::ReceivingBody>);
+
+/// What [`Proxy::judge`] made of a request: one to forward, a read that may be shared (it has no
+/// body), or a login or logout the proxy answers itself.
+enum Judged {
+    Forward(JudgedRequest, ClientBody),
+    Read(JudgedRequest, reads::SharedRead),
+    Emulated(Emulated),
+}
+
+/// A request judged fit to go upstream, as it will go, but for its body.
+struct JudgedRequest {
+    /// Its profile, in the configuration it was judged with.
+    profile: usize,
+    outbound: Outbound,
+    content_length: Option<u64>,
+}
+
+/// A login or logout to answer: what [`Proxy::emulate_session`] needs of the request.
+struct Emulated {
+    action: session::Action,
+    headers: HeaderMap,
+    api_key: Option<String>,
+    body: ClientBody,
+}
+
+/// An answer ready now, or one that must first be read (in a boxed future: the rarer case, kept
+/// out of the request's future). Awaited where it is matched, so that a ready answer is not kept
+/// in a future at all.
+enum Answer<'a> {
+    Ready(Response<Relay>),
+    Reading(Pin<Box<AnswerFuture<'a>>>),
+}
+
+/// An answer being read.
+type AnswerFuture<'a> = dyn Future<Output = Result<Response<Relay>, ProxyError>> + Send + 'a;
+
+/// What a request is sent with: a profile's management token, or its session's token.
+enum Credential<'p> {
+    Management(&'p http::HeaderValue),
+    Session(TokenLease),
+}
+
+impl Credential<'_> {
+    /// The header value that carries it.
+    fn header(&self) -> &http::HeaderValue {
+        match self {
+            Credential::Management(value) => value,
+            Credential::Session(token) => token.header(),
+        }
+    }
 }
 
 /// A request ready to go upstream, kept so it can be sent a second time.
@@ -733,17 +935,25 @@ struct Outbound {
     /// Which budget the request draws on.
     kind: RequestKind,
     method: Method,
-    uri: Uri,
+    /// In origin form: the upstream connection adds where it goes
+    /// (docs/design.md#upstream-connections).
+    target: PathAndQuery,
     headers: HeaderMap,
     timeout: Duration,
-    limiter: Option<Arc<RateLimiter>>,
-    profile: Arc<str>,
+    /// The profile's request budget, when it has one.
+    budget: Option<Budget>,
     /// The upstream connection of the client connection the request came on.
     pinned: Option<Arc<upstream::Pinned>>,
     /// Whether the answer may carry the token (the user object).
     carries_token: bool,
-    /// The header [`Outbound::set_token`] put the session's token in.
-    token_header: Option<http::HeaderName>,
+    /// The kind of token [`Outbound::set_token`] put in the headers, and so which header.
+    token_kind: Option<TokenKind>,
+}
+
+/// A profile's request budget, with the profile's name for the budget's metrics.
+struct Budget {
+    limiter: Arc<RateLimiter>,
+    profile: Arc<str>,
 }
 
 impl Outbound {
@@ -751,15 +961,16 @@ impl Outbound {
     /// `authorization: Bearer …` (client-sent credentials are gone by now); a replay's new token
     /// takes the place of the old.
     fn set_token(&mut self, token: &Token) {
-        let name = token.header_name();
+        let kind = token.kind();
         // A reload that turned the profile from a login into an OAuth app (or back) between the
         // first send and the replay: the old token's header goes too.
-        if let Some(old) = self.token_header.replace(name.clone())
-            && old != name
+        if let Some(old) = self.token_kind.replace(kind)
+            && old != kind
         {
-            self.headers.remove(old);
+            self.headers.remove(old.header_name());
         }
-        self.headers.insert(name, token.header().clone());
+        self.headers
+            .insert(kind.header_name(), token.header().clone());
     }
 
     /// The request for one send: the judged method and target, over HTTP/1.1 (the upstream
@@ -767,7 +978,7 @@ impl Outbound {
     fn request(&self, headers: HeaderMap, body: Relay) -> Request<Relay> {
         let mut request = Request::new(body);
         *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
+        *request.uri_mut() = Uri::from(self.target.clone());
         *request.version_mut() = Version::HTTP_11;
         *request.headers_mut() = headers;
         request
@@ -777,7 +988,7 @@ impl Outbound {
     /// eviction (`replayable`), or a read retried after a 429 (with a budget); otherwise the
     /// headers themselves, with no copy (docs/design.md#performance).
     fn headers_to_send(&mut self, replayable: bool) -> HeaderMap {
-        if replayable || self.limiter.is_some() {
+        if replayable || self.budget.is_some() {
             // The copy is kept and the headers go: they have the room made for them in
             // [`Proxy::judge`], the copy none.
             let copy = self.headers.clone();

@@ -1,7 +1,6 @@
 //! Which profile serves a request (docs/design.md#profiles-and-client-credentials): the
 //! `x-cma-profile` header, else the profile that lists the request's stack, else `default`, else
 //! the only profile. Pure.
-use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName};
 
@@ -18,13 +17,14 @@ static API_KEY: HeaderName = HeaderName::from_static("api_key");
 /// else `default`, else the only profile. A profile with `stacks` serves only those stacks.
 /// `query_api_key` is the target's `api_key` query parameter.
 /// `screened` is what [`super::headers::screen_request`] found in these headers: only the headers
-/// it found are looked up.
-pub(super) fn select_profile<'c>(
+/// it found are looked up. The profile is given by where it is in `config.profiles`, which is all
+/// a request's future keeps of it.
+pub(super) fn select_profile(
     headers: &HeaderMap,
     screened: &Screened,
     query_api_key: Option<&str>,
-    config: &'c Config,
-) -> Result<&'c Arc<ProfileConfig>, ProxyError> {
+    config: &Config,
+) -> Result<usize, ProxyError> {
     let api_key = if screened.carries_stack_key() {
         stack_key(headers, query_api_key)?
     } else {
@@ -35,30 +35,30 @@ pub(super) fn select_profile<'c>(
         .names_a_profile()
         .then(|| headers.get(&PROFILE_NAME))
         .flatten();
-    let profile = if let Some(value) = named {
+    let profiles = &config.profiles;
+    let named_profile = |name: &str| profiles.iter().position(|p| &*p.name == name);
+    let index = if let Some(value) = named {
         let name = value.to_str().map_err(|_| BadRequest::BadProfileHeader)?;
-        config
-            .profile(name)
-            .ok_or_else(|| BadRequest::UnknownProfile(name.to_owned()))?
-    } else if let Some(p) = api_key.and_then(|key| config.profiles.iter().find(|p| serves(p, key)))
-    {
-        p
-    } else if let Some(p) = config.profile("default") {
-        p
-    } else if let [only] = config.profiles.as_slice() {
-        only
+        named_profile(name).ok_or_else(|| BadRequest::UnknownProfile(name.to_owned()))?
+    } else if let Some(i) = api_key.and_then(|key| profiles.iter().position(|p| serves(p, key))) {
+        i
+    } else if let Some(i) = named_profile("default") {
+        i
+    } else if profiles.len() == 1 {
+        0
     } else if api_key.is_some() && config.profiles.iter().all(|p| !p.stacks.is_empty()) {
         return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
     } else {
         return Err(BadRequest::NoProfile.into());
     };
+    let profile = &profiles[index];
     if let Some(key) = api_key
         && !profile.stacks.is_empty()
         && !serves(profile, key)
     {
         return Err(ProxyError::PolicyDenied(Denial::StackNotServed));
     }
-    Ok(profile)
+    Ok(index)
 }
 
 /// The request's stack key: the `api_key` header, or the `api_key` query parameter, which the
@@ -117,7 +117,7 @@ mod tests {
     ) -> Result<String, String> {
         headers::screen_request(headers, config.policy.client_credentials)
             .and_then(|screened| select_profile(headers, &screened, query_api_key, config))
-            .map(|p| p.name.to_string())
+            .map(|i| config.profiles[i].name.to_string())
             .map_err(|e| e.reason().to_owned())
     }
 

@@ -7,6 +7,7 @@
 //! streams to its own client and each follower sends its own request) and [`SHARE_BUDGET`] across
 //! all answers being read at once.
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -17,8 +18,8 @@ use tokio::time::Instant;
 use super::cache::{Invalidation, ReadCache, is_wide};
 use super::coalesce::{FlightState, ReadKey, Role, SharedAnswer, read_key};
 use super::error::ProxyError;
-use super::{Outbound, Proxy};
-use crate::body::{self, Chunks, Relay, RequestBody};
+use super::{Answer, Outbound, Proxy};
+use crate::body::{self, Chunks, Relay};
 use crate::config::{Config, ProfileConfig};
 use crate::metrics::{CacheResult, Metrics};
 use crate::store::Invalidated;
@@ -92,25 +93,37 @@ pub struct SharedRead {
     wide: bool,
 }
 
+/// What joining a shareable read gave: its answer, or the lead of a read to send and share.
+pub(super) enum Joined<'f> {
+    Answered(Response<Relay>),
+    Leads(Lead<'f>),
+}
+
+/// A read this request sends for others too: the flight it leads (none when it does not
+/// coalesce), and its deadline and cache epoch.
+pub(super) struct Lead<'f> {
+    read: SharedRead,
+    leader: Option<super::coalesce::Leader<'f>>,
+    deadline: Instant,
+    /// The cache's epoch when the read went: an answer from before a write is not stored.
+    epoch: Option<u64>,
+}
+
 impl Proxy {
-    /// Whether this request is a read that may be shared: a `GET` without a body, of a profile that
-    /// coalesces or caches it, whose headers [`read_key`] accepts. A request that is not costs a
-    /// comparison or two.
+    /// Whether this request, which comes without a body, is a read that may be shared: a `GET` of
+    /// a profile that coalesces or caches it, whose headers [`read_key`] accepts. A request that is
+    /// not costs a comparison or two.
     pub(super) fn shareable_read(
         &self,
         profile: &ProfileConfig,
         outbound: &Outbound,
-        body: &RequestBody,
     ) -> Option<SharedRead> {
         // Decided from the profile's own settings first: one that neither coalesces nor caches
         // shares no read, and costs no lookup of its read state.
-        if outbound.method != Method::GET
-            || (!profile.coalesce_reads && profile.cache.is_none())
-            || !matches!(body, RequestBody::Replayable(bytes, _) if bytes.is_empty())
-        {
+        if outbound.method != Method::GET || (!profile.coalesce_reads && profile.cache.is_none()) {
             return None;
         }
-        let path = outbound.uri.path();
+        let path = outbound.target.path();
         let cache = self
             .reads
             .load()
@@ -120,29 +133,31 @@ impl Proxy {
         if !profile.coalesce_reads && cache.is_none() {
             return None;
         }
-        let path_and_query = outbound.uri.path_and_query().map_or(path, |p| p.as_str());
+        let path_and_query = outbound.target.as_str();
         let key = read_key(&profile.name, path_and_query, &outbound.headers)?;
         Some(SharedRead {
             key,
-            wide: cache.is_some() && is_wide(outbound.uri.query()),
+            wide: cache.is_some() && is_wide(outbound.target.query()),
             cache,
             coalesce: profile.coalesce_reads,
             path: path.into(),
         })
     }
 
-    /// Answers a shareable read: from the cache, by following a flight, or by leading one.
-    pub(super) async fn forward_read(
+    /// Joins a shareable read: its answer from the cache, or from an identical read in flight
+    /// (followed, within the request's timeout), or, when there is neither, the lead of a read
+    /// that others may follow, which the caller sends and then gives to [`Proxy::share_read`].
+    pub(super) async fn join_read(
         &self,
-        profile: &Arc<ProfileConfig>,
+        profile: &ProfileConfig,
         outbound: &mut Outbound,
         read: SharedRead,
-        record: &mut super::AccessRecord,
-    ) -> Result<Response<Relay>, ProxyError> {
+    ) -> Result<Joined<'_>, ProxyError> {
         if let Some(cache) = &read.cache {
             if let Some(answer) = cache.get(&read.key) {
                 self.metrics.cache(&profile.name, CacheResult::Hit);
-                return Ok(answered(&answer, "hit", Some(answer.received.elapsed())));
+                let age = answer.received.elapsed();
+                return Ok(Joined::Answered(answered(&answer, "hit", Some(age))));
             }
             self.metrics.cache(&profile.name, CacheResult::Miss);
         }
@@ -168,7 +183,7 @@ impl Proxy {
             match settled {
                 FlightState::Done(answer) => {
                     self.metrics.read_coalesced(&profile.name);
-                    return Ok(answered(&answer, "coalesced", None));
+                    return Ok(Joined::Answered(answered(&answer, "coalesced", None)));
                 }
                 FlightState::Unshared => break None,
                 FlightState::Abandoned | FlightState::Pending => continue,
@@ -182,14 +197,43 @@ impl Proxy {
         }
         outbound.timeout = outbound.timeout.min(left);
         let epoch = read.cache.as_ref().map(|c| c.epoch());
-        let empty =
-            RequestBody::Replayable(Bytes::new(), crate::body::Held::none(&*self.replay_budget));
-        let response = self.dispatch(profile, outbound, empty, record).await?;
-        let worth_keeping = read.cache.is_some() && response.status() == http::StatusCode::OK;
-        let mut leader = leader;
-        if !worth_keeping && leader.as_mut().is_none_or(|l| l.finish_if_alone()) {
-            return Ok(marked(response, "miss"));
+        Ok(Joined::Leads(Lead {
+            read,
+            leader,
+            deadline,
+            epoch,
+        }))
+    }
+
+    /// The upstream's answer to a read this request leads: streamed to its own client when it is
+    /// nobody else's and not worth keeping (no future: the usual answer of a read nobody
+    /// follows); else read to be shared with the followers and, when worth keeping, cached.
+    pub(super) fn share_read<'a>(
+        &'a self,
+        profile: &'a ProfileConfig,
+        mut lead: Lead<'a>,
+        response: Response<Relay>,
+    ) -> Answer<'a> {
+        let worth_keeping = lead.read.cache.is_some() && response.status() == http::StatusCode::OK;
+        if !worth_keeping && lead.leader.as_mut().is_none_or(|l| l.finish_if_alone()) {
+            return Answer::Ready(marked(response, "miss"));
         }
+        // Boxed: taken once for all the clients that share it (docs/design.md#performance).
+        Answer::Reading(Box::pin(self.read_and_share(profile, lead, response)))
+    }
+
+    async fn read_and_share(
+        &self,
+        profile: &ProfileConfig,
+        lead: Lead<'_>,
+        response: Response<Relay>,
+    ) -> Result<Response<Relay>, ProxyError> {
+        let Lead {
+            read,
+            leader,
+            deadline,
+            epoch,
+        } = lead;
         let (parts, mut relay) = response.into_parts();
         let (chunks, complete) = match read_to_share(&mut relay, deadline).await {
             Ok(read) => read,
@@ -220,9 +264,14 @@ impl Proxy {
         Ok(answered(&answer, "miss", None))
     }
 
-    /// A write went through `profile`: drop what it may have changed, here and on the other
-    /// replicas of a fleet.
-    pub(super) async fn written(&self, profile: &ProfileConfig, path: &str) {
+    /// A write went through `profile`: drop what it may have changed, here at once and, in a
+    /// fleet, on the other replicas. Telling them is what is returned, to be awaited before the
+    /// write's answer goes (boxed: only a fleet has it).
+    pub(super) fn written<'a>(
+        &'a self,
+        profile: &'a ProfileConfig,
+        path: &'a str,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
         let what = Invalidation::of(path);
         if profile.coalesce_reads {
             self.flights
@@ -230,21 +279,19 @@ impl Proxy {
         }
         let account = {
             let reads = self.reads.load();
-            let Some(reads) = reads.get(&profile.name) else {
-                return;
-            };
-            let Some(cache) = &reads.cache else { return };
+            let reads = reads.get(&profile.name)?;
+            let cache = reads.cache.as_ref()?;
             cache.invalidate(&what);
             self.metrics.cache(&profile.name, CacheResult::Invalidate);
-            reads.account.clone()
+            reads.account.clone()?
         };
-        // Awaited, so that when the write's answer reaches its client the other replicas have
-        // been told (the store's timeout bounds it; a store that is down is skipped at once).
-        if let (Some(account), Some(store)) = (account, self.tokens.store())
-            && let Err(e) = store.publish_invalidation(&account, path).await
-        {
-            tracing::debug!(profile = %profile.name, "cannot tell the fleet about a write: {e}");
-        }
+        let store = self.tokens.store()?;
+        // The store's timeout bounds it; a store that is down is skipped at once.
+        Some(Box::pin(async move {
+            if let Err(e) = store.publish_invalidation(&account, path).await {
+                tracing::debug!(profile = %profile.name, "cannot tell the fleet about a write: {e}");
+            }
+        }))
     }
 
     /// Another replica of the fleet wrote `path` (`None`: something that must drop everything)

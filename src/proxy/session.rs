@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -156,7 +156,8 @@ impl Proxy {
         record: &mut AccessRecord,
     ) -> Result<Response<Relay>, ProxyError> {
         let screened = headers::screen_request(headers, config.policy.client_credentials)?;
-        let profile = profile::select_profile(headers, &screened, api_key, config)?;
+        let profile =
+            &config.profiles[profile::select_profile(headers, &screened, api_key, config)?];
         record.profile = Some(profile.name.clone());
         let body = body::take_request_body(
             body,
@@ -213,14 +214,13 @@ impl Proxy {
         let mut outbound = Outbound {
             kind: crate::ratelimit::RequestKind::Read,
             method: Method::GET,
-            uri: Uri::from_static(USER_PATH),
+            target: http::uri::PathAndQuery::from_static(USER_PATH),
             headers: request_headers,
             timeout: config.server.request_timeout,
-            limiter: self.limiter(profile),
-            profile: profile.name.clone(),
+            budget: self.budget(profile),
             pinned: None,
             carries_token: true,
-            token_header: None,
+            token_kind: None,
         };
         let response = self
             .dispatch(

@@ -84,14 +84,16 @@ fn outbound(limiter: Option<Arc<RateLimiter>>) -> Outbound {
     Outbound {
         kind: RequestKind::Read,
         method: Method::GET,
-        uri: Uri::from_static("https://eu-api.contentstack.com/v3/user"),
+        target: http::uri::PathAndQuery::from_static("/v3/user"),
         headers,
         timeout: Duration::from_secs(1),
-        limiter,
-        profile: "default".into(),
+        budget: limiter.map(|limiter| Budget {
+            limiter,
+            profile: "default".into(),
+        }),
         pinned: None,
         carries_token: true,
-        token_header: None,
+        token_kind: None,
     }
 }
 
