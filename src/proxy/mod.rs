@@ -50,9 +50,9 @@ pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
 /// its response, filled in as the request goes.
 #[derive(Default)]
 pub struct AccessRecord {
-    /// The target as judged (and, if the request goes on, forwarded); `None` when it was refused
-    /// before it could be judged.
-    pub judged: Option<http::uri::PathAndQuery>,
+    /// The target of the access line: as judged (and, if the request goes on, forwarded), or as
+    /// received when it could not be judged.
+    pub path: Option<PathAndQuery>,
     pub profile: Option<Arc<str>>,
     pub upstream: Option<Duration>,
     pub error: Option<&'static str>,
@@ -206,8 +206,6 @@ impl Proxy {
         let started = Instant::now();
         let in_flight = self.metrics.in_flight();
         let method = req.method().clone();
-        // A `Uri` clone shares its bytes: no allocation on the hot path for the access log.
-        let uri = req.uri().clone();
         let mut record = AccessRecord::default();
         let config = self.config.load_full();
         // Boxed once: it is not copied again each time a caller's future moves, and the request
@@ -224,7 +222,7 @@ impl Proxy {
         };
         async move {
             let (result, record) = forward.await;
-            self.answered(result, record, method, uri, started, in_flight)
+            self.answered(result, record, method, started, in_flight)
         }
     }
 
@@ -235,7 +233,6 @@ impl Proxy {
         result: Result<Response<Relay>, ProxyError>,
         mut record: AccessRecord,
         method: Method,
-        uri: Uri,
         started: Instant,
         in_flight: crate::metrics::InFlight<'_>,
     ) -> Response<Relay> {
@@ -247,7 +244,7 @@ impl Proxy {
                     self.metrics.denied(e.reason());
                 }
                 if e.status().is_server_error() {
-                    let path = logged_path(&record, &uri);
+                    let path = logged_path(&record);
                     tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error_text::error_chain_text(&e));
                 }
                 // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
@@ -274,7 +271,7 @@ impl Proxy {
         );
         tracing::info!(
             method = %crate::error_text::escape(method.as_str()),
-            path = %logged_path(&record, &uri),
+            path = %logged_path(&record),
             status = response.status().as_u16(),
             profile = record.profile.as_deref().unwrap_or(&crate::metrics::NO_PROFILE),
             duration_ms = millis(elapsed),
@@ -425,9 +422,17 @@ impl Proxy {
         // goes before anything reads the request.
         self.sessions.placeholder().remove_from(&mut parts);
         let mode = config.policy.client_credentials;
-        let target = target::judge(&parts.method, &parts.uri, mode)?;
-        let judged = target.path_and_query()?;
-        record.judged = Some(judged.clone());
+        let judging = target::judge(&parts.method, &parts.uri, mode)
+            .and_then(|target| Ok((target.path_and_query()?, target)));
+        let (judged, target) = match judging {
+            Ok(judged) => judged,
+            Err(e) => {
+                // Logged as received: it could not be judged.
+                record.path = parts.uri.path_and_query().cloned();
+                return Err(e);
+            }
+        };
+        record.path = Some(judged.clone());
         admit(&parts, config)?;
         // Before anything reads a header: what is not forwarded must not decide anything either.
         headers::remove_hop_by_hop(&mut parts.headers);
@@ -850,11 +855,8 @@ fn after<T>(first: impl Future<Output = ()>, then: T) -> impl Future<Output = T>
 /// The path of the access log and of error lines: the one judged and forwarded (`//x/v3/…` went
 /// upstream as `/x/v3/…`, and is logged so), or as received when it could not be judged; escaped
 /// either way, since it is what a client sent.
-fn logged_path<'a>(record: &'a AccessRecord, received: &'a Uri) -> std::borrow::Cow<'a, str> {
-    let path = record
-        .judged
-        .as_ref()
-        .map_or(received.path(), |judged| judged.path());
+fn logged_path(record: &AccessRecord) -> std::borrow::Cow<'_, str> {
+    let path = record.path.as_ref().map_or("", PathAndQuery::path);
     crate::error_text::escape(path)
 }
 
