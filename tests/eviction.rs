@@ -242,3 +242,74 @@ async fn background_validation_that_finds_fresh_tokens_dead_backs_off_too() {
     assert_eq!(response.status(), 503);
     assert_eq!(fake.logins(), 2);
 }
+
+/// An upstream that logs anyone in, and answers `GET /v3/stall` with a 401 whose body stops after
+/// its first bytes: a CMA (or something in front of it) that hangs mid-answer.
+async fn stalling_401_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                let mut line = String::new();
+                while stream.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let mut length = 0;
+                    let mut header = String::new();
+                    while stream.read_line(&mut header).await.unwrap_or(0) > 2 {
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:")
+                        {
+                            length = v.trim().parse().unwrap();
+                        }
+                        header.clear();
+                    }
+                    let mut body = vec![0; length];
+                    stream.read_exact(&mut body).await.unwrap();
+                    let answer = if line.starts_with("GET /v3/stall") {
+                        "HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\n\
+                         content-length: 100\r\n\r\n{\"error_code\":105"
+                            .to_owned()
+                    } else {
+                        let user = r#"{"user":{"uid":"blt1","authtoken":"blt-token-1"}}"#;
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n{user}",
+                            user.len()
+                        )
+                    };
+                    stream.get_mut().write_all(answer.as_bytes()).await.unwrap();
+                    line.clear();
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_401_whose_body_stalls_is_answered_within_request_timeout() {
+    let upstream = stalling_401_upstream().await;
+    let config = cma_auth_proxy::Config::from_toml(
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             request_timeout = \"1s\"\n[upstream]\nurl = \"http://{upstream}\"\n{}",
+            profile(PASSWORD, "")
+        ),
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    let running = cma_auth_proxy::start(config).await.unwrap();
+    let url = format!("http://{}", running.proxy_addr().tcp().unwrap());
+    let client = reqwest::Client::new();
+    let answer = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        client.get(format!("{url}/v3/stall")).send(),
+    )
+    .await
+    .expect("answered, not held by the stalled 401 body")
+    .unwrap();
+    assert_proxy_answer(&answer, 504, "upstream_timeout");
+    running.shutdown().await;
+}

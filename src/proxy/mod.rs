@@ -586,8 +586,11 @@ impl Proxy {
     ) -> Result<Response<Relay>, ProxyError> {
         let (mut parts, mut rest) = response.into_parts();
         scrub::drop_headers_carrying(&mut parts.headers, scrub::secret(token.header()));
-        let (chunks, complete) = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64)
+        // Within the request's timeout, as every read of an upstream body the proxy waits for.
+        let peek = body::read_up_to(&mut rest, ERROR_PEEK_LIMIT as u64);
+        let (chunks, complete) = tokio::time::timeout(outbound.timeout, peek)
             .await
+            .map_err(|_| ProxyError::UpstreamTimeout(outbound.timeout))?
             .map_err(|e| ProxyError::UpstreamBroken(e.into()))?;
         if !(complete && self.token_is_dead(&parts.headers, &chunks, &token).await) {
             return Ok(upstream_response(parts, Relay::response(chunks, rest)));
