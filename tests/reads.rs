@@ -248,6 +248,38 @@ async fn a_get_that_frames_a_body_is_not_shared() {
     }
 }
 
+#[tokio::test]
+async fn a_write_whose_client_goes_away_before_its_answer_still_empties_the_cache() {
+    let fake = fake().await;
+    let proxy = proxy(&fake, "", &format!("{}{CACHED}", profile(PASSWORD, ""))).await;
+    let c = &proxy.client;
+    create_blog(c, &proxy.url).await;
+    assert_eq!(blog(c, &proxy.url, "default").await.0, "miss");
+    assert_eq!(blog(c, &proxy.url, "default").await.0, "hit");
+    // A write that Contentstack holds; its client gives up before the answer.
+    let write = gate_client()
+        .post(format!("{}{GATE}", proxy.url))
+        .header("api_key", DEMO_API_KEY)
+        .json(&serde_json::json!({}));
+    let write = tokio::spawn(async move { write.send().await });
+    eventually(10, "the write upstream", || async {
+        fake.requests_to(GATE) == 1
+    })
+    .await;
+    write.abort();
+    let admin = proxy.admin.clone();
+    eventually(10, "the write dropped with its client", || {
+        let admin = admin.clone();
+        async move { metric(&admin, "cma_auth_proxy_in_flight_requests").await == 0.0 }
+    })
+    .await;
+    assert_eq!(
+        blog(c, &proxy.url, "default").await.0,
+        "miss",
+        "the write may have reached Contentstack"
+    );
+}
+
 const CACHED: &str = "[profiles.default.cache]\nttl = \"60s\"\npaths = [\"GET /v3/content_types\", \"GET /v3/content_types/**\"]\n";
 
 async fn create_blog(client: &reqwest::Client, url: &str) {

@@ -307,14 +307,14 @@ impl Proxy {
             };
             let profile = &config.profiles[request.profile];
             let outbound = &mut request.outbound;
-            let write = !matches!(outbound.method, Method::GET | Method::HEAD);
+            // Whatever becomes of a write, even when its client goes away before the answer, it
+            // may have changed what reads answer (see `reads::Write`).
+            let write = (!matches!(outbound.method, Method::GET | Method::HEAD))
+                .then(|| reads::Write::new(self, profile, outbound.target.clone()));
             let response = self.dispatch(profile, outbound, body, &mut record).await;
-            // Whatever became of a write, it may have changed what reads answer: in a fleet, the
-            // other replicas are told before the answer goes. (The answer waits inside that
-            // step's future, not beside it: docs/design.md#performance.)
-            let telling = write
-                .then(|| self.written(profile, outbound.target.path()))
-                .flatten();
+            // In a fleet, the other replicas are told before the answer goes. (The answer waits
+            // inside that step's future, not beside it: docs/design.md#performance.)
+            let telling = write.and_then(reads::Write::settle);
             let response = match telling {
                 Some(telling) => after(telling, response).await,
                 None => response,

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Response};
 use tokio::time::Instant;
 
@@ -266,13 +267,14 @@ impl Proxy {
 
     /// A write went through `profile`: drop what it may have changed, here at once and, in a
     /// fleet, on the other replicas. Telling them is what is returned, to be awaited before the
-    /// write's answer goes (boxed: only a fleet has it).
-    pub(super) fn written<'a>(
-        &'a self,
-        profile: &'a ProfileConfig,
-        path: &'a str,
-    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'a>>> {
-        let what = Invalidation::of(path);
+    /// write's answer goes, or run on its own when the write's client has gone (boxed: only a fleet
+    /// has it; it owns what it needs).
+    pub(super) fn written(
+        &self,
+        profile: &ProfileConfig,
+        target: &PathAndQuery,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+        let what = Invalidation::of(target.path());
         if profile.coalesce_reads {
             self.flights
                 .detach(&profile.name, |read| what.affects(read, true));
@@ -285,11 +287,12 @@ impl Proxy {
             self.metrics.cache(&profile.name, CacheResult::Invalidate);
             reads.account.clone()?
         };
-        let store = self.tokens.store()?;
+        let store = self.tokens.store()?.clone();
+        let (profile, target) = (profile.name.clone(), target.clone());
         // The store's timeout bounds it; a store that is down is skipped at once.
         Some(Box::pin(async move {
-            if let Err(e) = store.publish_invalidation(&account, path).await {
-                tracing::debug!(profile = %profile.name, "cannot tell the fleet about a write: {e}");
+            if let Err(e) = store.publish_invalidation(&account, target.path()).await {
+                tracing::debug!(profile = %profile, "cannot tell the fleet about a write: {e}");
             }
         }))
     }
@@ -332,6 +335,47 @@ impl Proxy {
             if let Some(cache) = &reads.cache {
                 cache.set_live(live);
             }
+        }
+    }
+}
+
+/// A write on its way: when it is dropped unsettled (its client went away before the answer, and
+/// hyper dropped the request's future), what it may have changed is dropped all the same, since
+/// the write may have reached Contentstack; a fleet is then told on a task of its own.
+pub(super) struct Write<'p> {
+    proxy: &'p Proxy,
+    profile: &'p ProfileConfig,
+    target: PathAndQuery,
+    settled: bool,
+}
+
+impl<'p> Write<'p> {
+    pub(super) fn new(proxy: &'p Proxy, profile: &'p ProfileConfig, target: PathAndQuery) -> Self {
+        Write {
+            proxy,
+            profile,
+            target,
+            settled: false,
+        }
+    }
+
+    /// The write's answer came: what it may have changed is dropped now, and telling a fleet is
+    /// returned, to be awaited before the answer goes.
+    pub(super) fn settle(mut self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + 'static>>> {
+        self.settled = true;
+        self.proxy.written(self.profile, &self.target)
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if self.settled {
+            return;
+        }
+        if let Some(telling) = self.proxy.written(self.profile, &self.target)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(telling);
         }
     }
 }

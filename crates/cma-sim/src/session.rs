@@ -237,9 +237,9 @@ impl Sim {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Reply::ok(json!({ "slept_ms": ms }))
             }
-            (Method::GET, "/v3/_sim/gate") => {
-                // Held until the test opens the gate: requests that must overlap, without
-                // timing.
+            (Method::GET | Method::POST, "/v3/_sim/gate") => {
+                // Held until the test opens the gate: requests that must overlap (reads, or a
+                // write still in flight), without timing.
                 let gate = self.state().gate_open.as_ref().map(|g| g.subscribe());
                 if let Some(mut gate) = gate {
                     let _ = gate.wait_for(|open| *open).await;
