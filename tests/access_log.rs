@@ -133,3 +133,43 @@ async fn the_access_log_shows_the_judged_path_and_nothing_a_client_can_forge() {
     assert_eq!(counted, 2.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_goes_away_still_gets_its_line() {
+    let fake = fake().await;
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+             [upstream]\nurl = \"{}\"\n{}",
+            fake.url(),
+            profile(PASSWORD, "")
+        ),
+    )
+    .unwrap();
+    let mut proxy = Binary::start(&config, &[]);
+    let address = proxy.url.trim_start_matches("http://").to_owned();
+    // A read that may be shared and a write: each held by Contentstack until its client hangs up.
+    for (n, head) in [
+        "GET /v3/_sim/gate HTTP/1.1\r\nhost: a\r\n\r\n",
+        "POST /v3/_sim/gate HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = TcpStream::connect(&address).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        eventually(10, "the request upstream", || async {
+            fake.requests_to("/v3/_sim/gate") == n + 1
+        })
+        .await;
+        drop(stream);
+        let line = proxy.wait_for_line("status=499");
+        assert_eq!(field(&line, "method"), &head[..head.find(' ').unwrap()]);
+        assert_eq!(field(&line, "path"), "/v3/_sim/gate", "{line}");
+        assert_eq!(field(&line, "error"), "\"client_gone\"", "{line}");
+        assert_eq!(field(&line, "profile"), "\"default\"", "{line}");
+    }
+}

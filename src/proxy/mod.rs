@@ -210,14 +210,19 @@ impl Proxy {
         let config = self.config.load_full();
         // Boxed once: it is not copied again each time a caller's future moves, and the request
         // it keeps stays where it was put (docs/design.md#performance).
-        let forward: Forward<'_> = match self.judge(req, peer, pinned, &config, &mut record) {
+        let judged = self.judge(req, peer, pinned, &config, &mut record);
+        // What goes on logs its line even if its client goes away first.
+        let serving = |record| Serving::new(self, record, &method, started);
+        let forward: Forward<'_> = match judged {
             Ok(Judged::Forward(request, body)) => {
-                Box::pin(self.forward(request, body, config, record))
+                Box::pin(self.forward(request, body, config, serving(record)))
             }
             Ok(Judged::Read(request, read)) => {
-                Box::pin(self.forward_read(request, read, config, record))
+                Box::pin(self.forward_read(request, read, config, serving(record)))
             }
-            Ok(Judged::Emulated(emulated)) => Box::pin(self.emulated(emulated, config, record)),
+            Ok(Judged::Emulated(emulated)) => {
+                Box::pin(self.emulated(emulated, config, serving(record)))
+            }
             Err(e) => Box::pin(std::future::ready((Err(e), record))),
         };
         async move {
@@ -260,27 +265,44 @@ impl Proxy {
             }
         };
         drop(in_flight);
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        self.served(&record, &method, response.status().as_u16(), started, bytes);
+        response
+    }
+
+    /// A request's metrics and its access line.
+    fn served(
+        &self,
+        record: &AccessRecord,
+        method: &Method,
+        status: u16,
+        started: Instant,
+        bytes: Option<u64>,
+    ) {
         let elapsed = started.elapsed();
         self.metrics.request(
             record.profile.clone(),
-            &method,
-            response.status().as_u16(),
+            method,
+            status,
             elapsed,
             record.upstream,
             record.error.is_some(),
         );
         tracing::info!(
             method = %crate::error_text::escape(method.as_str()),
-            path = %logged_path(&record),
-            status = response.status().as_u16(),
+            path = %logged_path(record),
+            status,
             profile = record.profile.as_deref().unwrap_or(&crate::metrics::NO_PROFILE),
             duration_ms = millis(elapsed),
             upstream_ms = record.upstream.map(millis),
-            bytes = response.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()),
+            bytes,
             error = record.error,
             "request"
         );
-        response
     }
 
     /// Step 4 on, for a judged request: its body taken, then the send with the profile's
@@ -293,17 +315,17 @@ impl Proxy {
         clippy::manual_async_fn,
         reason = "an `async fn` keeps its arguments twice (docs/design.md#performance)"
     )]
-    fn forward(
-        &self,
+    fn forward<'p>(
+        &'p self,
         mut request: JudgedRequest,
         body: ClientBody,
         config: Arc<Config>,
-        mut record: AccessRecord,
-    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + '_ {
+        mut serving: Serving<'p>,
+    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + 'p {
         async move {
             let body = match self.request_body(&request, body, &config).await {
                 Ok(body) => body,
-                Err(e) => return (Err(e.into()), record),
+                Err(e) => return (Err(e.into()), serving.done()),
             };
             let profile = &config.profiles[request.profile];
             let outbound = &mut request.outbound;
@@ -311,7 +333,9 @@ impl Proxy {
             // may have changed what reads answer (see `reads::Write`).
             let write = (!matches!(outbound.method, Method::GET | Method::HEAD))
                 .then(|| reads::Write::new(self, profile, outbound.target.clone()));
-            let response = self.dispatch(profile, outbound, body, &mut record).await;
+            let response = self
+                .dispatch(profile, outbound, body, &mut serving.record)
+                .await;
             // In a fleet, the other replicas are told before the answer goes. (The answer waits
             // inside that step's future, not beside it: docs/design.md#performance.)
             let telling = write.and_then(reads::Write::settle);
@@ -319,7 +343,7 @@ impl Proxy {
                 Some(telling) => after(telling, response).await,
                 None => response,
             };
-            (response, record)
+            (response, serving.done())
         }
     }
 
@@ -329,31 +353,34 @@ impl Proxy {
         clippy::manual_async_fn,
         reason = "an `async fn` keeps its arguments twice (docs/design.md#performance)"
     )]
-    fn forward_read(
-        &self,
+    fn forward_read<'p>(
+        &'p self,
         mut request: JudgedRequest,
         read: reads::SharedRead,
         config: Arc<Config>,
-        mut record: AccessRecord,
-    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + '_ {
+        mut serving: Serving<'p>,
+    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + 'p {
         async move {
             let profile = &config.profiles[request.profile];
             let outbound = &mut request.outbound;
             let lead = match self.join_read(profile, outbound, read).await {
                 Ok(reads::Joined::Leads(lead)) => lead,
-                Ok(reads::Joined::Answered(response)) => return (Ok(response), record),
-                Err(e) => return (Err(e), record),
+                Ok(reads::Joined::Answered(response)) => return (Ok(response), serving.done()),
+                Err(e) => return (Err(e), serving.done()),
             };
             let no_body =
                 RequestBody::Replayable(Bytes::new(), body::Held::none(&*self.replay_budget));
-            let reading = match self.dispatch(profile, outbound, no_body, &mut record).await {
+            let reading = match self
+                .dispatch(profile, outbound, no_body, &mut serving.record)
+                .await
+            {
                 Ok(response) => match self.share_read(profile, lead, response) {
-                    Answer::Ready(response) => return (Ok(response), record),
+                    Answer::Ready(response) => return (Ok(response), serving.done()),
                     Answer::Reading(reading) => reading,
                 },
-                Err(e) => return (Err(e), record),
+                Err(e) => return (Err(e), serving.done()),
             };
-            (reading.await, record)
+            (reading.await, serving.done())
         }
     }
 
@@ -376,12 +403,12 @@ impl Proxy {
     }
 
     /// A login or logout the proxy answers itself (see [`session`]).
-    fn emulated(
-        &self,
+    fn emulated<'p>(
+        &'p self,
         emulated: Emulated,
         config: Arc<Config>,
-        mut record: AccessRecord,
-    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + '_ {
+        mut serving: Serving<'p>,
+    ) -> impl Future<Output = (Result<Response<Relay>, ProxyError>, AccessRecord)> + Send + 'p {
         let Emulated {
             action,
             mut headers,
@@ -396,10 +423,10 @@ impl Proxy {
                     api_key.as_deref(),
                     body,
                     &config,
-                    &mut record,
+                    &mut serving.record,
                 )
                 .await;
-            (result, record)
+            (result, serving.done())
         }
     }
 
@@ -875,6 +902,55 @@ fn declare_profiles(metrics: &Metrics, config: &Config) {
     }
     metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
 }
+
+/// The access record of a request being served. A request whose future is dropped before its
+/// answer still gets its metrics and its access line, when this is dropped unfinished: status 499
+/// and `client_gone` when its client went away (hyper then drops the future), as nginx logs it;
+/// 503 and `shutting_down` when shutdown gave up on it after `shutdown_grace`.
+struct Serving<'p> {
+    proxy: &'p Proxy,
+    record: AccessRecord,
+    method: Method,
+    started: Instant,
+    done: bool,
+}
+
+impl<'p> Serving<'p> {
+    fn new(proxy: &'p Proxy, record: AccessRecord, method: &Method, started: Instant) -> Self {
+        Serving {
+            proxy,
+            record,
+            method: method.clone(),
+            started,
+            done: false,
+        }
+    }
+
+    /// The request has its answer: the record goes to [`Proxy::answered`], which logs it.
+    fn done(&mut self) -> AccessRecord {
+        self.done = true;
+        std::mem::take(&mut self.record)
+    }
+}
+
+impl Drop for Serving<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let proxy = self.proxy;
+            let (status, reason) = if proxy.is_draining() {
+                let e = ProxyError::ShuttingDown;
+                (e.status().as_u16(), e.reason())
+            } else {
+                (499, CLIENT_GONE)
+            };
+            self.record.error = Some(reason);
+            proxy.served(&self.record, &self.method, status, self.started, None);
+        }
+    }
+}
+
+/// The access line's `error` for a request whose client went away before its answer.
+pub const CLIENT_GONE: &str = "client_gone";
 
 /// The future of a request past judging, with its access record.
 type Forward<'p> =
