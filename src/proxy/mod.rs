@@ -208,11 +208,11 @@ impl Proxy {
         let method = req.method().clone();
         let mut record = AccessRecord::default();
         let config = self.config.load_full();
-        // Boxed once: it is not copied again each time a caller's future moves, and the request
-        // it keeps stays where it was put (docs/design.md#performance).
         let judged = self.judge(req, peer, pinned, &config, &mut record);
         // What goes on logs its line even if its client goes away first.
         let serving = |record| Serving::new(self, record, &method, started);
+        // Boxed once: it is not copied again each time a caller's future moves, and the request
+        // it keeps stays where it was put (docs/design.md#performance).
         let forward: Forward<'_> = match judged {
             Ok(Judged::Forward(request, body)) => {
                 Box::pin(self.forward(request, body, config, serving(record)))
@@ -950,7 +950,7 @@ impl Drop for Serving<'_> {
 }
 
 /// The access line's `error` for a request whose client went away before its answer.
-pub const CLIENT_GONE: &str = "client_gone";
+const CLIENT_GONE: &str = "client_gone";
 
 /// The future of a request past judging, with its access record.
 type Forward<'p> =
