@@ -26,6 +26,16 @@ fn raw_request(proxy: &str, head: &[u8]) -> String {
         .to_owned()
 }
 
+/// The binary, logging into a pipe, in front of `fake` with the default profile; and the
+/// directory of its configuration.
+fn binary_in_front_of(fake: &cma_sim::FakeCma) -> (Binary, std::path::PathBuf) {
+    let dir = tempdir();
+    let config = dir.join("config.toml");
+    let toml = config_toml(&fake.url(), "", &profile(PASSWORD, ""));
+    std::fs::write(&config, toml).unwrap();
+    (Binary::start(&config, &[]), dir)
+}
+
 /// The value of `key=` in a text log line, up to the next space.
 fn field<'l>(line: &'l str, key: &str) -> &'l str {
     let start = line
@@ -39,19 +49,7 @@ fn field<'l>(line: &'l str, key: &str) -> &'l str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_shows_the_judged_path_and_nothing_a_client_can_forge() {
     let fake = fake().await;
-    let dir = tempdir();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n{}",
-            fake.url(),
-            profile(PASSWORD, "")
-        ),
-    )
-    .unwrap();
-    let mut proxy = Binary::start(&config, &[]);
+    let (mut proxy, dir) = binary_in_front_of(&fake);
 
     // Judged, and forwarded, as /x/v3/user-session (which Contentstack does not know): what the
     // log says.
@@ -137,19 +135,7 @@ async fn the_access_log_shows_the_judged_path_and_nothing_a_client_can_forge() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_goes_away_still_gets_its_line() {
     let fake = fake().await;
-    let dir = tempdir();
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n{}",
-            fake.url(),
-            profile(PASSWORD, "")
-        ),
-    )
-    .unwrap();
-    let mut proxy = Binary::start(&config, &[]);
+    let (mut proxy, dir) = binary_in_front_of(&fake);
     let address = proxy.url.trim_start_matches("http://").to_owned();
     // A read that may be shared and a write: each held by Contentstack until its client hangs up.
     for (n, head) in [
@@ -172,4 +158,5 @@ async fn a_request_whose_client_goes_away_still_gets_its_line() {
         assert_eq!(field(&line, "error"), "\"client_gone\"", "{line}");
         assert_eq!(field(&line, "profile"), "\"default\"", "{line}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -290,26 +290,19 @@ async fn stalling_401_upstream() -> std::net::SocketAddr {
 #[tokio::test]
 async fn a_401_whose_body_stalls_is_answered_within_request_timeout() {
     let upstream = stalling_401_upstream().await;
-    let config = cma_auth_proxy::Config::from_toml(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             request_timeout = \"1s\"\n[upstream]\nurl = \"http://{upstream}\"\n{}",
-            profile(PASSWORD, "")
-        ),
-        Vec::new(),
-        None,
+    let mut proxy = proxy_at(
+        &format!("http://{upstream}"),
+        "request_timeout = \"1s\"",
+        &profile(PASSWORD, ""),
     )
-    .unwrap();
-    let running = cma_auth_proxy::start(config).await.unwrap();
-    let url = format!("http://{}", running.proxy_addr().tcp().unwrap());
-    let client = reqwest::Client::new();
+    .await;
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        client.get(format!("{url}/v3/stall")).send(),
+        proxy.get("/v3/stall").send(),
     )
     .await
     .expect("answered, not held by the stalled 401 body")
     .unwrap();
     assert_proxy_answer(&answer, 504, "upstream_timeout");
-    running.shutdown().await;
+    proxy.shutdown().await;
 }

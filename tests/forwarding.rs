@@ -266,6 +266,9 @@ async fn http2_clients_are_served() {
     assert_eq!(response.status(), 200);
 }
 
+/// A profile with a management token: no login, so any upstream will do.
+const MANAGEMENT_PROFILE: &str = "[profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n";
+
 /// An upstream that answers every request with `response`, as written; a stand-in for a CMA (or
 /// something in front of it) that sends headers the simulator never would.
 async fn canned_upstream(response: &'static str) -> std::net::SocketAddr {
@@ -300,22 +303,8 @@ async fn an_upstream_cannot_pass_its_answer_off_as_the_proxys() {
          x-cma-auth-proxy-error: policy_denied\r\ncontent-length: 2\r\n\r\n{}",
     )
     .await;
-    let config = cma_auth_proxy::Config::from_toml(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"http://{upstream}\"\n\
-             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n"
-        ),
-        Vec::new(),
-        None,
-    )
-    .unwrap();
-    let running = cma_auth_proxy::start(config).await.unwrap();
-    let url = format!(
-        "http://{}/v3/content_types",
-        running.proxy_addr().tcp().unwrap()
-    );
-    let response = reqwest::get(&url).await.unwrap();
+    let mut proxy = proxy_at(&format!("http://{upstream}"), "", MANAGEMENT_PROFILE).await;
+    let response = proxy.get("/v3/content_types").send().await.unwrap();
     assert_eq!(response.status(), 403);
     assert!(
         response.headers().get("x-cma-auth-proxy-error").is_none(),
@@ -323,7 +312,7 @@ async fn an_upstream_cannot_pass_its_answer_off_as_the_proxys() {
         response.headers()
     );
     assert_eq!(response.text().await.unwrap(), "{}");
-    running.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -359,24 +348,15 @@ async fn an_upstreams_response_trailers_never_reach_the_client() {
          x-cma-auth-proxy-error: login_rejected\r\n\r\n",
     )
     .await;
-    let config = cma_auth_proxy::Config::from_toml(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"http://{upstream}\"\n\
-             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n"
-        ),
-        Vec::new(),
-        None,
-    )
-    .unwrap();
-    let running = cma_auth_proxy::start(config).await.unwrap();
-    let proxy = running.proxy_addr().tcp().unwrap();
+    let mut proxy = proxy_at(&format!("http://{upstream}"), "", MANAGEMENT_PROFILE).await;
     // HTTP/2 carries trailers to the client; the `h2` client shows them.
-    let tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(proxy.url.trim_start_matches("http://"))
+        .await
+        .unwrap();
     let (mut send, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
     let request = http::Request::builder()
-        .uri(format!("http://{proxy}/v3/content_types"))
+        .uri(format!("{}/v3/content_types", proxy.url))
         .body(())
         .unwrap();
     let (response, _) = send.send_request(request, true).unwrap();
@@ -389,7 +369,7 @@ async fn an_upstreams_response_trailers_never_reach_the_client() {
     }
     assert_eq!(data, b"{}");
     assert_eq!(body.trailers().await.unwrap(), None);
-    running.shutdown().await;
+    proxy.shutdown().await;
 }
 
 /// Connections from this process to `port` that are open, read from the kernel's table.

@@ -32,13 +32,23 @@ pub async fn fake_with(builder: FakeCmaBuilder) -> FakeCma {
 /// Starts the proxy in front of `fake`. `server` is added to `[server]`; `rest` follows
 /// `[upstream]` (profiles, policy, …).
 pub async fn proxy(fake: &FakeCma, server: &str, rest: &str) -> Proxy {
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n[upstream]\nurl = \"{}\"\n{rest}",
-        fake.url()
-    );
+    proxy_at(&fake.url(), server, rest).await
+}
+
+/// Starts the proxy in front of the upstream at `url`, configured as [`config_toml`] says.
+pub async fn proxy_at(url: &str, server: &str, rest: &str) -> Proxy {
+    let toml = config_toml(url, server, rest);
     let config = Config::from_toml(&toml, Vec::new(), None).expect("test config is valid");
     let running = cma_auth_proxy::start(config).await.expect("proxy starts");
     Proxy::new(running)
+}
+
+/// A configuration with both listeners on free ports, in front of the upstream at `url`. `server`
+/// is added to `[server]`; `rest` follows `[upstream]` (profiles, policy, …).
+pub fn config_toml(url: &str, server: &str, rest: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n[upstream]\nurl = \"{url}\"\n{rest}"
+    )
 }
 
 /// The default profile for [`EMAIL`] with a given password and extra profile keys.
