@@ -8,6 +8,7 @@
 //! This module never buffers more than `replay_body_limit` of a request or [`ERROR_PEEK_LIMIT`] of a
 //! 401 response (and [`reads`] no more than its share limits), and never logs a header value or a
 //! body.
+mod access;
 mod budget;
 mod cache;
 mod coalesce;
@@ -40,34 +41,13 @@ use crate::config::{Config, Credentials, ProfileConfig, RateLimitConfig};
 use crate::metrics::{Metrics, ReplayOutcome, Trigger};
 use crate::ratelimit::{Decision, RateLimiter, RequestKind};
 use crate::token::{Token, TokenKind, TokenLease, TokenManager, Validity, Verdict};
+pub use access::AccessRecord;
+use access::Serving;
 use error::{BadRequest, ProxyError};
 use upstream::UpstreamClients;
 
 /// How much of an upstream 401 is read to look for `error_code` 105; CMA error bodies are tiny.
 pub const ERROR_PEEK_LIMIT: usize = 64 * 1024;
-
-/// The access-log record of a request: what the log line and the metrics learn about it besides
-/// its response, filled in as the request goes.
-#[derive(Default)]
-pub struct AccessRecord {
-    /// The target of the access line: as judged (and, if the request goes on, forwarded), or as
-    /// received when it could not be judged.
-    pub path: Option<PathAndQuery>,
-    pub profile: Option<Arc<str>>,
-    pub upstream: Option<Duration>,
-    pub error: Option<&'static str>,
-}
-
-impl AccessRecord {
-    /// Adds one send's time upstream (`None`: it never went upstream) to the request's, and
-    /// passes its answer on.
-    fn upstream_took<T>(&mut self, (result, took): (T, Option<Duration>)) -> T {
-        if let Some(took) = took {
-            self.upstream = Some(self.upstream.unwrap_or_default() + took);
-        }
-        result
-    }
-}
 
 pub struct Proxy {
     config: ArcSwap<Config>,
@@ -229,80 +209,6 @@ impl Proxy {
             let (result, record) = forward.await;
             self.answered(result, record, method, started, in_flight)
         }
-    }
-
-    /// The response to a forwarded request, or to its error; the request's metrics and access
-    /// line.
-    fn answered(
-        &self,
-        result: Result<Response<Relay>, ProxyError>,
-        mut record: AccessRecord,
-        method: Method,
-        started: Instant,
-        in_flight: crate::metrics::InFlight<'_>,
-    ) -> Response<Relay> {
-        let response = match result {
-            Ok(response) => response,
-            Err(e) => {
-                record.error = Some(e.reason());
-                if e.status().is_client_error() {
-                    self.metrics.denied(e.reason());
-                }
-                if e.status().is_server_error() {
-                    let path = logged_path(&record);
-                    tracing::warn!(method = %method, path = %path, reason = e.reason(), "{}", crate::error_text::error_chain_text(&e));
-                }
-                // A response to HEAD has no body. hyper leaves it out over HTTP/1 by itself, but
-                // sends it over HTTP/2, where clients take it as a protocol error.
-                let head = method.as_str().eq_ignore_ascii_case("HEAD");
-                e.to_response().map(|body| {
-                    if head {
-                        Relay::empty()
-                    } else {
-                        Relay::full(body)
-                    }
-                })
-            }
-        };
-        drop(in_flight);
-        let bytes = response
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        self.served(&record, &method, response.status().as_u16(), started, bytes);
-        response
-    }
-
-    /// A request's metrics and its access line.
-    fn served(
-        &self,
-        record: &AccessRecord,
-        method: &Method,
-        status: u16,
-        started: Instant,
-        bytes: Option<u64>,
-    ) {
-        let elapsed = started.elapsed();
-        self.metrics.request(
-            record.profile.clone(),
-            method,
-            status,
-            elapsed,
-            record.upstream,
-            record.error.is_some(),
-        );
-        tracing::info!(
-            method = %crate::error_text::escape(method.as_str()),
-            path = %logged_path(record),
-            status,
-            profile = record.profile.as_deref().unwrap_or(&crate::metrics::NO_PROFILE),
-            duration_ms = millis(elapsed),
-            upstream_ms = record.upstream.map(millis),
-            bytes,
-            error = record.error,
-            "request"
-        );
     }
 
     /// Step 4 on, for a judged request: its body taken, then the send with the profile's
@@ -882,19 +788,6 @@ fn after<T>(first: impl Future<Output = ()>, then: T) -> impl Future<Output = T>
     }
 }
 
-/// The path of the access log and of error lines: the one judged and forwarded (`//x/v3/…` went
-/// upstream as `/x/v3/…`, and is logged so), or as received when it could not be judged; escaped
-/// either way, since it is what a client sent.
-fn logged_path(record: &AccessRecord) -> std::borrow::Cow<'_, str> {
-    let path = record.path.as_ref().map_or("", PathAndQuery::path);
-    crate::error_text::escape(path)
-}
-
-/// Milliseconds to the microsecond: `0.897`, not `0.8971790000000001`.
-fn millis(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1_000_000.0).round() / 1000.0
-}
-
 /// Every profile's series, at 0, in the metrics (again after a reload: new profiles get theirs).
 fn declare_profiles(metrics: &Metrics, config: &Config) {
     for p in &config.profiles {
@@ -902,55 +795,6 @@ fn declare_profiles(metrics: &Metrics, config: &Config) {
     }
     metrics.emulated_sessions_known(config.profiles.iter().map(|p| &*p.name));
 }
-
-/// The access record of a request being served. A request whose future is dropped before its
-/// answer still gets its metrics and its access line, when this is dropped unfinished: status 499
-/// and `client_gone` when its client went away (hyper then drops the future), as nginx logs it;
-/// 503 and `shutting_down` when shutdown gave up on it after `shutdown_grace`.
-struct Serving<'p> {
-    proxy: &'p Proxy,
-    record: AccessRecord,
-    method: Method,
-    started: Instant,
-    done: bool,
-}
-
-impl<'p> Serving<'p> {
-    fn new(proxy: &'p Proxy, record: AccessRecord, method: &Method, started: Instant) -> Self {
-        Serving {
-            proxy,
-            record,
-            method: method.clone(),
-            started,
-            done: false,
-        }
-    }
-
-    /// The request has its answer: the record goes to [`Proxy::answered`], which logs it.
-    fn done(&mut self) -> AccessRecord {
-        self.done = true;
-        std::mem::take(&mut self.record)
-    }
-}
-
-impl Drop for Serving<'_> {
-    fn drop(&mut self) {
-        if !self.done {
-            let proxy = self.proxy;
-            let (status, reason) = if proxy.is_draining() {
-                let e = ProxyError::ShuttingDown;
-                (e.status().as_u16(), e.reason())
-            } else {
-                (499, CLIENT_GONE)
-            };
-            self.record.error = Some(reason);
-            proxy.served(&self.record, &self.method, status, self.started, None);
-        }
-    }
-}
-
-/// The access line's `error` for a request whose client went away before its answer.
-const CLIENT_GONE: &str = "client_gone";
 
 /// The future of a request past judging, with its access record.
 type Forward<'p> =
