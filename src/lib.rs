@@ -201,7 +201,8 @@ impl server::Handler for AdminListener {
 /// `server.workers` worker threads. Each thread has a single-threaded runtime of its own, and each
 /// worker its own upstream pool: a request, its upstream connection and that connection's task
 /// stay on one thread. Returns, per worker, whether its connections drained within
-/// `shutdown_grace` once `stop` turned true.
+/// `shutdown_grace` once `stop` turned true; a worker whose did not has dropped them (and so
+/// logged each request cut off) before it says so.
 async fn serve_proxy(
     listener: server::StdListener,
     proxy: &Arc<Proxy>,
@@ -212,16 +213,21 @@ async fn serve_proxy(
     let mut drained = Vec::new();
     for index in 0..proxy.config().server.workers {
         let (link, inbox) = server::worker_channel(index);
-        let (done, worker_drained) = oneshot::channel();
         let (proxy, options, stop) = (proxy.clone(), options.clone(), stop.clone());
-        spawn_with_runtime(format!("cma-proxy-{index}"), move || {
+        let worker_drained = spawn_with_runtime(format!("cma-proxy-{index}"), move || {
             proxy::upstream::set_worker(index);
             Ok(async move {
                 tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));
                 let handler = Arc::new(ProxyListener(proxy.clone()));
                 let connections = server::serve(inbox, handler, options, stop).await;
                 let grace = proxy.config().server.shutdown_grace;
-                let _ = done.send(server::drain(connections, grace).await);
+                let drained = server::drain(connections, grace).await;
+                if !drained {
+                    // The runtime's end drops the connections still open, and with them their
+                    // requests: each is logged as cut off by shutdown, not as its client's leaving.
+                    proxy.start_cutting();
+                }
+                drained
             })
         })
         .await?;
@@ -238,13 +244,20 @@ async fn serve_proxy(
 
 /// Starts a thread named `name` with a single-threaded runtime, makes its task with `setup` inside
 /// that runtime, and runs the task to its end. Returns once `setup` has worked or failed, so that a
-/// thread that cannot start fails `start` rather than leaving a listener unserved.
-async fn spawn_with_runtime<F, T>(name: String, setup: F) -> Result<(), StartError>
+/// thread that cannot start fails `start` rather than leaving a listener unserved; then the
+/// receiver gets the task's output once the runtime has ended, and so has dropped every task
+/// spawned on it.
+async fn spawn_with_runtime<F, T>(
+    name: String,
+    setup: F,
+) -> Result<oneshot::Receiver<T::Output>, StartError>
 where
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
-    T: std::future::Future<Output = ()> + 'static,
+    T: std::future::Future + 'static,
+    T::Output: Send + 'static,
 {
     let (ready, started) = oneshot::channel();
+    let (finished, output) = oneshot::channel();
     let thread = name.clone();
     std::thread::Builder::new()
         .name(name.clone())
@@ -262,7 +275,9 @@ where
             match task {
                 Ok((runtime, task)) => {
                     let _ = ready.send(Ok(()));
-                    runtime.block_on(task);
+                    let out = runtime.block_on(task);
+                    drop(runtime);
+                    let _ = finished.send(out);
                 }
                 Err(e) => {
                     let _ = ready.send(Err(e));
@@ -276,7 +291,8 @@ where
     let outcome = started
         .await
         .unwrap_or_else(|_| Err(std::io::Error::other("the thread ended before it started")));
-    outcome.map_err(|source| StartError::Thread { thread, source })
+    outcome.map_err(|source| StartError::Thread { thread, source })?;
+    Ok(output)
 }
 
 /// hyper re-arms a header-read timer for every request on a connection. tokio's timer wakes its

@@ -7,13 +7,17 @@ use std::sync::Arc;
 use common::*;
 
 fn write_config(fake_url: &str, extra: &str) -> std::path::PathBuf {
+    write_config_with_grace(fake_url, extra, "20s")
+}
+
+fn write_config_with_grace(fake_url: &str, extra: &str, grace: &str) -> std::path::PathBuf {
     let dir = tempdir();
     std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\n{extra}\n\
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{grace}\"\n{extra}\n\
              [upstream]\nurl = \"{fake_url}\"\n\
              [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\n"
         ),
@@ -168,4 +172,57 @@ async fn a_login_in_flight_at_shutdown_is_waited_for_and_its_session_logged_out(
         fake.issued_tokens(),
         "its session was logged out"
     );
+}
+
+/// What the access log says of a request that ends during a drain: a client that hangs up is
+/// `client_gone` (499), as at any other time; a request still in flight when `shutdown_grace` ends
+/// is cut off by the proxy, `shutting_down` (503), and its line is written before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_drain_tells_a_client_that_left_from_a_request_it_cut() {
+    use std::io::Write;
+    let fake = Arc::new(fake().await);
+    let config = write_config_with_grace(&fake.url(), "", "2s");
+    let mut binary = Binary::start(&config, &[]);
+    wait_ready(&binary.admin).await;
+    let address = binary.url.trim_start_matches("http://").to_owned();
+    // Two requests held by Contentstack until their clients hang up: a write and a read.
+    let mut held = Vec::new();
+    for (n, head) in [
+        "POST /v3/_sim/gate HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\n{}",
+        "GET /v3/_sim/gate HTTP/1.1\r\nhost: a\r\n\r\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        eventually(10, "the request upstream", || async {
+            fake.requests_to("/v3/_sim/gate") == n + 1
+        })
+        .await;
+        held.push(stream);
+    }
+
+    binary.signal("TERM");
+    binary.wait_for_line("draining: not ready");
+    // The write's client leaves while the proxy drains.
+    drop(held.remove(0));
+    let left = binary.wait_for_line(" path=/v3/_sim/gate ");
+    assert!(left.contains("method=POST"), "{left}");
+    assert!(left.contains("status=499"), "{left}");
+    assert!(left.contains("error=\"client_gone\""), "{left}");
+    // The read's client stays; the grace ends and the proxy cuts the request.
+    let cut = binary.wait_for_line(" path=/v3/_sim/gate ");
+    assert!(cut.contains("method=GET"), "{cut}");
+    assert!(cut.contains("status=503"), "{cut}");
+    assert!(cut.contains("error=\"shutting_down\""), "{cut}");
+    let code = tokio::task::spawn_blocking(move || binary.child.wait().unwrap().code())
+        .await
+        .unwrap();
+    assert_eq!(
+        code,
+        Some(0),
+        "SIGTERM ends in a clean exit, cut requests or not"
+    );
+    drop(held);
 }

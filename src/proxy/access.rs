@@ -112,8 +112,8 @@ impl Proxy {
 
 /// The access record of a request being served. A request whose future is dropped before its
 /// answer still gets its metrics and its access line, when this is dropped unfinished: status 499
-/// and `client_gone` when its client went away (hyper then drops the future), as nginx logs it;
-/// 503 and `shutting_down` when shutdown gave up on it after `shutdown_grace`.
+/// and `client_gone` when its client went away (hyper then drops the future), as nginx logs it,
+/// during a drain too; 503 and `shutting_down` when shutdown gave up on it after `shutdown_grace`.
 pub(super) struct Serving<'p> {
     proxy: &'p Proxy,
     pub(super) record: AccessRecord,
@@ -149,7 +149,7 @@ impl Drop for Serving<'_> {
     fn drop(&mut self) {
         if !self.done {
             let proxy = self.proxy;
-            let (status, reason) = if proxy.is_draining() {
+            let (status, reason) = if proxy.is_cutting() {
                 let e = ProxyError::ShuttingDown;
                 (e.status().as_u16(), e.reason())
             } else {

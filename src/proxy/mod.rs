@@ -56,6 +56,8 @@ pub struct Proxy {
     tokens: TokenManager,
     clients: UpstreamClients,
     draining: AtomicBool,
+    /// Shutdown's grace has passed: the requests still in flight are being cut off.
+    cutting: AtomicBool,
     metrics: Arc<Metrics>,
     /// Request budgets of the profiles with `rate_limit`, by profile name.
     limiters: ArcSwap<Limiters>,
@@ -118,6 +120,7 @@ impl Proxy {
             clients,
             hears_fleet: AtomicBool::new(true),
             draining: AtomicBool::new(false),
+            cutting: AtomicBool::new(false),
             metrics,
             sessions: session::Sessions::default(),
         }
@@ -172,6 +175,16 @@ impl Proxy {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Relaxed)
+    }
+
+    /// `shutdown_grace` has passed: the requests still in flight are dropped from now on, and each
+    /// is logged as `shutting_down` rather than as its client's going away.
+    pub fn start_cutting(&self) {
+        self.cutting.store(true, Ordering::SeqCst);
+    }
+
+    fn is_cutting(&self) -> bool {
+        self.cutting.load(Ordering::SeqCst)
     }
 
     /// Serves one request; never fails (errors become responses), logs one access line.
