@@ -28,7 +28,7 @@ fn raw_request(proxy: &str, head: &[u8]) -> String {
 
 /// The binary, logging into a pipe, in front of `fake` with the default profile; and the
 /// directory of its configuration.
-fn binary_in_front_of(fake: &cma_sim::FakeCma) -> (Binary, std::path::PathBuf) {
+fn binary_in_front_of(fake: &cma_sim::FakeCma) -> (Binary, TempDir) {
     let dir = tempdir();
     let config = dir.join("config.toml");
     let toml = config_toml(&fake.url(), "", &profile(PASSWORD, ""));
@@ -49,7 +49,7 @@ fn field<'l>(line: &'l str, key: &str) -> &'l str {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_access_log_shows_the_judged_path_and_nothing_a_client_can_forge() {
     let fake = fake().await;
-    let (mut proxy, dir) = binary_in_front_of(&fake);
+    let (mut proxy, _dir) = binary_in_front_of(&fake);
 
     // Judged, and forwarded, as /x/v3/user-session (which Contentstack does not know): what the
     // log says.
@@ -129,13 +129,12 @@ async fn the_access_log_shows_the_judged_path_and_nothing_a_client_can_forge() {
     )
     .await;
     assert_eq!(counted, 2.0);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_goes_away_still_gets_its_line() {
     let fake = fake().await;
-    let (mut proxy, dir) = binary_in_front_of(&fake);
+    let (mut proxy, _dir) = binary_in_front_of(&fake);
     let address = proxy.url.trim_start_matches("http://").to_owned();
     // A read that may be shared and a write: each held by Contentstack until its client hangs up.
     for (n, head) in [
@@ -158,5 +157,4 @@ async fn a_request_whose_client_goes_away_still_gets_its_line() {
         assert_eq!(field(&line, "error"), "\"client_gone\"", "{line}");
         assert_eq!(field(&line, "profile"), "\"default\"", "{line}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -16,7 +16,8 @@ fn run_check(config: &std::path::Path) -> (Option<i32>, String) {
     )
 }
 
-fn config(fake_url: &str, password: &str) -> std::path::PathBuf {
+/// A configuration and its secrets in a directory of their own: the directory and the file.
+fn config(fake_url: &str, password: &str) -> (TempDir, std::path::PathBuf) {
     let dir = tempdir();
     std::fs::write(dir.join("password"), password).unwrap();
     std::fs::write(dir.join("mt"), "cs-management-token").unwrap();
@@ -29,13 +30,13 @@ fn config(fake_url: &str, password: &str) -> std::path::PathBuf {
         ),
     )
     .unwrap();
-    path
+    (dir, path)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_login_logs_in_validates_and_logs_out() {
     let fake = fake().await;
-    let path = config(&fake.url(), PASSWORD);
+    let (_dir, path) = config(&fake.url(), PASSWORD);
     let (code, out) = tokio::task::spawn_blocking(move || run_check(&path))
         .await
         .unwrap();
@@ -57,7 +58,7 @@ async fn check_login_logs_in_validates_and_logs_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_login_fails_with_a_clear_message_on_refused_credentials() {
     let fake = fake().await;
-    let path = config(&fake.url(), "wrong");
+    let (_dir, path) = config(&fake.url(), "wrong");
     let (code, out) = tokio::task::spawn_blocking(move || run_check(&path))
         .await
         .unwrap();

@@ -157,7 +157,6 @@ async fn csdx_logs_in_exports_and_logs_out_through_the_proxy() {
     };
     assert_eq!(metric(&proxy.admin, &counted("login")).await, 1.0);
     assert_eq!(metric(&proxy.admin, &counted("logout")).await, 1.0);
-    let _ = std::fs::remove_dir_all(&work);
 }
 
 /// Content types and entries of [`CONTENT`], through the proxy.

@@ -45,7 +45,7 @@ fn replica_at(fake: &FakeCma, url: &str, store: &str, profile_extra: &str) -> Bi
         ),
     )
     .unwrap();
-    Binary::start(&config, &[])
+    Binary::start(&config, &[]).owning(dir)
 }
 
 /// `n` concurrent GETs spread over `replicas` in turn; their statuses.

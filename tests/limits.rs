@@ -405,16 +405,17 @@ async fn a_connection_that_never_begins_a_request_is_closed_after_header_read_ti
 }
 
 /// An upstream that speaks HTTP/2 over TLS (chosen by ALPN, as Contentstack's edge does) and reads
-/// each request body to its end before answering. Returns its URL, the CA file that trusts it, and
-/// whether it has seen an HTTP/2 request.
+/// each request body to its end before answering. Returns its URL, the directory of the CA file
+/// that trusts it (`upstream-ca.pem`), and whether it has seen an HTTP/2 request.
 async fn http2_upstream() -> (
     String,
-    std::path::PathBuf,
+    TempDir,
     std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
     use http_body_util::BodyExt;
     let key = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
-    let ca = tempdir().join("upstream-ca.pem");
+    let ca_dir = tempdir();
+    let ca = ca_dir.join("upstream-ca.pem");
     std::fs::write(&ca, key.cert.pem()).unwrap();
     let tls = cma_auth_proxy::tls::server_config(
         key.cert.pem().as_bytes(),
@@ -453,13 +454,14 @@ async fn http2_upstream() -> (
             });
         }
     });
-    (url, ca, saw_http2)
+    (url, ca_dir, saw_http2)
 }
 
 #[tokio::test]
 async fn a_streamed_body_that_stalls_or_grows_too_large_is_the_clients_fault_over_an_http2_upstream()
  {
-    let (url, ca, saw_http2) = http2_upstream().await;
+    let (url, ca_dir, saw_http2) = http2_upstream().await;
+    let ca = ca_dir.join("upstream-ca.pem");
     let toml = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
          replay_body_limit = \"1KiB\"\nmax_body = \"64KiB\"\nbody_idle_timeout = \"300ms\"\n\

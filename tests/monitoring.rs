@@ -206,7 +206,6 @@ async fn series_an_alert_needs_exist_at_zero_from_the_start() {
         text.contains(r#"cma_auth_proxy_profile_ready{profile="second"} "#),
         "{text}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Metric names in `text` (PromQL or a dashboard), by their prefix.

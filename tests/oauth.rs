@@ -29,7 +29,7 @@ async fn oauth_fake(ttl: Duration) -> FakeCma {
 
 /// A directory with the bootstrap refresh token (`refresh-token`) and a state directory.
 struct Files {
-    dir: std::path::PathBuf,
+    dir: TempDir,
 }
 
 impl Files {
@@ -56,16 +56,10 @@ impl Files {
     }
 }
 
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// The files of a fleet of replicas: the bootstrap refresh token and the store's key, and each
 /// replica's configuration (the OAuth profile `default`, the Redis store at a URL of its own).
 struct Fleet {
-    dir: std::path::PathBuf,
+    dir: TempDir,
 }
 
 /// The simulator with an OAuth app whose access tokens live `ttl`, a Redis of the test's own, and
@@ -102,12 +96,6 @@ impl Fleet {
         )
         .unwrap();
         path
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -548,7 +536,6 @@ async fn a_new_refresh_token_file_ends_the_refused_window_at_once() {
         .await,
         1.0
     );
-    let _ = std::fs::remove_dir_all(&volume.dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -25,15 +25,9 @@ fn free_port() -> u16 {
 
 struct Setup {
     fake: FakeCma,
-    dir: std::path::PathBuf,
+    dir: TempDir,
     config: std::path::PathBuf,
     redirect: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A confidential app (PKCE and a client secret) whose redirect URI is a free loopback port, and

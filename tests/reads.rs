@@ -386,7 +386,7 @@ async fn a_write_through_one_replica_empties_the_others_caches() {
             ),
         )
         .unwrap();
-        Binary::start(&config, &[])
+        Binary::start(&config, &[]).owning(dir)
     };
     let (a, b) = (replica(), replica());
     let client = reqwest::Client::new();

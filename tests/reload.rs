@@ -20,7 +20,7 @@ fn config_text(fake_url: &str, password_file: &std::path::Path, extra: &str) -> 
 
 /// A directory holding the password file and a config file that reads it: the directory, the
 /// config file and its text.
-fn config_dir(fake_url: &str) -> (std::path::PathBuf, std::path::PathBuf, String) {
+fn config_dir(fake_url: &str) -> (TempDir, std::path::PathBuf, String) {
     let dir = tempdir();
     std::fs::write(dir.join("password"), PASSWORD).unwrap();
     let config = dir.join("config.toml");
@@ -147,7 +147,7 @@ async fn rotation_clears_the_rejected_backoff() {
 #[tokio::test]
 async fn a_broken_config_is_counted_and_the_old_one_keeps_serving() {
     let fake = fake().await;
-    let (_, config, good) = config_dir(&fake.url());
+    let (_dir, config, good) = config_dir(&fake.url());
     let proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
 
@@ -182,7 +182,7 @@ async fn a_broken_config_is_counted_and_the_old_one_keeps_serving() {
 #[tokio::test]
 async fn sighup_reloads_the_binary() {
     let fake = fake().await;
-    let (_, config, _) = config_dir(&fake.url());
+    let (_dir, config, _) = config_dir(&fake.url());
     let mut binary = Binary::start(&config, &[]);
     binary.wait_for_line("live reload on");
     binary.signal("HUP");
@@ -200,7 +200,7 @@ async fn sighup_reloads_the_binary() {
 async fn a_failed_reload_logs_where_the_error_is_but_never_the_secret() {
     const SECRET: &str = "unterminated-s3cret-in-config";
     let fake = fake().await;
-    let (_, config, good) = config_dir(&fake.url());
+    let (_dir, config, good) = config_dir(&fake.url());
     let mut binary = Binary::start(&config, &[]);
     binary.wait_for_line("live reload on");
 
@@ -430,7 +430,8 @@ async fn a_secret_in_a_subdirectory_is_followed_through_every_rotation() {
     write_version(0, PASSWORD);
     std::os::unix::fs::symlink("..2026_11_27_0", sec.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/cma", sec.join("cma")).unwrap();
-    let config = tempdir().join("config.toml");
+    let config_dir = tempdir();
+    let config = config_dir.join("config.toml");
     let text = config_text(&fake.url(), &sec.join("cma/password"), "");
     std::fs::write(&config, text).unwrap();
     let proxy = proxy_from_file(&config).await;

@@ -16,16 +16,17 @@ fn config_text(fake_url: &str, password_file: &std::path::Path, server: &str) ->
 }
 
 /// A mounted Secret holding the password, and a config file that reads it (with `server` added to
-/// `[server]`).
-fn secret_and_config(fake_url: &str, server: &str) -> (SecretVolume, std::path::PathBuf) {
+/// `[server]`) in a directory of its own: the Secret, the config's directory and the config file.
+fn secret_and_config(fake_url: &str, server: &str) -> (SecretVolume, TempDir, std::path::PathBuf) {
     let secret = SecretVolume::new(&[("password", PASSWORD)]);
-    let config = tempdir().join("config.toml");
+    let dir = tempdir();
+    let config = dir.join("config.toml");
     std::fs::write(
         &config,
         config_text(fake_url, &secret.path("password"), server),
     )
     .unwrap();
-    (secret, config)
+    (secret, dir, config)
 }
 
 /// Changes the password in the simulator and in the mounted Secret, and waits for the login with it.
@@ -41,7 +42,7 @@ async fn rotate(fake: &cma_sim::FakeCma, secret: &mut SecretVolume) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_no_request_in_flight_the_old_session_is_logged_out_at_once() {
     let fake = fake().await;
-    let (mut secret, config) = secret_and_config(&fake.url(), "");
+    let (mut secret, _dir, config) = secret_and_config(&fake.url(), "");
     let proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let old = fake.issued_tokens()[0].clone();
@@ -57,7 +58,7 @@ async fn with_no_request_in_flight_the_old_session_is_logged_out_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_in_flight_keeps_the_old_session_until_it_finishes() {
     let fake = fake().await;
-    let (mut secret, config) = secret_and_config(&fake.url(), "");
+    let (mut secret, _dir, config) = secret_and_config(&fake.url(), "");
     let proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let old = fake.issued_tokens()[0].clone();
@@ -91,7 +92,7 @@ async fn a_request_in_flight_keeps_the_old_session_until_it_finishes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_right_after_a_rotation_logs_the_old_session_out_too() {
     let fake = fake().await;
-    let (mut secret, config) = secret_and_config(&fake.url(), "shutdown_grace = \"20s\"");
+    let (mut secret, _dir, config) = secret_and_config(&fake.url(), "shutdown_grace = \"20s\"");
     let mut binary = Binary::start(&config, &[]);
     let client = reqwest::Client::new();
     let url = binary.url.clone();
@@ -127,7 +128,7 @@ async fn sigterm_right_after_a_rotation_logs_the_old_session_out_too() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_logs_out_a_retiring_session_that_is_still_in_use() {
     let fake = fake().await;
-    let (mut secret, config) = secret_and_config(&fake.url(), "");
+    let (mut secret, _dir, config) = secret_and_config(&fake.url(), "");
     let mut proxy = proxy_from_file(&config).await;
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let old = fake.issued_tokens()[0].clone();

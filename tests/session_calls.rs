@@ -138,7 +138,7 @@ fn binary(upstream: &str, extra: &str) -> Binary {
         ),
     )
     .unwrap();
-    Binary::start(&config, &[])
+    Binary::start(&config, &[]).owning(dir)
 }
 
 async fn stop(mut binary: Binary) -> String {

@@ -6,11 +6,16 @@ use std::sync::Arc;
 
 use common::*;
 
-fn write_config(fake_url: &str, extra: &str) -> std::path::PathBuf {
+/// A configuration and its password in a directory of their own: the directory and the file.
+fn write_config(fake_url: &str, extra: &str) -> (TempDir, std::path::PathBuf) {
     write_config_with_grace(fake_url, extra, "20s")
 }
 
-fn write_config_with_grace(fake_url: &str, extra: &str, grace: &str) -> std::path::PathBuf {
+fn write_config_with_grace(
+    fake_url: &str,
+    extra: &str,
+    grace: &str,
+) -> (TempDir, std::path::PathBuf) {
     let dir = tempdir();
     std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
     let path = dir.join("config.toml");
@@ -23,7 +28,7 @@ fn write_config_with_grace(fake_url: &str, extra: &str, grace: &str) -> std::pat
         ),
     )
     .unwrap();
-    path
+    (dir, path)
 }
 
 async fn wait_ready(admin: &str) {
@@ -38,7 +43,7 @@ async fn wait_ready(admin: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_with_fifty_requests_in_flight_drains_logs_out_and_exits_0() {
     let fake = Arc::new(fake().await);
-    let config = write_config(&fake.url(), "");
+    let (_dir, config) = write_config(&fake.url(), "");
     let mut binary = Binary::start(&config, &[]);
     wait_ready(&binary.admin).await;
 
@@ -99,7 +104,7 @@ async fn sigterm_with_fifty_requests_in_flight_drains_logs_out_and_exits_0() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_second_signal_exits_at_once() {
     let fake = Arc::new(fake().await);
-    let config = write_config(&fake.url(), "");
+    let (_dir, config) = write_config(&fake.url(), "");
     let mut binary = Binary::start(&config, &[]);
     wait_ready(&binary.admin).await;
     let slow = reqwest::Client::new()
@@ -131,7 +136,7 @@ async fn a_second_signal_exits_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_signal_delivered_twice_in_a_moment_counts_once() {
     let fake = Arc::new(fake().await);
-    let config = write_config(&fake.url(), "");
+    let (_dir, config) = write_config(&fake.url(), "");
     let mut binary = Binary::start(&config, &[]);
     wait_ready(&binary.admin).await;
     let slow = reqwest::Client::new()
@@ -181,7 +186,7 @@ async fn a_login_in_flight_at_shutdown_is_waited_for_and_its_session_logged_out(
 async fn a_drain_tells_a_client_that_left_from_a_request_it_cut() {
     use std::io::Write;
     let fake = Arc::new(fake().await);
-    let config = write_config_with_grace(&fake.url(), "", "2s");
+    let (_dir, config) = write_config_with_grace(&fake.url(), "", "2s");
     let mut binary = Binary::start(&config, &[]);
     wait_ready(&binary.admin).await;
     let address = binary.url.trim_start_matches("http://").to_owned();

@@ -266,7 +266,8 @@ async fn a_pinned_connection_the_upstream_closes_is_replaced() {
 #[tokio::test]
 async fn over_tls_a_pinned_connection_speaks_http1_and_an_http2_upstream_pins_nothing() {
     // An upstream offering only HTTP/1.1: pinned connections, over TLS, verified like the pool's.
-    let ca = common::tempdir().join("ca.pem");
+    let ca_dir = common::tempdir();
+    let ca = ca_dir.join("ca.pem");
     let (addr, upstream) = upstream_serving(Serve::Tls {
         alpn: &[b"http/1.1"],
         ca: ca.clone(),
@@ -296,7 +297,8 @@ async fn over_tls_a_pinned_connection_speaks_http1_and_an_http2_upstream_pins_no
 
     // Contentstack's edge offers HTTP/2: the pool's one connection carries everything, and no
     // request carries a `host` header beside `:authority` (nginx refuses such a request with 400).
-    let ca = common::tempdir().join("ca.pem");
+    let ca_dir = common::tempdir();
+    let ca = ca_dir.join("ca.pem");
     let (addr, upstream) = upstream_serving(Serve::Tls {
         alpn: &[b"h2", b"http/1.1"],
         ca: ca.clone(),

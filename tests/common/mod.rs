@@ -162,6 +162,9 @@ pub struct Binary {
     lines: LogLines,
     /// Every line read so far (piped stderr only; a log file is read with [`Binary::log_text`]).
     pub log: Arc<std::sync::Mutex<Vec<String>>>,
+    /// The directory of its configuration and secrets, when the binary owns it (see
+    /// [`Binary::owning`]): removed once the process is gone.
+    dir: Option<TempDir>,
 }
 
 enum LogLines {
@@ -237,11 +240,18 @@ impl Binary {
             admin: String::new(),
             lines,
             log,
+            dir: None,
         };
         let started = binary.wait_for_line("cma-auth-proxy started");
         binary.url = format!("http://{}", field(&started, "listen"));
         binary.admin = format!("http://{}", field(&started, "admin"));
         binary
+    }
+
+    /// Keeps `dir` (its configuration's) until the binary is dropped, and so stopped.
+    pub fn owning(mut self, dir: TempDir) -> Binary {
+        self.dir = Some(dir);
+        self
     }
 
     /// Waits (at most 30 s) for a log line containing `needle`.
@@ -382,14 +392,32 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-pub fn tempdir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cma-test-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of one test's own, removed with everything in it when dropped, so that the files a
+/// test writes (configurations, password and key files, sockets) do not outlive it. It reads as
+/// its path (`dir.join(..)`, `&dir` where a `&Path` is taken).
+pub struct TempDir(tempfile::TempDir);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+pub fn tempdir() -> TempDir {
+    TempDir(
+        tempfile::Builder::new()
+            .prefix("cma-test-")
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 /// Parses Prometheus text into (series, value) pairs, e.g. `cma_auth_proxy_logins_total{profile="default",outcome="success"}`.
@@ -467,7 +495,7 @@ pub async fn assert_unchanged_script_kept_the_session(
 
 /// The Kubernetes layout of a mounted Secret: `dir/..data -> ..TIMESTAMP/`, `dir/KEY -> ..data/KEY`.
 pub struct SecretVolume {
-    pub dir: std::path::PathBuf,
+    pub dir: TempDir,
     generation: u32,
 }
 
@@ -564,7 +592,7 @@ pub struct RedisServer {
     child: Option<std::process::Child>,
     /// With TLS only (`rediss://`): the directory holding `ca.pem` (the server's self-signed
     /// certificate, for clients to trust) and `key.pem`.
-    pub tls: Option<std::path::PathBuf>,
+    pub tls: Option<TempDir>,
 }
 
 impl RedisServer {
@@ -592,7 +620,7 @@ impl RedisServer {
         Self::start_with(Some(dir))
     }
 
-    fn start_with(tls: Option<std::path::PathBuf>) -> RedisServer {
+    fn start_with(tls: Option<TempDir>) -> RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
