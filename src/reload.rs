@@ -406,7 +406,7 @@ mod tests {
 
     #[test]
     fn a_file_is_followed_through_every_symlink_on_its_way() {
-        let dir = std::env::temp_dir().join(format!("cma-reload-{}", rand::random::<u64>()));
+        let dir = crate::config::tests::tempdir();
         // A Secret item in a subdirectory: sec/cma -> ..data/cma, ..data -> ..v1.
         std::fs::create_dir_all(dir.join("sec/..v1/cma")).unwrap();
         std::fs::write(dir.join("sec/..v1/cma/password"), "pw").unwrap();
@@ -435,9 +435,8 @@ mod tests {
         assert_eq!(steps_to(&dir.join("none/x")), [dir.join("none/x")]);
         assert_eq!(
             watch_point(&dir.join("none/deeper")),
-            (dir.clone(), Some(dir.join("none")))
+            (dir.to_path_buf(), Some(dir.join("none")))
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test(start_paused = true)]

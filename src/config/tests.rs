@@ -809,14 +809,31 @@ pub(crate) fn login_profile(settings: &str) -> ProfileConfig {
     (*c.profiles[0]).clone()
 }
 
-pub(crate) fn tempdir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "cma-auth-proxy-test-{}-{}",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A directory of one test's own, removed with everything in it when dropped; it reads as its
+/// path.
+pub(crate) struct TempDir(tempfile::TempDir);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+
+    fn deref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+pub(crate) fn tempdir() -> TempDir {
+    TempDir(
+        tempfile::Builder::new()
+            .prefix("cma-auth-proxy-test-")
+            .tempdir()
+            .unwrap(),
+    )
 }
 
 #[test]
@@ -951,7 +968,6 @@ pub(crate) fn oauth_profile(settings: &str) -> ProfileConfig {
     )
     .unwrap();
     // Read during validation; the tests that use the profile never touch the files.
-    std::fs::remove_dir_all(dir).unwrap();
     (*c.profiles[0]).clone()
 }
 
@@ -1013,7 +1029,6 @@ fn an_oauth_profile_derives_its_endpoints_from_the_region() {
         oauth.authorize_url,
         "http://127.0.0.1:9/#!/apps/app0/authorize"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -1100,7 +1115,6 @@ fn oauth_keys_are_validated_by_name() {
         Some(&dir),
     )
     .unwrap();
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
@@ -1131,5 +1145,4 @@ fn a_memory_token_store_may_take_a_key_to_seal_oauth_state() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("applies only to kind = \"redis\""), "{e}");
-    std::fs::remove_dir_all(dir).unwrap();
 }

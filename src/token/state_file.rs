@@ -164,7 +164,6 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("default.json")]);
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -192,7 +191,6 @@ mod tests {
             "{e}"
         );
         assert!(!e.to_string().contains("rt-sealed-secret"));
-        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
@@ -214,6 +212,5 @@ mod tests {
                 "rt-old"
             );
         }
-        std::fs::remove_dir_all(dir).unwrap();
     }
 }
