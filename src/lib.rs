@@ -246,7 +246,7 @@ async fn serve_proxy(
 /// that runtime, and runs the task to its end. Returns once `setup` has worked or failed, so that a
 /// thread that cannot start fails `start` rather than leaving a listener unserved; then the
 /// receiver gets the task's output once the runtime has ended, and so has dropped every task
-/// spawned on it.
+/// spawned on it (without waiting for its blocking threads).
 async fn spawn_with_runtime<F, T>(
     name: String,
     setup: F,
@@ -276,7 +276,9 @@ where
                 Ok((runtime, task)) => {
                     let _ = ready.send(Ok(()));
                     let out = runtime.block_on(task);
-                    drop(runtime);
+                    // Drops every task spawned on the runtime, here and now; does not wait for
+                    // blocking threads (a DNS lookup may hang), so that shutdown has a bound.
+                    runtime.shutdown_background();
                     let _ = finished.send(out);
                 }
                 Err(e) => {
