@@ -35,13 +35,16 @@ fn replica_at(fake: &FakeCma, url: &str, store: &str, profile_extra: &str) -> Bi
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{url}\"\n{store}\n\
-             [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\nvalidate_interval = \"0s\"\n{profile_extra}\n\
-             [log]\nlevel = \"info\"\n",
-            fake.url(),
+        config_toml(
+            &fake.url(),
+            "",
+            &format!(
+                "[token_store]\nkind = \"redis\"\nurl = \"{url}\"\n{store}\n{}[log]\nlevel = \"info\"\n",
+                profile_from_file(
+                    "password",
+                    &format!("validate_interval = \"0s\"\n{profile_extra}")
+                ),
+            ),
         ),
     )
     .unwrap();

@@ -462,12 +462,13 @@ async fn a_streamed_body_that_stalls_or_grows_too_large_is_the_clients_fault_ove
  {
     let (url, ca_dir, saw_http2) = http2_upstream().await;
     let ca = ca_dir.join("upstream-ca.pem");
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         replay_body_limit = \"1KiB\"\nmax_body = \"64KiB\"\nbody_idle_timeout = \"300ms\"\n\
-         [upstream]\nurl = \"{url}\"\nca_file = \"{}\"\n\
-         [profiles.default]\nmanagement_token = \"cs-management-token\"\n",
-        ca.display()
+    let toml = config_toml(
+        &url,
+        "replay_body_limit = \"1KiB\"\nmax_body = \"64KiB\"\nbody_idle_timeout = \"300ms\"",
+        &format!(
+            "ca_file = \"{}\"\n[profiles.default]\nmanagement_token = \"cs-management-token\"\n",
+            ca.display()
+        ),
     );
     let config = cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap();
     let running = cma_auth_proxy::start(config).await.unwrap();

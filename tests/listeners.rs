@@ -71,10 +71,10 @@ async fn inbound_tls_serves_https_and_picks_up_a_new_certificate() {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ntls_cert_file = \"tls.crt\"\ntls_key_file = \"tls.key\"\n[upstream]\nurl = \"{}\"\n{}",
-            fake.url(),
-            profile(PASSWORD, "")
+        config_toml(
+            &fake.url(),
+            "tls_cert_file = \"tls.crt\"\ntls_key_file = \"tls.key\"",
+            &profile(PASSWORD, ""),
         ),
     )
     .unwrap();

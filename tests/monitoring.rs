@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::{eventually, fake, proxy_from_file, tempdir};
+use common::{config_toml, eventually, fake, proxy_from_file, tempdir};
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -158,13 +158,7 @@ async fn series_an_alert_needs_exist_at_zero_from_the_start() {
     let fake = fake().await;
     let dir = tempdir();
     let path = dir.join("config.toml");
-    let config = |profiles: &str| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n{profiles}",
-            fake.url()
-        )
-    };
+    let config = |profiles: &str| config_toml(&fake.url(), "", profiles);
     let first = common::profile(common::PASSWORD, "[profiles.default.rate_limit]\n");
     std::fs::write(&path, config(&first)).unwrap();
     let proxy = proxy_from_file(&path).await;

@@ -85,13 +85,15 @@ impl Fleet {
         let path = self.dir.join(name);
         std::fs::write(
             &path,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                 [upstream]\nurl = \"{upstream}\"\n\
-                 [token_store]\nkind = \"redis\"\nurl = \"{store}\"\nencryption_key_file = \"key\"\n\
-                 [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
-                 [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-                 redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
+            config_toml(
+                upstream,
+                "",
+                &format!(
+                    "[token_store]\nkind = \"redis\"\nurl = \"{store}\"\nencryption_key_file = \"key\"\n\
+                     [profiles.default]\nmin_backoff = \"100ms\"\nmax_backoff = \"500ms\"\n\
+                     [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
+                     redirect_uri = \"{REDIRECT}\"\nrefresh_token_file = \"refresh-token\"\n",
+                ),
             ),
         )
         .unwrap();
@@ -393,16 +395,7 @@ async fn a_killed_proxy_restarts_with_the_kept_refresh_token() {
     let bootstrap = fake.authorize_oauth_app().unwrap();
     let files = Files::new(&bootstrap);
     let config = files.dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n{}",
-            fake.url(),
-            files.profile("")
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, config_toml(&fake.url(), "", &files.profile(""))).unwrap();
     let client = reqwest::Client::new();
     let mut first = Binary::start(&config, &[]);
     // Served with the refreshed access token: the refresh token that came with it is kept.
@@ -497,14 +490,13 @@ async fn a_new_refresh_token_file_ends_the_refused_window_at_once() {
     let write_config = || {
         std::fs::write(
             &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                 [upstream]\nurl = \"{}\"\n{}",
-                fake.url(),
-                files.profile("").replace(
+            config_toml(
+                &fake.url(),
+                "",
+                &files.profile("").replace(
                     &files.dir.join("refresh-token").display().to_string(),
                     &volume.path("refresh-token").display().to_string(),
-                )
+                ),
             ),
         )
         .unwrap()
@@ -760,14 +752,15 @@ async fn no_oauth_secret_reaches_the_log_the_status_or_the_metrics() {
     let config = files.dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n{}\nclient_secret_file = \"client-secret\"\n\
-             [log]\nlevel = \"trace\"\n",
-            fake.url(),
-            files.profile("").replace(
-                "max_backoff = \"1s\"\n",
-                "max_backoff = \"1s\"\nvalidate_interval = \"100ms\"\n"
+        config_toml(
+            &fake.url(),
+            "",
+            &format!(
+                "{}\nclient_secret_file = \"client-secret\"\n[log]\nlevel = \"trace\"\n",
+                files.profile("").replace(
+                    "max_backoff = \"1s\"\n",
+                    "max_backoff = \"1s\"\nvalidate_interval = \"100ms\"\n"
+                ),
             ),
         ),
     )

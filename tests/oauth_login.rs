@@ -47,13 +47,15 @@ async fn setup(profile_extra: &str) -> Setup {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{url}\"\n\
-             [profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
-             client_secret_file = \"client-secret\"\nredirect_uri = \"{redirect}\"\n\
-             state_dir = \"state\"\nauthorize_url = \"{url}/apps/{APP}/authorize\"\n{profile_extra}\n",
-            url = fake.url(),
+        config_toml(
+            &fake.url(),
+            "",
+            &format!(
+                "[profiles.default.oauth]\napp_id = \"{APP}\"\nclient_id = \"{CLIENT}\"\n\
+                 client_secret_file = \"client-secret\"\nredirect_uri = \"{redirect}\"\n\
+                 state_dir = \"state\"\nauthorize_url = \"{url}/apps/{APP}/authorize\"\n{profile_extra}\n",
+                url = fake.url(),
+            ),
         ),
     )
     .unwrap();

@@ -365,6 +365,19 @@ async fn the_cache_answers_within_its_ttl_until_a_write_and_never_across_profile
     assert!(metric(&proxy.admin, invalidations).await >= 1.0);
 }
 
+/// A replica's configuration: Contentstack at `upstream`, the fleet's Redis at `store` (sealed with
+/// the key file `key`), the default profile with its reads cached.
+fn replica_toml(upstream: &str, store: &str) -> String {
+    config_toml(
+        upstream,
+        "",
+        &format!(
+            "[token_store]\nkind = \"redis\"\nurl = \"{store}\"\nencryption_key_file = \"key\"\n{}{CACHED}",
+            profile(PASSWORD, "validate_interval = \"0s\""),
+        ),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_write_through_one_replica_empties_the_others_caches() {
     let fake = fake().await;
@@ -373,19 +386,7 @@ async fn a_write_through_one_replica_empties_the_others_caches() {
         let dir = tempdir();
         std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
         let config = dir.join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-                 [upstream]\nurl = \"{}\"\n\
-                 [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-                 {}{CACHED}",
-                fake.url(),
-                redis.url(),
-                profile(PASSWORD, "validate_interval = \"0s\""),
-            ),
-        )
-        .unwrap();
+        std::fs::write(&config, replica_toml(&fake.url(), &redis.url())).unwrap();
         Binary::start(&config, &[]).owning(dir)
     };
     let (a, b) = (replica(), replica());
@@ -416,11 +417,12 @@ async fn a_reload_that_moves_a_profile_to_another_account_starts_its_cache_anew(
     let dir = tempdir();
     let config = dir.join("config.toml");
     let text = |email: &str| {
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [profiles.default]\nemail = \"{email}\"\npassword = \"{PASSWORD}\"\n{CACHED}",
-            fake.url()
+        config_toml(
+            &fake.url(),
+            "",
+            &format!(
+                "[profiles.default]\nemail = \"{email}\"\npassword = \"{PASSWORD}\"\n{CACHED}"
+            ),
         )
     };
     std::fs::write(&config, text(EMAIL)).unwrap();
@@ -449,19 +451,7 @@ async fn a_replica_whose_subscription_goes_silent_stops_serving_from_its_cache()
     let dir = tempdir();
     std::fs::write(dir.join("key"), "ab".repeat(32)).unwrap();
     let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{}\"\n\
-             [token_store]\nkind = \"redis\"\nurl = \"{}\"\nencryption_key_file = \"key\"\n\
-             {}{CACHED}",
-            fake.url(),
-            relay.url,
-            profile(PASSWORD, "validate_interval = \"0s\""),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, replica_toml(&fake.url(), &relay.url)).unwrap();
     let a = Binary::start(&config, &[]);
     let client = reqwest::Client::new();
     create_blog(&client, &a.url).await;

@@ -10,11 +10,13 @@ use common::*;
 const NEW_PASSWORD: &str = "rotated password 2";
 
 fn config_text(fake_url: &str, password_file: &std::path::Path, extra: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-         [upstream]\nurl = \"{fake_url}\"\n\
-         [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"{}\"\nvalidate_interval = \"0s\"\n{extra}",
-        password_file.display()
+    config_toml(
+        fake_url,
+        "",
+        &profile_from_file(
+            password_file.display(),
+            &format!("validate_interval = \"0s\"\n{extra}"),
+        ),
     )
 }
 
@@ -213,7 +215,9 @@ async fn a_failed_reload_logs_where_the_error_is_but_never_the_secret() {
         let broken_config = good.replace("password_file = ", &format!("{broken}password_file = "));
         std::fs::write(&config, broken_config).unwrap();
         let line = binary.wait_for_line("configuration reload failed");
-        assert!(line.contains("line 8"), "{line}");
+        // The broken line is the ninth: `[server]` with two keys and a blank line, `[upstream]`
+        // with one, `[profiles.default]` and its `email`.
+        assert!(line.contains("line 9"), "{line}");
     }
     std::fs::write(&config, &good).unwrap();
     binary.wait_for_line("configuration reloaded");

@@ -7,11 +7,10 @@ use common::*;
 const NEW_PASSWORD: &str = "rotated password 3";
 
 fn config_text(fake_url: &str, password_file: &std::path::Path, server: &str) -> String {
-    format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{server}\n\
-         [upstream]\nurl = \"{fake_url}\"\n\
-         [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"{}\"\nvalidate_interval = \"0s\"\n",
-        password_file.display()
+    config_toml(
+        fake_url,
+        server,
+        &profile_from_file(password_file.display(), "validate_interval = \"0s\""),
     )
 }
 

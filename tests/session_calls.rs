@@ -96,10 +96,10 @@ async fn validation_and_logout_answered_with_a_redirect_send_the_token_nowhere_e
 async fn an_endless_login_answer_is_cut_at_its_cap_and_the_client_gets_an_answer() {
     // Without a cap the proxy would read (and hold) all 64 MiB.
     let upstream = EndlessUpstream::start(200, 64 << 20).await.unwrap();
-    let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n{}",
-        upstream.url(),
-        profile(PASSWORD, "min_backoff = \"1m\"\nmax_backoff = \"5m\"")
+    let toml = config_toml(
+        &upstream.url(),
+        "",
+        &profile(PASSWORD, "min_backoff = \"1m\"\nmax_backoff = \"5m\""),
     );
     let running =
         cma_auth_proxy::start(cma_auth_proxy::Config::from_toml(&toml, Vec::new(), None).unwrap())
@@ -130,11 +130,10 @@ fn binary(upstream: &str, extra: &str) -> Binary {
     let config = dir.join("config.toml");
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
-             [upstream]\nurl = \"{upstream}\"\n\
-             [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\n{extra}\n\
-             [log]\nlevel = \"debug\"\n"
+        config_toml(
+            upstream,
+            "",
+            &(profile_from_file("password", extra) + "[log]\nlevel = \"debug\"\n"),
         ),
     )
     .unwrap();

@@ -477,9 +477,10 @@ async fn the_clients_credentials_are_never_forwarded_logged_or_echoed() {
     std::fs::write(dir.join("password"), PASSWORD).unwrap();
     std::fs::write(
         &config,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"{}\"\n[profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\n[log]\nlevel = \"trace\"\n",
-            fake.url()
+        config_toml(
+            &fake.url(),
+            "",
+            &(profile_from_file("password", "") + "[log]\nlevel = \"trace\"\n"),
         ),
     )
     .unwrap();

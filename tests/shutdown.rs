@@ -21,10 +21,10 @@ fn write_config_with_grace(
     let path = dir.join("config.toml");
     std::fs::write(
         &path,
-        format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"{grace}\"\n{extra}\n\
-             [upstream]\nurl = \"{fake_url}\"\n\
-             [profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"password\"\n"
+        config_toml(
+            fake_url,
+            &format!("shutdown_grace = \"{grace}\"\n{extra}"),
+            &profile_from_file("password", ""),
         ),
     )
     .unwrap();

@@ -133,14 +133,22 @@ async fn proxy_to(upstream: std::net::SocketAddr) -> cma_auth_proxy::Running {
     proxy_to_url(&format!("http://{upstream}"), "").await
 }
 
-async fn proxy_to_url(url: &str, upstream_extra: &str) -> cma_auth_proxy::Running {
-    let config = cma_auth_proxy::Config::from_toml(
+/// One worker (so that every connection shares one pool) and a management-token profile whose
+/// reads are not coalesced: each client request is an upstream request of its own.
+fn one_worker_toml(url: &str, server: &str, upstream_extra: &str) -> String {
+    common::config_toml(
+        url,
+        &format!("workers = 1\n{server}"),
         &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
-             [upstream]\nurl = \"{url}\"\n{upstream_extra}\n\
-             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n\
+            "{upstream_extra}\n[profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n\
              coalesce_reads = false\n"
         ),
+    )
+}
+
+async fn proxy_to_url(url: &str, upstream_extra: &str) -> cma_auth_proxy::Running {
+    let config = cma_auth_proxy::Config::from_toml(
+        &one_worker_toml(url, "", upstream_extra),
         Vec::new(),
         None,
     )
@@ -395,12 +403,10 @@ async fn each_request_of_a_connection_keeps_its_own_upstream_deadline() {
         }
     });
     let config = cma_auth_proxy::Config::from_toml(
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n\
-             request_timeout = \"300ms\"\n\
-             [upstream]\nurl = \"http://{upstream}\"\n\
-             [profiles.mt]\nmanagement_token = \"cs-management-token-1\"\n\
-             coalesce_reads = false\n"
+        &one_worker_toml(
+            &format!("http://{upstream}"),
+            "request_timeout = \"300ms\"",
+            "",
         ),
         Vec::new(),
         None,

@@ -56,6 +56,12 @@ pub fn profile(password: &str, extra: &str) -> String {
     format!("[profiles.default]\nemail = \"{EMAIL}\"\npassword = \"{password}\"\n{extra}\n")
 }
 
+/// The default profile for [`EMAIL`] reading its password from `file` (relative to the config
+/// file's directory, or absolute), with extra profile keys.
+pub fn profile_from_file(file: impl std::fmt::Display, extra: &str) -> String {
+    format!("[profiles.default]\nemail = \"{EMAIL}\"\npassword_file = \"{file}\"\n{extra}\n")
+}
+
 pub struct Proxy {
     pub running: Option<Running>,
     pub url: String,
