@@ -84,7 +84,20 @@ fi
 # One measurement: wrk under benchlib's `measure`, which also records the target's RSS and the CPU
 # time of target, upstream, wrk and everything else. A run during which other processes took more
 # than 0.25 cores is repeated (up to RETRIES times) after waiting for quiet again. Each round runs
-# every cell; within a cell the order of the targets rotates from round to round and cell to cell.
+# every cell; within a cell the targets run in an order shuffled per round and cell (seeded, so the
+# same run repeats it). A rotation would keep each target behind the same other one, and the row
+# measured right after haproxy was measured worse than the same binary elsewhere in the order
+# (BENCHMARKS.md, "Order of the targets").
+order_of() { # round cell target... — the targets, shuffled (Fisher-Yates, seeded by round and cell)
+  local -a l=("${@:3}")
+  local i j swap
+  RANDOM=$((1000 * $1 + $2 + 1))
+  for ((i = ${#l[@]} - 1; i > 0; i--)); do
+    j=$((RANDOM % (i + 1)))
+    swap=${l[i]} l[i]=${l[j]} l[j]=$swap
+  done
+  echo "${l[@]}"
+}
 : >"$DIR/results.txt"
 cells=()
 for up in $UPSTREAMS; do for c in $CONNECTIONS; do cells+=("$c:$up"); done; done
@@ -93,8 +106,8 @@ for ((r = 0; r < ROUNDS; r++)); do
     conns=${cells[$ci]%:*}
     up=${cells[$ci]#*:}
     read -ra list <<<"$(targets_of "$up")"
-    for ((i = 0; i < ${#list[@]}; i++)); do
-      t=${list[$(((i + r + ci) % ${#list[@]}))]}
+    read -ra list <<<"$(order_of "$r" "$ci" "${list[@]}")"
+    for t in "${list[@]}"; do
       for ((attempt = 0; ; attempt++)); do
         wait_quiet >/dev/null
         out="$DIR/wrk-$conns-$t-$r.txt"
