@@ -355,7 +355,7 @@ def cmd_table(results_path, extra_path):
     print(
         f"wrk -t{threads} (fewer when there are fewer connections) -d{extra['duration']}s per cell "
         f"and target, {rounds} round{'' if rounds == 1 else 's'} (each round runs every cell, the "
-        f"order of targets rotated); median per cell and target, RSS under load the maximum over "
+        f"order of targets shuffled); median per cell and target, RSS under load the maximum over "
         f"the rounds; {extra['body_bytes']} B JSON response. Upstream `http`: plain HTTP/1.1; "
         f"`https`: TLS to a listener that offers only http/1.1, so every proxy speaks HTTP/1.1 over "
         f"TLS; the `h2 offered` row is the sidecar against the same stand-in's listener that offers "
