@@ -684,6 +684,128 @@ def cmd_profile_report(*paths):
         print()
 
 
+SCHED_LINE = re.compile(
+    r"^\s*([\d.]+)\s+\[(\d+)\]\s+(.*?)(?:\[(\d+)(?:/(\d+))?\])?\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S)\s*$"
+)
+
+
+def cmd_sched(out, name, timehist, target_pids, upstream_pids, wrk_out):
+    """Who ran where, from `perf sched timehist --state` (one line per switch-out: time, CPU,
+    task, wait, scheduling delay, run time, state): each CPU's time by group (the target, the
+    upstream stand-in, wrk, others, idle), where the target's threads ran, and how long each of the
+    three on a request's way (the target, the stand-in, wrk) was runnable without running, split
+    by the group that held its CPU meanwhile."""
+    targets = {int(x) for x in target_pids.split(",") if x}
+    upstream = set(children_of(upstream_pids.split(",")))
+    cpus, placed, stand_in = {}, {}, {}
+    queued = {g: {"waits": [], "by": {}} for g in ("target", "upstream", "wrk")}
+    recent = {}  # cpu -> the last switch-outs on it: (start, end, group)
+    last_state = {}  # tid -> state at its last switch-out
+    first = last = None
+    for line in open(timehist):
+        m = SCHED_LINE.match(line)
+        if not m:
+            continue
+        t, cpu, comm, tid, pid = float(m[1]) * 1e3, int(m[2]), m[3].strip(), m[4], m[5]
+        wait, delay, run, state = float(m[6]), float(m[7]), float(m[8]), m[9]
+        first = t - run if first is None else first
+        last = t
+        tid = int(tid) if tid else 0
+        pid = int(pid) if pid else tid
+        if comm == "<idle>":
+            group = "idle"
+        elif pid in targets:
+            group = "target"
+        elif pid in upstream:
+            group = "upstream"
+        elif comm.startswith("wrk"):
+            group = "wrk"
+        else:
+            group = "other"
+        cpus.setdefault(cpu, {}).setdefault(group, 0.0)
+        cpus[cpu][group] += run
+        start = t - run
+        if group == "target":
+            placed[cpu] = placed.get(cpu, 0.0) + run
+        elif group == "upstream":
+            stand_in[pid] = stand_in.get(pid, 0.0) + run
+        if group in queued:
+            # Runnable but not running: after a wake-up the scheduling delay; after being
+            # preempted (state R at its last switch-out) the whole time off the CPU.
+            q = wait if last_state.get(tid) == "R" else delay
+            if q > 0:
+                queued[group]["waits"].append(q)
+                by = queued[group]["by"]
+                for s, e, g in recent.get(cpu, ()):
+                    overlap = min(e, start) - max(s, start - q)
+                    if overlap > 0:
+                        by[g] = by.get(g, 0.0) + overlap
+        last_state[tid] = state
+        r = recent.setdefault(cpu, [])
+        r.append((start, t, group))
+        if len(r) > 64:
+            del r[0]
+    window = (last - first) if first is not None else 1.0
+    rps, _, p99, requests, _ = parse_wrk(wrk_out)
+    result = {
+        "name": name, "window_ms": window, "requests": requests, "rps": rps, "p99": p99,
+        "cpus": {str(c): {g: v / window for g, v in groups.items()} for c, groups in sorted(cpus.items())},
+        "target_on": {str(c): v for c, v in sorted(placed.items())},
+        "stand_in": sorted(stand_in.values(), reverse=True),
+        "queued": {},
+    }
+    for g, q in queued.items():
+        w = sorted(q["waits"])
+        result["queued"][g] = {
+            "total_ms": sum(w),
+            "p99_ms": w[int(0.99 * (len(w) - 1))] if w else 0.0,
+            "over_100us": sum(1 for x in w if x >= 0.1),
+            "by": q["by"],
+        }
+    with open(out, "w") as f:
+        json.dump(result, f)
+
+
+def cmd_sched_report(*paths):
+    groups = ("target", "upstream", "wrk", "other", "idle")
+    print(
+        "| target | req/s | p99 | each CPU's time: target / upstream / wrk / others / idle "
+        "| target's run time per CPU | the stand-in's run time per process |"
+    )
+    print("|---|---:|---:|---|---|---|")
+    runs = [json.load(open(p)) for p in paths]
+    for r in runs:
+        per_cpu = "; ".join(
+            f"CPU {c}: " + " / ".join(f"{100 * g.get(k, 0):.0f}" for k in groups) + " %"
+            for c, g in r["cpus"].items()
+        )
+        placed_total = sum(r["target_on"].values()) or 1
+        placed = ", ".join(f"CPU {c} {100 * v / placed_total:.0f} %" for c, v in r["target_on"].items())
+        up_total = sum(r["stand_in"]) or 1
+        stand_in = " / ".join(f"{100 * v / up_total:.0f} %" for v in r["stand_in"])
+        print(f"| {r['name']} | {r['rps']:,.0f} | {fmt_ms(r['p99'])} | {per_cpu} | {placed} | {stand_in} |")
+    print()
+    print(
+        "Runnable but not running, of the three on a request's way: per request, the 99th percentile "
+        "of one wait, waits of 100 µs or more, and what its CPU ran meanwhile (target / upstream / "
+        "wrk / others / idle):"
+    )
+    print()
+    print("| target | waiting | per request | p99 of a wait | waits ≥ 100 µs | its CPU ran meanwhile |")
+    print("|---|---|---:|---:|---:|---|")
+    for r in runs:
+        n = r["requests"] or 1
+        for g in ("target", "upstream", "wrk"):
+            q = r["queued"][g]
+            by_total = sum(q["by"].values()) or 1
+            by = " / ".join(f"{100 * q['by'].get(k, 0) / by_total:.0f}" for k in groups) + " %"
+            print(
+                f"| {r['name']} | {g} | {q['total_ms'] * 1000 / n:.1f} µs | {fmt_ms(q['p99_ms'])} "
+                f"| {q['over_100us']:,} | {by} |"
+            )
+    print()
+
+
 def parse_callgrind(path):
     """A callgrind dump: (instructions, {function: calls to it}), all threads together."""
     total, calls, names, callee = 0, {}, {}, None
@@ -763,6 +885,8 @@ def main():
         "threads": cmd_threads,
         "profile": cmd_profile,
         "profile-report": cmd_profile_report,
+        "sched": cmd_sched,
+        "sched-report": cmd_sched_report,
         "count": cmd_count,
         "count-report": cmd_count_report,
     }[cmd](*args)

@@ -12,6 +12,9 @@
 #                floor-pooled (http only), sidecar-h2 (https only), sidecar-default)
 #   DURATION     seconds per measurement (8; smoke 1)
 #   STRACE=0     skip the second, strace -c pass (syscalls by name; strace slows the target down)
+#   SCHED=1      add a pass under `perf sched record -a` (SCHED_DURATION s, default 3): each CPU's
+#                time by process, where the target's threads ran, and who held their CPU while
+#                they were runnable but waiting (the scheduler's events slow every switch a little)
 #   FLOOR, QUIET_WAIT (600; smoke 0), BENCH_BIN, KEEP_TMP as for run.sh
 #
 # For each target: one wrk run with `perf stat` (task-clock, context switches, CPU migrations,
@@ -38,7 +41,7 @@ for arg in "$@"; do
     *) echo "profile.sh: unknown argument: $arg (try --help)" >&2; exit 64 ;;
   esac
 done
-: "${CONNS:=8}" "${UP:=http}" "${STRACE:=1}" "${TARGETS:=nginx haproxy sidecar floor-tpc}"
+: "${CONNS:=8}" "${UP:=http}" "${STRACE:=1}" "${SCHED:=0}" "${SCHED_DURATION:=3}" "${TARGETS:=nginx haproxy sidecar floor-tpc}"
 if [[ $MODE == smoke ]]; then
   : "${DURATION:=1}" "${PROFILE:=debug}" "${FLOOR:=0}" "${QUIET_WAIT:=0}"
 else
@@ -66,6 +69,7 @@ fi
 start_all
 
 profiles=()
+scheds=()
 for name in $TARGETS; do
   t=$name@$UP
   if [[ -z ${URL[$t]:-} ]]; then
@@ -100,6 +104,16 @@ for name in $TARGETS; do
   if [[ $name == sidecar* ]]; then
     tail -n +"$((log_lines_before + 1))" "${SIDECAR_LOG[$t]}" >"$logf"
   fi
+  if [[ $SCHED == 1 ]] && ((HAVE_PERF)); then
+    wrk_cmd "$t" "$CONNS" "$SCHED_DURATION"
+    perf sched record -a -o "$DIR/$t.sched.data" -- "${WRK[@]}" >"$DIR/$t.sched.wrk" 2>"$DIR/$t.sched.err" \
+      || { cat "$DIR/$t.sched.err" >&2; fail "wrk against $t under perf sched"; }
+    perf sched timehist --state -i "$DIR/$t.sched.data" >"$DIR/$t.sched.txt" 2>/dev/null
+    rm -f "$DIR/$t.sched.data"
+    python3 "$LIB" sched "$DIR/$t.sched.json" "$t" "$DIR/$t.sched.txt" "$pids" "$UP_PID" "$DIR/$t.sched.wrk"
+    scheds+=("$DIR/$t.sched.json")
+    wrk_cmd "$t" "$CONNS" "$DURATION"
+  fi
   if [[ $STRACE == 1 ]]; then
     strace_args=()
     IFS=, read -ra plist <<<"$pids"
@@ -129,3 +143,10 @@ echo "Machine: $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | h
   "migrations from \`perf stat\`$( ((HAVE_PERF)) || echo ' (not available here)')."
 echo
 python3 "$LIB" profile-report "${profiles[@]}"
+if ((${#scheds[@]})); then
+  echo "Who ran where (\`perf sched record -a\`, a separate ${SCHED_DURATION} s run per target; the recording"
+  echo "itself costs each switch a little). Runnable, not running: a thread's time between being woken or"
+  echo "preempted and running again."
+  echo
+  python3 "$LIB" sched-report "${scheds[@]}"
+fi
