@@ -155,8 +155,8 @@ start_nginx() { # name — nginx with $DIR/name/nginx.conf; sets NAME_PID
 # compared on); TLS offering h2 and http/1.1, as Contentstack's edge does (what the sidecar meets
 # in production: it then speaks HTTP/2 upstream; nginx and haproxy never do). /v3/_proto says which
 # protocol and whether TLS a request arrived with, so the bench can check what it measures.
-# One worker process: with two, how a proxy's upstream connections happened to fall on them decided
-# a round's speed (all on one: fewer wake-ups, a fast round; split: a slow one), which is noise
+# One worker process: with two, how a proxy's upstream connections happened to fall on them was the
+# largest factor found in a run's rate (all on one: fast runs; split: slow ones), which is noise
 # from the stand-in, not a property of the proxy (BENCHMARKS.md, "The stand-in's processes").
 start_upstream() {
   mkdir -p "$DIR/up"
