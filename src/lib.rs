@@ -15,6 +15,7 @@ pub mod dev;
 pub mod error_text;
 pub mod metrics;
 pub mod oauth_login;
+pub mod one_task;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
@@ -166,6 +167,10 @@ struct ProxyListener(Arc<Proxy>);
 impl server::Handler for ProxyListener {
     type Connection = proxy::upstream::Pinned;
 
+    fn connection(&self, beside: one_task::Beside) -> proxy::upstream::Pinned {
+        proxy::upstream::Pinned::new(beside)
+    }
+
     /// The proxy's own future, not one wrapped around it: each wrapper would keep, and copy, a
     /// request of its own (docs/design.md#performance).
     fn call(
@@ -183,6 +188,8 @@ struct AdminListener(admin::Admin);
 
 impl server::Handler for AdminListener {
     type Connection = ();
+
+    fn connection(&self, _beside: one_task::Beside) {}
 
     async fn call(
         &self,

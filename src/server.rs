@@ -40,6 +40,7 @@ pub use room::Room;
 use crate::body::Relay;
 use crate::config::ConnectionLimits;
 use crate::metrics::{ConnectionLimit, Metrics};
+use crate::one_task::{Beside, OneTask};
 pub use activity::ReceivingBody;
 use activity::{Activity, Busy, Lapse, Watched};
 use send::{Sending, StallTimer, StreamExecutor};
@@ -49,7 +50,11 @@ use when_woken::{WakeFlag, WhenWoken};
 pub trait Handler: Send + Sync + 'static {
     /// What the handler keeps for the life of one connection (the proxy: the upstream
     /// connection pinned to it).
-    type Connection: Default + Send + Sync + 'static;
+    type Connection: Send + Sync + 'static;
+
+    /// A new connection's; `beside` runs futures inside the connection's own task, and ends them
+    /// with it.
+    fn connection(&self, beside: Beside) -> Self::Connection;
 
     fn call(
         &self,
@@ -291,9 +296,11 @@ impl<H: Handler> Connection<H> {
             .room
             .as_ref()
             .map(|room| room.register(activity.clone()));
+        // The connection and what its handler runs beside it, in this task.
+        let (mut one_task, beside) = OneTask::new();
         let service = {
             let activity = activity.clone();
-            let state = Arc::new(H::Connection::default());
+            let state = Arc::new(handler.connection(beside));
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let handler = handler.clone();
                 let state = state.clone();
@@ -337,7 +344,7 @@ impl<H: Handler> Connection<H> {
                 // client that stops reading is cut off, not waited for (a graceful shutdown would
                 // wait).
                 let served = std::future::poll_fn(|cx| {
-                    if let Poll::Ready(result) = connection.as_mut().poll(cx) {
+                    if let Poll::Ready(result) = one_task.poll(connection.as_mut(), cx) {
                         return Poll::Ready(Some(result));
                     }
                     stalled_writes

@@ -17,6 +17,7 @@ use rustls::pki_types::ServerName;
 
 use crate::body::Relay;
 use crate::config::UpstreamConfig;
+use crate::one_task::Beside;
 
 pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Relay>;
 
@@ -227,7 +228,7 @@ impl UpstreamClients {
         mut request: Request<Relay>,
         pin: &Pinned,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.target.connect().await {
+        let mut sender = match self.target.connect(&pin.beside).await {
             Ok(sender) => sender,
             Err(e) => {
                 tracing::debug!("no pinned upstream connection, using the pool: {e}");
@@ -283,17 +284,18 @@ enum Sent {
 }
 
 impl PinTarget {
-    /// A new HTTP/1.1 connection to the upstream, its task running on this worker, within
-    /// `connect_timeout` (TCP and TLS together: a request that cannot have it soon takes the pool).
-    async fn connect(&self) -> std::io::Result<http1::SendRequest<Relay>> {
+    /// A new HTTP/1.1 connection to the upstream, run by `beside` (in its client connection's
+    /// task), within `connect_timeout` (TCP and TLS together: a request that cannot have it soon
+    /// takes the pool).
+    async fn connect(&self, beside: &Beside) -> std::io::Result<http1::SendRequest<Relay>> {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
             tcp.set_nodelay(true)?;
             match &self.tls {
-                None => handshake(tcp).await,
+                None => handshake(tcp, beside).await,
                 Some((connector, name)) => {
                     let tls = connector.connect(name.clone(), tcp).await?;
-                    handshake(tls).await
+                    handshake(tls, beside).await
                 }
             }
         };
@@ -303,7 +305,7 @@ impl PinTarget {
     }
 }
 
-async fn handshake<I>(io: I) -> std::io::Result<http1::SendRequest<Relay>>
+async fn handshake<I>(io: I, beside: &Beside) -> std::io::Result<http1::SendRequest<Relay>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -311,7 +313,7 @@ where
         .handshake(TokioIo::new(io))
         .await
         .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
+    beside.run(async move {
         if let Err(e) = connection.await {
             tracing::debug!("pinned upstream connection ended: {e}");
         }
@@ -321,9 +323,13 @@ where
 
 /// The upstream connection pinned to one client connection
 /// (docs/design.md#upstream-connections): made at the client connection's second request, used
-/// by every later one while it is free, and closed with the client connection.
-#[derive(Default)]
-pub struct Pinned(Mutex<PinState>);
+/// by every later one while it is free, run in the client connection's task, and closed with it.
+pub struct Pinned {
+    state: Mutex<PinState>,
+    /// Runs the connection in its client connection's task
+    /// (docs/design.md#one-task-per-client-connection).
+    beside: Beside,
+}
 
 #[derive(Default)]
 enum PinState {
@@ -349,8 +355,15 @@ enum Taken {
 }
 
 impl Pinned {
+    pub fn new(beside: Beside) -> Pinned {
+        Pinned {
+            state: Mutex::default(),
+            beside,
+        }
+    }
+
     fn take(&self) -> Taken {
-        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match std::mem::replace(&mut *state, PinState::InUse) {
             PinState::New => {
                 *state = PinState::Open;
@@ -377,16 +390,16 @@ impl Pinned {
     }
 
     fn put(&self, sender: http1::SendRequest<Relay>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Idle(sender);
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Idle(sender);
     }
 
     /// The pinned connection turned out closed: the next request opens another.
     fn reopen(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Open;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Open;
     }
 
     fn failed(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Failed;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Failed;
     }
 }
 
