@@ -10,6 +10,7 @@
 //! task is being polled only marks the other as woken, and the same poll goes on to it; a wake
 //! from anywhere else (the sockets, timers, another task) wakes the task.
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -73,9 +74,8 @@ impl Branch {
     }
 }
 
-/// Runs futures beside a connection, inside its task, until each ends or the connection does (a
-/// handler's: the upstream connection pinned to it). Dropped with the connection's task, so what
-/// it runs needs no other way to end.
+/// Runs futures beside a connection, inside its task (a handler's: the upstream connection pinned
+/// to it). What still runs when the connection ends is left to finish as a task of its own.
 #[derive(Clone)]
 pub struct Beside(Arc<Arrivals>);
 
@@ -85,9 +85,17 @@ struct Arrivals {
 }
 
 impl Beside {
-    /// Runs `future` in the connection's task from its next poll (this one's, when called while
-    /// the task is being polled).
+    /// Runs `future` in the connection's task when called from that task (the poll that calls
+    /// this goes on to it); from any other task (an HTTP/2 stream's), as a task of its own, since
+    /// the hand-overs would cross tasks anyway.
+    ///
+    /// The connection's task is being polled (`inside`) only on the worker thread that calls
+    /// this: a worker's runtime is single-threaded, and what calls this lives on it.
     pub fn run(&self, future: impl Future<Output = ()> + Send + 'static) {
+        if !self.0.branch.task.inside.load(Ordering::SeqCst) {
+            tokio::spawn(future);
+            return;
+        }
         self.0
             .futures
             .lock()
@@ -174,6 +182,12 @@ impl OneTask {
         Poll::Pending
     }
 
+    /// The connection was acted on outside its poll (asked to finish): the next poll polls it,
+    /// as a wake would have it do.
+    pub(crate) fn wake_main(&self) {
+        self.main.0.woken.store(true, Ordering::SeqCst);
+    }
+
     fn any_woken(&self) -> bool {
         self.main.0.is_woken() || self.beside.0.is_woken()
     }
@@ -189,8 +203,38 @@ impl OneTask {
             self.running.append(&mut arrived);
         }
         let mut cx = Context::from_waker(&self.beside.1);
-        self.running
-            .retain_mut(|future| future.as_mut().poll(&mut cx).is_pending());
+        // A panic ends the future that panicked, not the connection, as it would end a task of
+        // its own.
+        self.running.retain_mut(|future| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
+                .unwrap_or_else(|_| {
+                    tracing::error!("a future run beside a connection panicked; it is dropped");
+                    Poll::Ready(())
+                })
+                .is_pending()
+        });
+    }
+}
+
+impl Drop for OneTask {
+    /// What still runs beside the connection is left to finish as a task of its own: the pinned
+    /// connection then closes as it always did once its client connection is gone, gracefully
+    /// (over TLS with its `close_notify`). Without a runtime to take it (the worker is being shut
+    /// down), it is dropped.
+    fn drop(&mut self) {
+        let arrived = std::mem::take(
+            &mut *self
+                .arrivals
+                .futures
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let left = self.running.drain(..).chain(arrived);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for future in left {
+                runtime.spawn(future);
+            }
+        }
     }
 }
 
@@ -198,6 +242,14 @@ impl OneTask {
 mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
+
+    impl OneTask {
+        /// What [`Beside::run`] does when called from the connection's task.
+        fn run_here(&mut self, future: impl Future<Output = ()> + Send + 'static) {
+            self.running.push(Box::pin(future));
+            self.beside.0.woken.store(true, Ordering::SeqCst);
+        }
+    }
 
     /// A task waker that counts its wakes.
     #[derive(Default)]
@@ -271,9 +323,9 @@ mod tests {
     fn a_wake_between_the_futures_is_followed_in_the_same_poll() {
         let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
-        let (mut one, beside) = OneTask::new();
+        let (mut one, _beside) = OneTask::new();
         let upstream = Arc::new(Probe::default());
-        beside.run(probe(upstream.clone(), || {}));
+        one.run_here(probe(upstream.clone(), || {}));
         let client = Arc::new(Probe::default());
         let sent = Arc::new(AtomicBool::new(false));
         let connection = probe(client.clone(), {
@@ -314,11 +366,11 @@ mod tests {
     fn the_connection_woken_from_beside_ends_in_the_same_poll() {
         let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
-        let (mut one, beside) = OneTask::new();
+        let (mut one, _beside) = OneTask::new();
         let client = Arc::new(Probe::default());
         let upstream = Arc::new(Probe::default());
         let answered = Arc::new(AtomicBool::new(false));
-        beside.run(probe(upstream.clone(), {
+        one.run_here(probe(upstream.clone(), {
             let (client, answered) = (client.clone(), answered.clone());
             move || {
                 if answered.load(Ordering::SeqCst) {
@@ -366,9 +418,9 @@ mod tests {
     fn a_wake_as_the_poll_ends_is_not_lost() {
         let (task, waker) = task();
         let mut cx = Context::from_waker(&waker);
-        let (mut one, beside) = OneTask::new();
+        let (mut one, _beside) = OneTask::new();
         let upstream = Arc::new(Probe::default());
-        beside.run(probe(upstream.clone(), || {}));
+        one.run_here(probe(upstream.clone(), || {}));
         let mut connection = std::pin::pin!(std::future::pending::<()>());
         assert!(one.poll(connection.as_mut(), &mut cx).is_pending());
         assert_eq!(upstream.polls(), 1);
@@ -382,7 +434,8 @@ mod tests {
         assert_eq!(task.wakes(), 0);
     }
 
-    /// What runs beside ends on its own or with the task, and is dropped then.
+    /// What runs beside is dropped when it ends, and, where no runtime could take it on, with
+    /// the task.
     #[test]
     fn futures_beside_are_dropped_when_they_end_or_with_the_task() {
         struct Dropped(Arc<AtomicUsize>);
@@ -393,12 +446,12 @@ mod tests {
         }
         let (_task, waker) = task();
         let mut cx = Context::from_waker(&waker);
-        let (mut one, beside) = OneTask::new();
+        let (mut one, _beside) = OneTask::new();
         let dropped = Arc::new(AtomicUsize::new(0));
         let ending = Arc::new(Probe::default());
         for probe_of in [ending.clone(), Arc::new(Probe::default())] {
             let guard = Dropped(dropped.clone());
-            beside.run(probe(probe_of, move || {
+            one.run_here(probe(probe_of, move || {
                 let _ = &guard;
             }));
         }
@@ -416,5 +469,87 @@ mod tests {
             2,
             "the other, with the task"
         );
+    }
+
+    /// The pinned connection is made while the connection's task is being polled: it runs in that
+    /// task, from the same poll on, without the task being woken for it.
+    #[test]
+    fn a_future_handed_over_during_the_poll_runs_in_it() {
+        let (task, waker) = task();
+        let mut cx = Context::from_waker(&waker);
+        let (mut one, beside) = OneTask::new();
+        let upstream = Arc::new(Probe::default());
+        let mut handed = Some(probe(upstream.clone(), || {}));
+        let mut connection = std::pin::pin!(std::future::poll_fn(move |_| {
+            if let Some(future) = handed.take() {
+                beside.run(future);
+            }
+            Poll::<()>::Pending
+        }));
+        assert!(one.poll(connection.as_mut(), &mut cx).is_pending());
+        assert_eq!(upstream.polls(), 1);
+        assert_eq!(task.wakes(), 0);
+        upstream.wake();
+        assert_eq!(task.wakes(), 1, "its wakes wake the connection's task");
+        assert!(one.poll(connection.as_mut(), &mut cx).is_pending());
+        assert_eq!(upstream.polls(), 2);
+    }
+
+    /// Handed over from another task (an HTTP/2 stream's), a future runs as a task of its own:
+    /// the connection's task never polls it.
+    #[tokio::test]
+    async fn a_future_handed_over_from_another_task_runs_as_a_task_of_its_own() {
+        let (one, beside) = OneTask::new();
+        let (ran, done) = tokio::sync::oneshot::channel();
+        beside.run(async move {
+            let _ = ran.send(());
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), done)
+            .await
+            .expect("it ran, as a task of its own")
+            .unwrap();
+        assert!(one.running.is_empty());
+        assert!(one.arrivals.futures.lock().unwrap().is_empty());
+    }
+
+    /// What still runs beside a connection that ends goes on as a task of its own (the pinned
+    /// connection closes gracefully once its client connection is gone).
+    #[tokio::test]
+    async fn what_runs_beside_a_connection_that_ends_goes_on_as_a_task() {
+        let (_task, waker) = task();
+        let mut cx = Context::from_waker(&waker);
+        let (mut one, _beside) = OneTask::new();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (finished, done) = tokio::sync::oneshot::channel();
+        one.run_here(async move {
+            let _ = wait.await;
+            let _ = finished.send(());
+        });
+        let mut connection = std::pin::pin!(std::future::pending::<()>());
+        assert!(one.poll(connection.as_mut(), &mut cx).is_pending());
+        drop(one);
+        go.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), done)
+            .await
+            .expect("it finished after the connection ended")
+            .unwrap();
+    }
+
+    /// A panic in a future run beside ends that future, not the connection, as it would end a
+    /// task of its own.
+    #[test]
+    fn a_panic_beside_ends_that_future_only() {
+        let (_task, waker) = task();
+        let mut cx = Context::from_waker(&waker);
+        let (mut one, _beside) = OneTask::new();
+        one.run_here(async { panic!("a bug in the upstream connection") });
+        let client = Arc::new(Probe::default());
+        let mut connection = std::pin::pin!(probe(client.clone(), || {}));
+        assert!(one.poll(connection.as_mut(), &mut cx).is_pending());
+        assert!(one.running.is_empty(), "the future that panicked is gone");
+        assert_eq!(client.polls(), 1, "the connection goes on");
+        client.done.store(true, Ordering::SeqCst);
+        client.wake();
+        assert_eq!(one.poll(connection.as_mut(), &mut cx), Poll::Ready(()));
     }
 }

@@ -330,6 +330,7 @@ impl<H: Handler> Connection<H> {
         let mut finishing = *stop.borrow();
         if finishing {
             connection.as_mut().graceful_shutdown();
+            one_task.wake_main();
         }
         // When an idle connection asked to finish must be gone (see below).
         let mut close_by: Option<Instant> = None;
@@ -380,6 +381,7 @@ impl<H: Handler> Connection<H> {
                 Turn::Control(Control::Stop) => {
                     finishing = true;
                     connection.as_mut().graceful_shutdown();
+                    one_task.wake_main();
                 }
                 Turn::Control(Control::CheckDue) => {
                     match activity.lapsed(idle_timeout, header_read_timeout, finishing) {
@@ -393,6 +395,7 @@ impl<H: Handler> Connection<H> {
                                 .connection_limit(ConnectionLimit::IdleTimeout);
                             finishing = true;
                             connection.as_mut().graceful_shutdown();
+                            one_task.wake_main();
                             // Nothing is in flight, so all that is left is HTTP/2's goodbye
                             // (GOAWAY, and a PING the client must answer); a client that never
                             // answers must not hold the connection by it.

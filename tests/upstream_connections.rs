@@ -102,7 +102,24 @@ async fn upstream_serving(serve: Serve) -> (std::net::SocketAddr, Arc<Upstream>)
                                 .map(|h| h.to_str().unwrap().to_owned())
                                 .unwrap_or_default(),
                         });
-                        let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+                        // A request that asks for `x-answer-bytes` is read whole, and answered
+                        // with that many bytes and how many it sent.
+                        let answer_bytes = req
+                            .headers()
+                            .get("x-answer-bytes")
+                            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+                        let mut response = match answer_bytes {
+                            None => Response::new(Full::new(Bytes::from_static(b"{}"))),
+                            Some(n) => {
+                                let received = req.into_body().collect().await.unwrap().to_bytes();
+                                let mut response =
+                                    Response::new(Full::new(Bytes::from(vec![b'a'; n])));
+                                response
+                                    .headers_mut()
+                                    .insert("x-received", http::HeaderValue::from(received.len()));
+                                return Ok(response);
+                            }
+                        };
                         if req.headers().contains_key("x-close") {
                             response.headers_mut().insert(
                                 http::header::CONNECTION,
@@ -236,7 +253,120 @@ async fn a_client_connection_gets_an_upstream_connection_of_its_own_from_its_sec
     .await;
     assert_eq!(b.get("/v3/content_types?of=b", false).await, 200);
     assert_eq!(upstream.seen().last().unwrap().connection, of_b[0]);
-    proxy.shutdown().await;
+    assert!(
+        proxy.shutdown().await,
+        "idle client connections with pinned ones drain"
+    );
+}
+
+/// A body streamed both ways over the pinned connection, which runs in its client connection's
+/// task (docs/design.md#one-task-per-client-connection): the request's body reaches the upstream
+/// whole while the client is still sending it, and the answer's reaches the client whole; the
+/// connection then carries the next request.
+#[tokio::test]
+async fn a_pinned_connection_streams_bodies_both_ways() {
+    const SIZE: usize = 8 << 20;
+    const CHUNK: usize = 64 << 10;
+    let (addr, upstream) = upstream().await;
+    let proxy = proxy_to(addr).await;
+    let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::StreamBody<
+            futures_util::stream::Iter<
+                std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::io::Error>>,
+            >,
+        >,
+    >(TokioIo::new(stream))
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let body = |chunks: usize| {
+        let frames: Vec<_> = (0..chunks)
+            .map(|_| Ok(hyper::body::Frame::data(Bytes::from(vec![b'b'; CHUNK]))))
+            .collect();
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    };
+    let mut send = async |method: &str, target: &str, chunks: usize| {
+        let request = Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .header("content-length", chunks * CHUNK)
+            .header("x-answer-bytes", SIZE)
+            .body(body(chunks))
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let received = response
+            .headers()
+            .get("x-received")
+            .map(|v| v.to_str().unwrap().parse::<usize>().unwrap());
+        let answer = response.into_body().collect().await.unwrap().to_bytes();
+        (status, received, answer.len())
+    };
+    // The first request takes the pool; the second and third the pinned connection.
+    assert_eq!(
+        send("GET", "/v3/content_types", 0).await,
+        (200, Some(0), SIZE)
+    );
+    let put = send("PUT", "/v3/content_types/blog", SIZE / CHUNK).await;
+    assert_eq!(put, (200, Some(SIZE), SIZE));
+    assert_eq!(
+        send("GET", "/v3/content_types", 0).await,
+        (200, Some(0), SIZE)
+    );
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_ne!(seen[1].connection, seen[0].connection, "pinned: {seen:?}");
+    assert_eq!(seen[2].connection, seen[1].connection, "{seen:?}");
+    // Idle between requests, the client connection and its pinned connection finish when asked.
+    assert!(proxy.shutdown().await, "drained");
+}
+
+/// An HTTP/2 client's requests, one after another, over an HTTP/1.1 upstream: from its second
+/// request on, one upstream connection of its own; its streams are tasks of their own, and so is
+/// that connection (docs/design.md#one-task-per-client-connection). The client connection and the
+/// pinned one drain at shutdown.
+#[tokio::test]
+async fn an_http2_client_connection_gets_a_pinned_connection_and_drains() {
+    let (addr, upstream) = upstream().await;
+    let proxy = proxy_to(addr).await;
+    let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for n in 1..=4 {
+        let request = Request::get(format!("http://localhost/v3/content_types?n={n}"))
+            .body(Empty::new())
+            .unwrap();
+        sender.ready().await.unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(
+        seen.iter().all(|s| s.version == http::Version::HTTP_11),
+        "{seen:?}"
+    );
+    assert_ne!(seen[1].connection, seen[0].connection, "pinned: {seen:?}");
+    assert!(
+        seen[1..].iter().all(|s| s.connection == seen[1].connection),
+        "{seen:?}"
+    );
+    assert!(proxy.shutdown().await, "drained");
 }
 
 #[tokio::test]
@@ -268,7 +398,10 @@ async fn a_pinned_connection_the_upstream_closes_is_replaced() {
         "{seen:?}"
     );
     assert_eq!(connection(5), connection(4), "{seen:?}");
-    proxy.shutdown().await;
+    assert!(
+        proxy.shutdown().await,
+        "idle client connections with pinned ones drain"
+    );
 }
 
 #[tokio::test]
@@ -301,7 +434,10 @@ async fn over_tls_a_pinned_connection_speaks_http1_and_an_http2_upstream_pins_no
         "{seen:?}"
     );
     assert!(seen.iter().all(|s| s.host == addr.to_string()), "{seen:?}");
-    proxy.shutdown().await;
+    assert!(
+        proxy.shutdown().await,
+        "idle client connections with pinned ones drain"
+    );
 
     // Contentstack's edge offers HTTP/2: the pool's one connection carries everything, and no
     // request carries a `host` header beside `:authority` (nginx refuses such a request with 400).

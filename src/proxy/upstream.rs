@@ -284,9 +284,9 @@ enum Sent {
 }
 
 impl PinTarget {
-    /// A new HTTP/1.1 connection to the upstream, run by `beside` (in its client connection's
-    /// task), within `connect_timeout` (TCP and TLS together: a request that cannot have it soon
-    /// takes the pool).
+    /// A new HTTP/1.1 connection to the upstream, run by `beside` (in its HTTP/1 client
+    /// connection's task; an HTTP/2 stream's makes it a task of its own), within `connect_timeout`
+    /// (TCP and TLS together: a request that cannot have it soon takes the pool).
     async fn connect(&self, beside: &Beside) -> std::io::Result<http1::SendRequest<Relay>> {
         let connect = async {
             let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port)).await?;
