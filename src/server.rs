@@ -52,8 +52,8 @@ pub trait Handler: Send + Sync + 'static {
     /// connection pinned to it).
     type Connection: Send + Sync + 'static;
 
-    /// A new connection's; `beside` runs futures inside the connection's own task, and ends them
-    /// with it.
+    /// A new connection's; `beside` runs futures inside the connection's own task
+    /// (docs/design.md#one-task-per-client-connection).
     fn connection(&self, beside: Beside) -> Self::Connection;
 
     fn call(

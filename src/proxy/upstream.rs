@@ -323,7 +323,8 @@ where
 
 /// The upstream connection pinned to one client connection
 /// (docs/design.md#upstream-connections): made at the client connection's second request, used
-/// by every later one while it is free, run in the client connection's task, and closed with it.
+/// by every later one while it is free, run in an HTTP/1 client connection's task, and closed
+/// once the client connection is gone.
 pub struct Pinned {
     state: Mutex<PinState>,
     /// Runs the connection in its client connection's task
