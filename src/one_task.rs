@@ -109,7 +109,8 @@ impl Beside {
 pub(crate) struct OneTask {
     task: Arc<TaskState>,
     main: (Arc<Branch>, Waker),
-    beside: (Arc<Branch>, Waker),
+    /// The waker of what runs beside; its mark is `arrivals.branch`.
+    beside_waker: Waker,
     arrivals: Arc<Arrivals>,
     running: Vec<Boxed>,
     /// Called as a poll that found nothing woken is about to leave: where a test makes a wake
@@ -122,15 +123,15 @@ impl OneTask {
     pub(crate) fn new() -> (OneTask, Beside) {
         let task = Arc::new(TaskState::default());
         let main = Branch::new(&task);
-        let beside = Branch::new(&task);
+        let (branch, beside_waker) = Branch::new(&task);
         let arrivals = Arc::new(Arrivals {
             futures: Mutex::default(),
-            branch: beside.0.clone(),
+            branch,
         });
         let one = OneTask {
             task,
             main,
-            beside,
+            beside_waker,
             arrivals: arrivals.clone(),
             running: Vec::new(),
             #[cfg(test)]
@@ -150,7 +151,7 @@ impl OneTask {
         self.task.waker.register(cx.waker());
         self.task.inside.store(true, Ordering::SeqCst);
         for _ in 0..PASSES {
-            let beside = self.beside.0.take();
+            let beside = self.arrivals.branch.take();
             if beside {
                 self.poll_beside();
             }
@@ -189,7 +190,7 @@ impl OneTask {
     }
 
     fn any_woken(&self) -> bool {
-        self.main.0.is_woken() || self.beside.0.is_woken()
+        self.main.0.is_woken() || self.arrivals.branch.is_woken()
     }
 
     /// Takes on the futures handed over since, and polls every one; those that end are dropped.
@@ -202,7 +203,7 @@ impl OneTask {
                 .unwrap_or_else(|e| e.into_inner());
             self.running.append(&mut arrived);
         }
-        let mut cx = Context::from_waker(&self.beside.1);
+        let mut cx = Context::from_waker(&self.beside_waker);
         // A panic ends the future that panicked, not the connection, as it would end a task of
         // its own.
         self.running.retain_mut(|future| {
@@ -247,7 +248,7 @@ mod tests {
         /// What [`Beside::run`] does when called from the connection's task.
         fn run_here(&mut self, future: impl Future<Output = ()> + Send + 'static) {
             self.running.push(Box::pin(future));
-            self.beside.0.woken.store(true, Ordering::SeqCst);
+            self.arrivals.branch.woken.store(true, Ordering::SeqCst);
         }
     }
 
