@@ -52,7 +52,7 @@ enum Serve {
 }
 
 /// An HTTP/1.1 upstream that records each request; a request with `x-close: 1` is answered with
-/// `connection: close`.
+/// `connection: close`, and one with `x-stall` never.
 async fn upstream() -> (std::net::SocketAddr, Arc<Upstream>) {
     upstream_serving(Serve::Plain).await
 }
@@ -104,6 +104,10 @@ async fn upstream_serving(serve: Serve) -> (std::net::SocketAddr, Arc<Upstream>)
                         });
                         // A request that asks for `x-answer-bytes` is read whole, and answered
                         // with that many bytes and how many it sent.
+                        // `x-stall` is never answered.
+                        if req.headers().contains_key("x-stall") {
+                            std::future::pending::<()>().await;
+                        }
                         let answer_bytes = req
                             .headers()
                             .get("x-answer-bytes")
@@ -189,9 +193,14 @@ impl Client {
     }
 
     async fn get(&mut self, target: &str, close: bool) -> u16 {
+        self.get_with(target, close.then_some("x-close")).await
+    }
+
+    /// A GET with `header` (set to `1`), if any.
+    async fn get_with(&mut self, target: &str, header: Option<&str>) -> u16 {
         let mut request = Request::get(target).header("host", "localhost");
-        if close {
-            request = request.header("x-close", "1");
+        if let Some(header) = header {
+            request = request.header(header, "1");
         }
         self.0.ready().await.unwrap();
         let response = self
@@ -404,6 +413,64 @@ async fn a_pinned_connection_the_upstream_closes_is_replaced() {
     );
 }
 
+/// A request given up on while it has its client connection's pinned upstream connection (its
+/// deadline here; an HTTP/2 reset or its client leaving alike) closes that connection, and the
+/// client connection's next request opens another: the client connection is not left on the pool
+/// for good.
+#[tokio::test]
+async fn a_request_given_up_on_its_pinned_connection_leaves_the_next_request_one() {
+    let (addr, upstream) = upstream().await;
+    let config = cma_auth_proxy::Config::from_toml(
+        &one_worker_toml(&format!("http://{addr}"), "request_timeout = \"300ms\"", ""),
+        Vec::new(),
+        None,
+    )
+    .unwrap();
+    let proxy = cma_auth_proxy::start(config).await.unwrap();
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.get("/v3/content_types?n=1", false).await, 200);
+    assert_eq!(client.get("/v3/content_types?n=2", false).await, 200);
+    assert_eq!(
+        client
+            .get_with("/v3/content_types?n=3", Some("x-stall"))
+            .await,
+        504
+    );
+    eventually(
+        5,
+        "the pinned connection of the request given up on closes",
+        || {
+            let open = upstream.open();
+            async move { open == 1 }
+        },
+    )
+    .await;
+    for n in 4..=6 {
+        assert_eq!(
+            client.get(&format!("/v3/content_types?n={n}"), false).await,
+            200
+        );
+    }
+    let seen = upstream.seen();
+    let connection = |n: usize| seen[n - 1].connection;
+    assert_ne!(
+        connection(2),
+        connection(1),
+        "pinned from the second: {seen:?}"
+    );
+    assert_eq!(connection(3), connection(2), "{seen:?}");
+    assert!(
+        connection(4) != connection(1) && connection(4) != connection(2),
+        "the next request opens a pinned connection, not the pool's: {seen:?}"
+    );
+    assert_eq!(connection(5), connection(4), "{seen:?}");
+    assert_eq!(connection(6), connection(4), "{seen:?}");
+    assert!(
+        proxy.shutdown().await,
+        "idle client connections with pinned ones drain"
+    );
+}
+
 #[tokio::test]
 async fn over_tls_a_pinned_connection_speaks_http1_and_an_http2_upstream_pins_nothing() {
     // An upstream offering only HTTP/1.1: pinned connections, over TLS, verified like the pool's.
@@ -550,8 +617,8 @@ async fn each_request_of_a_connection_keeps_its_own_upstream_deadline() {
     .unwrap();
     let proxy = cma_auth_proxy::start(config).await.unwrap();
     let mut client = Client::connect(&proxy).await;
-    // The pool, then the connection's pinned upstream connection, then the pool again (a request
-    // given up on takes its pinned connection with it).
+    // The pool, then the connection's pinned upstream connection; a request given up on closes
+    // its pinned connection, and the next request opens another.
     for _ in 0..3 {
         assert_eq!(client.get("/v3/content_types", false).await, 200);
         let started = std::time::Instant::now();

@@ -142,35 +142,32 @@ impl UpstreamClients {
         pin: Option<&'a Pinned>,
     ) -> impl Future<Output = Result<Response<Incoming>, SendError>> + Send + 'a {
         // (A client connection's first request always takes the pool, and tells what it speaks.)
-        let pin = pin.filter(|_| {
-            self.spoken.load(std::sync::atomic::Ordering::Relaxed) != HTTP2
-                && request.version() == Version::HTTP_11
-        });
-        let way = match pin.map(|pin| (pin, pin.take())) {
-            Some((pin, Taken::Ready(mut sender))) => {
+        let pin = pin.filter(|_| self.spoken.load(std::sync::atomic::Ordering::Relaxed) != HTTP2);
+        let way = match pin.map(Pinned::take) {
+            Some(Taken::Ready(held, mut sender)) => {
                 self.add_host(&mut request);
                 // Boxed: hyper's future keeps room for the request it may give back, and the
                 // futures around it would copy that room each time they move.
                 let answer = Box::pin(sender.try_send_request(request));
-                Way::Pinned(pin, sender, answer)
+                Way::Pinned(held, sender, answer)
             }
             // Boxed: connecting (TCP, TLS, the HTTP/1 handshake) is a large future, taken once per
             // client connection; inline it would be copied with every request's future.
-            Some((pin, Taken::Open)) => {
-                Way::Connecting(Box::pin(self.connect_pinned(request, pin)))
+            Some(Taken::Open(held)) => {
+                Way::Connecting(Box::pin(self.connect_pinned(request, held)))
             }
             // The first request of a connection takes the pool: a client that sends one request
             // per connection never costs Contentstack a connection of its own.
-            Some((_, Taken::FirstRequest | Taken::Busy | Taken::Failed)) | None => {
+            Some(Taken::FirstRequest | Taken::Busy | Taken::Failed) | None => {
                 Way::Pooled(self.pooled(request))
             }
         };
         async move {
             match way {
-                Way::Pinned(pin, sender, answer) => {
+                Way::Pinned(held, sender, answer) => {
                     // The request given back is handed on before the wait: the future keeps no
                     // room for it.
-                    let again = match self.pinned_answer(pin, sender, answer.await) {
+                    let again = match self.pinned_answer(held, sender, answer.await) {
                         Sent::Answered(result) => return result,
                         Sent::NotSent(request) => self.pooled(request),
                     };
@@ -226,19 +223,19 @@ impl UpstreamClients {
     async fn connect_pinned(
         &self,
         mut request: Request<Relay>,
-        pin: &Pinned,
+        held: Held<'_>,
     ) -> Result<Response<Incoming>, SendError> {
-        let mut sender = match self.target.connect(&pin.beside).await {
+        let mut sender = match self.target.connect(&held.pin.beside).await {
             Ok(sender) => sender,
             Err(e) => {
                 tracing::debug!("no pinned upstream connection, using the pool: {e}");
-                pin.failed();
+                held.end(PinState::Failed);
                 return self.pooled(request).await;
             }
         };
         self.add_host(&mut request);
         let answer = sender.try_send_request(request).await;
-        match self.pinned_answer(pin, sender, answer) {
+        match self.pinned_answer(held, sender, answer) {
             Sent::Answered(result) => result,
             Sent::NotSent(request) => self.pooled(request).await,
         }
@@ -249,18 +246,18 @@ impl UpstreamClients {
     /// idle) goes to the pool, as a pooled connection's request would be retried on another.
     fn pinned_answer(
         &self,
-        pin: &Pinned,
+        held: Held<'_>,
         sender: http1::SendRequest<Relay>,
         answer: Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<Relay>>>,
     ) -> Sent {
         match answer {
             Ok(response) => {
-                pin.put(sender);
+                held.end(PinState::Idle(sender));
                 Sent::Answered(Ok(response))
             }
             Err(mut e) => match e.take_message() {
                 Some(mut request) => {
-                    pin.reopen();
+                    held.end(PinState::Open);
                     request.headers_mut().remove(header::HOST);
                     Sent::NotSent(request)
                 }
@@ -273,7 +270,7 @@ impl UpstreamClients {
 /// The way [`UpstreamClients::send`] sent a request: over the pinned connection (its answer to
 /// come), opening that connection first, or over the pool.
 enum Way<'a, A, C, P> {
-    Pinned(&'a Pinned, http1::SendRequest<Relay>, Pin<Box<A>>),
+    Pinned(Held<'a>, http1::SendRequest<Relay>, Pin<Box<A>>),
     Connecting(Pin<Box<C>>),
     Pooled(P),
 }
@@ -341,18 +338,43 @@ enum PinState {
     Open,
     /// The pinned connection, when not in use.
     Idle(http1::SendRequest<Relay>),
-    /// In use by a request (another, on an HTTP/2 client connection, takes the pool).
+    /// In use by a request ([`Held`]; another, on an HTTP/2 client connection, takes the pool).
     InUse,
     /// Connecting failed: this client connection keeps to the pool.
     Failed,
 }
 
-enum Taken {
+enum Taken<'a> {
     FirstRequest,
-    Open,
-    Ready(http1::SendRequest<Relay>),
+    Open(Held<'a>),
+    Ready(Held<'a>, http1::SendRequest<Relay>),
     Busy,
     Failed,
+}
+
+/// A request's use of its client connection's pinned connection, while the pin is
+/// [`PinState::InUse`]. The request ends it with what it leaves: the connection, idle again; a
+/// connection to open (it turned out closed); or none to be had. A request dropped before it ends
+/// it (its deadline, an HTTP/2 reset, its client gone) has left that connection in the middle of
+/// an exchange, and hyper closes a connection whose request was given up on; so the use ends as
+/// [`PinState::Open`], and the client connection's next request opens another
+/// (docs/design.md#upstream-connections).
+struct Held<'a> {
+    pin: &'a Pinned,
+}
+
+impl Held<'_> {
+    fn end(self, state: PinState) {
+        self.pin.set(state);
+        // Ended: not again as dropped.
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.pin.set(PinState::Open);
+    }
 }
 
 impl Pinned {
@@ -363,15 +385,15 @@ impl Pinned {
         }
     }
 
-    fn take(&self) -> Taken {
+    fn take(&self) -> Taken<'_> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         match std::mem::replace(&mut *state, PinState::InUse) {
             PinState::New => {
                 *state = PinState::Open;
                 Taken::FirstRequest
             }
-            PinState::Open => Taken::Open,
-            PinState::Idle(sender) if sender.is_ready() => Taken::Ready(sender),
+            PinState::Open => Taken::Open(Held { pin: self }),
+            PinState::Idle(sender) if sender.is_ready() => Taken::Ready(Held { pin: self }, sender),
             // Closed by the upstream: the next request opens another.
             PinState::Idle(sender) if sender.is_closed() => {
                 *state = PinState::Open;
@@ -390,17 +412,8 @@ impl Pinned {
         }
     }
 
-    fn put(&self, sender: http1::SendRequest<Relay>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Idle(sender);
-    }
-
-    /// The pinned connection turned out closed: the next request opens another.
-    fn reopen(&self) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Open;
-    }
-
-    fn failed(&self) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = PinState::Failed;
+    fn set(&self, state: PinState) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = state;
     }
 }
 
