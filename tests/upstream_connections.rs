@@ -378,6 +378,73 @@ async fn an_http2_client_connection_gets_a_pinned_connection_and_drains() {
     assert!(proxy.shutdown().await, "drained");
 }
 
+/// An HTTP/2 client that resets the stream whose request has its connection's pinned upstream
+/// connection gives that request up as a deadline would: the pinned connection closes, and the
+/// client connection's next request opens another.
+#[tokio::test]
+async fn a_stream_reset_on_its_pinned_connection_leaves_the_next_request_one() {
+    let (addr, upstream) = upstream().await;
+    let proxy = proxy_to(addr).await;
+    let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let get = |n: usize, stall: bool| {
+        let mut request = Request::get(format!("http://localhost/v3/content_types?n={n}"));
+        if stall {
+            request = request.header("x-stall", "1");
+        }
+        request.body(Empty::new()).unwrap()
+    };
+    for n in 1..=2 {
+        sender.ready().await.unwrap();
+        let response = sender.send_request(get(n, false)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+    sender.ready().await.unwrap();
+    let stalled = tokio::spawn(sender.send_request(get(3, true)));
+    eventually(5, "the stalled request reaches the upstream", || {
+        let seen = upstream.seen().len();
+        async move { seen == 3 }
+    })
+    .await;
+    // Dropping the answer's future resets the stream.
+    stalled.abort();
+    eventually(
+        5,
+        "the pinned connection of the reset request closes",
+        || {
+            let open = upstream.open();
+            async move { open == 1 }
+        },
+    )
+    .await;
+    for n in 4..=6 {
+        sender.ready().await.unwrap();
+        let response = sender.send_request(get(n, false)).await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+    let seen = upstream.seen();
+    let connection = |n: usize| seen[n - 1].connection;
+    assert_ne!(connection(2), connection(1), "pinned: {seen:?}");
+    assert_eq!(connection(3), connection(2), "{seen:?}");
+    assert!(
+        connection(4) != connection(1) && connection(4) != connection(2),
+        "the next request opens a pinned connection, not the pool's: {seen:?}"
+    );
+    assert_eq!(connection(5), connection(4), "{seen:?}");
+    assert_eq!(connection(6), connection(4), "{seen:?}");
+    assert!(proxy.shutdown().await, "drained");
+}
+
 #[tokio::test]
 async fn a_pinned_connection_the_upstream_closes_is_replaced() {
     let (addr, upstream) = upstream().await;
