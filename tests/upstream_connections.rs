@@ -445,6 +445,79 @@ async fn a_stream_reset_on_its_pinned_connection_leaves_the_next_request_one() {
     assert!(proxy.shutdown().await, "drained");
 }
 
+/// A pinned connection that fails after the request went out (the upstream closes it without an
+/// answer) is gone with that request: the request is answered 502, and the client connection's
+/// next request opens another pinned connection.
+#[tokio::test]
+async fn a_pinned_connection_that_fails_mid_exchange_is_replaced() {
+    // An HTTP/1.1 upstream that answers each request head at once, except one with `x-fail`,
+    // whose connection it closes instead; it records the connection each head came on.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen: Arc<Mutex<Vec<(usize, String)>>> = Arc::default();
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut accepted = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            accepted += 1;
+            let (connection, seen) = (accepted, recorded.clone());
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                loop {
+                    let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let mut chunk = [0; 4096];
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                    buffer.drain(..end + 4);
+                    let target = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push((connection, target));
+                    if head.contains("\r\nx-fail:") {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+                    if stream.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy_to(addr).await;
+    let mut client = Client::connect(&proxy).await;
+    assert_eq!(client.get("/v3/content_types?n=1", false).await, 200);
+    assert_eq!(client.get("/v3/content_types?n=2", false).await, 200);
+    assert_eq!(
+        client
+            .get_with("/v3/content_types?n=3", Some("x-fail"))
+            .await,
+        502
+    );
+    for n in 4..=6 {
+        assert_eq!(
+            client.get(&format!("/v3/content_types?n={n}"), false).await,
+            200
+        );
+    }
+    let seen = seen.lock().unwrap().clone();
+    let connection = |n: usize| seen[n - 1].0;
+    assert_eq!(seen.len(), 6, "{seen:?}");
+    assert_ne!(connection(2), connection(1), "pinned: {seen:?}");
+    assert_eq!(connection(3), connection(2), "{seen:?}");
+    assert!(
+        connection(4) != connection(1) && connection(4) != connection(2),
+        "the next request opens a pinned connection, not the pool's: {seen:?}"
+    );
+    assert_eq!(connection(5), connection(4), "{seen:?}");
+    assert_eq!(connection(6), connection(4), "{seen:?}");
+    assert!(proxy.shutdown().await, "drained");
+}
+
 #[tokio::test]
 async fn a_pinned_connection_the_upstream_closes_is_replaced() {
     let (addr, upstream) = upstream().await;

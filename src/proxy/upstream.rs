@@ -354,11 +354,11 @@ enum Taken<'a> {
 
 /// A request's use of its client connection's pinned connection, while the pin is
 /// [`PinState::InUse`]. The request ends it with what it leaves: the connection, idle again; a
-/// connection to open (it turned out closed); or none to be had. A request dropped before it ends
-/// it (its deadline, an HTTP/2 reset, its client gone) has left that connection in the middle of
-/// an exchange, and hyper closes a connection whose request was given up on; so the use ends as
-/// [`PinState::Open`], and the client connection's next request opens another
-/// (docs/design.md#upstream-connections).
+/// connection to open (it turned out closed); or none to be had. Otherwise the connection is
+/// gone with the request: it failed after the request went out, or the request was dropped (its
+/// deadline, an HTTP/2 reset, its client gone) in the middle of the exchange, and hyper closes a
+/// connection whose request was given up on. So a use not ended leaves [`PinState::Open`], and
+/// the client connection's next request opens another (docs/design.md#upstream-connections).
 struct Held<'a> {
     pin: &'a Pinned,
 }
