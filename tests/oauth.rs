@@ -204,8 +204,10 @@ async fn an_access_token_that_expires_under_a_hundred_busy_clients_causes_one_re
     assert_eq!(proxy.get("/v3/user").send().await.unwrap().status(), 200);
     let stop = Arc::new(AtomicBool::new(false));
     let clients = busy_clients(&proxy, 100, &stop);
+    // Upstream requests, of which there are a few dozen a second: the clients' identical reads
+    // are coalesced, one upstream request per flight.
     eventually(10, "load is running", || async {
-        fake.requests().len() > 300
+        fake.requests().len() > 100
     })
     .await;
     // The CMA stops accepting the access token before the proxy expects it to (a clock ahead, a
@@ -213,7 +215,7 @@ async fn an_access_token_that_expires_under_a_hundred_busy_clients_causes_one_re
     fake.expire_access_tokens();
     let expired_at = fake.requests().len();
     eventually(20, "load continues after the expiry", || async {
-        fake.requests().len() > expired_at + 1000
+        fake.requests().len() > expired_at + 200
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -256,8 +258,11 @@ async fn a_token_is_renewed_ahead_of_its_expiry_while_clients_are_busy() {
     eventually(15, "the renewal", || async { fake.refreshes() == 2 }).await;
     let renewed = fake.refresh_attempts()[1].at;
     let after = fake.requests().len();
+    // A few upstream requests, not hundreds: the clients' identical reads are coalesced, so the
+    // upstream sees one per flight (a few dozen a second on a busy two-core machine), and the
+    // next renewal is due about four seconds after this one.
     eventually(10, "load continues after the renewal", || async {
-        fake.requests().len() > after + 300
+        fake.requests().len() > after + 30
     })
     .await;
     stop.store(true, Ordering::Relaxed);
