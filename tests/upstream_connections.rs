@@ -214,6 +214,63 @@ impl Client {
     }
 }
 
+/// What the three ways of losing a pinned connection mid-exchange have in common: request 1 of a
+/// client connection took the pool, 2 and 3 its pinned connection, 3 was given up on or failed
+/// there, and 4 to 6 went over one new pinned connection, neither the pool's nor the old one.
+/// `connections` are the upstream connections requests 1 to 6 came on.
+fn assert_pinned_anew_after_the_third(connections: [usize; 6], seen: &dyn std::fmt::Debug) {
+    let connection = |n: usize| connections[n - 1];
+    assert_ne!(connection(2), connection(1), "pinned: {seen:?}");
+    assert_eq!(connection(3), connection(2), "{seen:?}");
+    assert!(
+        connection(4) != connection(1) && connection(4) != connection(2),
+        "the next request opens a pinned connection, not the pool's: {seen:?}"
+    );
+    assert_eq!(connection(5), connection(4), "{seen:?}");
+    assert_eq!(connection(6), connection(4), "{seen:?}");
+}
+
+/// One HTTP/2 client connection to the proxy.
+struct H2Client(hyper::client::conn::http2::SendRequest<Empty<Bytes>>);
+
+impl H2Client {
+    async fn connect(proxy: &cma_auth_proxy::Running) -> H2Client {
+        let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
+            .await
+            .unwrap();
+        let (sender, connection) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+            hyper_util::rt::TokioExecutor::new(),
+            TokioIo::new(stream),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        H2Client(sender)
+    }
+
+    /// Sends GET `/v3/content_types?n=N`, with `header` (set to `1`) if any; the answer's future.
+    async fn send(
+        &mut self,
+        n: usize,
+        header: Option<&str>,
+    ) -> impl Future<Output = hyper::Result<Response<Incoming>>> + use<> {
+        let mut request = Request::get(format!("http://localhost/v3/content_types?n={n}"));
+        if let Some(header) = header {
+            request = request.header(header, "1");
+        }
+        self.0.ready().await.unwrap();
+        self.0.send_request(request.body(Empty::new()).unwrap())
+    }
+
+    /// GET `/v3/content_types?n=N`, its body read; its status.
+    async fn get(&mut self, n: usize) -> u16 {
+        let response = self.send(n, None).await.await.unwrap();
+        let status = response.status().as_u16();
+        response.into_body().collect().await.unwrap();
+        status
+    }
+}
+
 #[tokio::test]
 async fn a_client_connection_gets_an_upstream_connection_of_its_own_from_its_second_request() {
     let (addr, upstream) = upstream().await;
@@ -345,24 +402,9 @@ async fn a_pinned_connection_streams_bodies_both_ways() {
 async fn an_http2_client_connection_gets_a_pinned_connection_and_drains() {
     let (addr, upstream) = upstream().await;
     let proxy = proxy_to(addr).await;
-    let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let mut client = H2Client::connect(&proxy).await;
     for n in 1..=4 {
-        let request = Request::get(format!("http://localhost/v3/content_types?n={n}"))
-            .body(Empty::new())
-            .unwrap();
-        sender.ready().await.unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.unwrap();
+        assert_eq!(client.get(n).await, 200);
     }
     let seen = upstream.seen();
     assert_eq!(seen.len(), 4, "{seen:?}");
@@ -385,31 +427,11 @@ async fn an_http2_client_connection_gets_a_pinned_connection_and_drains() {
 async fn a_stream_reset_on_its_pinned_connection_leaves_the_next_request_one() {
     let (addr, upstream) = upstream().await;
     let proxy = proxy_to(addr).await;
-    let stream = tokio::net::TcpStream::connect(proxy.proxy_addr().tcp().unwrap())
-        .await
-        .unwrap();
-    let (mut sender, connection) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(connection);
-    let get = |n: usize, stall: bool| {
-        let mut request = Request::get(format!("http://localhost/v3/content_types?n={n}"));
-        if stall {
-            request = request.header("x-stall", "1");
-        }
-        request.body(Empty::new()).unwrap()
-    };
+    let mut client = H2Client::connect(&proxy).await;
     for n in 1..=2 {
-        sender.ready().await.unwrap();
-        let response = sender.send_request(get(n, false)).await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.unwrap();
+        assert_eq!(client.get(n).await, 200);
     }
-    sender.ready().await.unwrap();
-    let stalled = tokio::spawn(sender.send_request(get(3, true)));
+    let stalled = tokio::spawn(client.send(3, Some("x-stall")).await);
     eventually(5, "the stalled request reaches the upstream", || {
         let seen = upstream.seen().len();
         async move { seen == 3 }
@@ -427,21 +449,10 @@ async fn a_stream_reset_on_its_pinned_connection_leaves_the_next_request_one() {
     )
     .await;
     for n in 4..=6 {
-        sender.ready().await.unwrap();
-        let response = sender.send_request(get(n, false)).await.unwrap();
-        assert_eq!(response.status(), 200);
-        response.into_body().collect().await.unwrap();
+        assert_eq!(client.get(n).await, 200);
     }
     let seen = upstream.seen();
-    let connection = |n: usize| seen[n - 1].connection;
-    assert_ne!(connection(2), connection(1), "pinned: {seen:?}");
-    assert_eq!(connection(3), connection(2), "{seen:?}");
-    assert!(
-        connection(4) != connection(1) && connection(4) != connection(2),
-        "the next request opens a pinned connection, not the pool's: {seen:?}"
-    );
-    assert_eq!(connection(5), connection(4), "{seen:?}");
-    assert_eq!(connection(6), connection(4), "{seen:?}");
+    assert_pinned_anew_after_the_third(std::array::from_fn(|i| seen[i].connection), &seen);
     assert!(proxy.shutdown().await, "drained");
 }
 
@@ -505,16 +516,8 @@ async fn a_pinned_connection_that_fails_mid_exchange_is_replaced() {
         );
     }
     let seen = seen.lock().unwrap().clone();
-    let connection = |n: usize| seen[n - 1].0;
     assert_eq!(seen.len(), 6, "{seen:?}");
-    assert_ne!(connection(2), connection(1), "pinned: {seen:?}");
-    assert_eq!(connection(3), connection(2), "{seen:?}");
-    assert!(
-        connection(4) != connection(1) && connection(4) != connection(2),
-        "the next request opens a pinned connection, not the pool's: {seen:?}"
-    );
-    assert_eq!(connection(5), connection(4), "{seen:?}");
-    assert_eq!(connection(6), connection(4), "{seen:?}");
+    assert_pinned_anew_after_the_third(std::array::from_fn(|i| seen[i].0), &seen);
     assert!(proxy.shutdown().await, "drained");
 }
 
@@ -592,19 +595,7 @@ async fn a_request_given_up_on_its_pinned_connection_leaves_the_next_request_one
         );
     }
     let seen = upstream.seen();
-    let connection = |n: usize| seen[n - 1].connection;
-    assert_ne!(
-        connection(2),
-        connection(1),
-        "pinned from the second: {seen:?}"
-    );
-    assert_eq!(connection(3), connection(2), "{seen:?}");
-    assert!(
-        connection(4) != connection(1) && connection(4) != connection(2),
-        "the next request opens a pinned connection, not the pool's: {seen:?}"
-    );
-    assert_eq!(connection(5), connection(4), "{seen:?}");
-    assert_eq!(connection(6), connection(4), "{seen:?}");
+    assert_pinned_anew_after_the_third(std::array::from_fn(|i| seen[i].connection), &seen);
     assert!(
         proxy.shutdown().await,
         "idle client connections with pinned ones drain"
