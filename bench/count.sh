@@ -2,7 +2,8 @@
 # Work per request, counted rather than timed: for each proxy and cell, the user-space instructions
 # (callgrind) and allocations per request, and the syscalls and context switches per request
 # (perf stat; strace -c for syscalls by name), over an exact number of requests from
-# bench/floor's floor-load client. Instruction counts do not depend on what else the machine runs,
+# bench/floor's floor-load client, in the steady state (after WARMUP requests over the same
+# connections, and before they close). Instruction counts do not depend on what else the machine runs,
 # so this is how a change to the request path is measured on a busy machine. Same stand-in,
 # proxies and configs as run.sh (bench/common.sh). See BENCHMARKS.md "Counting work per request".
 # Usage: bench/count.sh [--release|--debug]
@@ -98,11 +99,25 @@ stop_target() {
   wait "$pid" || true
   forget_pid "$pid"
 }
-load() { # requests connections — floor-load against the current target
-  local hostport=${URL[$T]#http://}
+# measured connections start stop — floor-load against the current target: WARMUP requests, then
+# `start` (a command) once every connection has made its share, then REQUESTS requests over the
+# same connections, then `stop` before they close: what is counted is the steady state, as under
+# wrk, without the connections' opening (and their upstream TLS handshakes) or closing.
+measured() {
+  local hostport=${URL[$T]#http://} conns=$1 start=$2 stop=$3 line
   hostport=${hostport%%/*}
-  "$FLOOR_DIR/floor-load" "$hostport" /v3/content_types "$1" "$2" >>"$DIR/load.log" \
-    || fail "floor-load against $T"
+  coproc LOAD { "$FLOOR_DIR/floor-load" --warmup "$WARMUP" "$hostport" /v3/content_types "$REQUESTS" "$conns" 2>>"$DIR/load.log"; }
+  local load_pid=$LOAD_PID out=${LOAD[0]} in=${LOAD[1]}
+  read -r line <&"$out" || true
+  [[ $line == warm ]] || fail "floor-load against $T: no warm-up (load.log)"
+  eval "$start"
+  echo go >&"$in"
+  read -r line <&"$out" || true
+  [[ -n $line ]] || fail "floor-load against $T (load.log)"
+  echo "$line" >>"$DIR/load.log"
+  eval "$stop"
+  echo close >&"$in"
+  wait "$load_pid" || fail "floor-load against $T (load.log)"
 }
 
 counts=()
@@ -118,11 +133,8 @@ for up in $UPSTREAMS; do
         start_target "$name" "$up"
         WRAP=()
         log "$T, $conns connections: callgrind, $WARMUP + $REQUESTS requests"
-        load "$WARMUP" "$conns"
         pid=${TPIDS[$T]}
-        callgrind_control -z "$pid" >/dev/null
-        load "$REQUESTS" "$conns"
-        callgrind_control -d "$pid" >/dev/null
+        measured "$conns" 'callgrind_control -z "$pid" >/dev/null' 'callgrind_control -d "$pid" >/dev/null'
         cg=$(ls -t "$cg_base.$pid".* | head -1)
         stop_target
         if ((ANNOTATE > 0)) && [[ $name == sidecar* ]]; then
@@ -135,30 +147,20 @@ for up in $UPSTREAMS; do
         pids=$(python3 -c 'import sys; sys.path.insert(0, sys.argv[1]); import benchlib; print(",".join(map(str, benchlib.children_of(sys.argv[2:]))))' \
           "$HERE" "${TPIDS[$T]}")
         log "$T, $conns connections: perf stat and strace -c, $WARMUP + $REQUESTS requests each"
-        load "$WARMUP" "$conns"
         if ((HAVE_PERF)); then
           perf_out="$DIR/perf-$name-$up-$conns"
-          perf stat -x, -o "$perf_out" -e task-clock,context-switches,raw_syscalls:sys_enter -p "$pids" 2>/dev/null &
-          perf_pid=$!
-          PIDS+=("$perf_pid")
-          sleep 0.5 # perf attaches to every thread before counting
-          load "$REQUESTS" "$conns"
-          kill -INT "$perf_pid"
-          wait "$perf_pid" || true
-          forget_pid "$perf_pid"
+          # perf and strace attach to every thread before they count (the half second).
+          measured "$conns" 'perf stat -x, -o "$perf_out" -e task-clock,context-switches,raw_syscalls:sys_enter -p "$pids" 2>/dev/null &
+            perf_pid=$!; PIDS+=("$perf_pid"); sleep 0.5' \
+            'kill -INT "$perf_pid"; wait "$perf_pid" || true; forget_pid "$perf_pid"'
         fi
         strace_out="$DIR/strace-$name-$up-$conns"
         strace_args=()
         IFS=, read -ra plist <<<"$pids"
         for p in "${plist[@]}"; do strace_args+=(-p "$p"); done
-        strace -c -f -q -o "$strace_out" "${strace_args[@]}" &
-        strace_pid=$!
-        PIDS+=("$strace_pid")
-        sleep 0.5 # strace attaches to every thread
-        load "$REQUESTS" "$conns"
-        kill -INT "$strace_pid"
-        wait "$strace_pid" || true
-        forget_pid "$strace_pid"
+        measured "$conns" 'strace -c -f -q -o "$strace_out" "${strace_args[@]}" &
+          strace_pid=$!; PIDS+=("$strace_pid"); sleep 0.5' \
+          'kill -INT "$strace_pid"; wait "$strace_pid" || true; forget_pid "$strace_pid"'
         stop_target
       fi
       python3 "$LIB" count "$DIR/count-$name-$up-$conns.json" "$T" "$conns" "$up" "$REQUESTS" \
