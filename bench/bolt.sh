@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# A release build of the sidecar with its code laid out by BOLT (LLVM's post-link optimizer) from
+# a profile of the bench's own load, to measure what the instruction cache costs (BENCHMARKS.md
+# "The instruction cache, and BOLT"). Not the product's build: the image is built without it.
+# Usage: bench/bolt.sh — prints the path of the laid-out binary; give it to run.sh or count.sh
+# as BENCH_BIN, and the same build without the layout (printed too) as COMPARE_BIN.
+#
+# Steps: a release build linked with --emit-relocs (target/bolt); an instrumented copy of it
+# (llvm-bolt -instrument); that copy run against the bench's stand-in (bench/common.sh) with
+# wrk at 1, 8 and 64 connections over a plain, a TLS (HTTP/1.1) and a TLS HTTP/2 upstream, with
+# read coalescing on and off; the profiles it writes when it exits, merged; and the build laid
+# out by them (hot blocks together, cold ones split off, functions ordered by calls).
+#
+# Environment overrides:
+#   TRAIN_SECONDS  seconds of wrk per connection count and upstream (3)
+#   BOLT           the llvm-bolt to use (default: the newest llvm-bolt-NN on PATH; installs
+#                  Debian's bolt-19 when there is none)
+set -euo pipefail
+PROFILE=release
+FLOOR=0
+THREADS=1
+QUIET_WAIT=0
+UPSTREAMS="http https"
+: "${TRAIN_SECONDS:=3}"
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$HERE")
+OUT=${CARGO_TARGET_DIR:-$ROOT/target}/bolt
+log() { printf '[bolt %s] %s\n' "$(date +%T)" "$*" >&2; }
+
+if [[ -z ${BOLT:-} ]]; then
+  BOLT=$(compgen -c llvm-bolt- | grep -E '^llvm-bolt-[0-9]+$' | sort -t- -k3 -n | tail -1 || true)
+  if [[ -z $BOLT ]]; then
+    log "installing bolt-19"
+    sudo=
+    ((EUID == 0)) || sudo=sudo
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq bolt-19 >/dev/null
+    BOLT=llvm-bolt-19
+  fi
+fi
+# Called by its real path, llvm-bolt finds its instrumentation runtime in ../lib beside it.
+BOLT=$(readlink -f "$(command -v "$BOLT")")
+MERGE=$(dirname "$BOLT")/merge-fdata
+[[ -x $MERGE ]] || MERGE=$(command -v "merge-fdata${BOLT##*llvm-bolt}")
+
+log "cargo build --release, linked with --emit-relocs (target/bolt)"
+(cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C link-args=-Wl,--emit-relocs" \
+  cargo build --release --quiet --bin cma-auth-proxy --target-dir "$OUT")
+PLAIN=$OUT/release/cma-auth-proxy
+PROFILES=$OUT/profiles # what the instrumented build writes, and the logs of both passes
+rm -rf "$PROFILES"
+mkdir -p "$PROFILES"
+"$BOLT" "$PLAIN" -instrument -o "$OUT/cma-auth-proxy.instrumented" \
+  --instrumentation-file="$PROFILES/run" --instrumentation-file-append-pid >"$PROFILES/instrument.log" 2>&1 \
+  || { cat "$PROFILES/instrument.log" >&2; exit 1; }
+
+# The training load: the bench's stand-in, the instrumented build as the sidecar under test.
+BENCH_BIN=$OUT/cma-auth-proxy.instrumented
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
+make_certs
+start_upstream
+probe_coalesce
+train() { # name upstream_url coalesce
+  new_sidecar "$1" "$2" "$3"
+  start_sidecar "$1"
+  wait_http "${URL[$1]}" 200
+  local c
+  for c in 1 8 64; do
+    wrk -t1 -c"$c" -d"${TRAIN_SECONDS}s" "${URL[$1]}" >/dev/null
+  done
+  stop_sidecar "$1" # it writes its profile as it exits
+}
+log "training: wrk at 1, 8 and 64 connections, ${TRAIN_SECONDS} s each, per upstream"
+train sidecar@http "http://127.0.0.1:$UP_PORT" off
+train sidecar-default@http "http://127.0.0.1:$UP_PORT" default
+train sidecar@https "https://127.0.0.1:$UP_TLS_PORT" off
+train sidecar-h2@https "https://127.0.0.1:$UP_H2_PORT" off
+check_logins
+
+"$MERGE" "$PROFILES"/run.*.fdata >"$PROFILES/merged.fdata" 2>/dev/null
+"$BOLT" "$PLAIN" -o "$OUT/cma-auth-proxy.bolt" -data="$PROFILES/merged.fdata" \
+  -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
+  -dyno-stats >"$PROFILES/optimize.log" 2>&1 || { cat "$PROFILES/optimize.log" >&2; exit 1; }
+grep -E 'executed instructions|taken branches|splitting separates' "$PROFILES/optimize.log" >&2 || true
+log "laid out: $OUT/cma-auth-proxy.bolt (the same build without the layout: $PLAIN)"
+echo "$OUT/cma-auth-proxy.bolt"
