@@ -16,12 +16,14 @@ use std::time::Instant;
 
 fn main() {
     let mut args: Vec<String> = std::env::args().collect();
-    let mut warmup = 0;
+    // With --warmup (even of 0), the phases below, told apart on stdout and started from stdin.
+    let mut warmup = None;
     if args.get(1).map(String::as_str) == Some("--warmup") {
-        warmup = args
+        let w: usize = args
             .get(2)
             .and_then(|w| w.parse().ok())
             .expect("--warmup: a count");
+        warmup = Some(w);
         args.drain(1..3);
     }
     if args.len() < 5 {
@@ -46,14 +48,17 @@ fn main() {
         std::array::from_fn(|_| Arc::new(Barrier::new(connections + 1)));
     let threads: Vec<_> = (0..connections)
         .map(|i| {
-            let (n, w) = (share(requests, i), share(warmup, i));
+            let (n, w) = (share(requests, i), share(warmup.unwrap_or(0), i));
             let (addr, head) = (addr.clone(), head.clone());
             let [warm, go, done, close] = [&warm, &go, &done, &close].map(|b| b.clone());
             std::thread::spawn(move || {
-                let mut conn = Conn::open(&addr);
-                if warmup == 0 {
-                    return conn?.send(head.as_bytes(), n);
+                if warmup.is_none() {
+                    return match n {
+                        0 => Ok(()),
+                        n => Conn::open(&addr)?.send(head.as_bytes(), n),
+                    };
                 }
+                let mut conn = Conn::open(&addr);
                 // Every thread passes every barrier, even after an error, so that none waits
                 // for ever; the first error is the one reported.
                 let mut send = |n| {
@@ -77,19 +82,21 @@ fn main() {
             .read_line(&mut String::new())
             .expect("stdin");
     };
-    if warmup > 0 {
+    let report = |started: Instant| {
+        println!(
+            "{requests} {connections} {:.3}",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    let mut started = Instant::now();
+    if warmup.is_some() {
         warm.wait();
         println!("warm");
         line_from_stdin();
         go.wait();
-    }
-    let started = Instant::now();
-    if warmup > 0 {
+        started = Instant::now();
         done.wait();
-    }
-    let elapsed = started.elapsed().as_secs_f64();
-    if warmup > 0 {
-        println!("{requests} {connections} {elapsed:.3}");
+        report(started);
         line_from_stdin();
         close.wait();
     }
@@ -99,11 +106,8 @@ fn main() {
             std::process::exit(1);
         }
     }
-    if warmup == 0 {
-        println!(
-            "{requests} {connections} {:.3}",
-            started.elapsed().as_secs_f64()
-        );
+    if warmup.is_none() {
+        report(started);
     }
 }
 
