@@ -5,7 +5,8 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use cma_sim::{FakeCma, OAuthApp};
 use common::*;
@@ -117,7 +118,20 @@ impl Login {
             .read_to_string(&mut stdout)
             .unwrap();
         let code = self.child.wait().unwrap().code();
-        let stderr: Vec<String> = self.lines.try_iter().collect();
+        // The reader thread may still be forwarding the last lines when the exit is seen: take
+        // them all, until the pipe has closed (the thread's end drops the sender).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stderr = Vec::new();
+        loop {
+            match self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => stderr.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("stderr still open 30 s after the exit"),
+            }
+        }
         (code, stdout, stderr.join("\n"))
     }
 }
