@@ -18,8 +18,6 @@
 set -euo pipefail
 PROFILE=release
 FLOOR=0
-THREADS=1
-QUIET_WAIT=0
 UPSTREAMS="http https"
 : "${TRAIN_SECONDS:=3}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
