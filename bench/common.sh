@@ -40,12 +40,22 @@ install_missing() { # tool:package...
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
-install_missing nginx:nginx-light haproxy:haproxy wrk:wrk curl:curl python3:python3 openssl:openssl
+install_missing nginx:nginx-light wrk:wrk curl:curl python3:python3 openssl:openssl
+# HAPROXY=0: a caller that starts no haproxy (bolt.sh's training) does not need it installed.
+[[ ${HAPROXY:-1} == 0 ]] || install_missing haproxy:haproxy
 
 # --- binaries ----------------------------------------------------------------------------------
+# A release run measures what the image ships (LAYOUT=bolt, the default): the production build laid
+# out by bench/bolt.sh. LAYOUT=plain measures `cargo build --release` as it comes.
+[[ $PROFILE == release ]] && : "${LAYOUT:=bolt}"
+[[ ${LAYOUT:-plain} == bolt || ${LAYOUT:-plain} == plain ]] || fail "LAYOUT: bolt or plain, not $LAYOUT"
 if [[ -n ${BENCH_BIN:-} ]]; then
   BIN=$BENCH_BIN
   BIN_LABEL="prebuilt $BIN"
+elif [[ ${LAYOUT:-plain} == bolt ]]; then
+  log "the image's build, laid out (bench/bolt.sh --production)"
+  BIN=$("$HERE/bolt.sh" --production) || fail "bench/bolt.sh"
+  BIN_LABEL="production build of $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'), laid out by BOLT"
 else
   BIN_LABEL="$PROFILE build of $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
   log "cargo build ($PROFILE)"

@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 fn run_check(config: &std::path::Path) -> (Option<i32>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"))
+    let out = std::process::Command::new(proxy_binary())
         .args(["check", "--login", "--config"])
         .arg(config)
         .output()

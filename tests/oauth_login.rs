@@ -76,7 +76,7 @@ struct Login {
 
 impl Login {
     fn start(config: &std::path::Path, extra: &[&str]) -> Login {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"))
+        let mut child = Command::new(proxy_binary())
             .args(["oauth", "login", "--profile", "default", "--config"])
             .arg(config)
             .args(extra)
@@ -235,7 +235,7 @@ async fn oauth_login_gives_up_after_its_wait_and_refuses_a_profile_it_cannot_ser
     .unwrap();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("no authorization arrived"), "{stderr}");
-    let out = Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"))
+    let out = Command::new(proxy_binary())
         .args(["oauth", "login", "--profile", "nope", "--config"])
         .arg(&setup.config)
         .output()
@@ -245,7 +245,7 @@ async fn oauth_login_gives_up_after_its_wait_and_refuses_a_profile_it_cannot_ser
 }
 
 fn check_login(config: &std::path::Path) -> (Option<i32>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"))
+    let out = Command::new(proxy_binary())
         .args(["check", "--login", "--config"])
         .arg(config)
         .output()

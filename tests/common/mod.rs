@@ -159,6 +159,16 @@ where
     }
 }
 
+/// The binary that the tests which start one run: the one cargo built for them, or the one that
+/// `CMA_TESTS_BINARY` names (not a `CMA_AUTH_PROXY_` name, which the binary would read as a
+/// configuration key and refuse). CI runs those tests again against the image's build, the
+/// laid-out production binary (docs/design.md#performance), which has no `dev` subcommand: only
+/// `run`, `check` and `oauth login` go through here.
+pub fn proxy_binary() -> std::ffi::OsString {
+    std::env::var_os("CMA_TESTS_BINARY")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_cma-auth-proxy").into())
+}
+
 /// The real binary, `run` with a config file, its stderr collected line by line (or written to a
 /// file of the test's choosing, see [`Binary::start_logging_to`]).
 pub struct Binary {
@@ -226,7 +236,7 @@ impl Binary {
     }
 
     fn command(config: &std::path::Path, env: &[(&str, &str)]) -> std::process::Command {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_cma-auth-proxy"));
+        let mut command = std::process::Command::new(proxy_binary());
         command
             .args(["run", "--config"])
             .arg(config)
