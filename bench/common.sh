@@ -49,6 +49,7 @@ install_missing nginx:nginx-light wrk:wrk curl:curl python3:python3 openssl:open
 # out by bench/bolt.sh. LAYOUT=plain measures `cargo build --release` as it comes.
 [[ $PROFILE == release ]] && : "${LAYOUT:=bolt}"
 [[ ${LAYOUT:-plain} == bolt || ${LAYOUT:-plain} == plain ]] || fail "LAYOUT: bolt or plain, not $LAYOUT"
+[[ ${LAYOUT:-plain} == plain || $PROFILE == release ]] || fail "LAYOUT=bolt lays out a release build, not a $PROFILE one"
 if [[ -n ${BENCH_BIN:-} ]]; then
   BIN=$BENCH_BIN
   BIN_LABEL="prebuilt $BIN"
