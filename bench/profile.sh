@@ -15,7 +15,7 @@
 #   SCHED=1      add a pass under `perf sched record -a` (SCHED_DURATION s, default 3): each CPU's
 #                time by process, where the target's threads ran, and who held their CPU while
 #                they were runnable but waiting (the scheduler's events slow every switch a little)
-#   FLOOR, QUIET_WAIT (600; smoke 0), BENCH_BIN, KEEP_TMP as for run.sh
+#   FLOOR, QUIET_WAIT (600; smoke 0), BENCH_BIN, LAYOUT, KEEP_TMP as for run.sh
 #
 # For each target: one wrk run with `perf stat` (task-clock, context switches, CPU migrations,
 # syscalls) attached to the target's processes, while its threads' /proc schedstat and context
