@@ -2,6 +2,7 @@
 //! bounded: profile names come from the configuration, methods are folded to the standard set,
 //! statuses are numbers; never a path, a token or an e-mail.
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::Method;
@@ -9,11 +10,11 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 mod exposition;
 mod labels;
+mod per_thread;
 
 pub use exposition::Format;
 pub use labels::NO_PROFILE;
@@ -22,6 +23,7 @@ pub use labels::{
     CacheResult, ConnectionLimit, LoginOutcome, ReloadOutcome, ReplayOutcome, RequestOutcome,
     SessionAction, StoreEvent, StoreState, Trigger,
 };
+use per_thread::{Count, Latency, LatencyShard, Level, Line};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -112,9 +114,9 @@ struct VersionLabels {
 /// values: no call site spells a label.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: Family<DurationLabels, Histogram>,
-    upstream_duration: Family<ProfileLabels, Histogram>,
+    requests: Family<RequestLabels, Count>,
+    request_duration: Family<DurationLabels, Latency>,
+    upstream_duration: Family<ProfileLabels, Latency>,
     logins: Family<LoginLabels, Counter>,
     logouts: Family<ProfileLabels, Counter>,
     token_age: Family<ProfileLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
@@ -125,7 +127,7 @@ pub struct Metrics {
     replays: Family<ReplayLabels, Counter>,
     denied: Family<DeniedLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
-    in_flight: Gauge,
+    in_flight: Level,
     open_connections: Family<ListenerLabels, Gauge>,
     rate_limit_waits: Family<ProfileLabels, Counter>,
     store_events: Family<EventLabels, Counter>,
@@ -140,20 +142,20 @@ pub struct Metrics {
 
 static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// The series a kind of request updates, as [`Metrics::request`] last found them on this thread:
-/// a request then costs no hashing of its labels and no lock of the families
-/// (docs/design.md#performance). Families never drop these series, so a kept handle is always
-/// the one registered.
+/// This thread's shards of the series a kind of request updates, as [`Metrics::request`] last
+/// found them: a request then costs no hashing of its labels, no lock of the families, and no
+/// write to a cache line another worker writes (docs/design.md, "Metric series kept per worker").
+/// Families never drop these series, nor a series its shards, so a kept shard is always counted.
 struct RequestSeries {
     metrics: u64,
     profile: Arc<str>,
     method: &'static str,
     status: u16,
     outcome: RequestOutcome,
-    count: Counter,
-    duration: Histogram,
+    count: Arc<Line<AtomicU64>>,
+    duration: Arc<Line<LatencyShard>>,
     /// Made at the first such request that went upstream, as the family would.
-    upstream: Option<Histogram>,
+    upstream: Option<Arc<Line<LatencyShard>>>,
 }
 
 /// How many kinds of request each thread keeps the series of; a new kind takes the oldest's place.
@@ -162,6 +164,9 @@ const REQUEST_SERIES_KEPT: usize = 16;
 thread_local! {
     static REQUEST_SERIES: std::cell::RefCell<Vec<RequestSeries>> =
         const { std::cell::RefCell::new(Vec::new()) };
+    /// This thread's shard of `in_flight_requests`, and the registry it belongs to.
+    static IN_FLIGHT: std::cell::RefCell<Option<(u64, Arc<Line<AtomicI64>>)>> =
+        const { std::cell::RefCell::new(None) };
 }
 
 /// Latency buckets from 1 ms to 2 min: loopback hits are milliseconds, big uploads are minutes.
@@ -169,26 +174,29 @@ const DURATION_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// A latency histogram over [`DURATION_BUCKETS`], kept per thread.
+fn durations() -> Latency {
+    Latency::with_bounds(|| LatencyShard::new(&DURATION_BUCKETS))
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("cma_auth_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, Count>::default();
         registry.register(
             "requests",
             "Requests answered, by profile, method and status",
             requests.clone(),
         );
-        let request_duration = Family::<DurationLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
-        );
+        let request_duration =
+            Family::<DurationLabels, Latency>::new_with_constructor(durations as fn() -> Latency);
         registry.register(
             "request_duration_seconds",
             "Time from request to response headers, as seen by the client, by profile and outcome (ok, upstream_error, proxy_error)",
             request_duration.clone(),
         );
-        let upstream_duration = Family::<ProfileLabels, Histogram>::new_with_constructor(
-            (|| Histogram::new(DURATION_BUCKETS)) as fn() -> Histogram,
-        );
+        let upstream_duration =
+            Family::<ProfileLabels, Latency>::new_with_constructor(durations as fn() -> Latency);
         registry.register(
             "upstream_duration_seconds",
             "Time Contentstack took to answer a forwarded request (headers), by profile",
@@ -250,7 +258,7 @@ impl Metrics {
             "Configuration reloads by outcome (success, error)",
             config_reloads.clone(),
         );
-        let in_flight = Gauge::default();
+        let in_flight = Level::default();
         registry.register(
             "in_flight_requests",
             "Requests being served",
@@ -492,11 +500,11 @@ impl Metrics {
                         let labels = ProfileLabels {
                             profile: Profile(profile.clone()),
                         };
-                        self.upstream_duration.get_or_create(&labels).clone()
+                        self.upstream_duration.get_or_create(&labels).shard()
                     })
                     .observe(upstream.as_secs_f64());
             }
-            series.count.inc();
+            series.count.fetch_add(1, Ordering::Relaxed);
         });
     }
 
@@ -515,14 +523,14 @@ impl Metrics {
                 method,
                 status,
             })
-            .clone();
+            .shard();
         let duration = self
             .request_duration
             .get_or_create(&DurationLabels {
                 profile: Profile(profile.clone()),
                 outcome,
             })
-            .clone();
+            .shard();
         RequestSeries {
             metrics: self.id,
             profile: profile.clone(),
@@ -537,8 +545,20 @@ impl Metrics {
 
     /// A request starts being served; it ends when the returned guard is dropped.
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.inc();
+        self.in_flight_shard(|n| n.fetch_add(1, Ordering::Relaxed));
         InFlight(self)
+    }
+
+    /// Updates this thread's shard of `in_flight_requests`.
+    fn in_flight_shard(&self, update: impl FnOnce(&AtomicI64) -> i64) {
+        IN_FLIGHT.with_borrow_mut(|kept| {
+            if !matches!(kept, Some((id, _)) if *id == self.id) {
+                *kept = Some((self.id, self.in_flight.shard()));
+            }
+            if let Some((_, shard)) = kept {
+                update(shard);
+            }
+        });
     }
 
     /// The proxy refused a request itself; `reason` is its error's stable reason.
@@ -696,12 +716,14 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// A request counted in `in_flight_requests` until this is dropped: when it is answered, and
-/// also when its client goes away and its future is dropped unfinished.
+/// also when its client goes away and its future is dropped unfinished. Dropped on another thread
+/// than it was made on, it takes the count from that thread's shard: the sum is the same.
 pub struct InFlight<'a>(&'a Metrics);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.in_flight.dec();
+        self.0
+            .in_flight_shard(|n| n.fetch_sub(1, Ordering::Relaxed));
     }
 }
 
@@ -747,6 +769,44 @@ mod tests {
         );
         // A request that never went upstream makes no upstream series.
         assert!(!b.contains("upstream_duration_seconds_count{"), "{b}");
+    }
+
+    /// Workers count into shards of their own; a scrape sees the sums, and a request that ends on
+    /// another thread than it started on leaves `in_flight_requests` where it was.
+    #[test]
+    fn requests_of_several_workers_are_summed() {
+        let m = Metrics::new();
+        let ms = Duration::from_millis(2);
+        let held = m.in_flight();
+        std::thread::scope(|s| {
+            for _ in 0..3 {
+                s.spawn(|| {
+                    let _serving = m.in_flight();
+                    for _ in 0..5 {
+                        m.request(Some("p".into()), &Method::GET, 200, ms, Some(ms), false);
+                    }
+                });
+            }
+            s.spawn(move || drop(held));
+        });
+        let open = m.in_flight();
+        let text = m.encode(Format::OpenMetrics);
+        for line in [
+            r#"cma_auth_proxy_requests_total{profile="p",method="GET",status="200"} 15"#,
+            r#"cma_auth_proxy_request_duration_seconds_bucket{le="0.0025",profile="p",outcome="ok"} 15"#,
+            r#"cma_auth_proxy_request_duration_seconds_bucket{le="0.001",profile="p",outcome="ok"} 0"#,
+            r#"cma_auth_proxy_request_duration_seconds_sum{profile="p",outcome="ok"} 0.03"#,
+            r#"cma_auth_proxy_upstream_duration_seconds_count{profile="p"} 15"#,
+            "cma_auth_proxy_in_flight_requests 1",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        drop(open);
+        let text = m.encode(Format::OpenMetrics);
+        assert!(
+            text.contains("cma_auth_proxy_in_flight_requests 0"),
+            "{text}"
+        );
     }
 
     #[test]
