@@ -218,10 +218,24 @@ async fn serve_proxy(
 ) -> Result<Vec<oneshot::Receiver<bool>>, StartError> {
     let mut links = Vec::new();
     let mut drained = Vec::new();
-    for index in 0..proxy.config().server.workers {
+    let workers = proxy.config().server.workers;
+    let cpus = server::cpus::plan(
+        workers,
+        &server::cpus::allowed(),
+        proxy.config().server.cpu_affinity,
+    );
+    if let Some(cpus) = &cpus {
+        tracing::info!(?cpus, "each worker keeps to a CPU of its own");
+    }
+    for index in 0..workers {
         let (link, inbox) = server::worker_channel(index);
         let (proxy, options, stop) = (proxy.clone(), options.clone(), stop.clone());
-        let worker_drained = spawn_with_runtime(format!("cma-proxy-{index}"), move || {
+        let cpu = cpus.as_ref().map(|cpus| cpus[index]);
+        let name = format!("cma-proxy-{index}");
+        let worker_drained = spawn_with_runtime(name.clone(), move || {
+            if let Some(cpu) = cpu {
+                server::cpus::keep_to(cpu, &name);
+            }
             proxy::upstream::set_worker(index);
             Ok(async move {
                 tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));

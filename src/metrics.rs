@@ -144,7 +144,7 @@ static NEXT_METRICS_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 
 /// This thread's shards of the series a kind of request updates, as [`Metrics::request`] last
 /// found them: a request then costs no hashing of its labels, no lock of the families, and no
-/// write to a cache line another worker writes (docs/design.md, "Metric series kept per worker").
+/// write to a cache line another worker writes (docs/design.md#performance).
 /// Families never drop these series, nor a series its shards, so a kept shard is always counted.
 struct RequestSeries {
     metrics: u64,

@@ -317,6 +317,14 @@ pub fn reload(path: &Path, live: &Reloadable) -> Result<(), ConfigError> {
             tracing::warn!(key, from = %before, to = %after, "listener addresses change only with a restart; still listening on the old address");
         }
     }
+    // The workers are threads made at start, each kept to its CPU then or not.
+    if (new.server.workers, new.server.cpu_affinity)
+        != (old.server.workers, old.server.cpu_affinity)
+    {
+        tracing::warn!(
+            "server.workers and server.cpu_affinity change only with a restart; keeping the running workers"
+        );
+    }
     // The upstream client and the fleet store are built once; their settings need a restart.
     let upstream_changed = new.upstream.base_url != old.upstream.base_url
         || new.upstream.extra_roots_pem != old.upstream.extra_roots_pem

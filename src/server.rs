@@ -10,6 +10,7 @@
 mod accept;
 mod activity;
 mod bind;
+pub mod cpus;
 mod inbound_tls;
 mod room;
 mod send;

@@ -39,7 +39,7 @@ pub use oauth::{BootstrapToken, OAuthCredentials};
 pub use profile::{
     Credentials, LoginCredentials, ManagementToken, ProfileConfig, RateLimitConfig, TotpSecret,
 };
-pub use server::{ConnectionLimits, SecretBytes, ServerConfig, TlsFiles};
+pub use server::{ConnectionLimits, CpuAffinity, SecretBytes, ServerConfig, TlsFiles};
 pub use source::Origin;
 pub use token_store::{EncryptionKey, RedisConfig, TokenStoreConfig};
 pub use upstream::{Region, UpstreamConfig};

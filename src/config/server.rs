@@ -39,6 +39,8 @@ pub(super) struct FileServer {
     tls_cert_file: Option<PathBuf>,
     tls_key_file: Option<PathBuf>,
     workers: usize,
+    #[serde(deserialize_with = "super::de::one_of")]
+    cpu_affinity: CpuAffinity,
 }
 
 impl Default for FileServer {
@@ -64,6 +66,7 @@ impl Default for FileServer {
             tls_cert_file: None,
             tls_key_file: None,
             workers: 0,
+            cpu_affinity: CpuAffinity::Auto,
         }
     }
 }
@@ -87,6 +90,20 @@ pub struct ServerConfig {
     pub tls: Option<TlsFiles>,
     /// Threads serving `listen`, each with its own runtime and upstream pool.
     pub workers: usize,
+    /// Whether each worker keeps to a CPU of its own
+    /// (docs/design.md#workers-on-cpus-of-their-own).
+    pub cpu_affinity: CpuAffinity,
+}
+
+/// `server.cpu_affinity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuAffinity {
+    /// Each worker keeps to a CPU of its own when the workers are as many as the CPUs the process
+    /// may run on (at least two); otherwise the kernel places them.
+    Auto,
+    /// The kernel places the workers.
+    Off,
 }
 
 /// Per-connection limits of both listeners.
@@ -257,6 +274,7 @@ pub(super) fn validate(
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         },
+        cpu_affinity: s.cpu_affinity,
     })
 }
 

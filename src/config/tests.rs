@@ -29,6 +29,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.replay_body_limit, 1 << 20);
     assert_eq!(c.server.replay_memory, 32 << 20);
     assert_eq!(c.server.limits.send_timeout, Duration::from_secs(30));
+    assert_eq!(c.server.cpu_affinity, CpuAffinity::Auto);
     assert_eq!(c.upstream.base_url, "https://api.contentstack.io");
     let p = &c.profiles[0];
     assert_eq!(&*p.name, "default");
@@ -337,6 +338,17 @@ fn unknown_region_and_token_store_are_errors() {
         e.starts_with("`token_store.kind` (line 2, column 8): expected \"memory\" or \"redis\""),
         "{e}"
     );
+    let e = error_of(&format!("[server]\ncpu_affinity = \"always\"\n{MINIMAL}"));
+    assert!(
+        e.starts_with("`server.cpu_affinity` (line 2, column 16): expected \"auto\" or \"off\""),
+        "{e}"
+    );
+    let off = Config::from_toml(
+        &format!("[server]\ncpu_affinity = \"off\"\n{MINIMAL}"),
+        no_env(),
+        None,
+    );
+    assert_eq!(off.unwrap().server.cpu_affinity, CpuAffinity::Off);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Metrics of the request path kept per thread and summed when scraped (docs/design.md, "Metric
-//! series kept per worker"). A request updates a counter, two histograms and the in-flight gauge;
+//! Metrics of the request path kept per thread and summed when scraped
+//! (docs/design.md#performance). A request updates a counter, two histograms and the in-flight gauge;
 //! with one value per metric, every worker would write the same cache lines and take the same
 //! histogram lock, and each line would move between the cores' caches at every request. Here each
 //! thread writes only its own shard, on a line of its own, and `/metrics` adds the shards up.

@@ -198,8 +198,21 @@ impl Binary {
     /// Starts `cma-auth-proxy run --config path` and waits for its start-up log line, which names
     /// the bound addresses (the config should listen on port 0).
     pub fn start(config: &std::path::Path, env: &[(&str, &str)]) -> Binary {
+        Self::start_command(Self::command(config, env))
+    }
+
+    /// Like [`Binary::start`], on the CPUs `cpus` only, as in a container with a cpuset of its
+    /// own: `taskset -c` sets the affinity mask and runs the binary in the same process.
+    pub fn start_on_cpus(config: &std::path::Path, cpus: &[usize]) -> Binary {
+        let list: Vec<String> = cpus.iter().map(ToString::to_string).collect();
+        let mut command = std::process::Command::new("taskset");
+        command.args(["-c", &list.join(",")]).arg(proxy_binary());
+        Self::start_command(Self::arguments(command, config, &[]))
+    }
+
+    fn start_command(mut command: std::process::Command) -> Binary {
         use std::io::BufRead;
-        let mut child = Self::command(config, env)
+        let mut child = command
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -236,7 +249,14 @@ impl Binary {
     }
 
     fn command(config: &std::path::Path, env: &[(&str, &str)]) -> std::process::Command {
-        let mut command = std::process::Command::new(proxy_binary());
+        Self::arguments(std::process::Command::new(proxy_binary()), config, env)
+    }
+
+    fn arguments(
+        mut command: std::process::Command,
+        config: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> std::process::Command {
         command
             .args(["run", "--config"])
             .arg(config)

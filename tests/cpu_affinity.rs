@@ -1,0 +1,149 @@
+//! Workers kept to a CPU each when they are as many as the CPUs the process may run on
+//! (docs/design.md#workers-on-cpus-of-their-own), read from `/proc`: each thread's own
+//! affinity, under a mask set as a container's cpuset would set it (`taskset`).
+mod common;
+
+use common::*;
+
+/// A CPU list as `/proc` and `taskset` write it: `0-2,5`.
+fn cpu_list(text: &str) -> Vec<usize> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .flat_map(|part| match part.split_once('-') {
+            Some((first, last)) => first.parse().unwrap()..=last.parse().unwrap(),
+            None => part.parse().unwrap()..=part.parse().unwrap(),
+        })
+        .collect()
+}
+
+/// The CPUs a task may run on, from its `status` file.
+fn allowed_cpus(status: &str) -> Vec<usize> {
+    let line = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list in status");
+    cpu_list(line.trim())
+}
+
+/// The threads of process `pid` by name, each with the CPUs it may run on.
+fn threads(pid: u32) -> Vec<(String, Vec<usize>)> {
+    let mut threads: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|task| {
+            let task = task.unwrap().path();
+            let name = std::fs::read_to_string(task.join("comm")).unwrap();
+            let status = std::fs::read_to_string(task.join("status")).unwrap();
+            (name.trim().to_owned(), allowed_cpus(&status))
+        })
+        .collect();
+    threads.sort();
+    threads
+}
+
+/// The CPUs of the threads named `name` (one list per thread).
+fn cpus_of(threads: &[(String, Vec<usize>)], name: &str) -> Vec<Vec<usize>> {
+    threads
+        .iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, cpus)| cpus.clone())
+        .collect()
+}
+
+/// Two CPUs this test may use, or `None` (and a skip, which CI does not allow) on a machine with
+/// fewer.
+fn two_cpus(test: &str) -> Option<[usize; 2]> {
+    let mine = allowed_cpus(&std::fs::read_to_string("/proc/self/status").unwrap());
+    match mine[..] {
+        [a, b, ..] => Some([a, b]),
+        _ => {
+            skip_unless_ci(test, "this machine lets the test use fewer than two CPUs");
+            None
+        }
+    }
+}
+
+/// A configuration with `server` keys and its password, in a directory of their own.
+fn write_config(fake_url: &str, server: &str) -> (TempDir, std::path::PathBuf) {
+    let dir = tempdir();
+    std::fs::write(dir.join("password"), format!("{PASSWORD}\n")).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        config_toml(fake_url, server, &profile_from_file("password", "")),
+    )
+    .unwrap();
+    (dir, path)
+}
+
+async fn served(binary: &Binary) {
+    let response = reqwest::get(format!("{}/v3/user", binary.url))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn workers_as_many_as_the_cpus_keep_to_one_each_until_a_restart() {
+    let Some([a, b]) = two_cpus("workers_as_many_as_the_cpus_keep_to_one_each_until_a_restart")
+    else {
+        return;
+    };
+    let fake = fake().await;
+    // `workers = 0`: one per CPU the process may use, here two.
+    let (dir, config) = write_config(&fake.url(), "workers = 0");
+    let mut binary = Binary::start_on_cpus(&config, &[a, b]);
+    binary.wait_for_logged("each worker keeps to a CPU of its own");
+    served(&binary).await;
+
+    let pinned = |binary: &Binary| {
+        let threads = threads(binary.child.id());
+        assert_eq!(cpus_of(&threads, "cma-proxy-0"), [vec![a]], "{threads:?}");
+        assert_eq!(cpus_of(&threads, "cma-proxy-1"), [vec![b]], "{threads:?}");
+        // Only the workers: the acceptor and the rest go where the kernel puts them.
+        assert_eq!(cpus_of(&threads, "cma-accept"), [vec![a, b]], "{threads:?}");
+    };
+    pinned(&binary);
+
+    // The workers are made at start: turning it off takes a restart, and says so.
+    let off = "workers = 0\ncpu_affinity = \"off\"";
+    std::fs::write(
+        &config,
+        config_toml(&fake.url(), off, &profile_from_file("password", "")),
+    )
+    .unwrap();
+    binary.signal("HUP");
+    binary.wait_for_line("server.workers and server.cpu_affinity change only with a restart");
+    pinned(&binary);
+    served(&binary).await;
+    drop(binary);
+
+    let binary = Binary::start_on_cpus(&config, &[a, b]);
+    served(&binary).await;
+    let threads = threads(binary.child.id());
+    for worker in ["cma-proxy-0", "cma-proxy-1"] {
+        assert_eq!(cpus_of(&threads, worker), [vec![a, b]], "{threads:?}");
+    }
+    drop(dir);
+}
+
+#[tokio::test]
+async fn with_more_cpus_than_workers_the_kernel_places_them() {
+    let Some([a, b]) = two_cpus("with_more_cpus_than_workers_the_kernel_places_them") else {
+        return;
+    };
+    let fake = fake().await;
+    let (_dir, config) = write_config(&fake.url(), "workers = 1");
+    let binary = Binary::start_on_cpus(&config, &[a, b]);
+    served(&binary).await;
+    let threads = threads(binary.child.id());
+    assert_eq!(
+        cpus_of(&threads, "cma-proxy-0"),
+        [vec![a, b]],
+        "{threads:?}"
+    );
+    assert!(
+        !binary.log_text().contains("keeps to a CPU"),
+        "{}",
+        binary.log_text()
+    );
+}
