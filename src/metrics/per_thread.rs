@@ -1,8 +1,8 @@
 //! Metrics of the request path kept per thread and summed when scraped
-//! (docs/design.md#performance). A request updates a counter, two histograms and the in-flight gauge;
-//! with one value per metric, every worker would write the same cache lines and take the same
-//! histogram lock, and each line would move between the cores' caches at every request. Here each
-//! thread writes only its own shard, on a line of its own, and `/metrics` adds the shards up.
+//! (docs/design.md#performance). A request updates a counter, two histograms and the in-flight
+//! gauge; with one value per metric, every worker would write the same cache lines and take the
+//! same histogram lock, and each line would move between the cores' caches at every request. Here
+//! each thread writes only its own shard, on a line of its own, and `/metrics` adds the shards up.
 //!
 //! A shard is found by the thread's id and kept by the caller (the request path keeps them in a
 //! thread-local, `metrics.rs`), so the list is locked only when a thread first updates a series.
