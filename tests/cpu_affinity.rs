@@ -25,15 +25,16 @@ fn allowed_cpus(status: &str) -> Vec<usize> {
     cpu_list(line.trim())
 }
 
-/// The threads of process `pid` by name, each with the CPUs it may run on.
+/// The threads of process `pid` by name, each with the CPUs it may run on (a thread that ends
+/// while they are read, such as an idle blocking thread, is left out).
 fn threads(pid: u32) -> Vec<(String, Vec<usize>)> {
     let mut threads: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .map(|task| {
-            let task = task.unwrap().path();
-            let name = std::fs::read_to_string(task.join("comm")).unwrap();
-            let status = std::fs::read_to_string(task.join("status")).unwrap();
-            (name.trim().to_owned(), allowed_cpus(&status))
+        .filter_map(|task| {
+            let task = task.ok()?.path();
+            let name = std::fs::read_to_string(task.join("comm")).ok()?;
+            let status = std::fs::read_to_string(task.join("status")).ok()?;
+            Some((name.trim().to_owned(), allowed_cpus(&status)))
         })
         .collect();
     threads.sort();
