@@ -321,6 +321,7 @@ echo bench-password >"$DIR/password"
 chmod 600 "$DIR/password"
 # Whether this build knows profiles.NAME.coalesce_reads (read coalescing, on by default where it
 # exists): `check` refuses unknown keys, so a config with the key passes only if the build has it.
+SERVER_EXTRA= # more [server] keys (see probe_coalesce)
 sidecar_config() { # file upstream_url extra_profile_lines — the product's defaults plus what the bench needs
   local ca=
   [[ $2 == https://* ]] && ca="ca_file = \"$DIR/tls/ca.pem\""
@@ -328,6 +329,7 @@ sidecar_config() { # file upstream_url extra_profile_lines — the product's def
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
+$SERVER_EXTRA
 [upstream]
 url = "$2"
 $ca
@@ -347,6 +349,20 @@ probe_coalesce() {
     || { cat "$DIR/probe.log" >&2; fail "the bench's sidecar config does not pass check"; }
   sidecar_config "$DIR/probe.toml" "http://127.0.0.1:$UP_PORT" "coalesce_reads = false"
   if "$BIN" check --config "$DIR/probe.toml" >>"$DIR/probe.log" 2>&1; then HAS_COALESCE=1; else HAS_COALESCE=0; fi
+  # server.cpu_affinity, where the builds measured know it: "on" (SIDECAR_CPU_AFFINITY), the
+  # setting for a host of its own, since the bench's machine is one whose CPUs the process does
+  # not see as set apart for it (BENCHMARKS.md "Choices made for the sweep").
+  local affinity="cpu_affinity = \"${SIDECAR_CPU_AFFINITY:-on}\"" bin
+  SERVER_EXTRA=$affinity
+  sidecar_config "$DIR/probe.toml" "http://127.0.0.1:$UP_PORT" ""
+  for bin in "$BIN" ${COMPARE_BIN:+"$COMPARE_BIN"}; do
+    "$bin" check --config "$DIR/probe.toml" >>"$DIR/probe.log" 2>&1 || SERVER_EXTRA=
+  done
+  if [[ -n $SERVER_EXTRA ]]; then
+    log "sidecar: $affinity"
+  else
+    log "sidecar: the kernel places the workers (a build does not know server.cpu_affinity)"
+  fi
 }
 
 # new_sidecar name upstream_url coalesce(off|default) — writes $DIR/name.toml on two fresh ports.

@@ -18,6 +18,9 @@
 #   FLOOR=0|1    measure the floor proxies of bench/floor (full: 1, smoke: 0)
 #   SIDECAR_DEFAULT=0  skip the sidecar with read coalescing at its default (on), where it exists
 #   SIDECAR_H2=0       skip the sidecar against the TLS listener that offers h2
+#   SIDECAR_CPU_AFFINITY  the sidecar's server.cpu_affinity ("on": its two workers kept to the
+#                machine's two CPUs, as on a host of its own; "auto", the product default, leaves
+#                them to the kernel here, since the process sees all of the machine's CPUs)
 #   QUIET_WAIT   seconds to wait before each measurement for other processes' CPU use to drop
 #                (full run: 600, smoke: 0)
 #   RETRIES      how often a measurement disturbed by other processes (> 0.25 cores) is repeated

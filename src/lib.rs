@@ -221,7 +221,7 @@ async fn serve_proxy(
     let workers = proxy.config().server.workers;
     let cpus = server::cpus::plan(
         workers,
-        &server::cpus::allowed(),
+        &server::cpus::Cpus::of_this_process(),
         proxy.config().server.cpu_affinity,
     );
     if let Some(cpus) = &cpus {

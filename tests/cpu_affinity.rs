@@ -1,6 +1,7 @@
-//! Workers kept to a CPU each when they are as many as the CPUs the process may run on
-//! (docs/design.md#workers-on-cpus-of-their-own), read from `/proc`: each thread's own
-//! affinity, under a mask set as a container's cpuset would set it (`taskset`).
+//! Workers kept to a CPU each when they are as many as the CPUs the process may run on, and those
+//! were set apart for it or `cpu_affinity = "on"` asks
+//! (docs/design.md#workers-on-cpus-of-their-own), read from `/proc`: each thread's own affinity,
+//! under a mask set as a container's cpuset would set it (`taskset`).
 mod common;
 
 use common::*;
@@ -83,15 +84,34 @@ async fn served(binary: &Binary) {
     assert_eq!(response.status(), 200);
 }
 
+/// How many CPUs the machine has online.
+fn online_cpus() -> usize {
+    cpu_list(
+        std::fs::read_to_string("/sys/devices/system/cpu/online")
+            .unwrap()
+            .trim(),
+    )
+    .len()
+}
+
+/// Each worker's CPUs, by worker.
+fn worker_cpus(binary: &Binary) -> Vec<Vec<Vec<usize>>> {
+    let threads = threads(binary.child.id());
+    ["cma-proxy-0", "cma-proxy-1"]
+        .iter()
+        .map(|worker| cpus_of(&threads, worker))
+        .collect()
+}
+
 #[tokio::test]
-async fn workers_as_many_as_the_cpus_keep_to_one_each_until_a_restart() {
-    let Some([a, b]) = two_cpus("workers_as_many_as_the_cpus_keep_to_one_each_until_a_restart")
-    else {
+async fn workers_keep_to_a_cpu_each_when_asked_until_a_restart() {
+    let Some([a, b]) = two_cpus("workers_keep_to_a_cpu_each_when_asked_until_a_restart") else {
         return;
     };
     let fake = fake().await;
     // `workers = 0`: one per CPU the process may use, here two.
-    let (dir, config) = write_config(&fake.url(), "workers = 0");
+    let on = "workers = 0\ncpu_affinity = \"on\"";
+    let (_dir, config) = write_config(&fake.url(), on);
     let mut binary = Binary::start_on_cpus(&config, &[a, b]);
     binary.wait_for_logged("each worker keeps to a CPU of its own");
     served(&binary).await;
@@ -120,11 +140,40 @@ async fn workers_as_many_as_the_cpus_keep_to_one_each_until_a_restart() {
 
     let binary = Binary::start_on_cpus(&config, &[a, b]);
     served(&binary).await;
-    let threads = threads(binary.child.id());
-    for worker in ["cma-proxy-0", "cma-proxy-1"] {
-        assert_eq!(cpus_of(&threads, worker), [vec![a, b]], "{threads:?}");
-    }
-    drop(dir);
+    assert_eq!(
+        worker_cpus(&binary),
+        [[vec![a, b]], [vec![a, b]]],
+        "{}",
+        binary.log_text()
+    );
+}
+
+/// By default the workers keep to CPUs only when the process was given CPUs of its own: fewer
+/// than the machine has, as a container's exclusive cpuset. Here the two CPUs are all of this
+/// machine's (CI's has two), or two of more.
+#[tokio::test]
+async fn by_default_only_cpus_set_apart_for_the_process_are_kept_to() {
+    let Some([a, b]) = two_cpus("by_default_only_cpus_set_apart_for_the_process_are_kept_to")
+    else {
+        return;
+    };
+    let fake = fake().await;
+    let (_dir, config) = write_config(&fake.url(), "workers = 0");
+    let binary = Binary::start_on_cpus(&config, &[a, b]);
+    served(&binary).await;
+    let set_apart = online_cpus() > 2;
+    let expected = if set_apart {
+        [[vec![a]], [vec![b]]]
+    } else {
+        [[vec![a, b]], [vec![a, b]]]
+    };
+    assert_eq!(worker_cpus(&binary), expected, "{}", binary.log_text());
+    assert_eq!(
+        binary
+            .log_text()
+            .contains("each worker keeps to a CPU of its own"),
+        set_apart
+    );
 }
 
 #[tokio::test]
@@ -133,7 +182,7 @@ async fn with_more_cpus_than_workers_the_kernel_places_them() {
         return;
     };
     let fake = fake().await;
-    let (_dir, config) = write_config(&fake.url(), "workers = 1");
+    let (_dir, config) = write_config(&fake.url(), "workers = 1\ncpu_affinity = \"on\"");
     let binary = Binary::start_on_cpus(&config, &[a, b]);
     served(&binary).await;
     let threads = threads(binary.child.id());

@@ -340,15 +340,16 @@ fn unknown_region_and_token_store_are_errors() {
     );
     let e = error_of(&format!("[server]\ncpu_affinity = \"always\"\n{MINIMAL}"));
     assert!(
-        e.starts_with("`server.cpu_affinity` (line 2, column 16): expected \"auto\" or \"off\""),
+        e.starts_with(
+            "`server.cpu_affinity` (line 2, column 16): expected one of \"auto\", \"on\", \"off\""
+        ),
         "{e}"
     );
-    let off = Config::from_toml(
-        &format!("[server]\ncpu_affinity = \"off\"\n{MINIMAL}"),
-        no_env(),
-        None,
-    );
-    assert_eq!(off.unwrap().server.cpu_affinity, CpuAffinity::Off);
+    for (text, value) in [("on", CpuAffinity::On), ("off", CpuAffinity::Off)] {
+        let toml = format!("[server]\ncpu_affinity = \"{text}\"\n{MINIMAL}");
+        let config = Config::from_toml(&toml, no_env(), None).unwrap();
+        assert_eq!(config.server.cpu_affinity, value);
+    }
 }
 
 #[test]
