@@ -79,6 +79,7 @@ source "$HERE/common.sh"
 make_certs
 start_upstream
 probe_coalesce
+probe_affinity
 train() { # name upstream_url coalesce
   new_sidecar "$1" "$2" "$3"
   start_sidecar "$1"

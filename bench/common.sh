@@ -321,7 +321,7 @@ echo bench-password >"$DIR/password"
 chmod 600 "$DIR/password"
 # Whether this build knows profiles.NAME.coalesce_reads (read coalescing, on by default where it
 # exists): `check` refuses unknown keys, so a config with the key passes only if the build has it.
-SERVER_EXTRA= # more [server] keys (see probe_coalesce)
+SERVER_EXTRA= # more [server] keys (see probe_affinity)
 sidecar_config() { # file upstream_url extra_profile_lines — the product's defaults plus what the bench needs
   local ca=
   [[ $2 == https://* ]] && ca="ca_file = \"$DIR/tls/ca.pem\""
@@ -349,9 +349,11 @@ probe_coalesce() {
     || { cat "$DIR/probe.log" >&2; fail "the bench's sidecar config does not pass check"; }
   sidecar_config "$DIR/probe.toml" "http://127.0.0.1:$UP_PORT" "coalesce_reads = false"
   if "$BIN" check --config "$DIR/probe.toml" >>"$DIR/probe.log" 2>&1; then HAS_COALESCE=1; else HAS_COALESCE=0; fi
-  # server.cpu_affinity, where the builds measured know it: "on" (SIDECAR_CPU_AFFINITY), the
-  # setting for a host of its own, since the bench's machine is one whose CPUs the process does
-  # not see as set apart for it (BENCHMARKS.md "Choices made for the sweep").
+}
+# server.cpu_affinity, where the builds measured know it: "on" (SIDECAR_CPU_AFFINITY), the setting
+# for a host of its own, since the bench's machine is one whose CPUs the process does not see as
+# set apart for it (BENCHMARKS.md "Choices made for the sweep"). Sets SERVER_EXTRA.
+probe_affinity() {
   local affinity="cpu_affinity = \"${SIDECAR_CPU_AFFINITY:-on}\"" bin
   SERVER_EXTRA=$affinity
   sidecar_config "$DIR/probe.toml" "http://127.0.0.1:$UP_PORT" ""
@@ -419,6 +421,7 @@ start_all() {
   start_nginx_proxy
   start_haproxy
   probe_coalesce
+  probe_affinity
   local up
   for up in $UPSTREAMS; do
     local upurl="http://127.0.0.1:$UP_PORT" proxy_port=$NGINX_PORT haproxy_port=$HAPROXY_PORT

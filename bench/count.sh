@@ -52,6 +52,7 @@ fi
 make_certs
 start_upstream
 probe_coalesce
+probe_affinity
 declare -gA URL TPIDS ADMIN SIDECAR_LOG
 
 # start_target name upstream — starts one proxy (under WRAP) for the cell; sets T to its target name.
