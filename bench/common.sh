@@ -45,8 +45,9 @@ install_missing nginx:nginx-light wrk:wrk curl:curl python3:python3 openssl:open
 [[ ${HAPROXY:-1} == 0 ]] || install_missing haproxy:haproxy
 
 # --- binaries ----------------------------------------------------------------------------------
-# A release run measures what the image ships (LAYOUT=bolt, the default): the production build laid
-# out by bench/bolt.sh. LAYOUT=plain measures `cargo build --release` as it comes.
+# A release run measures what the image ships (LAYOUT=bolt, the default): the production build
+# compiled and laid out from a profile by bench/bolt.sh (PGO, BOLT). LAYOUT=plain measures
+# `cargo build --release` as it comes.
 [[ $PROFILE == release ]] && : "${LAYOUT:=bolt}"
 [[ ${LAYOUT:-plain} == bolt || ${LAYOUT:-plain} == plain ]] || fail "LAYOUT: bolt or plain, not $LAYOUT"
 [[ ${LAYOUT:-plain} == plain || $PROFILE == release ]] || fail "LAYOUT=bolt lays out a release build, not a $PROFILE one"
@@ -54,9 +55,9 @@ if [[ -n ${BENCH_BIN:-} ]]; then
   BIN=$BENCH_BIN
   BIN_LABEL="prebuilt $BIN"
 elif [[ ${LAYOUT:-plain} == bolt ]]; then
-  log "the image's build, laid out (bench/bolt.sh --production)"
+  log "the image's build, compiled and laid out from a profile (bench/bolt.sh --production)"
   BIN=$("$HERE/bolt.sh" --production) || fail "bench/bolt.sh"
-  BIN_LABEL="production build of $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'), laid out by BOLT"
+  BIN_LABEL="production build of $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?'), compiled and laid out from a profile (PGO, BOLT)"
 else
   BIN_LABEL="$PROFILE build of $(cd "$ROOT" && git describe --always --dirty 2>/dev/null || echo '?')"
   log "cargo build ($PROFILE)"

@@ -20,7 +20,7 @@
 #                simulated cache misses per request)
 #   BENCH_BIN    use this sidecar binary (a release build with CARGO_PROFILE_RELEASE_DEBUG=1 gives
 #                callgrind_annotate line numbers); KEEP_TMP=1 keeps the callgrind files
-#   LAYOUT=plain  count `cargo build --release` as it comes, not the image's laid-out build
+#   LAYOUT=plain  count `cargo build --release` as it comes, not the image's profile-optimized build
 #                 (LAYOUT=bolt, the release default; see run.sh)
 set -euo pipefail
 

@@ -7,8 +7,8 @@
 #              1 round x 1 s, 64 MiB upload, burst of 200, no floor proxies; exits non-zero only
 #              when something is broken (failed request, wrong login count, bad exit), never
 #              because something is slow.
-#   --release  build/use release binaries (default for the full run): the image's build, laid out
-#              by bench/bolt.sh --production, unless LAYOUT=plain
+#   --release  build/use release binaries (default for the full run): the image's build, compiled
+#              and laid out from a profile by bench/bolt.sh --production, unless LAYOUT=plain
 #   --debug    build/use debug binaries (default for --smoke: CI has built the sidecar for the tests)
 #
 # Environment overrides:
@@ -26,7 +26,7 @@
 #   RETRIES      how often a measurement disturbed by other processes (> 0.25 cores) is repeated
 #                (full run: 3, smoke: 0)
 #   LAYOUT=plain  a release run measures `cargo build --release` as it comes, not the image's
-#                 laid-out build (LAYOUT=bolt, the default)
+#                 profile-optimized build (LAYOUT=bolt, the default)
 #   BENCH_BIN    use this sidecar binary instead of building one
 #   COMPARE_BIN  also measure this other sidecar build (coalescing off, as the main row), as the
 #                "cma-auth-proxy, compared build" row: an A/B of two builds in one run
