@@ -49,6 +49,8 @@ FLOOR=0
 HAPROXY=0
 UPSTREAMS="http https"
 : "${TRAIN_SECONDS:=3}" "${PGO:=1}"
+# Checked, not read as arithmetic: there `PGO=yes` or `PGO=true` would quietly be 0.
+[[ $PGO == 0 || $PGO == 1 ]] || { echo "bolt.sh: PGO must be 0 or 1, not '$PGO'" >&2; exit 64; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(dirname "$HERE")
 OUT=${CARGO_TARGET_DIR:-$ROOT/target}/bolt
