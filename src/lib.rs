@@ -219,22 +219,23 @@ async fn serve_proxy(
     let mut links = Vec::new();
     let mut drained = Vec::new();
     let workers = proxy.config().server.workers;
-    let cpus = server::cpus::plan(
-        workers,
-        &server::cpus::Cpus::of_this_process(),
-        proxy.config().server.cpu_affinity,
-    );
-    if let Some(cpus) = &cpus {
-        tracing::info!(?cpus, "each worker keeps to a CPU of its own");
-    }
+    let this_process = server::cpus::Cpus::of_this_process();
+    let placement = server::cpus::plan(workers, &this_process, proxy.config().server.cpu_affinity)
+        .map(|cpus| {
+            tracing::info!(
+                ?cpus,
+                "each worker keeps to a CPU of its own while more than one has connections"
+            );
+            Arc::new(server::cpus::Placement::new(cpus, this_process.allowed))
+        });
     for index in 0..workers {
-        let (link, inbox) = server::worker_channel(index);
+        let (link, inbox) = server::worker_channel(index, placement.clone());
         let (proxy, options, stop) = (proxy.clone(), options.clone(), stop.clone());
-        let cpu = cpus.as_ref().map(|cpus| cpus[index]);
+        let placement = placement.clone();
         let name = format!("cma-proxy-{index}");
         let worker_drained = spawn_with_runtime(name.clone(), move || {
-            if let Some(cpu) = cpu {
-                server::cpus::keep_to(cpu, &name);
+            if let Some(placement) = placement {
+                placement.register(index);
             }
             proxy::upstream::set_worker(index);
             Ok(async move {

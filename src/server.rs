@@ -208,7 +208,7 @@ pub fn serve_here<H: Handler>(
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<JoinHandle<Connections>> {
     let acceptor = Acceptor::new(listener)?;
-    let (link, inbox) = worker_channel(0);
+    let (link, inbox) = worker_channel(0, None);
     tokio::spawn(acceptor.run(vec![link], options.clone(), stop.clone()));
     Ok(tokio::spawn(serve(inbox, handler, options, stop)))
 }

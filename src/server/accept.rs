@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
 use super::bind::StdListener;
+use super::cpus::Placement;
 use super::{Io, ServeOptions};
 use crate::metrics::ConnectionLimit;
 use crate::proxy::error::ProxyError;
@@ -49,19 +50,34 @@ pub(super) struct Accepted {
     pub(super) load: Option<Load>,
 }
 
-/// One open connection counted in a worker's load.
-pub(super) struct Load(Arc<AtomicUsize>);
+/// One open connection counted in a worker's load. A worker's first and last connections also
+/// tell the workers' [`Placement`], where there is one.
+pub(super) struct Load {
+    open: Arc<AtomicUsize>,
+    placement: Option<Arc<Placement>>,
+}
 
 impl Load {
-    fn on(open: &Arc<AtomicUsize>) -> Load {
-        open.fetch_add(1, Ordering::Relaxed);
-        Load(open.clone())
+    fn on(worker: &WorkerLink) -> Load {
+        if worker.open.fetch_add(1, Ordering::Relaxed) == 0
+            && let Some(placement) = &worker.placement
+        {
+            placement.opened();
+        }
+        Load {
+            open: worker.open.clone(),
+            placement: worker.placement.clone(),
+        }
     }
 }
 
 impl Drop for Load {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if self.open.fetch_sub(1, Ordering::Relaxed) == 1
+            && let Some(placement) = &self.placement
+        {
+            placement.emptied();
+        }
     }
 }
 
@@ -70,19 +86,22 @@ pub struct WorkerLink {
     index: usize,
     sender: mpsc::UnboundedSender<Accepted>,
     open: Arc<AtomicUsize>,
+    placement: Option<Arc<Placement>>,
 }
 
 /// A worker's end: the connections handed to it. It ends when the acceptor has stopped. (Unbounded,
 /// yet bounded: every connection in it holds one of the listener's `max_connections` slots.)
 pub struct Inbox(pub(super) mpsc::UnboundedReceiver<Accepted>);
 
-/// The two ends for worker `index`.
-pub fn worker_channel(index: usize) -> (WorkerLink, Inbox) {
+/// The two ends for worker `index`, which keeps to a CPU as `placement` decides (or where the
+/// kernel puts it, without one).
+pub fn worker_channel(index: usize, placement: Option<Arc<Placement>>) -> (WorkerLink, Inbox) {
     let (sender, receiver) = mpsc::unbounded_channel();
     let link = WorkerLink {
         index,
         sender,
         open: Arc::new(AtomicUsize::new(0)),
+        placement,
     };
     (link, Inbox(receiver))
 }
@@ -193,7 +212,7 @@ fn hand_off(workers: &mut Vec<WorkerLink>, next: &mut usize, mut accepted: Accep
         });
         *next = (i + 1) % workers.len();
         let worker = &workers[i];
-        accepted.load = Some(Load::on(&worker.open));
+        accepted.load = Some(Load::on(worker));
         match worker.sender.send(accepted) {
             Ok(()) => {
                 tracing::debug!(

@@ -2,8 +2,14 @@
 //! workers are as many as the CPUs the process may run on, the kernel can still put two of them on
 //! one CPU while the other runs something else; each then has work at every moment, so they take
 //! turns a scheduler tick at a time (4 ms at 250 Hz), and every connection of the one waiting waits
-//! with it. Kept to a CPU each, two workers never share one.
-use core_affinity::CoreId;
+//! with it. Kept to a CPU each, two workers never share one. That is only while two or more have
+//! connections: a handful of connections all go to one worker, and that one, kept to a CPU, could
+//! not leave it when the application or another process took it ([`Placement`]).
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use rustix::process::Pid;
+use rustix::thread::{CpuSet, gettid, sched_getaffinity, sched_setaffinity};
 
 use crate::config::CpuAffinity;
 
@@ -17,11 +23,13 @@ pub struct Cpus {
 impl Cpus {
     /// Read for the calling thread (a thread made later inherits its mask).
     pub fn of_this_process() -> Cpus {
-        let allowed = core_affinity::get_core_ids()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|core| core.id)
-            .collect();
+        let allowed = sched_getaffinity(None)
+            .map(|set| {
+                (0..CpuSet::MAX_CPU)
+                    .filter(|&cpu| set.is_set(cpu))
+                    .collect()
+            })
+            .unwrap_or_default();
         let online = std::fs::read_to_string("/sys/devices/system/cpu/online")
             .ok()
             .and_then(|list| count_list(list.trim()));
@@ -62,17 +70,78 @@ pub fn plan(workers: usize, cpus: &Cpus, affinity: CpuAffinity) -> Option<Vec<us
     pin.then(|| cpus.allowed.clone())
 }
 
-/// Keeps the calling thread, and the threads it makes from now on, to `cpu`. A refusal (a seccomp
-/// profile that forbids it) is logged and leaves the thread where the kernel puts it.
-pub fn keep_to(cpu: usize, thread: &str) {
-    if core_affinity::set_for_current(CoreId { id: cpu }) {
-        tracing::debug!(thread, cpu, "worker keeps to its CPU");
-    } else {
-        tracing::warn!(
-            thread,
-            cpu,
-            "could not keep the worker to a CPU of its own; the kernel places it"
-        );
+/// Where the workers run: each on a CPU of its own (`cpus[worker]`) while two or more of them have
+/// connections, anywhere in the process's CPUs (`allowed`) while at most one does. The acceptor
+/// hands a worker's first connection ([`Placement::opened`]), the worker closes its last
+/// ([`Placement::emptied`]); only those moments, not requests, touch it.
+pub struct Placement {
+    cpus: Vec<usize>,
+    allowed: Vec<usize>,
+    threads: Vec<OnceLock<Pid>>,
+    busy: AtomicUsize,
+    apart: Mutex<bool>,
+}
+
+impl Placement {
+    /// For workers whose CPUs are `cpus` (from [`plan`]), in a process that may run on `allowed`.
+    pub fn new(cpus: Vec<usize>, allowed: Vec<usize>) -> Placement {
+        Placement {
+            threads: cpus.iter().map(|_| OnceLock::new()).collect(),
+            cpus,
+            allowed,
+            busy: AtomicUsize::new(0),
+            apart: Mutex::new(false),
+        }
+    }
+
+    /// Called on worker `index`'s thread as it starts, before it has a connection.
+    pub fn register(&self, index: usize) {
+        let _ = self.threads[index].set(gettid());
+    }
+
+    /// A worker had no connection and now has one.
+    pub fn opened(&self) {
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        self.settle();
+    }
+
+    /// A worker's last connection has ended.
+    pub fn emptied(&self) {
+        self.busy.fetch_sub(1, Ordering::SeqCst);
+        self.settle();
+    }
+
+    /// Whether the workers are kept apart now.
+    pub fn apart(&self) -> bool {
+        *self.apart.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps the workers apart or lets them go, as the count of busy workers now asks. Under the
+    /// lock, so that of two changes at once the later one's count decides.
+    fn settle(&self) {
+        let mut apart = self.apart.lock().unwrap_or_else(|e| e.into_inner());
+        let wanted = self.busy.load(Ordering::SeqCst) >= 2;
+        if *apart == wanted {
+            return;
+        }
+        *apart = wanted;
+        for (index, thread) in self.threads.iter().enumerate() {
+            let Some(&thread) = thread.get() else {
+                continue;
+            };
+            let cpus = if wanted {
+                std::slice::from_ref(&self.cpus[index])
+            } else {
+                &self.allowed[..]
+            };
+            let mut set = CpuSet::new();
+            cpus.iter().for_each(|&cpu| set.set(cpu));
+            if let Err(e) = sched_setaffinity(Some(thread), &set) {
+                // A seccomp profile that forbids it: the kernel places the worker.
+                tracing::warn!(worker = index, "could not set the worker's CPUs: {e}");
+            }
+        }
+        tracing::debug!(apart = wanted, "workers' placement");
     }
 }
 
@@ -110,6 +179,27 @@ mod tests {
             assert_eq!(plan(2, &cpus(&[], Some(8)), affinity), None);
         }
         assert_eq!(plan(2, &cpus(&[4, 9], Some(16)), Off), None);
+    }
+
+    #[test]
+    fn workers_are_kept_apart_only_while_two_have_connections() {
+        // No thread registered: only the decision is made.
+        let placement = Placement::new(vec![0, 1, 2], vec![0, 1, 2]);
+        assert!(!placement.apart());
+        placement.opened();
+        assert!(
+            !placement.apart(),
+            "one busy worker runs where the kernel puts it"
+        );
+        placement.opened();
+        assert!(placement.apart());
+        placement.opened();
+        placement.emptied();
+        assert!(placement.apart(), "two are still busy");
+        placement.emptied();
+        assert!(!placement.apart());
+        placement.emptied();
+        assert!(!placement.apart());
     }
 
     #[test]
