@@ -99,9 +99,9 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuAffinity {
-    /// Each worker keeps to a CPU of its own when the process was given CPUs of its own (its
-    /// affinity mask is narrower than the machine's CPUs) and the workers are as many (at least
-    /// two); otherwise the kernel places them.
+    /// Each worker keeps to a CPU of its own while more than one has connections, when the
+    /// process was given CPUs of its own (its affinity mask is narrower than the machine's CPUs)
+    /// and the workers are as many (at least two); otherwise the kernel places them.
     Auto,
     /// As `Auto`, also when the process may run on all of the machine's CPUs: for a host or VM
     /// that runs little else.
