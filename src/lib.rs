@@ -234,11 +234,10 @@ async fn serve_proxy(
         let placement = placement.clone();
         let name = format!("cma-proxy-{index}");
         let worker_drained = spawn_with_runtime(name.clone(), move || {
-            if let Some(placement) = placement {
-                placement.register(index);
-            }
+            let placed = placement.map(|placement| placement.register(index));
             proxy::upstream::set_worker(index);
             Ok(async move {
+                let _placed = placed;
                 tokio::spawn(keep_timer_wake_near(options.limits.header_read_timeout));
                 let handler = Arc::new(ProxyListener(proxy.clone()));
                 let connections = server::serve(inbox, handler, options, stop).await;

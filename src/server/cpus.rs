@@ -5,8 +5,8 @@
 //! with it. Kept to a CPU each, two workers never share one. That is only while two or more have
 //! connections: a handful of connections all go to one worker, and that one, kept to a CPU, could
 //! not leave it when the application or another process took it ([`Placement`]).
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::process::Pid;
 use rustix::thread::{CpuSet, gettid, sched_getaffinity, sched_setaffinity};
@@ -77,7 +77,8 @@ pub fn plan(workers: usize, cpus: &Cpus, affinity: CpuAffinity) -> Option<Vec<us
 pub struct Placement {
     cpus: Vec<usize>,
     allowed: Vec<usize>,
-    threads: Vec<OnceLock<Pid>>,
+    /// Each worker's thread id while its thread runs, 0 before and after.
+    threads: Vec<AtomicI32>,
     busy: AtomicUsize,
     apart: Mutex<bool>,
 }
@@ -86,7 +87,7 @@ impl Placement {
     /// For workers whose CPUs are `cpus` (from [`plan`]), in a process that may run on `allowed`.
     pub fn new(cpus: Vec<usize>, allowed: Vec<usize>) -> Placement {
         Placement {
-            threads: cpus.iter().map(|_| OnceLock::new()).collect(),
+            threads: cpus.iter().map(|_| AtomicI32::new(0)).collect(),
             cpus,
             allowed,
             busy: AtomicUsize::new(0),
@@ -94,9 +95,15 @@ impl Placement {
         }
     }
 
-    /// Called on worker `index`'s thread as it starts, before it has a connection.
-    pub fn register(&self, index: usize) {
-        let _ = self.threads[index].set(gettid());
+    /// Called on worker `index`'s thread as it starts, before it has a connection; the thread is
+    /// placed until the guard drops (when the worker's task ends, or unwinds), so that a thread
+    /// id the kernel gives out again later is never touched.
+    pub fn register(self: &Arc<Self>, index: usize) -> Registered {
+        self.threads[index].store(gettid().as_raw_nonzero().get(), Ordering::SeqCst);
+        Registered {
+            placement: self.clone(),
+            index,
+        }
     }
 
     /// A worker had no connection and now has one.
@@ -126,7 +133,7 @@ impl Placement {
         }
         *apart = wanted;
         for (index, thread) in self.threads.iter().enumerate() {
-            let Some(&thread) = thread.get() else {
+            let Some(thread) = Pid::from_raw(thread.load(Ordering::SeqCst)) else {
                 continue;
             };
             let cpus = if wanted {
@@ -142,6 +149,24 @@ impl Placement {
             }
         }
         tracing::debug!(apart = wanted, "workers' placement");
+    }
+}
+
+/// A worker's thread, registered with the [`Placement`] until this drops.
+pub struct Registered {
+    placement: Arc<Placement>,
+    index: usize,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        // Under the lock, so that a change in progress does not touch the thread after this.
+        let _apart = self
+            .placement
+            .apart
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        self.placement.threads[self.index].store(0, Ordering::SeqCst);
     }
 }
 
@@ -200,6 +225,32 @@ mod tests {
         assert!(!placement.apart());
         placement.emptied();
         assert!(!placement.apart());
+    }
+
+    #[test]
+    fn a_registered_thread_is_moved_and_let_go_and_forgotten_when_it_ends() {
+        let allowed = Cpus::of_this_process().allowed;
+        let first = allowed[0];
+        let placement = Arc::new(Placement::new(vec![first, first], allowed.clone()));
+        // The calling thread's own CPUs.
+        let mine = || Cpus::of_this_process().allowed;
+        let in_thread = placement.clone();
+        std::thread::spawn(move || {
+            let placement = in_thread;
+            let registered = placement.register(0);
+            placement.opened();
+            placement.opened();
+            assert_eq!(mine(), [first]);
+            placement.emptied();
+            assert_eq!(mine(), allowed);
+            drop(registered);
+            placement.opened();
+            assert_eq!(mine(), allowed, "a thread no longer registered stays");
+        })
+        .join()
+        .unwrap();
+        assert!(placement.apart());
+        assert_eq!(placement.threads[0].load(Ordering::SeqCst), 0);
     }
 
     #[test]
