@@ -123,6 +123,19 @@ async fn workers_on(binary: &Binary, expected: [[Vec<usize>; 1]; 2]) {
     .await;
 }
 
+/// With connections on both workers, they still run on either CPU: checked once a request on a
+/// newer connection is answered, by which time the acceptor has handed out every connection
+/// before it (it takes them in order).
+async fn still_anywhere(binary: &Binary, [a, b]: [usize; 2]) {
+    served(binary).await;
+    assert_eq!(
+        worker_cpus(binary),
+        [[vec![a, b]], [vec![a, b]]],
+        "{}",
+        binary.log_text()
+    );
+}
+
 #[tokio::test]
 async fn workers_keep_to_a_cpu_each_while_both_have_connections_until_a_restart() {
     let test = "workers_keep_to_a_cpu_each_while_both_have_connections_until_a_restart";
@@ -172,13 +185,7 @@ async fn workers_keep_to_a_cpu_each_while_both_have_connections_until_a_restart(
     let binary = Binary::start_on_cpus(&config, &[a, b]);
     served(&binary).await;
     let open = connections_on_both_workers(&binary).await;
-    served(&binary).await;
-    assert_eq!(
-        worker_cpus(&binary),
-        [[vec![a, b]], [vec![a, b]]],
-        "{}",
-        binary.log_text()
-    );
+    still_anywhere(&binary, [a, b]).await;
     drop(open);
 }
 
@@ -200,15 +207,7 @@ async fn by_default_only_cpus_set_apart_for_the_process_are_kept_to() {
     if set_apart {
         workers_on(&binary, [[vec![a]], [vec![b]]]).await;
     } else {
-        // Both workers have connections by the time this request is answered (the acceptor hands
-        // connections out in order), and still run anywhere.
-        served(&binary).await;
-        assert_eq!(
-            worker_cpus(&binary),
-            [[vec![a, b]], [vec![a, b]]],
-            "{}",
-            binary.log_text()
-        );
+        still_anywhere(&binary, [a, b]).await;
     }
     drop(open);
     assert_eq!(
