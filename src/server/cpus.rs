@@ -5,7 +5,7 @@
 //! with it. Kept to a CPU each, two workers never share one. That is only while two or more have
 //! connections: a handful of connections all go to one worker, and that one, kept to a CPU, could
 //! not leave it when the application or another process took it ([`Placement`]).
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::process::Pid;
@@ -81,6 +81,9 @@ pub struct Placement {
     threads: Vec<AtomicI32>,
     busy: AtomicUsize,
     apart: Mutex<bool>,
+    /// Whether a move has failed and been logged as a warning; later failures are logged at
+    /// debug level, since each change of placement would repeat the same one.
+    warned: AtomicBool,
 }
 
 impl Placement {
@@ -92,6 +95,7 @@ impl Placement {
             allowed,
             busy: AtomicUsize::new(0),
             apart: Mutex::new(false),
+            warned: AtomicBool::new(false),
         }
     }
 
@@ -144,8 +148,17 @@ impl Placement {
             let mut set = CpuSet::new();
             cpus.iter().for_each(|&cpu| set.set(cpu));
             if let Err(e) = sched_setaffinity(Some(thread), &set) {
-                // A seccomp profile that forbids it: the kernel places the worker.
-                tracing::warn!(worker = index, "could not set the worker's CPUs: {e}");
+                // A seccomp profile that forbids it: the kernel places the worker. Said once,
+                // since every later change of placement would fail the same way.
+                if self.warned.swap(true, Ordering::Relaxed) {
+                    tracing::debug!(worker = index, "could not set the worker's CPUs: {e}");
+                } else {
+                    tracing::warn!(
+                        worker = index,
+                        "could not set the worker's CPUs: {e}; the kernel places the workers \
+                         (logged once; later failures at debug level)"
+                    );
+                }
             }
         }
         tracing::debug!(apart = wanted, "workers' placement");
@@ -251,6 +264,74 @@ mod tests {
         .unwrap();
         assert!(placement.apart());
         assert_eq!(placement.threads[0].load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_move_the_kernel_refuses_is_warned_of_once() {
+        // A CPU the machine does not have: the kernel refuses the move, as a seccomp profile
+        // that forbids the call would.
+        let absent = CpuSet::MAX_CPU - 1;
+        let allowed = Cpus::of_this_process().allowed;
+        let placement = Arc::new(Placement::new(vec![absent, absent], allowed.clone()));
+        let log = Log::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(log.clone())
+            .finish();
+        std::thread::spawn(move || {
+            tracing::subscriber::with_default(subscriber, || {
+                let _registered = placement.register(0);
+                for _ in 0..3 {
+                    placement.opened();
+                    placement.opened();
+                    assert!(placement.apart());
+                    assert_eq!(
+                        Cpus::of_this_process().allowed,
+                        allowed,
+                        "left where it was"
+                    );
+                    placement.emptied();
+                    placement.emptied();
+                }
+            })
+        })
+        .join()
+        .unwrap();
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let failures: Vec<&str> = text
+            .lines()
+            .filter(|line| line.contains("could not set the worker's CPUs"))
+            .collect();
+        assert_eq!(failures.len(), 3, "{text}");
+        assert!(failures[0].contains("WARN"), "{text}");
+        assert!(
+            failures[1..].iter().all(|line| line.contains("DEBUG")),
+            "{text}"
+        );
+    }
+
+    /// What a test's subscriber writes.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Log {
+        type Writer = Log;
+
+        fn make_writer(&'a self) -> Log {
+            self.clone()
+        }
     }
 
     #[test]
